@@ -56,7 +56,9 @@ class Table:
         raise KeyError(f"{self.name} has no column {name!r}")
 
 
-def _c(name: str, type_: ColumnType, category: str, nullable: bool = True, desc: str = "") -> Column:
+def _c(
+    name: str, type_: ColumnType, category: str, nullable: bool = True, desc: str = ""
+) -> Column:
     return Column(name, type_, category, nullable, desc)
 
 

@@ -1,0 +1,230 @@
+"""Ingest: landing files → validated core tables, bad rows → core.quarantine.
+
+landing/ is a drop zone. A file is read, checked against the table contract, and its
+good rows are upserted (by key) into `core.<table>` in one transaction together with
+its quarantined rows and an ingest-log entry; then the file is removed, so erased
+values do not linger in landing/. A file whose checksum is already in the ingest log
+was loaded before a crash and is only removed, which keeps reruns idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from lethe.policy import Policy
+from lethe.strategies import quote
+from lethe.tables import TABLES, Table
+from lethe.warehouse import SQL_TYPES, TAG_COLUMNS, ensure_schemas, table_columns, transaction
+
+
+class IngestError(ValueError):
+    """A landing file that cannot be used at all (missing, unreadable, missing column)."""
+
+
+@dataclass
+class IngestResult:
+    """What one ingest of one table did."""
+
+    table: str
+    source_file: str | None
+    rows_read: int = 0
+    rows_loaded: int = 0
+    rows_quarantined: int = 0
+    problems: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.rows_quarantined == 0
+
+
+def landing_file(landing: Path, table: Table) -> Path | None:
+    """The landing file of a table (`NAME.parquet` or `NAME.csv`), or None."""
+    found = [
+        p for p in (landing / f"{table.name}.parquet", landing / f"{table.name}.csv") if p.exists()
+    ]
+    if len(found) > 1:
+        raise IngestError(f"{found[0]}: both {found[0].name} and {found[1].name} exist; keep one")
+    return found[0] if found else None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Read the file into temp table `_stage` with a 1-based `_row` (data row number)."""
+    if path.suffix == ".csv":
+        reader = (
+            "read_csv(?, header = true, all_varchar = true, auto_detect = true,"
+            " encoding = 'utf-8', strict_mode = true)"
+        )
+    else:
+        reader = "read_parquet(?)"
+    try:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _stage AS"
+            f" SELECT row_number() OVER () AS _row, * FROM {reader}",
+            [str(path)],
+        )
+    except duckdb.Error as exc:
+        reason = str(exc).strip().splitlines()[0][:200]
+        raise IngestError(f"{path}: cannot read file: {reason}") from None
+
+
+def _problems_sql(table: Table, policy: Policy, fk_sources: dict[str, str]) -> str:
+    """One SELECT listing (row, column, reason) for every problem in `_stage`."""
+    parts: list[str] = []
+    for col in table.columns:
+        c, t = quote(col.name), SQL_TYPES[col.type]
+        if col.type != "text":
+            kind = "unparsable date" if col.type in ("date", "timestamp") else "wrong type"
+            parts.append(
+                f"SELECT _row, '{col.name}' AS col, '{kind}: expected {col.type}' AS reason"
+                f" FROM _stage WHERE {c} IS NOT NULL AND TRY_CAST({c} AS {t}) IS NULL"
+            )
+        if not col.nullable:
+            parts.append(
+                f"SELECT _row, '{col.name}', 'missing value' FROM _stage"
+                f" WHERE {c} IS NULL OR trim(CAST({c} AS VARCHAR)) = ''"
+            )
+    key = quote(table.key)
+    parts.append(
+        f"SELECT _row, '{table.key}', 'duplicate key (first at row ' || first_row || ')'"
+        f" FROM (SELECT _row, min(_row) OVER (PARTITION BY {key}) AS first_row FROM _stage"
+        f" WHERE {key} IS NOT NULL) WHERE _row > first_row"
+    )
+    for fk in table.foreign_keys:
+        parts.append(
+            f"SELECT _row, '{fk.column}', 'orphan foreign key: no {fk.ref_table}.{fk.ref_column}'"
+            f" FROM _stage s WHERE s.{quote(fk.column)} IS NOT NULL AND NOT EXISTS"
+            f" (SELECT 1 FROM {fk_sources[fk.ref_table]} r"
+            f" WHERE r.{quote(fk.ref_column)} = CAST(s.{quote(fk.column)} AS VARCHAR))"
+        )
+    if table.name == "consents":
+        names = ", ".join(f"'{n}'" for n in policy.purposes)
+        parts.append(
+            f"SELECT _row, 'purpose', 'unknown purpose (not in the policy)' FROM _stage"
+            f" WHERE purpose IS NOT NULL AND CAST(purpose AS VARCHAR) NOT IN ({names})"
+        )
+    for col in ("country", "billing_country"):
+        if col in table.column_names:
+            parts.append(
+                f"SELECT _row, '{col}', 'not an ISO 3166-1 alpha-2 code' FROM _stage"
+                f" WHERE {col} IS NOT NULL AND NOT regexp_full_match(CAST({col} AS VARCHAR),"
+                " '[A-Z]{2}')"
+            )
+    return f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS p(_row, col, reason)"
+
+
+def _add_extra_columns(con: duckdb.DuckDBPyConnection, table: Table, extras: list[str]) -> None:
+    """Carry columns the contract does not know (SPEC: extra columns are carried)."""
+    existing = set(table_columns(con, "core", table.name))
+    types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE _stage)").fetchall())
+    for col in extras:
+        if col not in existing:
+            con.execute(
+                f"ALTER TABLE core.{quote(table.name)} ADD COLUMN {quote(col)} {types[col]}"
+            )
+
+
+def ingest_table(
+    con: duckdb.DuckDBPyConnection, landing: Path, table_name: str, policy: Policy
+) -> IngestResult:
+    """Validate and load one landing file into core; see the module docstring."""
+    table = TABLES[table_name]
+    ensure_schemas(con)
+    path = landing_file(landing, table)
+    if path is None:
+        has_rows = con.execute(f"SELECT count(*) FROM core.{quote(table.name)}").fetchone()[0]
+        if table.optional or has_rows:
+            return IngestResult(table.name, None, note="no new landing file")
+        raise IngestError(
+            f"{landing / (table.name + '.parquet')}: missing (put {table.name}.parquet or"
+            f" {table.name}.csv in landing/)"
+        )
+    digest = _sha256(path)
+    seen = con.execute(
+        "SELECT count(*) FROM core.ingest_log WHERE sha256 = ? AND table_name = ?",
+        [digest, table.name],
+    ).fetchone()[0]
+    if seen:
+        path.unlink()
+        return IngestResult(table.name, path.name, note="already loaded; landing file removed")
+
+    _stage(con, path)
+    staged = [r[0] for r in con.execute("DESCRIBE _stage").fetchall()]
+    missing = [c for c in table.column_names if c not in staged]
+    if missing:
+        raise IngestError(
+            f"{path}: missing required column{'s' if len(missing) > 1 else ''} "
+            + ", ".join(repr(m) for m in missing)
+            + " (file refused, nothing loaded)"
+        )
+    extras = [
+        c for c in staged if c != "_row" and c not in table.column_names and c not in TAG_COLUMNS
+    ]
+
+    # Foreign keys may point at rows already in core (earlier loads).
+    fk_sources = {fk.ref_table: f"core.{quote(fk.ref_table)}" for fk in table.foreign_keys}
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _problems AS {_problems_sql(table, policy, fk_sources)}"
+    )
+    typed = ", ".join(
+        f"TRY_CAST({quote(c.name)} AS {SQL_TYPES[c.type]}) AS {quote(c.name)}"
+        for c in table.columns
+    )
+    extra_sql = "".join(f", {quote(c)}" for c in extras)
+    now = "CAST(now() AS TIMESTAMP)"
+    with transaction(con):
+        _add_extra_columns(con, table, extras)
+        con.execute(
+            "INSERT INTO core.quarantine SELECT ?, ?, p._row, p.col, p.reason,"
+            f" to_json(s), {now} FROM _problems p JOIN _stage s USING (_row)",
+            [table.name, path.name],
+        )
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _good AS SELECT {typed}{extra_sql} FROM _stage"
+            " WHERE _row NOT IN (SELECT _row FROM _problems)"
+        )
+        key = quote(table.key)
+        con.execute(
+            f"DELETE FROM core.{quote(table.name)} WHERE {key} IN (SELECT {key} FROM _good)"
+        )
+        cols = [*table.column_names, *extras]
+        col_list = ", ".join(quote(c) for c in cols)
+        con.execute(
+            f"INSERT INTO core.{quote(table.name)} ({col_list}, _state, _ingested_at)"
+            f" SELECT {col_list}, 'active', {now} FROM _good"
+        )
+        rows_read = con.execute("SELECT count(*) FROM _stage").fetchone()[0]
+        loaded = con.execute("SELECT count(*) FROM _good").fetchone()[0]
+        problems = dict(
+            con.execute("SELECT reason, count(*) FROM _problems GROUP BY ALL ORDER BY 1").fetchall()
+        )
+        bad_rows = con.execute("SELECT count(DISTINCT _row) FROM _problems").fetchone()[0]
+        con.execute(
+            f"INSERT INTO core.ingest_log VALUES (?, ?, ?, ?, ?, ?, {now})",
+            [table.name, path.name, digest, rows_read, loaded, bad_rows],
+        )
+    for temp in ("_stage", "_problems", "_good"):
+        con.execute(f"DROP TABLE IF EXISTS {temp}")
+    path.unlink()
+    return IngestResult(table.name, path.name, rows_read, loaded, bad_rows, problems)
+
+
+def quarantine_summary(con: duckdb.DuckDBPyConnection, table_name: str) -> list[tuple]:
+    """(source_file, row_number, column, reason) of a table's quarantined rows, first 20."""
+    return con.execute(
+        "SELECT source_file, row_number, column_name, reason FROM core.quarantine"
+        " WHERE table_name = ? ORDER BY quarantined_at DESC, row_number LIMIT 20",
+        [table_name],
+    ).fetchall()

@@ -1,0 +1,351 @@
+"""Policy as code: purposes, legal bases, retention and what happens after it.
+
+A policy is loaded from YAML into frozen pydantic models and validated against the
+table contract (`lethe.tables`). Every error names the key path, so a compliance
+officer can fix the file; an invalid policy never touches data.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from lethe.duration import Duration, DurationError
+from lethe.strategies import ColumnRules, Pseudonymize
+from lethe.tables import TABLES
+
+LegalBasis = Literal[
+    "consent",
+    "contract",
+    "legal_obligation",
+    "vital_interest",
+    "public_task",
+    "legitimate_interest",
+]
+LEGAL_BASIS_ARTICLE: dict[str, str] = {
+    "consent": "GDPR Art. 6(1)(a) consent",
+    "contract": "GDPR Art. 6(1)(b) contract",
+    "legal_obligation": "GDPR Art. 6(1)(c) legal obligation",
+    "vital_interest": "GDPR Art. 6(1)(d) vital interest",
+    "public_task": "GDPR Art. 6(1)(e) public task",
+    "legitimate_interest": "GDPR Art. 6(1)(f) legitimate interest",
+}
+HOLD_PURPOSE = "litigation_hold"
+
+
+class PolicyError(ValueError):
+    """An invalid policy: the message names the file and the key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+def _column_ref(ref: str) -> tuple[str, str]:
+    table, _, column = ref.strip().partition(".")
+    if not column or table not in TABLES:
+        raise ValueError(f"{ref!r} is not a known table.column")
+    if column not in TABLES[table].column_names:
+        raise ValueError(f"table {table!r} has no column {column!r}")
+    return table, column
+
+
+class Anchor(_Frozen):
+    """`table.column`, optionally plus a duration (`consents.granted_at + 3y`)."""
+
+    table: str
+    column: str
+    plus: Duration | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Anchor:
+        ref, _, offset = str(text).partition("+")
+        table, column = _column_ref(ref)
+        return cls(table=table, column=column, plus=Duration.parse(offset) if offset else None)
+
+    def __str__(self) -> str:
+        return f"{self.table}.{self.column}" + (f" + {self.plus}" if self.plus else "")
+
+
+class Retention(_Frozen):
+    """How long a purpose lasts for one row of its anchor table."""
+
+    anchors: tuple[Anchor, ...] = Field(alias="from")
+    keep: Duration
+    open_while_null: bool = False
+    only_where: dict[str, str] = {}
+    ends_early_at: Anchor | None = None
+
+    @field_validator("anchors", mode="before")
+    @classmethod
+    def _anchors(cls, v: Any) -> tuple[Anchor, ...]:
+        items = v if isinstance(v, list | tuple) else [v]
+        if not items:
+            raise ValueError("needs at least one table.column")
+        anchors = tuple(a if isinstance(a, Anchor) else Anchor.parse(a) for a in items)
+        if len({a.table for a in anchors}) != 1:
+            raise ValueError("all alternatives must be columns of the same table")
+        return anchors
+
+    @field_validator("keep", mode="before")
+    @classmethod
+    def _keep(cls, v: Any) -> Duration:
+        return v if isinstance(v, Duration) else Duration.parse(str(v))
+
+    @field_validator("ends_early_at", mode="before")
+    @classmethod
+    def _ends(cls, v: Any) -> Anchor | None:
+        return None if v is None or isinstance(v, Anchor) else Anchor.parse(v)
+
+    @field_validator("only_where")
+    @classmethod
+    def _where(cls, v: dict[str, str]) -> dict[str, str]:
+        for ref in v:
+            _column_ref(ref)
+        return v
+
+    @property
+    def table(self) -> str:
+        return self.anchors[0].table
+
+    @model_validator(mode="after")
+    def _same_table(self) -> Retention:
+        refs = [*self.only_where, *([str(self.ends_early_at)] if self.ends_early_at else [])]
+        for ref in refs:
+            if ref.split(".")[0] != self.table:
+                raise ValueError(f"{ref!r} must be a column of the anchor table {self.table!r}")
+        return self
+
+    def describe(self) -> str:
+        start = " or else ".join(str(a) for a in self.anchors)
+        text = f"{self.keep} from {start}"
+        if self.open_while_null:
+            text += " (open-ended while it is not set)"
+        if self.ends_early_at:
+            text += f", ending early at {self.ends_early_at}"
+        if self.only_where:
+            text += ", only where " + ", ".join(f"{k} = {v}" for k, v in self.only_where.items())
+        return text
+
+
+Keeps = dict[str, tuple[str, ...]]
+
+
+def _parse_keeps(v: Any) -> Keeps:
+    if not isinstance(v, dict) or not v:
+        raise ValueError("expected a mapping of table: '*' or [columns]")
+    out: Keeps = {}
+    for table, cols in v.items():
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        known = TABLES[table].column_names
+        if cols == "*":
+            out[table] = tuple(known)
+            continue
+        if not isinstance(cols, list) or not cols:
+            raise ValueError(f"{table}: expected '*' or a list of columns")
+        for c in cols:
+            if c not in known:
+                raise ValueError(f"{table}: unknown column {c!r}")
+        out[table] = tuple(cols)
+    return out
+
+
+class Purpose(_Frozen):
+    """A purpose of processing with its legal basis, the data it needs and its retention."""
+
+    name: str = ""
+    legal_basis: LegalBasis
+    description: str
+    keeps: Keeps
+    pseudonymizes: Keeps = {}
+    retention: Retention
+
+    _parse_keeps = field_validator("keeps", "pseudonymizes", mode="before")(
+        lambda cls, v: _parse_keeps(v) if v else {}
+    )
+
+    def keeps_column(self, table: str, column: str) -> bool:
+        return column in self.keeps.get(table, ())
+
+
+class TableActions(_Frozen):
+    """What happens in one table to values and rows no purpose keeps any more."""
+
+    column: ColumnRules = ColumnRules()
+    row: Literal["delete", "anonymize"]
+    anonymized: ColumnRules | None = None
+
+    @field_validator("column", "anonymized", mode="before")
+    @classmethod
+    def _rules(cls, v: Any) -> ColumnRules | None:
+        return None if v is None else ColumnRules.from_yaml(v)
+
+    def anonymized_rules(self) -> ColumnRules:
+        """Column rules of an anonymized row (the per-value rules unless overridden)."""
+        return self.anonymized or self.column
+
+
+class ExportLog(_Frozen):
+    keep: Duration
+    purge_when_over: int = Field(ge=0)
+    every: Duration
+
+    _d = field_validator("keep", "every", mode="before")(
+        lambda cls, v: v if isinstance(v, Duration) else Duration.parse(str(v))
+    )
+
+
+class Operations(_Frozen):
+    """Retention of Lethe's own operational data."""
+
+    backups: Duration
+    access_log: Duration
+    export_log: ExportLog
+    exports: Duration
+
+    _d = field_validator("backups", "access_log", "exports", mode="before")(
+        lambda cls, v: v if isinstance(v, Duration) else Duration.parse(str(v))
+    )
+
+
+class Processor(_Frozen):
+    name: str
+    purpose: str
+    data_shared: dict[str, tuple[str, ...]]
+    contract_end: str | None = None
+    export_access: bool = True
+
+    _k = field_validator("data_shared", mode="before")(lambda cls, v: _parse_keeps(v))
+
+
+class Policy(_Frozen):
+    """A validated retention policy."""
+
+    version: Literal[1] = 1
+    owner: str = "team:privacy"
+    k_anonymity: int = Field(default=5, ge=2)
+    purposes: dict[str, Purpose]
+    litigation_hold: Purpose
+    when_unkept: dict[str, TableActions]
+    operations: Operations
+    processors: tuple[Processor, ...] = ()
+    source: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            purposes = data.get("purposes")
+            if isinstance(purposes, dict):
+                data = dict(data)
+                data["purposes"] = {
+                    k: {**v, "name": k} if isinstance(v, dict) else v for k, v in purposes.items()
+                }
+            hold = data.get("litigation_hold")
+            if isinstance(hold, dict):
+                data["litigation_hold"] = {**hold, "name": HOLD_PURPOSE}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Policy:
+        if HOLD_PURPOSE in self.purposes:
+            raise ValueError(f"purposes.{HOLD_PURPOSE}: reserved for the litigation_hold section")
+        for table in TABLES:
+            if table != "holds" and table not in self.when_unkept:
+                raise ValueError(f"when_unkept.{table}: missing (every table needs a rule)")
+        for table, actions in self.when_unkept.items():
+            if table not in TABLES:
+                raise ValueError(f"when_unkept.{table}: unknown table")
+            known = TABLES[table].column_names
+            for rules in (actions.column, actions.anonymized):
+                for col, strategy in (rules.columns if rules else {}).items():
+                    if col not in known:
+                        raise ValueError(f"when_unkept.{table}: unknown column {col!r}")
+                    if isinstance(strategy, Pseudonymize):
+                        raise ValueError(
+                            f"when_unkept.{table}.{col}: pseudonymize belongs to a purpose"
+                            " (purposes.<name>.pseudonymizes)"
+                        )
+        for p in self.processors:
+            if p.purpose not in self.purposes:
+                raise ValueError(f"processors.{p.name}.purpose: unknown purpose {p.purpose!r}")
+        return self
+
+    def all_purposes(self) -> dict[str, Purpose]:
+        """The policy's purposes plus the litigation hold, in policy order (hold last)."""
+        return {**self.purposes, HOLD_PURPOSE: self.litigation_hold}
+
+    def purposes_for(self, table: str) -> list[Purpose]:
+        """Purposes that keep anything of `table`."""
+        return [p for p in self.all_purposes().values() if table in p.keeps]
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"] if not str(x).startswith("function-"))
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {loc or 'policy'}: {msg}{more}"
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without anchors/aliases: a policy is small; aliases only serve bombs."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, "aliases are not allowed in a policy", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def parse_policy(text: str, source: str = "<policy>") -> Policy:
+    """Validate a policy document; raise PolicyError naming the key on any problem."""
+    try:
+        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: a policy is a YAML mapping with a 'purposes' key")
+    try:
+        return Policy.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        raise PolicyError(_format_error(source, exc)) from None
+    except DurationError as exc:
+        raise PolicyError(f"{source}: {exc}") from None
+
+
+def default_policy_path() -> Path:
+    """`LETHE_POLICY`, else `./policies/default.yaml`, else the one shipped beside the code."""
+    env = os.environ.get("LETHE_POLICY")
+    if env:
+        return Path(env)
+    local = Path("policies/default.yaml")
+    if local.exists():
+        return local
+    return Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """Load and validate a policy file (default: `default_policy_path()`)."""
+    file = Path(path) if path else default_policy_path()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"{file}: cannot read policy ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise PolicyError(f"{file}: policy is not UTF-8 text") from None
+    return parse_policy(text, str(file))

@@ -1,0 +1,175 @@
+"""Purpose tagging: which purposes keep each row, on which legal basis, until when.
+
+For every purpose the policy anchors a retention window on rows of one table
+(`retention.from`). The window's state (active, open-ended, end) is computed there
+and carried along foreign keys to every table the purpose keeps: up to a parent
+(any active child keeps it; it ends when the last child ends) and down to children
+(they follow their parent). All of it is one SQL SELECT per table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+
+import duckdb
+
+from lethe.plan import Plan, timestamp_literal
+from lethe.policy import Policy, Purpose
+from lethe.strategies import quote
+from lethe.tables import TABLES, TAGGED_TABLES
+from lethe.warehouse import table_columns, transaction
+
+# Row states (SPEC "Warehouse"); `expired` marks a row no purpose keeps, until
+# enforcement deletes or anonymizes it in the same run.
+STATES_KEPT_AS_IS = ("restricted", "pseudonymized", "anonymized")
+_EMPTY = "CAST([] AS VARCHAR[])"
+
+
+def _edges(table: str) -> list[tuple[str, str]]:
+    """Neighbours of a table along foreign keys: (neighbour, 'parent' | 'child')."""
+    out = [(fk.ref_table, "parent") for fk in TABLES[table].foreign_keys]
+    out += [
+        (t.name, "child") for t in TABLES.values() for fk in t.foreign_keys if fk.ref_table == table
+    ]
+    return out
+
+
+def _path(start: str, goal: str) -> list[tuple[str, str]]:
+    """Shortest FK path from `start` to `goal` as steps (table, direction)."""
+    prev: dict[str, tuple[str, str] | None] = {start: None}
+    queue = deque([start])
+    while queue:
+        node = queue.popleft()
+        for nxt, direction in _edges(node):
+            if nxt not in prev:
+                prev[nxt] = (node, direction)
+                queue.append(nxt)
+    if goal not in prev:
+        raise ValueError(f"no foreign-key path from {start} to {goal}")
+    steps: list[tuple[str, str]] = []
+    node = goal
+    while prev[node] is not None:
+        parent_node, direction = prev[node]  # type: ignore[misc]
+        steps.append((node, direction))
+        node = parent_node
+    return list(reversed(steps))
+
+
+def _anchor_status(purpose: Purpose, as_of: str) -> str:
+    """(_k, _end, _open, _active) for each row of the purpose's anchor table."""
+    ret = purpose.retention
+    table = TABLES[ret.table]
+    starts = [f"{quote(a.column)}" + (f" + {a.plus.sql()}" if a.plus else "") for a in ret.anchors]
+    start = starts[0] if len(starts) == 1 else f"coalesce({', '.join(starts)})"
+    end = f"{start} + {ret.keep.sql()}"
+    if ret.ends_early_at:
+        end = f"least({end}, {quote(ret.ends_early_at.column)})"
+    is_open = f"({start}) IS NULL" if ret.open_while_null else "false"
+    where = (
+        " AND ".join(
+            f"CAST({quote(ref.split('.', 1)[1])} AS VARCHAR) = '{value.replace(chr(39), chr(39) * 2)}'"
+            for ref, value in ret.only_where.items()
+        )
+        or "true"
+    )
+    return (
+        f"SELECT {quote(table.key)} AS _k, CAST({end} AS TIMESTAMP) AS _end, {is_open} AS _open"
+        f" FROM core.{quote(table.name)} WHERE {where}"
+    )
+
+
+def _step(status: str, src: str, dst: str, direction: str) -> str:
+    """Carry a status relation from table `src` to its neighbour `dst`."""
+    if direction == "parent":  # dst is referenced by src: aggregate src's rows per dst key
+        fk = next(f for f in TABLES[src].foreign_keys if f.ref_table == dst)
+        return (
+            f"SELECT t.{quote(fk.column)} AS _k, max(s._end) AS _end, bool_or(s._open) AS _open,"
+            f" bool_or(s._active) AS _active FROM ({status}) s"
+            f" JOIN core.{quote(src)} t ON t.{quote(TABLES[src].key)} = s._k"
+            f" GROUP BY t.{quote(fk.column)}"
+        )
+    fk = next(f for f in TABLES[dst].foreign_keys if f.ref_table == src)
+    return (
+        f"SELECT t.{quote(TABLES[dst].key)} AS _k, s._end, s._open, s._active"
+        f" FROM core.{quote(dst)} t JOIN ({status}) s ON t.{quote(fk.column)} = s._k"
+    )
+
+
+def purpose_status_sql(purpose: Purpose, table: str, as_of: str) -> str:
+    """(_k, _end, _open, _active) of `purpose` for the rows of `table` it reaches."""
+    anchor = purpose.retention.table
+    status = (
+        f"SELECT _k, _end, _open, (_open OR {as_of} < _end) AS _active"
+        f" FROM ({_anchor_status(purpose, as_of)})"
+    )
+    current = anchor
+    for nxt, direction in _path(anchor, table):
+        status = _step(status, current, nxt, direction)
+        current = nxt
+    return status
+
+
+def tag_select(policy: Policy, table: str, as_of: dt.date | dt.datetime, columns: list[str]) -> str:
+    """SELECT of `core.<table>` with fresh `_purposes`, `_legal_bases`, `_retain_until`, `_state`.
+
+    `columns` are the table's current columns (contract, carried extras and tag columns).
+    """
+    t = timestamp_literal(as_of)
+    purposes = policy.purposes_for(table)
+    key = quote(TABLES[table].key)
+    joins = "".join(
+        f" LEFT JOIN ({purpose_status_sql(p, table, t)}) p{i} ON p{i}._k = x.{key}"
+        for i, p in enumerate(purposes)
+    )
+    active = {p.name: f"coalesce(p{i}._active, false)" for i, p in enumerate(purposes)}
+    names = " || ".join(
+        f"CASE WHEN {active[p.name]} THEN ['{p.name}'] ELSE {_EMPTY} END" for p in purposes
+    )
+    bases: dict[str, list[str]] = {}
+    for p in purposes:
+        bases.setdefault(p.legal_basis, []).append(active[p.name])
+    basis_items = " || ".join(
+        f"CASE WHEN {' OR '.join(conds)} THEN ['{basis}'] ELSE {_EMPTY} END"
+        for basis, conds in bases.items()
+    )
+    any_open = " OR ".join(f"({active[p.name]} AND p{i}._open)" for i, p in enumerate(purposes))
+    ends = ", ".join(f"p{i}._end" for i in range(len(purposes)))
+    tags = (
+        f"{names or _EMPTY} AS _purposes, {basis_items or _EMPTY} AS _legal_bases,"
+        f" CASE WHEN {any_open or 'false'} THEN NULL ELSE"
+        f" CAST(greatest({ends}) AS TIMESTAMP) END AS _retain_until"
+    )
+    kept_state = ", ".join(f"'{s}'" for s in STATES_KEPT_AS_IS)
+    any_active = " OR ".join(active.values()) or "false"
+    state = (
+        f"CASE WHEN x._state IN ({kept_state}) THEN x._state"
+        f" WHEN {any_active} THEN 'active' ELSE 'expired' END AS _state"
+    )
+    plain = [
+        c for c in columns if c not in ("_purposes", "_legal_bases", "_retain_until", "_state")
+    ]
+    select = ", ".join(f"x.{quote(c)}" for c in plain)
+    return f"SELECT {select}, {tags}, {state} FROM core.{quote(table)} x{joins}"
+
+
+def tag_plan(
+    con: duckdb.DuckDBPyConnection, policy: Policy, table: str, as_of: dt.date | dt.datetime
+) -> Plan:
+    """The statement that rewrites `core.<table>` with fresh tags, in the table's column order."""
+    columns = table_columns(con, "core", table)
+    select = tag_select(policy, table, as_of, columns)
+    ordered = ", ".join(quote(c) for c in columns)
+    return Plan(
+        f"tag {table}",
+        (f"CREATE OR REPLACE TABLE core.{quote(table)} AS SELECT {ordered} FROM ({select})",),
+    )
+
+
+def tag_all(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date | dt.datetime) -> None:
+    """Re-tag every core table in one transaction."""
+    plans = [tag_plan(con, policy, table, as_of) for table in TAGGED_TABLES]
+    with transaction(con):
+        for plan in plans:
+            for sql in plan.statements:
+                con.execute(sql)

@@ -1,0 +1,92 @@
+"""The DuckDB warehouse: connections, schemas and the core table layout."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from lethe.strategies import quote
+from lethe.tables import TABLES, Table
+
+SQL_TYPES: dict[str, str] = {
+    "text": "VARCHAR",
+    "date": "DATE",
+    "timestamp": "TIMESTAMP",
+    "decimal": "DECIMAL(18,2)",
+}
+# Columns Lethe adds to every core table (SPEC "Warehouse").
+TAG_COLUMNS: dict[str, str] = {
+    "_purposes": "VARCHAR[]",
+    "_legal_bases": "VARCHAR[]",
+    "_retain_until": "TIMESTAMP",
+    "_state": "VARCHAR",
+    "_ingested_at": "TIMESTAMP",
+}
+SCHEMAS = ("core", "analytics", "audit", "requests")
+
+
+def sql_type(table: Table, column: str) -> str:
+    """The warehouse SQL type of a contract column."""
+    return SQL_TYPES[table.column(column).type]
+
+
+def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file with Lethe's session settings; new files are owner-only."""
+    path = Path(path)
+    existed = path.exists()
+    con = duckdb.connect(str(path), read_only=read_only)
+    if not existed and not read_only:
+        os.chmod(path, 0o600)
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN … COMMIT, rolled back on any error so a step is all or nothing."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def core_table_ddl(table: Table) -> str:
+    """CREATE TABLE for a core table: contract columns plus Lethe's tag columns."""
+    cols = [f"{quote(c.name)} {SQL_TYPES[c.type]}" for c in table.columns]
+    cols += [f"{quote(n)} {t}" for n, t in TAG_COLUMNS.items()]
+    return f"CREATE TABLE IF NOT EXISTS core.{quote(table.name)} ({', '.join(cols)})"
+
+
+def ensure_schemas(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the schemas and the fixed core tables if they do not exist yet."""
+    for schema in SCHEMAS:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    for table in TABLES.values():
+        con.execute(core_table_ddl(table))
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS core.quarantine (
+            table_name VARCHAR, source_file VARCHAR, row_number BIGINT, column_name VARCHAR,
+            reason VARCHAR, record JSON, quarantined_at TIMESTAMP)"""
+    )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS core.ingest_log (
+            table_name VARCHAR, source_file VARCHAR, sha256 VARCHAR, rows_read BIGINT,
+            rows_loaded BIGINT, rows_quarantined BIGINT, ingested_at TIMESTAMP)"""
+    )
+
+
+def table_columns(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> list[str]:
+    """Column names of an existing table, in order."""
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+        [schema, table],
+    ).fetchall()
+    return [r[0] for r in rows]
