@@ -18,6 +18,11 @@ def quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+def literal(value: str) -> str:
+    """A SQL string literal for a value from the validated policy (data values are bound)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 class _Strategy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -16,7 +16,7 @@ import duckdb
 
 from lethe.plan import Plan, timestamp_literal
 from lethe.policy import Policy, Purpose
-from lethe.strategies import quote
+from lethe.strategies import literal, quote
 from lethe.tables import TABLES, TAGGED_TABLES
 from lethe.warehouse import table_columns, transaction
 
@@ -68,7 +68,7 @@ def _anchor_status(purpose: Purpose, as_of: str) -> str:
     is_open = f"({start}) IS NULL" if ret.open_while_null else "false"
     where = (
         " AND ".join(
-            f"CAST({quote(ref.split('.', 1)[1])} AS VARCHAR) = '{value.replace(chr(39), chr(39) * 2)}'"
+            f"CAST({quote(ref.split('.', 1)[1])} AS VARCHAR) = {literal(value)}"
             for ref, value in ret.only_where.items()
         )
         or "true"
