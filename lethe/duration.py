@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 from dateutil.relativedelta import relativedelta
 
+from lethe.errors import LetheError
+
 _TERM = re.compile(r"^\s*(\d+)\s*([dwmy])\s*$")
 
 
-class DurationError(ValueError):
+class DurationError(LetheError, ValueError):
     """A duration string that does not follow `N[d|w|m|y] (+ N[d|w|m|y])*`."""
 
 

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import duckdb
 
+from lethe.errors import LetheError
 from lethe.policy import Policy
 from lethe.strategies import quote
 from lethe.tables import TABLES, Table
 from lethe.warehouse import SQL_TYPES, TAG_COLUMNS, ensure_schemas, table_columns, transaction
 
 
-class IngestError(ValueError):
+class IngestError(LetheError, ValueError):
     """A landing file that cannot be used at all (missing, unreadable, missing column)."""
 
 

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from lethe.duration import Duration, DurationError
+from lethe.errors import LetheError
 from lethe.strategies import ColumnRules, Pseudonymize
 from lethe.tables import TABLES
 
@@ -44,7 +45,7 @@ LEGAL_BASIS_ARTICLE: dict[str, str] = {
 HOLD_PURPOSE = "litigation_hold"
 
 
-class PolicyError(ValueError):
+class PolicyError(LetheError, ValueError):
     """An invalid policy: the message names the file and the key."""
 
 

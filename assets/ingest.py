@@ -1,0 +1,80 @@
+"""Ingest assets: one per landing table, loading validated rows into core.*."""
+
+import dagster as dg
+
+from assets.metadata import OWNERS, table_metadata, table_tags
+from lethe.ingest import IngestError, ingest_table
+from lethe.policy import load_policy
+from lethe.tables import TABLES
+from pipelines.resources import PolicyResource, WarehouseResource
+
+QUARANTINE_CHECK = "no_quarantined_rows"
+
+
+def _build(table_name: str) -> dg.AssetsDefinition:
+    table = TABLES[table_name]
+    policy = load_policy()
+    deps = [dg.AssetKey(["core", fk.ref_table]) for fk in table.foreign_keys]
+
+    @dg.asset(
+        name=table_name,
+        key_prefix=["core"],
+        group_name="ingest",
+        deps=deps,
+        owners=OWNERS,
+        kinds={"duckdb"},
+        description=(
+            f"core.{table_name}: {table.description} Loaded from landing/{table_name}.parquet"
+            f" or .csv; rows that break the contract go to core.quarantine."
+        ),
+        metadata=table_metadata(policy, table_name),
+        tags=table_tags(policy, table_name),
+        check_specs=[
+            dg.AssetCheckSpec(
+                QUARANTINE_CHECK,
+                asset=dg.AssetKey(["core", table_name]),
+                description="Every row of the landing file passed validation (none quarantined).",
+            )
+        ],
+    )
+    def _asset(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        policy: PolicyResource,
+    ):
+        try:
+            with warehouse.connect() as con:
+                result = ingest_table(con, warehouse.paths().landing, table_name, policy.load())
+                rows = con.execute(f"SELECT count(*) FROM core.{table_name}").fetchone()[0]
+        except IngestError as exc:
+            raise dg.Failure(description=str(exc)) from None
+        problems = "; ".join(f"{n} × {reason}" for reason, n in result.problems.items())
+        context.log.info(
+            f"{table_name}: read {result.rows_read}, loaded {result.rows_loaded},"
+            f" quarantined {result.rows_quarantined} {result.note}"
+        )
+        yield dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": rows,
+                "source_file": result.source_file or "none (no new file)",
+                "rows_read": result.rows_read,
+                "rows_loaded": result.rows_loaded,
+                "rows_quarantined": result.rows_quarantined,
+            }
+        )
+        yield dg.AssetCheckResult(
+            check_name=QUARANTINE_CHECK,
+            passed=result.ok,
+            description=(
+                f"{result.source_file}: {result.rows_quarantined} rows quarantined ({problems});"
+                " see core.quarantine"
+                if not result.ok
+                else "no rows quarantined"
+            ),
+            metadata={"rows_quarantined": result.rows_quarantined, "problems": problems or "none"},
+        )
+
+    return _asset
+
+
+ingest_assets = [_build(name) for name in TABLES]

@@ -1,0 +1,71 @@
+"""Run the pipeline job in-process against the Dagster instance under LETHE_HOME."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from lethe.home import Home
+from pipelines.definitions import defs
+from pipelines.jobs import PIPELINE_JOB
+
+
+@dataclass
+class RunOutcome:
+    """What the CLI reports about one run (no personal data)."""
+
+    run_id: str
+    success: bool
+    errors: list[str] = field(default_factory=list)
+    failed_checks: list[str] = field(default_factory=list)
+
+
+def run_pipeline(home: Home, as_of: dt.date, policy_path: str | None = None) -> RunOutcome:
+    """Execute the pipeline job so that the run shows in `dagster dev` afterwards."""
+    os.environ["DAGSTER_HOME"] = str(home.dagster)
+    config = home.dagster / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+    instance = dg.DagsterInstance.get()
+    run_config = {
+        "resources": {
+            "warehouse": {"config": {"home": str(home.root)}},
+            "policy": {"config": {"as_of": as_of.isoformat(), "path": policy_path or ""}},
+        },
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+    }
+    result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
+        run_config=run_config,
+        instance=instance,
+        raise_on_error=False,
+        tags={"lethe/as_of": as_of.isoformat(), "lethe/trigger": "cli"},
+    )
+    errors = [
+        f"{ev.step_key}: {_failure_message(ev)}"
+        for ev in result.all_events
+        if ev.event_type == dg.DagsterEventType.STEP_FAILURE
+    ]
+    checks = [
+        ev.asset_check_evaluation_data
+        for ev in result.all_events
+        if ev.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ]
+    failed_checks = [
+        f"{'/'.join(c.asset_key.path)} {c.check_name}: {c.description}"
+        for c in checks
+        if not c.passed
+    ]
+    return RunOutcome(result.run_id, result.success, errors, failed_checks)
+
+
+def _failure_message(event: dg.DagsterEvent) -> str:
+    data = event.step_failure_data
+    if data.user_failure_data and data.user_failure_data.description:
+        return data.user_failure_data.description
+    err = data.error
+    while err and err.cause:
+        err = err.cause
+    return err.message.strip().splitlines()[0] if err else "failed"
