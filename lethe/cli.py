@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated
 
+import duckdb
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lethe.audit import verify
+from lethe.backup import create_backup
 from lethe.errors import LetheError
+from lethe.holds import place_hold, release_hold
 from lethe.home import Home
 from lethe.lock import exclusive
 from lethe.policy import load_policy
+from lethe.restore import restore as restore_backup
 from lethe.summary import TableSummary, summarize
 from lethe.warehouse import connect
 
@@ -31,6 +38,10 @@ app = typer.Typer(
 )
 policy_app = typer.Typer(help="Validate retention policies.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+hold_app = typer.Typer(help="Place and release litigation holds.", no_args_is_help=True)
+app.add_typer(hold_app, name="hold")
+audit_app = typer.Typer(help="Inspect the audit ledger.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 out = Console()
 err = Console(stderr=True)
@@ -117,7 +128,7 @@ def _run_and_report(home: Home, when: dt.date, policy: Path | None) -> None:
         outcome = run_pipeline(home, when, str(policy) if policy else None)
     con = connect(home.warehouse, read_only=True)
     try:
-        _print_summary(summarize(con), when, outcome.run_id)
+        _print_summary(summarize(con, outcome.run_id), when, outcome.run_id)
     finally:
         con.close()
     for check in outcome.failed_checks:
@@ -127,10 +138,10 @@ def _run_and_report(home: Home, when: dt.date, policy: Path | None) -> None:
 
 
 def _print_summary(summaries: list[TableSummary], when: dt.date, run_id: str) -> None:
-    states = ("active", "expired", "restricted", "pseudonymized", "anonymized")
+    states = ("active", "restricted", "pseudonymized", "anonymized")
     table = Table(title=f"Lethe warehouse as of {when} (run {run_id[:8]})")
     table.add_column("table")
-    for col in ("rows", "past retention", *states):
+    for col in ("rows", "past retention", *states, "held"):
         table.add_column(col, justify="right")
     for s in summaries:
         table.add_row(
@@ -138,8 +149,17 @@ def _print_summary(summaries: list[TableSummary], when: dt.date, run_id: str) ->
             f"{s.rows:,}",
             f"{s.past_retention:,}",
             *(f"{s.by_state.get(state, 0):,}" for state in states),
+            f"{s.held:,}",
         )
     out.print(table)
+    done = Table(title="This run: rows per action")
+    done.add_column("table")
+    actions = ("erase", "pseudonymize", "anonymize", "delete")
+    for col in ("columns erased", "pseudonymized", "anonymized", "deleted"):
+        done.add_column(col, justify="right")
+    for s in summaries:
+        done.add_row(s.table, *(f"{s.actions.get(a, 0):,}" for a in actions))
+    out.print(done)
     purposes = Table(title="Rows kept per purpose and legal basis")
     purposes.add_column("purpose / legal basis")
     for s in summaries:
@@ -180,6 +200,79 @@ def policy_check(
             highlight=False,
         )
     out.print(f"{policy.source}: valid ({len(policy.purposes)} purposes)", highlight=False)
+
+
+@contextmanager
+def _warehouse(write: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    home = Home.from_env().ensure()
+    if not home.warehouse.exists():
+        _fail(f"{home.warehouse}: no warehouse yet (run `lethe run` first)")
+    with exclusive(home.lock) if write else nullcontext():
+        con = connect(home.warehouse, read_only=not write)
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+@hold_app.command("add")
+def hold_add(
+    subject: Annotated[str, typer.Option(help="contact_id or e-mail address.")],
+    reason: Annotated[str, typer.Option(help="Why the data must be kept (the case).")],
+) -> None:
+    """Freeze every row of a contact until the hold is released."""
+    with _warehouse() as con:
+        hold_id = place_hold(con, subject, reason)
+    out.print(f"hold {hold_id} placed; the contact's rows are frozen from the next run")
+
+
+@hold_app.command("release")
+def hold_release(
+    subject: Annotated[str, typer.Option(help="contact_id or e-mail address.")],
+    reason: Annotated[str, typer.Option(help="Why the hold ends.")],
+) -> None:
+    """Release a contact's open holds; retention applies again from the next run."""
+    with _warehouse() as con:
+        n = release_hold(con, subject, reason)
+    out.print(f"{n} hold(s) released")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the audit ledger's hash chain: any edited, removed or reordered entry fails."""
+    with _warehouse(write=False) as con:
+        result = verify(con)
+    if not result.ok:
+        _fail(f"audit ledger: {result.problem}")
+    out.print(f"audit ledger: {result.entries} entries, chain intact")
+
+
+@app.command()
+def backup() -> None:
+    """Write a compressed backup of the warehouse under LETHE_HOME/backups."""
+    home = Home.from_env().ensure()
+    if not home.warehouse.exists():
+        _fail(f"{home.warehouse}: no warehouse yet (run `lethe run` first)")
+    with exclusive(home.lock):
+        made = create_backup(home)
+    out.print(f"backup {made.id} written ({made.path})", highlight=False)
+
+
+@app.command()
+def restore(
+    backup_id: Annotated[str, typer.Argument(help="Backup id, as listed under backups/.")],
+    policy: Annotated[Path | None, typer.Option("--policy", help="Policy file.")] = None,
+) -> None:
+    """Restore a backup; every erasure recorded since is re-applied before it is visible."""
+    home = Home.from_env().ensure()
+    loaded = load_policy(policy)
+    with exclusive(home.lock):
+        result = restore_backup(home, backup_id, loaded)
+    out.print(
+        f"restored {backup_id}; re-applied retention as of {result.reapplied_as_of}"
+        f" ({result.erasures_since_backup} erasure batches since the backup)",
+        highlight=False,
+    )
 
 
 def main() -> None:

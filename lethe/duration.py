@@ -57,6 +57,10 @@ class Duration:
         """Add this duration to a date or datetime with calendar arithmetic."""
         return when + relativedelta(years=self.years, months=self.months, days=self.days)
 
+    def subtract_from(self, when: dt.date | dt.datetime) -> dt.date | dt.datetime:
+        """The instant this duration before `when` (calendar arithmetic)."""
+        return when - relativedelta(years=self.years, months=self.months, days=self.days)
+
     def sql(self) -> str:
         """The duration as a DuckDB/PostgreSQL interval literal."""
         return (

@@ -145,8 +145,10 @@ def ingest_table(
     ensure_schemas(con)
     path = landing_file(landing, table)
     if path is None:
-        has_rows = con.execute(f"SELECT count(*) FROM core.{quote(table.name)}").fetchone()[0]
-        if table.optional or has_rows:
+        loaded_before = con.execute(
+            "SELECT count(*) FROM core.ingest_log WHERE table_name = ?", [table.name]
+        ).fetchone()[0]
+        if table.optional or loaded_before:
             return IngestResult(table.name, None, note="no new landing file")
         raise IngestError(
             f"{landing / (table.name + '.parquet')}: missing (put {table.name}.parquet or"

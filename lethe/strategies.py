@@ -1,9 +1,10 @@
 """What happens to a column value once no purpose keeps it: small typed strategies.
 
 Each strategy has a `name`, a frozen config with `extra="forbid"`, a one-line
-`describe()` for compliance readers, and `sql(column, sql_type)`, a SQL expression over a whole
-column (never a per-row Python call). Pseudonymization needs the vault, so its SQL
-reads a token column that enforcement joins in (see `lethe.retention`).
+`describe()` for compliance readers, and `sql(value, sql_type)`: the SQL expression that
+replaces the SQL expression `value` for a whole column (never a per-row Python call).
+Pseudonymization needs the vault: enforcement passes the joined token as `value`
+(see `lethe.retention`).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ class Keep(_Strategy):
     def describe(self) -> str:
         return "kept as is"
 
-    def sql(self, column: str, sql_type: str) -> str:
-        return quote(column)
+    def sql(self, value: str, sql_type: str) -> str:
+        return value
 
 
 class Erase(_Strategy):
@@ -43,7 +44,7 @@ class Erase(_Strategy):
     def describe(self) -> str:
         return "erased (set to NULL)"
 
-    def sql(self, column: str, sql_type: str) -> str:
+    def sql(self, value: str, sql_type: str) -> str:
         return f"CAST(NULL AS {sql_type})"
 
 
@@ -53,8 +54,8 @@ class Pseudonymize(_Strategy):
     def describe(self) -> str:
         return "replaced by a random vault token"
 
-    def sql(self, column: str, sql_type: str) -> str:
-        return quote(f"_token_{column}")
+    def sql(self, value: str, sql_type: str) -> str:
+        return value  # the caller passes the vault token joined for the column
 
 
 class Surrogate(_Strategy):
@@ -63,7 +64,7 @@ class Surrogate(_Strategy):
     def describe(self) -> str:
         return "replaced by a random surrogate that appears nowhere else"
 
-    def sql(self, column: str, sql_type: str) -> str:
+    def sql(self, value: str, sql_type: str) -> str:
         return "'anon-' || replace(CAST(uuid() AS VARCHAR), '-', '')"
 
 
@@ -74,8 +75,8 @@ class Truncate(_Strategy):
     def describe(self) -> str:
         return f"generalized to the {self.to}"
 
-    def sql(self, column: str, sql_type: str) -> str:
-        return f"CAST(date_trunc('{self.to}', {quote(column)}) AS {sql_type})"
+    def sql(self, value: str, sql_type: str) -> str:
+        return f"CAST(date_trunc('{self.to}', {value}) AS {sql_type})"
 
 
 class Prefix(_Strategy):
@@ -85,8 +86,8 @@ class Prefix(_Strategy):
     def describe(self) -> str:
         return f"generalized to its first {self.length} characters"
 
-    def sql(self, column: str, sql_type: str) -> str:
-        return f"left({quote(column)}, {self.length})"
+    def sql(self, value: str, sql_type: str) -> str:
+        return f"left({value}, {self.length})"
 
 
 Strategy = Annotated[

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
+from lethe.policy import HOLD_PURPOSE
 from lethe.strategies import quote
 from lethe.tables import TAGGED_TABLES
 
@@ -20,20 +21,41 @@ class TableSummary:
     by_purpose: dict[str, int] = field(default_factory=dict)
     by_legal_basis: dict[str, int] = field(default_factory=dict)
     by_state: dict[str, int] = field(default_factory=dict)
+    held: int = 0
+    actions: dict[str, int] = field(default_factory=dict)
 
 
 def _counts(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in con.execute(sql).fetchall()}
 
 
-def summarize(con: duckdb.DuckDBPyConnection) -> list[TableSummary]:
-    """Summaries of every tagged core table, from its current tags."""
+def run_actions(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, dict[str, int]]:
+    """Rows per table and ledger action recorded by one run."""
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'audit' AND table_name = 'ledger'"
+    ).fetchone()[0]
+    if not exists:
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    for table, action, n in con.execute(
+        "SELECT table_name, action, sum(CAST(details->>'rows' AS BIGINT)) FROM audit.ledger"
+        " WHERE run_id = ? AND table_name IS NOT NULL GROUP BY ALL",
+        [run_id],
+    ).fetchall():
+        out.setdefault(table, {})[action] = int(n or 0)
+    return out
+
+
+def summarize(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> list[TableSummary]:
+    """Summaries of every tagged core table from its tags (and the run's ledger actions)."""
+    actions = run_actions(con, run_id) if run_id else {}
     out = []
     for table in TAGGED_TABLES:
         t = f"core.{quote(table)}"
-        rows, past = con.execute(
+        rows, past, held = con.execute(
             f"SELECT count(*), count(*) FILTER (WHERE len(_purposes) = 0"
-            f" AND _state NOT IN ('anonymized')) FROM {t}"
+            f" AND _state NOT IN ('anonymized')),"
+            f" count(*) FILTER (WHERE list_contains(_purposes, '{HOLD_PURPOSE}')) FROM {t}"
         ).fetchone()
         out.append(
             TableSummary(
@@ -51,6 +73,8 @@ def summarize(con: duckdb.DuckDBPyConnection) -> list[TableSummary]:
                     " GROUP BY b ORDER BY b",
                 ),
                 by_state=_counts(con, f"SELECT _state, count(*) FROM {t} GROUP BY 1 ORDER BY 1"),
+                held=held,
+                actions=actions.get(table, {}),
             )
         )
     return out

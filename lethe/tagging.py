@@ -173,3 +173,15 @@ def tag_all(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date | dt.
         for plan in plans:
             for sql in plan.statements:
                 con.execute(sql)
+        con.execute(
+            "CREATE OR REPLACE TABLE core.tag_state AS SELECT CAST(? AS DATE) AS as_of", [as_of]
+        )
+
+
+def tagged_as_of(con: duckdb.DuckDBPyConnection) -> dt.date | None:
+    """The as-of date of the current tags (None if never tagged)."""
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'core'"
+        " AND table_name = 'tag_state'"
+    ).fetchone()[0]
+    return con.execute("SELECT as_of FROM core.tag_state").fetchone()[0] if exists else None

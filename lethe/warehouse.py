@@ -9,6 +9,8 @@ from pathlib import Path
 
 import duckdb
 
+from lethe.activity_logs import ensure_logs
+from lethe.audit import ensure_ledger
 from lethe.strategies import quote
 from lethe.tables import TABLES, Table
 
@@ -65,9 +67,11 @@ def core_table_ddl(table: Table) -> str:
 
 
 def ensure_schemas(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the schemas and the fixed core tables if they do not exist yet."""
+    """Create the schemas and fixed tables (core, ledger, activity logs) if missing."""
     for schema in SCHEMAS:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    ensure_ledger(con)
+    ensure_logs(con)
     for table in TABLES.values():
         con.execute(core_table_ddl(table))
     con.execute(

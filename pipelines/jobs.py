@@ -6,7 +6,7 @@ PIPELINE_JOB = "lethe_pipeline"
 
 pipeline_job = dg.define_asset_job(
     PIPELINE_JOB,
-    selection=dg.AssetSelection.groups("ingest", "tagging"),
+    selection=dg.AssetSelection.groups("ingest", "tagging", "enforcement", "backups"),
     description="Ingest landing files, tag every row with its purposes, enforce retention.",
     executor_def=dg.in_process_executor,
 )

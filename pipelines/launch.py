@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from lethe.compaction import remove_leftovers
 from lethe.home import Home
 from pipelines.definitions import defs
 from pipelines.jobs import PIPELINE_JOB
@@ -25,6 +26,7 @@ class RunOutcome:
 
 def run_pipeline(home: Home, as_of: dt.date, policy_path: str | None = None) -> RunOutcome:
     """Execute the pipeline job so that the run shows in `dagster dev` afterwards."""
+    remove_leftovers(home.root)
     os.environ["DAGSTER_HOME"] = str(home.dagster)
     config = home.dagster / "dagster.yaml"
     if not config.exists():
@@ -35,7 +37,8 @@ def run_pipeline(home: Home, as_of: dt.date, policy_path: str | None = None) -> 
             "warehouse": {"config": {"home": str(home.root)}},
             "policy": {"config": {"as_of": as_of.isoformat(), "path": policy_path or ""}},
         },
-        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        # The CLI reports failures in one line; the full events stay in the instance.
+        "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
     }
     result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
         run_config=run_config,

@@ -1,0 +1,86 @@
+"""Retention of Lethe's own data: activity logs and backups."""
+
+import datetime as dt
+
+import dagster as dg
+
+from assets.metadata import OWNERS
+from lethe.activity_logs import purge_logs
+from lethe.backup import create_backup, expire_backups, list_backups
+from pipelines.resources import PolicyResource, WarehouseResource
+
+BACKUPS_EXPIRED = "no_backup_past_retention"
+
+
+@dg.asset(
+    key=["audit", "log_retention"],
+    group_name="enforcement",
+    deps=[dg.AssetKey(["core", "purpose_tags"])],
+    owners=OWNERS,
+    kinds={"duckdb"},
+)
+def log_retention(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, policy: PolicyResource
+) -> dg.MaterializeResult:
+    """Deletes access-log entries older than the policy's access-log retention (30 days) and,
+    once a week, export-log entries older than 90 days when the log holds more than 1000.
+    The enforcement rewrite that follows removes the deleted entries physically.
+    """
+    ops = policy.load().operations
+    with warehouse.connect() as con:
+        purge = purge_logs(con, policy.load(), dt.datetime.now(dt.UTC))
+    context.log.info(f"access log: {purge.access_log} deleted; export log: {purge.export_log}")
+    return dg.MaterializeResult(
+        metadata={
+            "access_log_deleted": purge.access_log,
+            "export_log_deleted": purge.export_log,
+            "export_log_purge_ran": purge.export_log_purged,
+            "access_log_retention": str(ops.access_log),
+            "export_log_rule": f"every {ops.export_log.every}: entries older than"
+            f" {ops.export_log.keep} once over {ops.export_log.purge_when_over}",
+        }
+    )
+
+
+@dg.asset(
+    key=["backups", "warehouse_backup"],
+    group_name="backups",
+    deps=[dg.AssetKey(["core", "retention_enforcement"])],
+    owners=OWNERS,
+    kinds={"duckdb"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            BACKUPS_EXPIRED,
+            asset=["backups", "warehouse_backup"],
+            description="No backup older than the policy's backup retention (80 days) remains.",
+        )
+    ],
+)
+def warehouse_backup(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, policy: PolicyResource
+):
+    """A compressed copy of the enforced warehouse under LETHE_HOME/backups, then deletion of
+    backups past the policy's retention (80 days). A restore re-applies every erasure
+    recorded in the ledger since the backup before the data is visible.
+    """
+    home = warehouse.paths()
+    keep = policy.load().operations.backups
+    made = create_backup(home)
+    expired = expire_backups(home, keep)
+    now = dt.datetime.now(dt.UTC)
+    remaining = list_backups(home)
+    too_old = [b.id for b in remaining if keep.add_to(b.created_at) <= now]
+    context.log.info(f"backup {made.id} written; {len(expired)} expired")
+    yield dg.MaterializeResult(
+        metadata={
+            "backup_id": made.id,
+            "expired_backups": len(expired),
+            "backups_kept": len(remaining),
+            "retention": str(keep),
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name=BACKUPS_EXPIRED,
+        passed=not too_old,
+        description=", ".join(too_old) or "all backups within retention",
+    )

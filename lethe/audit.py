@@ -1,0 +1,436 @@
+"""The audit ledger `audit.ledger`: an append-only, hash-chained record of every step.
+
+Each entry says what was done (action, table, columns, the affected row keys), why
+(reason: purpose ended, request id, rule name), with which strategy (its name only),
+when (recorded_at, as_of) and in which run. It never holds values: keys are row ids,
+`details` holds counts only.
+
+An entry is a batch, not a row: one erasure of 10,000 contacts is one entry whose
+`keys` lists the 10,000 contact ids. Entries are chained: `hash` is the SHA-256 of the
+entry's canonical JSON (every other field, `prev_hash` included), and `prev_hash` is
+the previous entry's `hash` (64 zeros for the first). Canonical JSON is
+`json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`
+encoded as UTF-8, with dates and timestamps as ISO-8601 text (timestamps with
+microseconds), so an auditor can recompute it without Lethe.
+
+`append` writes inside the caller's transaction and never begins or commits one, so
+enforcement and its ledger entries land together or not at all. The chain shows an
+edited, removed or reordered entry; it cannot show the last entries being cut off, or
+a chain rewritten from scratch by someone with write access, unless the head hash
+(`head`) is also kept somewhere else, such as run metadata.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lethe.errors import LetheError
+
+GENESIS = "0" * 64
+ACTIONS = frozenset(
+    {
+        "erase",
+        "pseudonymize",
+        "anonymize",
+        "delete",
+        "restrict",
+        "rectify",
+        "hold",
+        "release",
+        "export",
+        "request",
+        "restore",
+        "purge",
+        "backup",
+    }
+)
+# A strategy is recorded by name only (or names, comma-separated, for an entry that
+# covers columns with different strategies); this shape keeps configuration out.
+_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,63}(?:,[a-z][a-z0-9_.-]{0,63}){0,31}")
+# Columns in insert order; `_FIELDS` are the ones the hash covers (all but `hash`).
+_COLUMNS = (
+    "seq",
+    "recorded_at",
+    "run_id",
+    "as_of",
+    "action",
+    "table_name",
+    "columns",
+    "keys",
+    "key_count",
+    "reason",
+    "strategy",
+    "details",
+    "prev_hash",
+    "hash",
+)
+_FIELDS = tuple(sorted(c for c in _COLUMNS if c != "hash"))
+_SELECT = ", ".join(f'"{c}"' for c in _COLUMNS)
+_PAGE = 256  # entries fetched per query while verifying: bounded memory for long ledgers
+
+
+class LedgerError(LetheError):
+    """An entry that cannot be appended (unknown action, values in details, bad types)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerEntry:
+    """One step to record. `seq`, `prev_hash` and `hash` are assigned by `append`.
+
+    `keys` are row ids (contact ids, order ids), never values; `details` holds counts
+    only (e.g. `{"rows": 12, "values": 30}`); `strategy` is a strategy name, never its
+    configuration (several names comma-separated, e.g. `erase,truncate`, where the
+    entry's columns had different strategies). `recorded_at` defaults to the time of
+    the append (UTC).
+    """
+
+    run_id: str
+    as_of: dt.date
+    action: str
+    reason: str
+    table_name: str | None = None
+    columns: Sequence[str] = ()
+    keys: Sequence[str] = ()
+    strategy: str | None = None
+    details: Mapping[str, int] = field(default_factory=dict)
+    recorded_at: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        # Frozen copies, so an entry cannot change between hashing and insert.
+        for name in ("columns", "keys"):
+            if isinstance(getattr(self, name), str):
+                raise LedgerError(f"ledger {name} must be a list of strings, not one string")
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "details", MappingProxyType(dict(self.details)))
+        if isinstance(self.as_of, dt.datetime):
+            object.__setattr__(self, "as_of", self.as_of.date())
+        if self.recorded_at is not None:
+            object.__setattr__(self, "recorded_at", _utc_naive(self.recorded_at))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerRecord(LedgerEntry):
+    """An entry as stored: with its position, its key count and its place in the chain."""
+
+    seq: int
+    key_count: int
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of checking the chain; `problem` names the first bad entry by seq."""
+
+    ok: bool
+    entries: int
+    problem: str | None = None
+    seq: int | None = None
+
+
+def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
+    """Create `audit.ledger` if it does not exist yet."""
+    con.execute("CREATE SCHEMA IF NOT EXISTS audit")
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS audit.ledger (
+            "seq" BIGINT PRIMARY KEY,
+            "recorded_at" TIMESTAMP NOT NULL,
+            "run_id" VARCHAR NOT NULL,
+            "as_of" DATE NOT NULL,
+            "action" VARCHAR NOT NULL,
+            "table_name" VARCHAR,
+            "columns" VARCHAR[] NOT NULL,
+            "keys" VARCHAR[] NOT NULL,
+            "key_count" BIGINT NOT NULL,
+            "reason" VARCHAR NOT NULL,
+            "strategy" VARCHAR,
+            "details" JSON NOT NULL,
+            "prev_hash" VARCHAR NOT NULL,
+            "hash" VARCHAR NOT NULL)"""
+    )
+
+
+def head(con: duckdb.DuckDBPyConnection) -> tuple[int, str]:
+    """The last entry's (seq, hash), or (0, 64 zeros) for an empty ledger.
+
+    Publishing it outside the warehouse (run metadata) lets `verify` be checked
+    against truncation: the published entry must still be there with that hash.
+    """
+    # fetchall, not fetchone: DuckDB keeps a half-read result open on the connection.
+    rows = con.execute(
+        'SELECT "seq", "hash" FROM audit.ledger ORDER BY "seq" DESC LIMIT 1'
+    ).fetchall()
+    return (int(rows[0][0]), str(rows[0][1])) if rows else (0, GENESIS)
+
+
+def append(con: duckdb.DuckDBPyConnection, entries: Sequence[LedgerEntry]) -> list[str]:
+    """Append entries in order and return their hashes.
+
+    Runs inside the caller's transaction (never begins or commits one). All entries are
+    checked before anything is written, and written with one INSERT from an Arrow
+    table. Two writers racing for the same seq collide on the primary key, so the chain
+    cannot fork.
+    """
+    if not entries:
+        return []
+    now = _utc_naive(dt.datetime.now(dt.UTC))
+    for i, entry in enumerate(entries):
+        _check(entry, i)
+    keys = _string_lists([e.keys for e in entries], "keys")
+    columns = _string_lists([e.columns for e in entries], "columns")
+
+    last_seq, prev = head(con)
+    rows: list[dict[str, Any]] = []
+    for offset, entry in enumerate(entries):
+        row = {
+            "seq": last_seq + offset + 1,
+            "recorded_at": entry.recorded_at or now,
+            "run_id": entry.run_id,
+            "as_of": entry.as_of,
+            "action": entry.action,
+            "table_name": entry.table_name,
+            "columns": list(entry.columns),
+            "key_count": len(entry.keys),
+            "reason": entry.reason,
+            "strategy": entry.strategy,
+            "details": dict(entry.details),
+            "prev_hash": prev,
+        }
+        joined = _plain_list_json('","'.join(entry.keys), len(entry.keys))
+        row["hash"] = prev = _hash(row, joined or _canonical(list(entry.keys)))
+        rows.append(row)
+
+    def column(name: str, type_: pa.DataType) -> pa.Array:
+        return pa.array([r[name] for r in rows], type_)
+
+    table = pa.table(
+        {
+            "seq": column("seq", pa.int64()),
+            "recorded_at": column("recorded_at", pa.timestamp("us")),
+            "run_id": column("run_id", pa.string()),
+            "as_of": column("as_of", pa.date32()),
+            "action": column("action", pa.string()),
+            "table_name": column("table_name", pa.string()),
+            "columns": columns,
+            "keys": keys,
+            "key_count": column("key_count", pa.int64()),
+            "reason": column("reason", pa.string()),
+            "strategy": column("strategy", pa.string()),
+            "details": pa.array([_canonical(r["details"]) for r in rows], pa.string()),
+            "prev_hash": column("prev_hash", pa.string()),
+            "hash": column("hash", pa.string()),
+        }
+    )
+    view = f"_lethe_ledger_{uuid.uuid4().hex}"
+    con.register(view, table)
+    try:
+        con.execute(f"INSERT INTO audit.ledger ({_SELECT}) SELECT {_SELECT} FROM {view}")
+    finally:
+        con.unregister(view)
+    return [r["hash"] for r in rows]
+
+
+def entries(con: duckdb.DuckDBPyConnection, since_seq: int = 0) -> list[LedgerRecord]:
+    """Entries with seq > `since_seq`, in order (e.g. the erasures to re-apply after a restore)."""
+    rows = con.execute(
+        f'SELECT {_SELECT} FROM audit.ledger WHERE "seq" > ? ORDER BY "seq"', [since_seq]
+    ).fetchall()
+    records = []
+    for values in rows:
+        row = dict(zip(_COLUMNS, values, strict=True))
+        records.append(
+            LedgerRecord(
+                **{k: row[k] for k in _COLUMNS if k not in ("columns", "keys", "details")},
+                columns=row["columns"] or (),
+                keys=row["keys"] or (),
+                details=json.loads(row["details"]) if row["details"] else {},
+            )
+        )
+    return records
+
+
+def verify(con: duckdb.DuckDBPyConnection) -> VerifyResult:
+    """Check the hash chain and name the first entry that was edited, removed or reordered.
+
+    An empty (or not yet created) ledger verifies. Entries are read a page at a time,
+    as Arrow, so the keys are never turned into Python objects one by one.
+    """
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables"
+        " WHERE table_schema = 'audit' AND table_name = 'ledger'"
+    ).fetchall()
+    if not exists[0][0]:
+        return VerifyResult(ok=True, entries=0)
+    total = con.execute("SELECT count(*) FROM audit.ledger").fetchall()[0][0]
+
+    def bad(seq: int, problem: str) -> VerifyResult:
+        return VerifyResult(ok=False, entries=total, problem=problem, seq=seq)
+
+    expected, prev, after = 1, GENESIS, 0
+    while True:
+        page = con.sql(
+            f'SELECT {_SELECT} FROM audit.ledger WHERE "seq" > ? ORDER BY "seq" LIMIT ?',
+            params=[after, _PAGE],
+        ).to_arrow_table()
+        if page.num_rows == 0:
+            return VerifyResult(ok=True, entries=total)
+        keys_json = _keys_json(page["keys"])
+        rows = page.drop_columns(["keys"]).to_pylist()
+        for row, keys in zip(rows, keys_json, strict=True):
+            seq = row["seq"]
+            if seq > expected:
+                where = (
+                    f"the ledger starts at seq {seq}"
+                    if expected == 1
+                    else f"seq jumps from {expected - 1} to {seq}"
+                )
+                return bad(expected, f"entry {expected} removed: {where}")
+            if seq < expected:
+                return bad(seq, f"entry {seq} duplicated")
+            row["details"] = json.loads(row["details"]) if row["details"] else None
+            if _hash(row, keys) != row["hash"]:
+                # The chain links (read only now, on failure) tell moved from edited.
+                links = con.execute('SELECT "prev_hash", "hash" FROM audit.ledger').fetchall()
+                moved = _original_seq(row, keys, {str(h): str(p) for p, h in links})
+                if moved is not None and moved != seq:
+                    return bad(seq, f"entry {seq} reordered: it was recorded as seq {moved}")
+                return bad(seq, f"entry {seq} edited: its hash does not match its content")
+            if row["prev_hash"] != prev:
+                return bad(
+                    seq,
+                    f"entry {seq} does not follow entry {seq - 1}: prev_hash mismatch"
+                    f" (entry {seq - 1} was rewritten, or entries were removed or reordered)",
+                )
+            prev, expected = row["hash"], seq + 1
+        after = rows[-1]["seq"]
+
+
+def _check(entry: LedgerEntry, index: int) -> None:
+    where = f"ledger entry {index + 1}"
+    if entry.action not in ACTIONS:
+        known = ", ".join(sorted(ACTIONS))
+        raise LedgerError(f"{where}: unknown action {entry.action!r} (known: {known})")
+    for name in ("run_id", "reason"):
+        value = getattr(entry, name)
+        if not isinstance(value, str) or not value:
+            raise LedgerError(f"{where}: {name} must be a non-empty string")
+    if not isinstance(entry.as_of, dt.date):
+        raise LedgerError(f"{where}: as_of must be a date, got {entry.as_of!r}")
+    if entry.table_name is not None and not isinstance(entry.table_name, str):
+        raise LedgerError(f"{where}: table_name must be a string")
+    if entry.strategy is not None and not (
+        isinstance(entry.strategy, str) and _NAME.fullmatch(entry.strategy)
+    ):
+        raise LedgerError(
+            f"{where}: strategy must be strategy names (comma-separated), not {entry.strategy!r}"
+        )
+    for key, count in entry.details.items():
+        # Counts only: a value placed in details would outlive its erasure here.
+        if not isinstance(key, str) or type(count) is not int:
+            raise LedgerError(f"{where}: details hold counts only, got {key!r}: {count!r}")
+
+
+def _string_lists(lists: list[Sequence[str]], name: str) -> pa.Array:
+    """One list<string> column from per-entry sequences, built from a flat column."""
+    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(x) for x in lists])
+    try:
+        # Polars builds a string column from Python str faster than pyarrow does,
+        # and refuses non-strings (strict), which would hash differently once stored.
+        flat = pl.Series(name, list(itertools.chain.from_iterable(lists)), dtype=pl.String)
+    except TypeError as e:
+        raise LedgerError(f"ledger {name} must be strings: {e}") from None
+    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), flat.to_arrow())
+
+
+def _utc_naive(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value
+
+
+def _canonical(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _plain_list_json(joined: str, count: int) -> str | None:
+    """`_canonical` of `count` strings given joined by '","', if none of them needs escaping.
+
+    Ids rarely need escaping, and this is several times quicker than json.dumps on
+    10,000 keys; None means: use json.dumps.
+    """
+    if count == 0:
+        return "[]"
+    if "\\" in joined or joined.count('"') != 2 * (count - 1):
+        return None
+    try:
+        raw = joined.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    # json.dumps(ensure_ascii=False) escapes only '"', '\\' and characters below U+0020.
+    if len(raw.translate(None, _CONTROL)) != len(raw):
+        return None
+    return '["' + joined + '"]'
+
+
+_CONTROL = bytes(range(0x20))
+
+
+def _keys_json(keys: pa.ChunkedArray) -> list[str]:
+    """The canonical JSON of each stored keys list, joined in Arrow rather than Python."""
+    separator = pa.scalar('","', keys.type.value_type)
+    joined = pc.binary_join(keys, separator).to_pylist()
+    counts = pc.list_value_length(keys).to_pylist()
+    out = []
+    for i, (text, count) in enumerate(zip(joined, counts, strict=True)):
+        plain = _plain_list_json(text, count) if text is not None else None
+        out.append(plain or _canonical(keys[i].as_py()))
+    return out
+
+
+def _hash(row: dict[str, Any], keys_json: str) -> str:
+    """SHA-256 of the canonical JSON of every field but `hash`.
+
+    Assembled from per-field JSON so the (large) keys list is encoded once; the text
+    equals `json.dumps` of the whole object (see the module docstring).
+    """
+    recorded_at, as_of = row["recorded_at"], row["as_of"]
+    fields = {
+        **{k: _canonical(row[k]) for k in _FIELDS if k not in ("keys", "recorded_at", "as_of")},
+        "recorded_at": _canonical(
+            recorded_at.isoformat(timespec="microseconds") if recorded_at else None
+        ),
+        "as_of": _canonical(as_of.isoformat() if as_of else None),
+        "keys": keys_json,
+    }
+    text = "{" + ",".join(f'"{k}":{fields[k]}' for k in _FIELDS) + "}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _original_seq(row: dict[str, Any], keys_json: str, chain: dict[str, str]) -> int | None:
+    """The seq an entry was written at, if its content proves it (a moved, unedited entry).
+
+    Its position is the number of prev_hash links back to the genesis; the entry must
+    then hash correctly at that position.
+    """
+    depth, link = 1, row["prev_hash"]
+    while link != GENESIS:
+        if link not in chain or depth > len(chain):
+            return None
+        depth, link = depth + 1, chain[link]
+    return depth if _hash({**row, "seq": depth}, keys_json) == row["hash"] else None

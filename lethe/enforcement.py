@@ -1,0 +1,166 @@
+"""Run retention enforcement: stage actions, issue vault tokens, rewrite, record.
+
+One run = one atomic rewrite of the warehouse file (`lethe.compaction`): every tagged
+table is written from its enforcement SELECT, every other table copied, the ledger
+entries appended, and the new file swapped in. So the warehouse is either entirely
+before or entirely after a run, and no erased value survives in free blocks.
+Running the same as-of date again finds nothing to do and changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from lethe.audit import LedgerEntry, append
+from lethe.compaction import compact
+from lethe.home import Home
+from lethe.policy import Policy
+from lethe.retention import TOKENS, enforcement_plan, pseudonym_columns
+from lethe.strategies import literal, quote
+from lethe.tables import TABLES, TAGGED_TABLES
+from lethe.tagging import tag_all, tagged_as_of
+from lethe.vault import attach, ensure_tokens
+from lethe.warehouse import ensure_schemas, table_columns
+
+REASONS = {
+    "anonymize": "retention ended: no purpose keeps the row; anonymized",
+    "delete": "retention ended: no purpose keeps the row; deleted",
+    "pseudonymize": "only {purposes} keeps the row: identifiers pseudonymized",
+    "retain": "columns no remaining purpose keeps",
+}
+
+
+@dataclass
+class EnforcementResult:
+    """Rows per table and action (`retain` counts only rows with changed columns)."""
+
+    as_of: dt.date
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    ledger_entries: int = 0
+
+    def total(self, action: str) -> int:
+        return sum(c.get(action, 0) for c in self.counts.values())
+
+
+def _stage_tokens(con: duckdb.DuckDBPyConnection, policy: Policy) -> None:
+    """Issue vault tokens for every value about to be pseudonymized; expose them as _tokens.
+
+    The vault is attached to the warehouse connection, so values never leave DuckDB.
+    """
+    parts = []
+    for table in TAGGED_TABLES:
+        subject = "contact_id" if "contact_id" in TABLES[table].column_names else None
+        for p in pseudonym_columns(policy, table):
+            parts.append(
+                f"SELECT CAST({quote(subject) if subject else 'NULL'} AS VARCHAR) AS subject,"
+                f" {literal(p.kind)} AS kind, CAST({quote(p.column)} AS VARCHAR) AS value"
+                f" FROM _act_{table} WHERE _action = 'pseudonymize'"
+                f" AND _state <> 'pseudonymized' AND {quote(p.column)} IS NOT NULL"
+            )
+    wanted = " UNION ".join(parts) or "SELECT NULL AS subject, NULL AS kind, NULL AS value"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _wanted AS {wanted}")
+    ensure_tokens(con, con.table("_wanted"))
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {TOKENS} AS SELECT t.kind, t.value, t.token"
+        " FROM vault.tokens t JOIN (SELECT DISTINCT kind, value FROM _wanted) w"
+        " ON t.kind = w.kind AND t.value = w.value"
+    )
+    con.execute("DROP TABLE _wanted")
+
+
+def _ledger_entries(
+    con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, run_id: str
+) -> tuple[list[LedgerEntry], dict[str, dict[str, int]]]:
+    entries, counts = [], {}
+    pseudo_names = ", ".join(p.name for p in policy.all_purposes().values() if p.pseudonymizes)
+    for table in TAGGED_TABLES:
+        rows = con.execute(
+            f"SELECT _action, _changed, list(CAST(_old_key AS VARCHAR) ORDER BY _old_key),"
+            f" count(*) FROM _enf_{table}"
+            " WHERE _action IN ('anonymize', 'delete', 'pseudonymize')"
+            " OR (_action = 'retain' AND len(_changed) > 0)"
+            " GROUP BY _action, _changed ORDER BY _action, _changed"
+        ).fetchall()
+        counts[table] = {}
+        rules = policy.when_unkept[table].column
+        for action, changed, keys, n in rows:
+            counts[table][action] = counts[table].get(action, 0) + n
+            if action == "retain":
+                # One entry per strategy: the ledger names a single strategy per batch.
+                by_strategy: dict[str, list[str]] = {}
+                for col in changed:
+                    by_strategy.setdefault(rules.for_column(col).name, []).append(col)
+                batches = [("erase", name, cols) for name, cols in sorted(by_strategy.items())]
+            else:
+                batches = [(action, action, list(changed or []))]
+            for ledger_action, strategy, cols in batches:
+                entries.append(
+                    LedgerEntry(
+                        run_id=run_id,
+                        as_of=as_of,
+                        action=ledger_action,
+                        table_name=table,
+                        columns=cols,
+                        keys=list(keys),
+                        reason=REASONS[action].format(purposes=pseudo_names),
+                        strategy=strategy,
+                        details={"rows": n},
+                    )
+                )
+    return entries, counts
+
+
+def enforce(
+    home: Home,
+    policy: Policy,
+    as_of: dt.date,
+    run_id: str,
+    warehouse: Path | None = None,
+) -> EnforcementResult:
+    """Enforce `policy` as of `as_of` on the warehouse under `home`, atomically.
+
+    `warehouse` overrides the file (restore enforces a decompressed backup before it is
+    swapped in); the vault is always the one under `home`.
+    """
+    result = EnforcementResult(as_of)
+    staged: list[LedgerEntry] = []
+
+    def prepare(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], str]:
+        ensure_schemas(con)
+        if tagged_as_of(con) != as_of:
+            tag_all(con, policy, as_of)
+        plans = {
+            table: enforcement_plan(policy, table, table_columns(con, "core", table))
+            for table in TAGGED_TABLES
+        }
+        for plan in plans.values():
+            con.execute(plan.statements[0])
+        attach(con, home.vault)
+        try:
+            _stage_tokens(con, policy)
+        finally:
+            con.execute("DETACH vault")
+        for plan in plans.values():
+            con.execute(plan.statements[1])
+        entries, counts = _ledger_entries(con, policy, as_of, run_id)
+        staged.extend(entries)
+        result.counts = counts
+        return {
+            (
+                "core",
+                table,
+            ): f"SELECT {', '.join(quote(c) for c in table_columns(con, 'core', table))}"
+            f" FROM _enf_{table} WHERE _action <> 'delete'"
+            for table in TAGGED_TABLES
+        }
+
+    def finish(con: duckdb.DuckDBPyConnection) -> None:
+        append(con, staged)
+        result.ledger_entries = len(staged)
+
+    compact(warehouse or home.warehouse, prepare=prepare, finish=finish)
+    return result

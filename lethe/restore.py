@@ -1,0 +1,83 @@
+"""Restore a backup without ever exposing what was erased after it.
+
+The backup is decompressed into a scratch file beside the warehouse; the live audit
+ledger replaces the backup's (it holds every erasure since); retention is re-applied
+as of the latest date any run enforced; only then is the file swapped in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from lethe.audit import LedgerEntry, append, ensure_ledger
+from lethe.backup import decompress, load_backup
+from lethe.enforcement import enforce
+from lethe.home import Home
+from lethe.policy import Policy
+from lethe.warehouse import connect
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What a restore did (counts only)."""
+
+    backup_id: str
+    reapplied_as_of: dt.date | None
+    erasures_since_backup: int
+
+
+def scratch_path(home: Home) -> Path:
+    """Where a restore is prepared; removed on the next start if a restore was killed."""
+    return home.warehouse.with_name(home.warehouse.name + ".restore")
+
+
+def restore(home: Home, backup_id: str, policy: Policy) -> RestoreResult:
+    """Restore `backup_id`, re-apply every later erasure, then swap it in atomically."""
+    backup = load_backup(home, backup_id)
+    scratch = scratch_path(home)
+    scratch.unlink(missing_ok=True)
+    decompress(backup, scratch)
+    run_id = f"restore-{uuid.uuid4()}"
+    try:
+        con = connect(scratch)
+        try:
+            ensure_ledger(con)
+            con.execute("ATTACH ? AS live (READ_ONLY)", [str(home.warehouse)])
+            con.execute("DELETE FROM audit.ledger")
+            con.execute("INSERT INTO audit.ledger SELECT * FROM live.audit.ledger")
+            con.execute("DETACH live")
+            last_as_of, since = con.execute(
+                "SELECT max(as_of), count(*) FILTER (WHERE seq > ? AND action IN"
+                " ('erase', 'anonymize', 'delete', 'pseudonymize')) FROM audit.ledger",
+                [backup.ledger_seq],
+            ).fetchone()
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        if last_as_of is not None:
+            enforce(home, policy, last_as_of, run_id, warehouse=scratch)
+        con = connect(scratch)
+        try:
+            append(
+                con,
+                [
+                    LedgerEntry(
+                        run_id=run_id,
+                        as_of=last_as_of or dt.datetime.now(dt.UTC).date(),
+                        action="restore",
+                        reason=f"restored backup {backup_id}; retention re-applied",
+                        details={"erasures_since_backup": since},
+                    )
+                ],
+            )
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        os.replace(scratch, home.warehouse)
+    finally:
+        scratch.unlink(missing_ok=True)
+    return RestoreResult(backup_id, last_as_of, since)

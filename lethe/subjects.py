@@ -1,0 +1,37 @@
+"""Data subjects: resolve `--subject` (a contact_id or an e-mail address) to a contact_id."""
+
+from __future__ import annotations
+
+import duckdb
+
+from lethe.errors import LetheError
+
+
+class UnknownSubjectError(LetheError):
+    """No contact (or more than one) matches the given subject."""
+
+
+def resolve_subject(con: duckdb.DuckDBPyConnection, subject: str) -> str:
+    """The contact_id for a contact_id or e-mail; the message never echoes the e-mail."""
+    subject = subject.strip()
+    if not subject:
+        raise UnknownSubjectError("--subject: empty subject")
+    if "@" in subject:
+        rows = con.execute(
+            "SELECT contact_id FROM core.contacts WHERE lower(email) = lower(?)"
+            " AND _state <> 'anonymized'",
+            [subject],
+        ).fetchall()
+        if len(rows) > 1:
+            raise UnknownSubjectError(
+                f"--subject: {len(rows)} contacts share that e-mail address; give a contact_id"
+            )
+        if not rows:
+            raise UnknownSubjectError("--subject: no contact has that e-mail address")
+        return rows[0][0]
+    found = con.execute(
+        "SELECT count(*) FROM core.contacts WHERE contact_id = ?", [subject]
+    ).fetchone()[0]
+    if not found:
+        raise UnknownSubjectError("--subject: no contact with that contact_id")
+    return subject
