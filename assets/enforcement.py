@@ -50,7 +50,7 @@ def retention_enforcement(
     """
     home = warehouse.paths()
     as_of = policy.as_of_date()
-    result = enforce(home, policy.load(), as_of, context.run_id)
+    result = enforce(home, policy.load(), as_of, context.run.run_id)
     context.log.info(
         f"enforced as of {as_of}: {result.total('anonymize')} anonymized,"
         f" {result.total('pseudonymize')} pseudonymized, {result.total('delete')} deleted,"
@@ -58,7 +58,7 @@ def retention_enforcement(
     )
     with warehouse.connect() as con:
         past = rows_past_retention(con)
-        touched = held_rows_touched(con, context.run_id)
+        touched = held_rows_touched(con, context.run.run_id)
         chain = verify(con)
     yield dg.MaterializeResult(
         metadata={

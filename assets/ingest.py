@@ -67,7 +67,7 @@ def _build(table_name: str) -> dg.AssetsDefinition:
             passed=result.ok,
             description=(
                 f"{result.source_file}: {result.rows_quarantined} rows quarantined ({problems});"
-                " see core.quarantine"
+                f" e.g. {'; '.join(result.examples)}; see core.quarantine"
                 if not result.ok
                 else "no rows quarantined"
             ),

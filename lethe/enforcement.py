@@ -60,6 +60,7 @@ def _stage_tokens(con: duckdb.DuckDBPyConnection, policy: Policy) -> None:
                 f" {literal(p.kind)} AS kind, CAST({quote(p.column)} AS VARCHAR) AS value"
                 f" FROM _act_{table} WHERE _action = 'pseudonymize'"
                 f" AND _state <> 'pseudonymized' AND {quote(p.column)} IS NOT NULL"
+                f" AND CAST({quote(p.column)} AS VARCHAR) NOT IN (SELECT token FROM vault.tokens)"
             )
     wanted = " UNION ".join(parts) or "SELECT NULL AS subject, NULL AS kind, NULL AS value"
     con.execute(f"CREATE OR REPLACE TEMP TABLE _wanted AS {wanted}")
@@ -79,15 +80,14 @@ def _ledger_entries(
     pseudo_names = ", ".join(p.name for p in policy.all_purposes().values() if p.pseudonymizes)
     for table in TAGGED_TABLES:
         rows = con.execute(
-            f"SELECT _action, _changed, list(CAST(_old_key AS VARCHAR) ORDER BY _old_key),"
-            f" count(*) FROM _enf_{table}"
-            " WHERE _action IN ('anonymize', 'delete', 'pseudonymize')"
-            " OR (_action = 'retain' AND len(_changed) > 0)"
-            " GROUP BY _action, _changed ORDER BY _action, _changed"
+            f"SELECT _action, _changed, _request,"
+            f" list(CAST(_old_key AS VARCHAR) ORDER BY _old_key), count(*) FROM _enf_{table}"
+            " WHERE _action = 'delete' OR len(_changed) > 0"
+            " GROUP BY ALL ORDER BY _action, _changed, _request"
         ).fetchall()
         counts[table] = {}
         rules = policy.when_unkept[table].column
-        for action, changed, keys, n in rows:
+        for action, changed, request, keys, n in rows:
             counts[table][action] = counts[table].get(action, 0) + n
             if action == "retain":
                 # One entry per strategy: the ledger names a single strategy per batch.
@@ -106,7 +106,9 @@ def _ledger_entries(
                         table_name=table,
                         columns=cols,
                         keys=list(keys),
-                        reason=REASONS[action].format(purposes=pseudo_names),
+                        reason=f"erasure request {request}"
+                        if request
+                        else REASONS[action].format(purposes=pseudo_names),
                         strategy=strategy,
                         details={"rows": n},
                     )

@@ -36,6 +36,7 @@ class IngestResult:
     rows_loaded: int = 0
     rows_quarantined: int = 0
     problems: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
     note: str = ""
 
     @property
@@ -81,16 +82,23 @@ def _stage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         raise IngestError(f"{path}: cannot read file: {reason}") from None
 
 
+def _typed(expr: str, type_: str) -> str:
+    """Cast to a contract type; timestamps with a UTC offset are converted to UTC."""
+    if type_ == "timestamp":
+        return f"TRY_CAST(TRY_CAST({expr} AS TIMESTAMPTZ) AS TIMESTAMP)"
+    return f"TRY_CAST({expr} AS {SQL_TYPES[type_]})"
+
+
 def _problems_sql(table: Table, policy: Policy, fk_sources: dict[str, str]) -> str:
     """One SELECT listing (row, column, reason) for every problem in `_stage`."""
     parts: list[str] = []
     for col in table.columns:
-        c, t = quote(col.name), SQL_TYPES[col.type]
+        c = quote(col.name)
         if col.type != "text":
             kind = "unparsable date" if col.type in ("date", "timestamp") else "wrong type"
             parts.append(
                 f"SELECT _row, '{col.name}' AS col, '{kind}: expected {col.type}' AS reason"
-                f" FROM _stage WHERE {c} IS NOT NULL AND TRY_CAST({c} AS {t}) IS NULL"
+                f" FROM _stage WHERE {c} IS NOT NULL AND {_typed(c, col.type)} IS NULL"
             )
         if not col.nullable:
             parts.append(
@@ -127,14 +135,14 @@ def _problems_sql(table: Table, policy: Policy, fk_sources: dict[str, str]) -> s
 
 
 def _add_extra_columns(con: duckdb.DuckDBPyConnection, table: Table, extras: list[str]) -> None:
-    """Carry columns the contract does not know (SPEC: extra columns are carried)."""
+    """Carry columns the contract does not know (SPEC: extra columns are carried).
+
+    They are kept as text: a later delivery may type the same column differently.
+    """
     existing = set(table_columns(con, "core", table.name))
-    types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE _stage)").fetchall())
     for col in extras:
         if col not in existing:
-            con.execute(
-                f"ALTER TABLE core.{quote(table.name)} ADD COLUMN {quote(col)} {types[col]}"
-            )
+            con.execute(f"ALTER TABLE core.{quote(table.name)} ADD COLUMN {quote(col)} VARCHAR")
 
 
 def ingest_table(
@@ -181,11 +189,8 @@ def ingest_table(
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _problems AS {_problems_sql(table, policy, fk_sources)}"
     )
-    typed = ", ".join(
-        f"TRY_CAST({quote(c.name)} AS {SQL_TYPES[c.type]}) AS {quote(c.name)}"
-        for c in table.columns
-    )
-    extra_sql = "".join(f", {quote(c)}" for c in extras)
+    typed = ", ".join(f"{_typed(quote(c.name), c.type)} AS {quote(c.name)}" for c in table.columns)
+    extra_sql = "".join(f", CAST({quote(c)} AS VARCHAR) AS {quote(c)}" for c in extras)
     now = "CAST(now() AS TIMESTAMP)"
     with transaction(con):
         _add_extra_columns(con, table, extras)
@@ -198,15 +203,20 @@ def ingest_table(
             f"CREATE OR REPLACE TEMP TABLE _good AS SELECT {typed}{extra_sql} FROM _stage"
             " WHERE _row NOT IN (SELECT _row FROM _problems)"
         )
-        key = quote(table.key)
+        key, target = quote(table.key), f"core.{quote(table.name)}"
+        # A re-delivered row stays restricted: only a request lifts a restriction.
         con.execute(
-            f"DELETE FROM core.{quote(table.name)} WHERE {key} IN (SELECT {key} FROM _good)"
+            f"CREATE OR REPLACE TEMP TABLE _restricted AS SELECT {key} FROM {target}"
+            f" WHERE _state = 'restricted' AND {key} IN (SELECT {key} FROM _good)"
         )
+        con.execute(f"DELETE FROM {target} WHERE {key} IN (SELECT {key} FROM _good)")
         cols = [*table.column_names, *extras]
         col_list = ", ".join(quote(c) for c in cols)
         con.execute(
-            f"INSERT INTO core.{quote(table.name)} ({col_list}, _state, _ingested_at)"
-            f" SELECT {col_list}, 'active', {now} FROM _good"
+            f"INSERT INTO {target} ({col_list}, _state, _ingested_at)"
+            f" SELECT {', '.join('g.' + quote(c) for c in cols)},"
+            f" CASE WHEN r.{key} IS NULL THEN 'active' ELSE 'restricted' END, {now}"
+            f" FROM _good g LEFT JOIN _restricted r ON r.{key} = g.{key}"
         )
         rows_read = con.execute("SELECT count(*) FROM _stage").fetchone()[0]
         loaded = con.execute("SELECT count(*) FROM _good").fetchone()[0]
@@ -214,14 +224,20 @@ def ingest_table(
             con.execute("SELECT reason, count(*) FROM _problems GROUP BY ALL ORDER BY 1").fetchall()
         )
         bad_rows = con.execute("SELECT count(DISTINCT _row) FROM _problems").fetchone()[0]
+        examples = [
+            f"row {row} column {col}: {reason}"
+            for row, col, reason in con.execute(
+                "SELECT _row, col, reason FROM _problems ORDER BY _row, col LIMIT 3"
+            ).fetchall()
+        ]
         con.execute(
             f"INSERT INTO core.ingest_log VALUES (?, ?, ?, ?, ?, ?, {now})",
             [table.name, path.name, digest, rows_read, loaded, bad_rows],
         )
-    for temp in ("_stage", "_problems", "_good"):
+    for temp in ("_stage", "_problems", "_good", "_restricted"):
         con.execute(f"DROP TABLE IF EXISTS {temp}")
     path.unlink()
-    return IngestResult(table.name, path.name, rows_read, loaded, bad_rows, problems)
+    return IngestResult(table.name, path.name, rows_read, loaded, bad_rows, problems, examples)
 
 
 def quarantine_summary(con: duckdb.DuckDBPyConnection, table_name: str) -> list[tuple]:

@@ -22,6 +22,7 @@ from lethe.plan import Plan
 from lethe.policy import Policy, Purpose
 from lethe.strategies import Pseudonymize, literal, quote
 from lethe.tables import TABLES
+from lethe.tagging import erasure_join
 from lethe.warehouse import SQL_TYPES
 
 TOKENS = "_tokens"  # temp relation (kind, value, token) filled from the vault
@@ -96,9 +97,11 @@ def column_sql(policy: Policy, table: str, column: str, sql_type: str, contract:
     )
     anonymized = anonymized_rule.sql(c, sql_type)
     pseudo = {p.column for p in pseudonym_columns(policy, table)}
+    # A value that already is a token gets no token of its own (restricted rows are
+    # pseudonymized again each run), so the joined token is missing and it stays.
+    token = Pseudonymize().sql(f"x.{quote(TOKEN_PREFIX + column)}", sql_type)
     pseudonymized = (
-        f"CASE WHEN x._state = 'pseudonymized' THEN {c}"
-        f" ELSE {Pseudonymize().sql(f'x.{quote(TOKEN_PREFIX + column)}', sql_type)} END"
+        f"CASE WHEN x._state = 'pseudonymized' THEN {c} ELSE coalesce({token}, {c}) END"
         if column in pseudo
         else retain
     )
@@ -113,7 +116,8 @@ def enforce_select(policy: Policy, table: str, columns: list[str], source: str) 
     """The enforced rows of `source` (tagged rows with an `_action` column), plus ledger facts.
 
     Output: the table's `columns` with new values, `_old_key` (the key before
-    anonymization), `_action`, and `_changed` (the contract columns whose value changed).
+    anonymization), `_action`, `_request` (the erasure request behind it, if any) and
+    `_changed` (the columns whose value changed).
     """
     spec = TABLES[table]
     contract = set(spec.column_names)
@@ -122,7 +126,8 @@ def enforce_select(policy: Policy, table: str, columns: list[str], source: str) 
         if col == "_state":
             exprs.append(
                 "CASE x._action WHEN 'anonymize' THEN 'anonymized'"
-                " WHEN 'pseudonymize' THEN 'pseudonymized' ELSE x._state END AS _state"
+                " WHEN 'pseudonymize' THEN CASE WHEN x._state = 'restricted' THEN 'restricted'"
+                " ELSE 'pseudonymized' END ELSE x._state END AS _state"
             )
             continue
         if col.startswith("_"):
@@ -146,7 +151,7 @@ def enforce_select(policy: Policy, table: str, columns: list[str], source: str) 
     )
     inner = f"SELECT s.*{token_cols} FROM {source} s{joins}"
     return (
-        f"SELECT {', '.join(exprs)}, x.{quote(spec.key)} AS _old_key, x._action,"
+        f"SELECT {', '.join(exprs)}, x.{quote(spec.key)} AS _old_key, x._action, x._request,"
         f" {' || '.join(changed) or 'CAST([] AS VARCHAR[])'} AS _changed"
         f" FROM ({inner}) x"
     )
@@ -154,7 +159,10 @@ def enforce_select(policy: Policy, table: str, columns: list[str], source: str) 
 
 def action_select(policy: Policy, table: str) -> str:
     """The tagged rows of `core.<table>` with the `_action` each one gets."""
-    return f"SELECT x.*, {action_sql(policy, table)} AS _action FROM core.{quote(table)} x"
+    return (
+        f"SELECT x.*, {action_sql(policy, table)} AS _action, _er.request_id AS _request"
+        f" FROM core.{quote(table)} x{erasure_join(table)}"
+    )
 
 
 def enforcement_plan(policy: Policy, table: str, columns: list[str]) -> Plan:

@@ -15,7 +15,7 @@ from collections import deque
 import duckdb
 
 from lethe.plan import Plan, timestamp_literal
-from lethe.policy import Policy, Purpose
+from lethe.policy import HOLD_PURPOSE, Policy, Purpose
 from lethe.strategies import literal, quote
 from lethe.tables import TABLES, TAGGED_TABLES
 from lethe.warehouse import table_columns, transaction
@@ -110,10 +110,34 @@ def purpose_status_sql(purpose: Purpose, table: str, as_of: str) -> str:
     return status
 
 
+def erasure_join(table: str) -> str:
+    """LEFT JOINs giving `_er.request_id`: the open erasure request of the row's subject.
+
+    A subject's rows are found by contact_id; shipments reach it through their order.
+    """
+    requests = (
+        " LEFT JOIN (SELECT contact_id, min(request_id) AS request_id FROM requests.erasures"
+        " GROUP BY contact_id) _er ON _er.contact_id = "
+    )
+    if table == "shipments":
+        return (
+            " LEFT JOIN core.orders _so ON _so.order_id = x.order_id" + requests + "_so.contact_id"
+        )
+    column = "contact_id" if table != "contacts" else TABLES[table].key
+    return requests + f"x.{quote(column)}"
+
+
+def survives_erasure(purpose: Purpose) -> bool:
+    """GDPR Art. 17(3): a legal obligation (b) or legal claims (e) outlast an erasure request."""
+    return purpose.legal_basis == "legal_obligation" or purpose.name == HOLD_PURPOSE
+
+
 def tag_select(policy: Policy, table: str, as_of: dt.date | dt.datetime, columns: list[str]) -> str:
     """SELECT of `core.<table>` with fresh `_purposes`, `_legal_bases`, `_retain_until`, `_state`.
 
     `columns` are the table's current columns (contract, carried extras and tag columns).
+    A subject with an erasure request keeps only the purposes that survive erasure, and
+    what they keep is `restricted`.
     """
     t = timestamp_literal(as_of)
     purposes = policy.purposes_for(table)
@@ -121,8 +145,14 @@ def tag_select(policy: Policy, table: str, as_of: dt.date | dt.datetime, columns
     joins = "".join(
         f" LEFT JOIN ({purpose_status_sql(p, table, t)}) p{i} ON p{i}._k = x.{key}"
         for i, p in enumerate(purposes)
-    )
-    active = {p.name: f"coalesce(p{i}._active, false)" for i, p in enumerate(purposes)}
+    ) + erasure_join(table)
+    allowed = {
+        p.name: "true" if survives_erasure(p) else "_er.request_id IS NULL" for p in purposes
+    }
+    active = {
+        p.name: f"(coalesce(p{i}._active, false) AND {allowed[p.name]})"
+        for i, p in enumerate(purposes)
+    }
     names = " || ".join(
         f"CASE WHEN {active[p.name]} THEN ['{p.name}'] ELSE {_EMPTY} END" for p in purposes
     )
@@ -134,16 +164,19 @@ def tag_select(policy: Policy, table: str, as_of: dt.date | dt.datetime, columns
         for basis, conds in bases.items()
     )
     any_open = " OR ".join(f"({active[p.name]} AND p{i}._open)" for i, p in enumerate(purposes))
-    ends = ", ".join(f"p{i}._end" for i in range(len(purposes)))
+    ends = ", ".join(
+        f"CASE WHEN {allowed[p.name]} THEN p{i}._end END" for i, p in enumerate(purposes)
+    )
     tags = (
         f"{names or _EMPTY} AS _purposes, {basis_items or _EMPTY} AS _legal_bases,"
         f" CASE WHEN {any_open or 'false'} THEN NULL ELSE"
         f" CAST(greatest({ends}) AS TIMESTAMP) END AS _retain_until"
     )
     kept_state = ", ".join(f"'{s}'" for s in STATES_KEPT_AS_IS)
-    any_active = " OR ".join(active.values()) or "false"
+    any_active = "(" + (" OR ".join(active.values()) or "false") + ")"
     state = (
         f"CASE WHEN x._state IN ({kept_state}) THEN x._state"
+        f" WHEN {any_active} AND _er.request_id IS NOT NULL THEN 'restricted'"
         f" WHEN {any_active} THEN 'active' ELSE 'expired' END AS _state"
     )
     plain = [

@@ -80,6 +80,10 @@ def ensure_schemas(con: duckdb.DuckDBPyConnection) -> None:
             reason VARCHAR, record JSON, quarantined_at TIMESTAMP)"""
     )
     con.execute(
+        """CREATE TABLE IF NOT EXISTS requests.erasures (
+            request_id VARCHAR NOT NULL, contact_id VARCHAR NOT NULL, registered_at TIMESTAMP)"""
+    )
+    con.execute(
         """CREATE TABLE IF NOT EXISTS core.ingest_log (
             table_name VARCHAR, source_file VARCHAR, sha256 VARCHAR, rows_read BIGINT,
             rows_loaded BIGINT, rows_quarantined BIGINT, ingested_at TIMESTAMP)"""

@@ -1,0 +1,312 @@
+"""Turn raw stage measurements into ratios, growth verdicts, target lines, Markdown and a plot.
+
+Absolute seconds are noisy on a shared 2-core machine, so every figure is also given as
+a ratio to a baseline measured in the same run: the floor (a plain CTAS rewrite) for
+every stage, and the per-subject and Python-masking baselines where they do the same job.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.stages import STAGES
+
+NOT_AVAILABLE = "not available"
+FLOOR = "floor"
+GIB = 1 << 30
+# Slope of log(time) over log(contacts) between the two largest scales: 1 is linear.
+SUPER_LINEAR = 1.2
+SUB_LINEAR = 0.8
+MILLION = 1_000_000
+
+Scale = dict[str, Any]
+
+
+def _ok(stage: dict[str, Any] | None) -> bool:
+    return bool(stage) and stage.get("status") == "ok"
+
+
+def _stage(scale: Scale, name: str) -> dict[str, Any] | None:
+    stage = scale["stages"].get(name)
+    return stage if _ok(stage) else None
+
+
+def format_scale(contacts: int) -> str:
+    """1000000 -> '1m', 100000 -> '100k', 2500 -> '2.5k'."""
+    for unit, size in (("m", MILLION), ("k", 1000)):
+        if contacts >= size:
+            return f"{contacts / size:g}{unit}"
+    return str(contacts)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3g} s" if value < 100 else f"{value:,.0f} s"
+
+
+def _bytes(value: int) -> str:
+    return f"{value / GIB:.2f} GiB" if value >= GIB else f"{value / (1 << 20):,.0f} MiB"
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.3g}×"
+
+
+def add_floor_ratios(scale: Scale) -> None:
+    """Each stage's median as a multiple of the floor's, measured in the same run."""
+    floor = _stage(scale, FLOOR)
+    for stage in scale["stages"].values():
+        if _ok(stage) and floor and floor["median_s"] > 0:
+            stage["x_floor"] = stage["median_s"] / floor["median_s"]
+
+
+def comparisons(scale: Scale) -> list[dict[str, Any]]:
+    """Lethe against the baseline that does the same job, as 'N× faster' (or the floor ratio)."""
+    enforce, floor = _stage(scale, "enforce"), _stage(scale, FLOOR)
+    per_subject, mask = _stage(scale, "per_subject"), _stage(scale, "python_mask")
+    erasure = _stage(scale, "erasure")
+    out: list[dict[str, Any]] = []
+
+    def add(what: str, ratio: float | None, how: str) -> None:
+        out.append({"what": what, "ratio": ratio, "how": how})
+
+    if enforce and floor:
+        add("enforcement ÷ floor", enforce["median_s"] / floor["median_s"], "lower is better")
+    if enforce and per_subject:
+        subjects = enforce["details"]["subjects_changed"]
+        per_one = per_subject["median_s"] / per_subject["details"]["batch"]
+        add(
+            "per-subject retention ÷ enforcement",
+            per_one * subjects / enforce["median_s"],
+            f"per-subject cost × the {subjects:,} contacts enforcement changed; Lethe is"
+            " this many times faster",
+        )
+    if enforce and mask:
+        add(
+            "Python masking ÷ enforcement",
+            mask["median_s"] / enforce["median_s"],
+            "masking contacts and orders cell by cell vs the whole enforcement run;"
+            " Lethe is this many times faster",
+        )
+    if erasure and per_subject:
+        add(
+            "per-subject erasure ÷ erasure batch",
+            per_subject["median_s"] / erasure["median_s"],
+            f"same {per_subject['details']['batch']:,} subjects; Lethe is this many times faster",
+        )
+    return out
+
+
+def growth(scales: list[Scale]) -> dict[str, dict[str, Any]]:
+    """Per stage: seconds per million contacts at each scale, the log-log slope, a verdict."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in STAGES:
+        points = [
+            (s["contacts"], stage["median_s"])
+            for s in sorted(scales, key=lambda s: s["contacts"])
+            if (stage := _stage(s, name))
+        ]
+        entry: dict[str, Any] = {
+            "points": points,
+            "s_per_million": {format_scale(n): t * MILLION / n for n, t in points},
+            "slope": None,
+            "verdict": "n/a (fewer than two scales)",
+        }
+        if len(points) >= 2 and points[-2][1] > 0 and points[-1][1] > 0:
+            (n1, t1), (n2, t2) = points[-2], points[-1]
+            slope = math.log(t2 / t1) / math.log(n2 / n1)
+            entry["slope"] = slope
+            if slope > SUPER_LINEAR:
+                entry["verdict"] = "SUPER-LINEAR"
+            elif slope < SUB_LINEAR:
+                entry["verdict"] = "sub-linear (fixed costs or fixed-size work)"
+            else:
+                entry["verdict"] = "linear"
+        out[name] = entry
+    return out
+
+
+def _at(scales: list[Scale], contacts: int, name: str) -> tuple[dict[str, Any] | None, str]:
+    """The stage at that scale, or None and why not."""
+    scale = next((s for s in scales if s["contacts"] == contacts), None)
+    if scale is None:
+        return None, f"scale {format_scale(contacts)} not run"
+    stage = scale["stages"].get(name, {})
+    if not _ok(stage):
+        return None, f"{name}: {stage.get('status', 'missing')} {stage.get('reason', '')}".strip()
+    return stage, ""
+
+
+def _largest(scales: list[Scale], *names: str) -> Scale | None:
+    """The largest scale at which all of these stages ran."""
+    ran = [s for s in scales if all(_stage(s, n) for n in names)]
+    return max(ran, key=lambda s: s["contacts"]) if ran else None
+
+
+def targets(scales: list[Scale]) -> list[dict[str, Any]]:
+    """The issue's targets, each PASS, MISS or N/A with the measured value."""
+    lines: list[dict[str, Any]] = []
+
+    def line(target: str, passed: bool | None, value: str) -> None:
+        status = "N/A" if passed is None else ("PASS" if passed else "MISS")
+        lines.append({"target": target, "status": status, "value": value})
+
+    def absolute(target: str, contacts: int, name: str, limit: float) -> None:
+        stage, why = _at(scales, contacts, name)
+        if stage is None:
+            line(target, None, why)
+        else:
+            line(target, stage["median_s"] < limit, _seconds(stage["median_s"]))
+
+    def relative(target: str, num: str, den: str, test: Callable[[float], bool]) -> None:
+        scale = _largest(scales, num, den)
+        if scale is None:
+            line(target, None, f"{num} or {den} did not run")
+            return
+        ratio = scale["stages"][num]["median_s"] / scale["stages"][den]["median_s"]
+        line(target, test(ratio), f"{_ratio(ratio)} at {format_scale(scale['contacts'])}")
+
+    absolute("generate 1m < 60 s", MILLION, "generate", 60)
+    absolute("ingest+tag 1m < 20 s", MILLION, "ingest_tag", 20)
+    relative("enforcement ≤ 2× floor", "enforce", FLOOR, lambda r: r <= 2)
+    absolute("access export < 0.5 s at 1m", MILLION, "access_export", 0.5)
+    absolute("access export < 1 s at 10m", 10 * MILLION, "access_export", 1)
+    relative(
+        "erasure batch of 10k ≥ 50× faster than per-subject", "per_subject", "erasure", lambda r: r >= 50
+    )
+    ten = next((s for s in scales if s["contacts"] == 10 * MILLION), None)
+    peaks = [
+        st["peak_rss_bytes"]
+        for name, st in (ten["stages"].items() if ten else [])
+        if _ok(st) and STAGES[name].kind == "lethe"
+    ]
+    if not peaks:
+        line("peak memory at 10m < 8 GiB", None, "scale 10m not run")
+    else:
+        line("peak memory at 10m < 8 GiB", max(peaks) < 8 * GIB, _bytes(max(peaks)))
+    return lines
+
+
+def build(meta: dict[str, Any], scales: list[Scale]) -> dict[str, Any]:
+    """The full report: raw scales with floor ratios, comparisons, growth and targets."""
+    for scale in scales:
+        add_floor_ratios(scale)
+        scale["comparisons"] = comparisons(scale)
+    return {"meta": meta, "scales": scales, "growth": growth(scales), "targets": targets(scales)}
+
+
+def _stage_row(name: str, stage: dict[str, Any]) -> str:
+    title = STAGES[name].title
+    if stage.get("status") != "ok":
+        return f"| {title} | {stage.get('status')}: {stage.get('reason', '')} | | | | | |"
+    spread = f"{_seconds(stage['min_s'])} – {_seconds(stage['max_s'])}"
+    floor = _ratio(stage["x_floor"]) if "x_floor" in stage else ""
+    scope = "" if stage["peak_rss_scope"] == "run" else " (process)"
+    return (
+        f"| {title} | {_seconds(stage['median_s'])} | {spread} | {floor}"
+        f" | {_bytes(stage['peak_rss_bytes'])}{scope} | {stage['reps']} | {stage['basis']} |"
+    )
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: one table per scale, comparisons, growth, targets."""
+    meta = report["meta"]
+    out = [
+        "# Lethe benchmark",
+        "",
+        f"{meta['started']} · {meta['machine']} · Python {meta['python']} · DuckDB"
+        f" {meta['duckdb']} · Polars {meta['polars']} · commit {meta['commit']}",
+        "",
+        "Median of the repetitions (min – max beside it); × floor is the stage's median over"
+        " the floor's, measured in the same run. Peak RSS is the stage process's high-water"
+        " mark during the timed part. See bench/README.md.",
+    ]
+    for scale in report["scales"]:
+        rows = scale.get("rows") or {}
+        out += [
+            "",
+            f"## {format_scale(scale['contacts'])} contacts"
+            + (f" ({sum(rows.values()):,} rows)" if rows else ""),
+            "",
+            "| stage | median | min – max | × floor | peak RSS | reps | how |",
+            "|---|---|---|---|---|---|---|",
+            *(_stage_row(name, st) for name, st in scale["stages"].items()),
+        ]
+        if scale["comparisons"]:
+            out += ["", "| comparison | ratio | how |", "|---|---|---|"]
+            out += [
+                f"| {c['what']} | {_ratio(c['ratio'])} | {c['how']} |" for c in scale["comparisons"]
+            ]
+    labels = [format_scale(s["contacts"]) for s in sorted(report["scales"], key=lambda s: s["contacts"])]
+    out += [
+        "",
+        "## Growth",
+        "",
+        "Seconds per million contacts at each scale; slope of log(time) against log(contacts)"
+        f" between the two largest scales (1 = linear, > {SUPER_LINEAR} flagged super-linear).",
+        "",
+        "| stage | " + " | ".join(labels) + " | slope | verdict |",
+        "|---|" + "---|" * len(labels) + "---|---|",
+    ]
+    for name, g in report["growth"].items():
+        if not g["points"]:
+            continue
+        cells = [g["s_per_million"].get(label) for label in labels]
+        slope = f"{g['slope']:.2f}" if g["slope"] is not None else ""
+        out.append(
+            f"| {STAGES[name].title} | "
+            + " | ".join(_seconds(c) if c is not None else "" for c in cells)
+            + f" | {slope} | {g['verdict']} |"
+        )
+    out += ["", "## Targets", "", "```"]
+    out += [f"{t['status']:<5} {t['target']}: {t['value']}" for t in report["targets"]]
+    out += ["```", ""]
+    return "\n".join(out)
+
+
+def plot(report: dict[str, Any], path: Path) -> bool:
+    """Time against scale (log-log, min–max bars, a linear guide) per stage; False if nothing ran.
+
+    The dotted guide is linear growth from the smallest scale: a curve bending above it
+    is super-linear.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    names = [n for n, g in report["growth"].items() if g["points"]]
+    if not names:
+        return False
+    columns = 3
+    rows = math.ceil(len(names) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        spans = [
+            (s["contacts"], s["stages"][name])
+            for s in sorted(report["scales"], key=lambda s: s["contacts"])
+            if _ok(s["stages"].get(name))
+        ]
+        x = [n for n, _ in spans]
+        y = [st["median_s"] for _, st in spans]
+        low = [st["median_s"] - st["min_s"] for _, st in spans]
+        high = [st["max_s"] - st["median_s"] for _, st in spans]
+        color = "tab:blue" if STAGES[name].kind == "lethe" else "tab:gray"
+        ax.errorbar(x, y, yerr=[low, high], marker="o", capsize=3, color=color)
+        if len(x) > 1:
+            ax.plot([x[0], x[-1]], [y[0], y[0] * x[-1] / x[0]], ":", color="black", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(STAGES[name].title, fontsize=10)
+        ax.set_xlabel("contacts")
+        ax.set_ylabel("seconds")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle("Lethe: time against scale (dotted: linear from the smallest scale)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,227 @@
+"""The harness: every stage at every scale, each repetition in a fresh process, then report.
+
+    python -m bench [--scale 1m] [--scales 10k,100k,1m] [--reps N] [--out DIR]
+                    [--workdir DIR] [--keep-work] [--profile STAGE]
+
+`--scale S` runs the three decades up to S (S/100, S/10, S; at least 1,000 contacts) so
+the growth of every stage shows in one run: 1m runs 10k, 100k and 1m; 10m runs 100k, 1m
+and 10m. Writes latest.json, latest.md and growth.png into the output directory and
+prints the Markdown. Exits 1 if any stage failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from bench import report
+from bench.stages import STAGES, Stage
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "bench" / "results"
+MIN_SCALE = 1000
+BIG_SCALE = 1_000_000  # above it one repetition by default: a 10m stage takes minutes
+
+
+def parse_scale(text: str) -> int:
+    """'100k' -> 100000, '1m' -> 1000000, '2000' -> 2000."""
+    text = text.strip().lower().replace("_", "")
+    multiplier = {"k": 1000, "m": 1_000_000}.get(text[-1:], 1)
+    number = text[:-1] if multiplier > 1 else text
+    try:
+        value = round(float(number) * multiplier)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a scale like 100k, 1m or 2000") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a scale is at least 1 contact")
+    return value
+
+
+def ladder(top: int) -> list[int]:
+    """Three decades ending at `top` (none below MIN_SCALE, unless `top` itself is)."""
+    return sorted({top, *(max(MIN_SCALE, top // d) for d in (10, 100) if top >= MIN_SCALE)})
+
+
+def default_reps(contacts: int) -> int:
+    return 3 if contacts <= BIG_SCALE else 1
+
+
+def run_child(
+    stage: Stage, contacts: int, fixtures: Path, work: Path, profile: Path | None = None
+) -> dict[str, Any]:
+    """One repetition in a fresh interpreter; its measurement, or {'error': ...}."""
+    cmd = [sys.executable, "-m", "bench.child", stage.name, "--contacts", str(contacts)]
+    cmd += ["--fixtures", str(fixtures), "--work", str(work)]
+    if profile:
+        cmd += ["--profile", str(profile)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return {"error": f"killed by {name}{hint}"}
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
+        return {"error": lines[-1][:300]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and spread of the repetitions; the first error fails the stage."""
+    errors = [r["error"] for r in runs if "error" in r]
+    if errors:
+        return {"status": "failed", "reason": errors[0]}
+    seconds = [r["seconds"] for r in runs]
+    return {
+        "status": "ok",
+        "median_s": statistics.median(seconds),
+        "min_s": min(seconds),
+        "max_s": max(seconds),
+        "runs_s": seconds,
+        "reps": len(runs),
+        "measured_median_s": statistics.median(r["measured_seconds"] for r in runs),
+        "factor": runs[0]["factor"],
+        "basis": runs[0]["basis"],
+        "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs),
+        "peak_rss_scope": runs[0]["peak_rss_scope"],
+        "details": runs[0]["details"],
+    }
+
+
+def bench_scale(
+    contacts: int,
+    reps: int,
+    root: Path,
+    log: Callable[[str], None],
+    profile: tuple[str, Path] | None = None,
+) -> dict[str, Any]:
+    """Every stage at one scale; fixtures (landing, tagged warehouse) come from the first run."""
+    label = report.format_scale(contacts)
+    base = root / str(contacts)
+    fixtures = base / "fixtures"
+    fixtures.mkdir(parents=True, exist_ok=True)
+    stages: dict[str, Any] = {}
+    for stage in STAGES.values():
+        why = stage.missing()
+        if why:
+            stages[stage.name] = {"status": report.NOT_AVAILABLE, "reason": why}
+            log(f"[{label}] {stage.name}: {report.NOT_AVAILABLE} ({why})")
+            continue
+        runs = []
+        for rep in range(1, reps + 1):
+            work = base / f"{stage.name}-{rep}"
+            out = run_child(stage, contacts, fixtures, work)
+            if "error" not in out and stage.produces:
+                made, fixture = work / stage.produces[0], fixtures / stage.produces[1]
+                if not fixture.exists():
+                    os.replace(made, fixture)
+            shutil.rmtree(work, ignore_errors=True)
+            runs.append(out)
+            if "error" in out:
+                log(f"[{label}] {stage.name} {rep}/{reps}: FAILED {out['error']}")
+                break
+            log(
+                f"[{label}] {stage.name} {rep}/{reps}: {out['seconds']:.3f} s"
+                f" (peak RSS {out['peak_rss_bytes'] / (1 << 20):,.0f} MiB)"
+            )
+        stages[stage.name] = summarize(runs)
+        if profile and profile[0] == stage.name and stages[stage.name]["status"] == "ok":
+            work = base / f"{stage.name}-profile"
+            out = run_child(stage, contacts, fixtures, work, profile=profile[1])
+            shutil.rmtree(work, ignore_errors=True)
+            log(f"[{label}] {stage.name} profile: {out.get('error') or profile[1]}")
+    generated = stages["generate"].get("details", {}).get("rows", {})
+    return {"contacts": contacts, "reps": reps, "rows": generated, "stages": stages}
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head}{' (uncommitted changes)' if dirty else ''}" if head else "unknown"
+
+
+def _machine() -> str:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    return f"{os.cpu_count()} cores, {memory:.1f} GiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", type=parse_scale, default=parse_scale("1m"))
+    parser.add_argument(
+        "--scales",
+        type=lambda t: sorted({parse_scale(s) for s in t.split(",")}),
+        help="explicit comma-separated scales instead of the ladder of --scale",
+    )
+    parser.add_argument("--reps", type=int, help="repetitions at every scale (default 3, 1 >1m)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir)")
+    parser.add_argument("--keep-work", action="store_true", help="keep the scratch directory")
+    parser.add_argument(
+        "--profile",
+        choices=sorted(STAGES),
+        help="also profile this stage once at the largest scale (pyinstrument)",
+    )
+    args = parser.parse_args(argv)
+    if args.reps is not None and args.reps < 1:
+        parser.error("--reps must be at least 1")
+
+    scales = args.scales or ladder(args.scale)
+    args.out.mkdir(parents=True, exist_ok=True)
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="lethe-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "python": platform.python_version(),
+        "duckdb": duckdb.__version__,
+        "polars": pl.__version__,
+        "commit": _commit(),
+        "scales": scales,
+    }
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    results = []
+    try:
+        for contacts in scales:
+            reps = args.reps or default_reps(contacts)
+            profile = None
+            if args.profile and contacts == scales[-1]:
+                profile = (args.profile, args.out / f"profile-{args.profile}.txt")
+            results.append(bench_scale(contacts, reps, root, log, profile))
+    finally:
+        if not args.keep_work:
+            shutil.rmtree(root, ignore_errors=True)
+    meta["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+    full = report.build(meta, results)
+    (args.out / "latest.json").write_text(json.dumps(full, indent=2, default=str) + "\n")
+    text = report.markdown(full)
+    (args.out / "latest.md").write_text(text)
+    report.plot(full, args.out / "growth.png")
+    print(text)
+    failed = any(st["status"] == "failed" for s in results for st in s["stages"].values())
+    return 1 if failed else 0

@@ -1,0 +1,453 @@
+"""One small function per benchmark stage: Lethe's stages and the baselines.
+
+A stage function takes a `Context`, does its untimed set-up (copy fixtures, pick
+subjects, read samples) and returns the zero-argument callable that is timed.
+`bench.child` runs one stage per fresh process, so each stage's peak RSS is its own.
+
+Stages whose core function has not landed yet name it in `requires`; the harness
+imports that module and reports the stage as "not available" when the module or
+the function is missing, without running it. Those stages import their function
+inside the stage function for the same reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import importlib.util
+import os
+import shutil
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+
+from lethe.enforcement import enforce
+from lethe.generate import generate
+from lethe.home import Home
+from lethe.ingest import ingest_table
+from lethe.policy import load_policy
+from lethe.strategies import Strategy
+from lethe.tables import TABLES, TAGGED_TABLES
+from lethe.tagging import tag_all
+from lethe.warehouse import connect
+
+# Generator reference date and enforcement as-of date: fixed, so every run sees the same data.
+REFERENCE = dt.date(2026, 1, 1)
+SEED = 0
+ERASURE_BATCH = 10_000
+EXPORT_SUBJECTS = 100
+PER_SUBJECT_SAMPLE = 200
+MASK_SAMPLE_CONTACTS = 20_000  # rows of contacts masked in Python; other tables pro rata
+# The repository's default policy, whatever LETHE_POLICY says: runs must compare.
+POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
+# Fixtures shared by all repetitions of one scale (made by the first repetition).
+LANDING = "landing"
+TAGGED = "tagged.duckdb"
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where one repetition of one stage runs."""
+
+    contacts: int
+    fixtures: Path  # per scale: landing/ and tagged.duckdb
+    work: Path  # this repetition's scratch directory, removed afterwards
+
+    @property
+    def landing(self) -> Path:
+        return self.fixtures / LANDING
+
+    @property
+    def tagged(self) -> Path:
+        return self.fixtures / TAGGED
+
+    def home(self) -> Home:
+        """A fresh LETHE_HOME inside the scratch directory."""
+        return Home(self.work / "home").ensure()
+
+    def home_with_tagged_warehouse(self) -> Home:
+        """A fresh LETHE_HOME whose warehouse is a copy of the tagged fixture."""
+        home = self.home()
+        shutil.copyfile(self.tagged, home.warehouse)
+        return home
+
+
+@dataclass
+class StageResult:
+    """What a timed run reports besides its wall time.
+
+    `factor` scales the measured time (a sample extrapolated to the full size);
+    `seconds` replaces it where the stage's figure is not the wall time of the run
+    (the median over per-subject exports). `basis` says how either was derived.
+    """
+
+    factor: float = 1.0
+    seconds: float | None = None
+    basis: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+Timed = Callable[[], StageResult]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A benchmark stage: its set-up-and-return-the-timed-callable function and metadata."""
+
+    name: str
+    title: str
+    kind: Literal["lethe", "baseline"]
+    prepare: Callable[[Context], Timed]
+    requires: tuple[str, str] | None = None  # (module, function) that must exist
+    needs: tuple[str, ...] = ()  # fixtures read
+    produces: tuple[str, str] | None = None  # (path under work, fixture) kept from a run
+
+    def missing(self) -> str | None:
+        """Why the stage cannot run yet (its core function has not landed), or None."""
+        if self.requires is None:
+            return None
+        module, function = self.requires
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not there yet"
+        if not hasattr(importlib.import_module(module), function):
+            return f"{module}.{function} is not there yet"
+        return None
+
+
+def erasure_batch(contacts: int) -> int:
+    """Subjects erased in one batch: 10,000, or half the contacts at tiny scales."""
+    return min(ERASURE_BATCH, max(1, contacts // 2))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sample_subjects(con: duckdb.DuckDBPyConnection, n: int) -> list[str]:
+    """`n` contact ids in a fixed pseudo-random order (the same every run)."""
+    rows = con.execute(
+        "SELECT contact_id FROM core.contacts ORDER BY hash(contact_id || ?) LIMIT ?",
+        [str(SEED), n],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _subjects_from(path: Path, n: int) -> list[str]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return _sample_subjects(con, n)
+    finally:
+        con.close()
+
+
+# --- Lethe stages -------------------------------------------------------------------
+
+
+def generate_stage(ctx: Context) -> Timed:
+    """Synthetic landing data (`lethe.generate.generate`), written as Parquet."""
+    landing = ctx.work / LANDING
+
+    def run() -> StageResult:
+        counts = generate(landing, ctx.contacts, seed=SEED, reference=REFERENCE)
+        return StageResult(details={"rows": counts})
+
+    return run
+
+
+def ingest_tag_stage(ctx: Context) -> Timed:
+    """Ingest and validate every landing table into a new warehouse file, then tag it."""
+    home = ctx.home()
+    shutil.copytree(ctx.landing, home.landing, dirs_exist_ok=True)
+    policy = load_policy(POLICY)
+
+    def run() -> StageResult:
+        con = connect(home.warehouse)
+        try:
+            results = [ingest_table(con, home.landing, name, policy) for name in TABLES]
+            tag_all(con, policy, REFERENCE)
+        finally:
+            con.close()
+        return StageResult(
+            details={
+                "rows_loaded": {r.table: r.rows_loaded for r in results},
+                "rows_quarantined": sum(r.rows_quarantined for r in results),
+            }
+        )
+
+    return run
+
+
+def enforce_stage(ctx: Context) -> Timed:
+    """Retention enforcement on the tagged warehouse, including the physical file rewrite."""
+    home = ctx.home_with_tagged_warehouse()
+    policy = load_policy(POLICY)
+
+    def run() -> StageResult:
+        result = enforce(home, policy, REFERENCE, run_id="bench")
+        contacts = result.counts.get("contacts", {})
+        return StageResult(
+            details={
+                "counts": result.counts,
+                "ledger_entries": result.ledger_entries,
+                # Contacts anonymized or with erased columns: the subjects a per-subject
+                # platform would have to visit to do the same retention run.
+                "subjects_changed": contacts.get("anonymize", 0) + contacts.get("retain", 0),
+            }
+        )
+
+    return run
+
+
+def access_export_stage(ctx: Context) -> Timed:
+    """Access export of one subject; the figure is the median over 100 random subjects."""
+    from lethe.exports import export_access  # the stage is reported unavailable until it lands
+
+    home = ctx.home_with_tagged_warehouse()
+    subjects = _subjects_from(home.warehouse, min(EXPORT_SUBJECTS, ctx.contacts))
+
+    def run() -> StageResult:
+        timings = []
+        for subject in subjects:
+            start = time.perf_counter()
+            export_access(home, subject)
+            timings.append(time.perf_counter() - start)
+        return StageResult(
+            seconds=statistics.median(timings),
+            basis=f"median over {len(subjects)} subjects",
+            details={"max_s": max(timings)},
+        )
+
+    return run
+
+
+def erasure_stage(ctx: Context) -> Timed:
+    """Erasure of a batch of 10,000 subjects in one run."""
+    from lethe.requests import erase_subjects  # the stage is reported unavailable until it lands
+
+    home = ctx.home_with_tagged_warehouse()
+    subjects = _subjects_from(home.warehouse, erasure_batch(ctx.contacts))
+
+    def run() -> StageResult:
+        erase_subjects(home, subjects, REFERENCE)
+        return StageResult(details={"subjects": len(subjects)})
+
+    return run
+
+
+def analytics_stage(ctx: Context) -> Timed:
+    """The analysts' anonymized datasets, with their k-anonymity check."""
+    from lethe.analytics import build_datasets  # the stage is reported unavailable until it lands
+
+    home = ctx.home_with_tagged_warehouse()
+    policy = load_policy(POLICY)
+
+    def run() -> StageResult:
+        build_datasets(home, policy, REFERENCE)
+        return StageResult()
+
+    return run
+
+
+# --- Baselines ------------------------------------------------------------------------
+
+
+def floor_stage(ctx: Context) -> Timed:
+    """Plain CREATE TABLE AS SELECT of the four tagged tables into a fresh file, fsynced.
+
+    The same file-level rewrite enforcement does, without any policy logic: what
+    enforcement cannot beat by much.
+    """
+    source, target = ctx.work / "source.duckdb", ctx.work / "floor.duckdb"
+    # Read a private copy, as enforcement does, so both start from the same cache state.
+    shutil.copyfile(ctx.tagged, source)
+
+    def run() -> StageResult:
+        con = duckdb.connect(str(source))
+        try:
+            con.execute("ATTACH ? AS fresh", [str(target)])
+            con.execute("CREATE SCHEMA fresh.core")
+            for table in TAGGED_TABLES:
+                con.execute(f"CREATE TABLE fresh.core.{table} AS SELECT * FROM core.{table}")
+            con.execute("CHECKPOINT fresh")
+            con.execute("DETACH fresh")
+        finally:
+            con.close()
+        _fsync(target)
+        return StageResult(details={"bytes": target.stat().st_size})
+
+    return run
+
+
+# One erasure the way request-driven privacy platforms run it: per subject, one
+# statement per table, each in its own transaction.
+PER_SUBJECT_SQL = (
+    "DELETE FROM core.shipments WHERE order_id IN"
+    " (SELECT order_id FROM core.orders WHERE contact_id = ?)",
+    "DELETE FROM core.consents WHERE contact_id = ?",
+    "UPDATE core.orders SET billing_name = NULL, billing_street = NULL, billing_city = NULL,"
+    " billing_postal_code = NULL, _state = 'restricted' WHERE contact_id = ?",
+    "UPDATE core.contacts SET email = NULL, phone = NULL, first_name = NULL, last_name = NULL,"
+    " street = NULL, city = NULL, birth_date = NULL, _state = 'anonymized'"
+    " WHERE contact_id = ?",
+)
+# The lookups those statements make, indexed as an operational database would have them.
+PER_SUBJECT_INDEXES = (
+    ("contacts", "contact_id"),
+    ("consents", "contact_id"),
+    ("orders", "contact_id"),
+    ("shipments", "order_id"),
+)
+
+
+def per_subject_stage(ctx: Context) -> Timed:
+    """Per-subject erasure on a sample of subjects, extrapolated linearly to the batch."""
+    path = ctx.work / "per_subject.duckdb"
+    shutil.copyfile(ctx.tagged, path)
+    con = duckdb.connect(str(path))
+    for table, column in PER_SUBJECT_INDEXES:
+        con.execute(f"CREATE INDEX bench_{table}_{column} ON core.{table} ({column})")
+    subjects = _sample_subjects(con, min(PER_SUBJECT_SAMPLE, ctx.contacts))
+    batch = erasure_batch(ctx.contacts)
+
+    def run() -> StageResult:
+        for subject in subjects:
+            for sql in PER_SUBJECT_SQL:
+                con.execute("BEGIN TRANSACTION")
+                con.execute(sql, [subject])
+                con.execute("COMMIT")
+        # The connection is left open: its final checkpoint at process exit is not
+        # per-subject work and must not be multiplied by the extrapolation.
+        return StageResult(
+            factor=batch / len(subjects),
+            basis=f"{len(subjects)} subjects timed, x{batch / len(subjects):g} for {batch:,}",
+            details={"sample": len(subjects), "batch": batch},
+        )
+
+    return run
+
+
+def _operator(strategy: Strategy) -> Callable[[Any], Any]:
+    """The per-cell Python function a row-wise anonymizer applies for a strategy."""
+    if strategy.name == "erase":
+        return lambda v: None
+    if strategy.name == "surrogate":
+        return lambda v: "anon-" + uuid.uuid4().hex
+    if strategy.name == "prefix":
+        n = strategy.length
+        return lambda v: None if v is None else v[:n]
+    if strategy.name == "truncate":
+        if strategy.to == "year":
+            return lambda v: None if v is None else v.replace(month=1, day=1)
+        return lambda v: None if v is None else v.replace(day=1)
+    return lambda v: v
+
+
+MASKED_TABLES = ("contacts", "orders")  # the tables whose rows are anonymized cell by cell
+
+
+def python_mask_stage(ctx: Context) -> Timed:
+    """Row-wise masking in Python, one function call per cell, on a sample; extrapolated.
+
+    Every row of contacts and orders gets the policy's anonymization rules, as a
+    structured PII anonymizer applies an operator per column. Reading the rows and
+    writing them back are not timed, which favours the baseline.
+    """
+    policy = load_policy(POLICY)
+    fraction = min(1.0, MASK_SAMPLE_CONTACTS / max(ctx.contacts, 1))
+    con = duckdb.connect(str(ctx.tagged), read_only=True)
+    samples: list[tuple[list[dict[str, Any]], dict[str, Callable[[Any], Any]]]] = []
+    sampled = total = 0
+    try:
+        for table in MASKED_TABLES:
+            spec = TABLES[table]
+            rows_in_table = con.execute(f"SELECT count(*) FROM core.{table}").fetchone()[0]
+            n = max(1, round(rows_in_table * fraction))
+            cursor = con.execute(
+                f"SELECT {', '.join(spec.column_names)} FROM core.{table}"
+                f" ORDER BY hash({spec.key}) LIMIT ?",
+                [n],
+            )
+            rows = [dict(zip(spec.column_names, r, strict=True)) for r in cursor.fetchall()]
+            rules = policy.when_unkept[table].anonymized_rules()
+            samples.append((rows, {c: _operator(rules.for_column(c)) for c in spec.column_names}))
+            sampled, total = sampled + len(rows), total + rows_in_table
+    finally:
+        con.close()
+
+    def run() -> StageResult:
+        masked = 0
+        for rows, operators in samples:
+            masked += len([{c: operators[c](v) for c, v in row.items()} for row in rows])
+        return StageResult(
+            factor=total / max(sampled, 1),
+            basis=f"{sampled:,} of {total:,} rows timed, extrapolated by row count",
+            details={"rows_masked": masked, "rows_total": total},
+        )
+
+    return run
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("generate", "generate", "lethe", generate_stage, produces=(LANDING, LANDING)),
+        Stage(
+            "ingest_tag",
+            "ingest + validate + tag",
+            "lethe",
+            ingest_tag_stage,
+            needs=(LANDING,),
+            produces=("home/warehouse.duckdb", TAGGED),
+        ),
+        Stage("enforce", "retention enforcement", "lethe", enforce_stage, needs=(TAGGED,)),
+        Stage(
+            "access_export",
+            "access export (1 subject)",
+            "lethe",
+            access_export_stage,
+            requires=("lethe.exports", "export_access"),
+            needs=(TAGGED,),
+        ),
+        Stage(
+            "erasure",
+            "erasure batch",
+            "lethe",
+            erasure_stage,
+            requires=("lethe.requests", "erase_subjects"),
+            needs=(TAGGED,),
+        ),
+        Stage(
+            "analytics",
+            "analytics datasets + k-anonymity",
+            "lethe",
+            analytics_stage,
+            requires=("lethe.analytics", "build_datasets"),
+            needs=(TAGGED,),
+        ),
+        Stage("floor", "floor: CTAS rewrite", "baseline", floor_stage, needs=(TAGGED,)),
+        Stage(
+            "per_subject",
+            "per-subject erasure",
+            "baseline",
+            per_subject_stage,
+            needs=(TAGGED,),
+        ),
+        Stage(
+            "python_mask",
+            "Python per-cell masking",
+            "baseline",
+            python_mask_stage,
+            needs=(TAGGED,),
+        ),
+    )
+}
