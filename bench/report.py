@@ -73,34 +73,32 @@ def comparisons(scale: Scale) -> list[dict[str, Any]]:
         out.append({"what": what, "ratio": ratio, "how": how})
 
     if enforce and floor:
-        add("enforcement ÷ floor", enforce["median_s"] / floor["median_s"], "lower is better")
+        add("enforcement ÷ floor", enforce["median_s"] / floor["median_s"], "what policy logic costs")
     if enforce and per_subject:
         subjects = enforce["details"]["subjects_changed"]
         per_one = per_subject["median_s"] / per_subject["details"]["batch"]
         add(
             "per-subject retention ÷ enforcement",
             per_one * subjects / enforce["median_s"],
-            f"per-subject cost × the {subjects:,} contacts enforcement changed; Lethe is"
-            " this many times faster",
+            f"per-subject cost × the {subjects:,} contacts enforcement changed",
         )
     if enforce and mask:
         add(
             "Python masking ÷ enforcement",
             mask["median_s"] / enforce["median_s"],
-            "masking contacts and orders cell by cell vs the whole enforcement run;"
-            " Lethe is this many times faster",
+            "masking contacts and orders cell by cell vs the whole enforcement run",
         )
     if erasure and per_subject:
         add(
             "per-subject erasure ÷ erasure batch",
             per_subject["median_s"] / erasure["median_s"],
-            f"same {per_subject['details']['batch']:,} subjects; Lethe is this many times faster",
+            f"the same {per_subject['details']['batch']:,} subjects",
         )
     return out
 
 
 def growth(scales: list[Scale]) -> dict[str, dict[str, Any]]:
-    """Per stage: seconds per million contacts at each scale, the log-log slope, a verdict."""
+    """Per stage: microseconds per contact at each scale, the log-log slope, a verdict."""
     out: dict[str, dict[str, Any]] = {}
     for name in STAGES:
         points = [
@@ -110,7 +108,7 @@ def growth(scales: list[Scale]) -> dict[str, dict[str, Any]]:
         ]
         entry: dict[str, Any] = {
             "points": points,
-            "s_per_million": {format_scale(n): t * MILLION / n for n, t in points},
+            "us_per_contact": {format_scale(n): t * MILLION / n for n, t in points},
             "slope": None,
             "verdict": "n/a (fewer than two scales)",
         }
@@ -174,7 +172,10 @@ def targets(scales: list[Scale]) -> list[dict[str, Any]]:
     absolute("access export < 0.5 s at 1m", MILLION, "access_export", 0.5)
     absolute("access export < 1 s at 10m", 10 * MILLION, "access_export", 1)
     relative(
-        "erasure batch of 10k ≥ 50× faster than per-subject", "per_subject", "erasure", lambda r: r >= 50
+        "erasure batch of 10k ≥ 50× faster than per-subject",
+        "per_subject",
+        "erasure",
+        lambda r: r >= 50,
     )
     ten = next((s for s in scales if s["contacts"] == 10 * MILLION), None)
     peaks = [
@@ -235,16 +236,22 @@ def markdown(report: dict[str, Any]) -> str:
             *(_stage_row(name, st) for name, st in scale["stages"].items()),
         ]
         if scale["comparisons"]:
-            out += ["", "| comparison | ratio | how |", "|---|---|---|"]
+            out += [
+                "",
+                "| comparison (baseline ÷ Lethe > 1: Lethe is faster) | ratio | how |",
+                "|---|---|---|",
+            ]
             out += [
                 f"| {c['what']} | {_ratio(c['ratio'])} | {c['how']} |" for c in scale["comparisons"]
             ]
-    labels = [format_scale(s["contacts"]) for s in sorted(report["scales"], key=lambda s: s["contacts"])]
+    labels = [
+        format_scale(s["contacts"]) for s in sorted(report["scales"], key=lambda s: s["contacts"])
+    ]
     out += [
         "",
         "## Growth",
         "",
-        "Seconds per million contacts at each scale; slope of log(time) against log(contacts)"
+        "Microseconds per contact at each scale; slope of log(time) against log(contacts)"
         f" between the two largest scales (1 = linear, > {SUPER_LINEAR} flagged super-linear).",
         "",
         "| stage | " + " | ".join(labels) + " | slope | verdict |",
@@ -253,11 +260,11 @@ def markdown(report: dict[str, Any]) -> str:
     for name, g in report["growth"].items():
         if not g["points"]:
             continue
-        cells = [g["s_per_million"].get(label) for label in labels]
+        cells = [g["us_per_contact"].get(label) for label in labels]
         slope = f"{g['slope']:.2f}" if g["slope"] is not None else ""
         out.append(
             f"| {STAGES[name].title} | "
-            + " | ".join(_seconds(c) if c is not None else "" for c in cells)
+            + " | ".join(f"{c:,.3g} µs" if c is not None else "" for c in cells)
             + f" | {slope} | {g['verdict']} |"
         )
     out += ["", "## Targets", "", "```"]

@@ -7,6 +7,7 @@ officer can fix the file; an invalid policy never touches data.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -172,6 +173,8 @@ class Purpose(_Frozen):
     keeps: Keeps
     pseudonymizes: Keeps = {}
     retention: Retention
+    # Categories of data subjects, as the record of processing (Art. 30(1)(c)) lists them.
+    data_subjects: tuple[str, ...] = ()
 
     _parse_keeps = field_validator("keeps", "pseudonymizes", mode="before")(
         lambda cls, v: _parse_keeps(v) if v else {}
@@ -222,13 +225,86 @@ class Operations(_Frozen):
 
 
 class Processor(_Frozen):
-    name: str
+    """A processor (GDPR Art. 28) receiving data for one purpose under a contract.
+
+    Exports to it go through Lethe: refused once `contract_end` has come (00:00 UTC of
+    that day), when `export_access` is off, or after `lethe processor revoke`.
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    description: str = ""
     purpose: str
     data_shared: dict[str, tuple[str, ...]]
-    contract_end: str | None = None
+    contract_end: dt.date | None = None
     export_access: bool = True
+    transfers: str = "none outside the EU/EEA"
 
     _k = field_validator("data_shared", mode="before")(lambda cls, v: _parse_keeps(v))
+
+
+class Controller(_Frozen):
+    """The controller (GDPR Art. 4(7)) the record of processing names."""
+
+    name: str
+    contact: str
+    dpo: str | None = None  # the data protection officer's contact, if one is appointed
+
+
+def _bands(v: tuple[float, ...]) -> tuple[float, ...]:
+    if not v or any(b <= 0 for b in v) or list(v) != sorted(set(v)):
+        raise ValueError("expected strictly ascending positive band bounds")
+    return v
+
+
+class Analytics(_Frozen):
+    """The anonymized analyst datasets: why they exist and how they generalize."""
+
+    purpose: str = "statistics"
+    legal_basis: LegalBasis = "legitimate_interest"
+    description: str = (
+        "Anonymized statistics for analysts: aggregates of at least k data subjects"
+        " with generalized quasi-identifiers only."
+    )
+    # Region = country + the first N digits of the postal code (the postal district).
+    region_postal_digits: int = Field(default=1, ge=1, le=3)
+    # Upper bounds of the amount bands per currency; other currencies get one band.
+    amount_bands: dict[str, tuple[float, ...]] = {
+        "CZK": (500, 1000, 2500, 5000, 10000),
+        "EUR": (20, 40, 100, 200, 400),
+    }
+    birth_year_band: int = Field(default=10, ge=1, le=100)
+    delivery_day_bands: tuple[float, ...] = (1, 2, 3, 5)
+
+    _b = field_validator("delivery_day_bands")(lambda cls, v: _bands(v))
+
+    @field_validator("amount_bands")
+    @classmethod
+    def _amounts(cls, v: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
+        for currency, bounds in v.items():
+            if not (len(currency) == 3 and currency.isalpha() and currency.isupper()):
+                raise ValueError(f"{currency!r} is not an ISO 4217 currency code")
+            try:
+                _bands(bounds)
+            except ValueError as exc:
+                raise ValueError(f"{currency}: {exc}") from None
+        return v
+
+
+class BreachNotification(_Frozen):
+    """Deadlines for a personal data breach, in hours from becoming aware of it."""
+
+    authority_hours: int = Field(default=72, gt=0)  # controller → authority, Art. 33(1)
+    processor_hours: int = Field(default=48, gt=0)  # processor → controller, the contracts
+
+
+class ConsentHealth(_Frozen):
+    """The re-consent list: consents ending within `expiring_within` are listed."""
+
+    expiring_within: Duration = Duration.parse("30d")
+
+    _d = field_validator("expiring_within", mode="before")(
+        lambda cls, v: v if isinstance(v, Duration) else Duration.parse(str(v))
+    )
 
 
 class Policy(_Frozen):
@@ -242,6 +318,11 @@ class Policy(_Frozen):
     when_unkept: dict[str, TableActions]
     operations: Operations
     processors: tuple[Processor, ...] = ()
+    controller: Controller | None = None
+    security_measures: tuple[str, ...] = ()
+    analytics: Analytics = Analytics()
+    breach_notification: BreachNotification = BreachNotification()
+    consent_health: ConsentHealth = ConsentHealth()
     source: str = ""
 
     @model_validator(mode="before")
@@ -279,9 +360,21 @@ class Policy(_Frozen):
                             f"when_unkept.{table}.{col}: pseudonymize belongs to a purpose"
                             " (purposes.<name>.pseudonymizes)"
                         )
+        names = [p.name for p in self.processors]
         for p in self.processors:
+            if names.count(p.name) > 1:
+                raise ValueError(f"processors.{p.name}: listed more than once")
             if p.purpose not in self.purposes:
                 raise ValueError(f"processors.{p.name}.purpose: unknown purpose {p.purpose!r}")
+            purpose = self.purposes[p.purpose]
+            for table, cols in p.data_shared.items():
+                covered = (*purpose.keeps.get(table, ()), *purpose.pseudonymizes.get(table, ()))
+                for col in cols:
+                    if col not in covered:
+                        raise ValueError(
+                            f"processors.{p.name}.data_shared.{table}: {col!r} is not kept by"
+                            f" its purpose {p.purpose!r}"
+                        )
         return self
 
     def all_purposes(self) -> dict[str, Purpose]:

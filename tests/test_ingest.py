@@ -520,12 +520,6 @@ def test_second_run_without_new_files(
     assert all(r.rows_read == 0 for r in again.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a table delivered as an empty file is treated as never delivered: the next"
-    " ingest without a new file raises IngestError 'missing' (ingest_table checks only whether"
-    " core.<table> has rows, not core.ingest_log)",
-)
 def test_empty_table_delivered_once_is_not_missing_later(
     con: duckdb.DuckDBPyConnection, home: Home, policy: Policy
 ) -> None:
@@ -537,11 +531,6 @@ def test_empty_table_delivered_once_is_not_missing_later(
     assert all(r.rows_read == 0 for r in again.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an ISO-8601 timestamp with a UTC offset is stored with the offset dropped"
-    " (TRY_CAST(... AS TIMESTAMP) ignores '+02:00'), shifting it instead of converting to UTC",
-)
 def test_timestamp_with_offset_converted_to_utc(
     con: duckdb.DuckDBPyConnection, home: Home, policy: Policy
 ) -> None:
@@ -578,11 +567,6 @@ def test_landing_path_is_reported(tmp_path: Path, policy: Policy) -> None:
     assert result.rows_loaded == 1 and result.source_file == "contacts.csv"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: re-delivering a row that is 'restricted' resets its _state to 'active'"
-    " (ingest upserts every good row with _state = 'active'), silently lifting the restriction",
-)
 def test_redelivery_keeps_restriction(
     con: duckdb.DuckDBPyConnection, home: Home, policy: Policy
 ) -> None:

@@ -138,11 +138,6 @@ def test_quarantine_check_fails_on_bad_row(home: Home) -> None:
     assert q == [("orders", 2, "total_amount", "wrong type: expected decimal")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SPEC gap: 'the error names the file, row and column' but the failed"
-    " no_quarantined_rows check names only the file and the reason (no row, no column)",
-)
 def test_quarantine_check_names_row_and_column(home: Home) -> None:
     landing_set(home, bad_row=True)
     orders = check_results(materialize(home))["core/orders"]
@@ -258,11 +253,6 @@ def test_cli_run_missing_file_exits_non_zero(
     assert "contacts.parquet: missing" in last
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: on a failed step `lethe run` prints Dagster's ERROR log records with full"
-    " stack traces on stderr before its one-line error (SPEC: one-line message on bad input)",
-)
 def test_cli_run_missing_file_one_line(run_without_files: subprocess.CompletedProcess[str]) -> None:
     assert run_without_files.returncode == 1
     assert "Stack Trace" not in run_without_files.stderr
