@@ -20,7 +20,7 @@ from pathlib import Path
 from lethe.duration import Duration
 from lethe.errors import LetheError
 from lethe.home import Home
-from lethe.warehouse import connect
+from lethe.warehouse import connect, has_table
 
 _ID_FORMAT = "%Y%m%dT%H%M%SZ"
 
@@ -42,15 +42,9 @@ class Backup:
 def _ledger_seq(path: Path) -> int:
     con = connect(path, read_only=True)
     try:
-        exists = con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'audit'"
-            " AND table_name = 'ledger'"
-        ).fetchone()[0]
-        return (
-            con.execute("SELECT coalesce(max(seq), 0) FROM audit.ledger").fetchone()[0]
-            if (exists)
-            else 0
-        )
+        if not has_table(con, "audit", "ledger"):
+            return 0
+        return con.execute("SELECT coalesce(max(seq), 0) FROM audit.ledger").fetchone()[0]
     finally:
         con.close()
 

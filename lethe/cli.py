@@ -7,6 +7,7 @@ Every failure is one line on stderr and a non-zero exit code. Orchestrated comma
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -26,6 +27,7 @@ from lethe.holds import place_hold, release_hold
 from lethe.home import Home
 from lethe.lock import exclusive
 from lethe.policy import load_policy
+from lethe.requests import extend_request, list_requests, parse_changes, record_request
 from lethe.restore import restore as restore_backup
 from lethe.summary import TableSummary, summarize
 from lethe.warehouse import connect
@@ -248,6 +250,70 @@ def audit_verify() -> None:
 
 
 @app.command()
+def request(
+    kind: Annotated[
+        str,
+        typer.Argument(
+            metavar="TYPE",
+            help="access | portability | erasure | rectification | restriction | objection,"
+            " or `extend` to extend a request's deadline",
+        ),
+    ],
+    request_id: Annotated[
+        str | None, typer.Argument(metavar="[ID]", help="Request id (with `extend`).")
+    ] = None,
+    subject: Annotated[str | None, typer.Option(help="contact_id or e-mail address.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="column=value (rectification; repeatable).")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="Why (kept with the request).")] = None,
+) -> None:
+    """Record a data-subject request (deadline: one calendar month); the next run (or the
+    request sensor) carries it out."""
+    if kind == "extend":
+        if not request_id:
+            _fail("request extend: give the request id")
+        with _warehouse() as con:
+            extended = extend_request(con, request_id, reason or "")
+        out.print(f"{extended.request_id}: deadline extended to {extended.deadline:%Y-%m-%d}")
+        return
+    if not subject:
+        _fail("--subject: required (a contact_id or an e-mail address)")
+    changes = parse_changes(set_ or []) if kind == "rectification" else None
+    if set_ and kind != "rectification":
+        _fail("--set applies to rectification requests only")
+    with _warehouse() as con:
+        recorded = record_request(con, kind, subject, changes, reason)
+    out.print(
+        f"{recorded.request_id}: {recorded.type} request recorded;"
+        f" due by {recorded.deadline:%Y-%m-%d}",
+        highlight=False,
+    )
+
+
+@app.command("requests")
+def list_requests_command(
+    overdue: Annotated[bool, typer.Option("--overdue", help="Only overdue requests.")] = False,
+) -> None:
+    """List data-subject requests with status and deadline."""
+    with _warehouse(write=False) as con:
+        rows = list_requests(con, overdue_only=overdue)
+    table = Table(title="Overdue requests" if overdue else "Data-subject requests")
+    for col in ("id", "type", "subject", "received", "deadline", "status"):
+        table.add_column(col, no_wrap=True)
+    for rid, kind, contact_id, received, deadline, status, late in rows:
+        table.add_row(
+            rid,
+            kind,
+            contact_id,
+            f"{received:%Y-%m-%d}",
+            f"{deadline:%Y-%m-%d}",
+            "[red]overdue[/]" if late else status,
+        )
+    out.print(table)
+
+
+@app.command()
 def backup() -> None:
     """Write a compressed backup of the warehouse under LETHE_HOME/backups."""
     home = Home.from_env().ensure()
@@ -276,9 +342,24 @@ def restore(
 
 
 def main() -> None:
-    """Console-script entry point: LetheError → one line on stderr, exit 1."""
+    """Console-script entry point: every failure is one line on stderr and a non-zero exit.
+
+    LetheError (bad input) exits 1; anything unexpected exits 2 with its type and first
+    line; LETHE_DEBUG=1 shows the traceback instead.
+    """
     try:
         app()
     except LetheError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
+    except Exception as exc:
+        if os.environ.get("LETHE_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        err.print(
+            f"[bold red]error:[/] unexpected {type(exc).__name__}: {first}"
+            " (set LETHE_DEBUG=1 for details)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)

@@ -9,6 +9,7 @@ import duckdb
 from lethe.policy import HOLD_PURPOSE
 from lethe.strategies import quote
 from lethe.tables import TAGGED_TABLES
+from lethe.warehouse import has_table
 
 
 @dataclass
@@ -31,10 +32,7 @@ def _counts(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, int]:
 
 def run_actions(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, dict[str, int]]:
     """Rows per table and ledger action recorded by one run."""
-    exists = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'audit' AND table_name = 'ledger'"
-    ).fetchone()[0]
-    if not exists:
+    if not has_table(con, "audit", "ledger"):
         return {}
     out: dict[str, dict[str, int]] = {}
     for table, action, n in con.execute(

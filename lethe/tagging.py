@@ -18,7 +18,7 @@ from lethe.plan import Plan, timestamp_literal
 from lethe.policy import HOLD_PURPOSE, Policy, Purpose
 from lethe.strategies import literal, quote
 from lethe.tables import TABLES, TAGGED_TABLES
-from lethe.warehouse import table_columns, transaction
+from lethe.warehouse import has_table, table_columns, transaction
 
 # Row states (SPEC "Warehouse"); `expired` marks a row no purpose keeps, until
 # enforcement deletes or anonymizes it in the same run.
@@ -213,8 +213,6 @@ def tag_all(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date | dt.
 
 def tagged_as_of(con: duckdb.DuckDBPyConnection) -> dt.date | None:
     """The as-of date of the current tags (None if never tagged)."""
-    exists = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'core'"
-        " AND table_name = 'tag_state'"
-    ).fetchone()[0]
-    return con.execute("SELECT as_of FROM core.tag_state").fetchone()[0] if exists else None
+    if not has_table(con, "core", "tag_state"):
+        return None
+    return con.execute("SELECT as_of FROM core.tag_state").fetchone()[0]

@@ -80,6 +80,14 @@ def ensure_schemas(con: duckdb.DuckDBPyConnection) -> None:
             reason VARCHAR, record JSON, quarantined_at TIMESTAMP)"""
     )
     con.execute(
+        """CREATE TABLE IF NOT EXISTS requests.requests (
+            request_id VARCHAR PRIMARY KEY, type VARCHAR NOT NULL, contact_id VARCHAR NOT NULL,
+            received_at TIMESTAMP NOT NULL, deadline TIMESTAMP NOT NULL,
+            extended BOOLEAN NOT NULL DEFAULT false, extension_reason VARCHAR,
+            status VARCHAR NOT NULL, completed_at TIMESTAMP, reason VARCHAR,
+            changes JSON, answer JSON)"""
+    )
+    con.execute(
         """CREATE TABLE IF NOT EXISTS requests.erasures (
             request_id VARCHAR NOT NULL, contact_id VARCHAR NOT NULL, registered_at TIMESTAMP)"""
     )
@@ -87,6 +95,16 @@ def ensure_schemas(con: duckdb.DuckDBPyConnection) -> None:
         """CREATE TABLE IF NOT EXISTS core.ingest_log (
             table_name VARCHAR, source_file VARCHAR, sha256 VARCHAR, rows_read BIGINT,
             rows_loaded BIGINT, rows_quarantined BIGINT, ingested_at TIMESTAMP)"""
+    )
+
+
+def has_table(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    """Whether `schema.table` exists (read-only connections cannot create it)."""
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
+            [schema, table],
+        ).fetchone()[0]
     )
 
 

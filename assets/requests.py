@@ -1,0 +1,79 @@
+"""Data-subject request assets: carried out before tagging, answered after enforcement."""
+
+import dagster as dg
+
+from assets.metadata import OWNERS
+from lethe.answers import answer_pending
+from lethe.requests import apply_pending, request_counts
+from lethe.tables import TABLES
+from pipelines.resources import PolicyResource, WarehouseResource
+
+NOTHING_OVERDUE = "no_overdue_requests"
+
+
+@dg.asset(
+    key=["requests", "intake"],
+    group_name="requests",
+    deps=[dg.AssetKey(["core", t]) for t in TABLES],
+    owners=OWNERS,
+    kinds={"duckdb"},
+)
+def request_intake(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, policy: PolicyResource
+) -> dg.MaterializeResult:
+    """Carries out every pending rectification (GDPR Art. 16: the value corrected in every
+    table where it appears), objection (Art. 21: marketing consent treated as withdrawn
+    now, evidence kept) and restriction (Art. 18: rows marked `restricted`), and registers
+    pending erasures (Art. 17) so that this run's tagging and enforcement erase the subject.
+    """
+    with warehouse.connect() as con:
+        done = apply_pending(con, policy.load(), policy.as_of_date(), context.run.run_id)
+    context.log.info("requests carried out: " + ", ".join(f"{k} {v}" for k, v in done.items()))
+    return dg.MaterializeResult(metadata={f"{k}_requests": v for k, v in done.items()})
+
+
+@dg.asset(
+    key=["requests", "answers"],
+    group_name="requests",
+    deps=[dg.AssetKey(["core", "retention_enforcement"])],
+    owners=OWNERS,
+    kinds={"duckdb", "polars"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            NOTHING_OVERDUE,
+            asset=["requests", "answers"],
+            description="No data-subject request is past its deadline (one month, or three"
+            " after a recorded extension).",
+        )
+    ],
+)
+def request_answers(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, policy: PolicyResource
+):
+    """Answers pending requests after the enforcement rewrite: access and portability
+    exports (zip with JSON, CSV per table and an HTML summary under exports/requests, kept
+    30 days), and erasure answers listing what is still kept, why and until when.
+    """
+    home = warehouse.paths()
+    with warehouse.connect() as con:
+        answers = answer_pending(con, home, policy.load(), policy.as_of_date(), context.run.run_id)
+        counts = request_counts(con)
+    context.log.info(f"{answers.exports} exports written, {answers.erasures} erasures answered")
+    yield dg.MaterializeResult(
+        metadata={
+            "exports_written": answers.exports,
+            "erasures_answered": answers.erasures,
+            "vault_entries_forgotten": answers.forgotten_tokens,
+            "open_requests": counts["open"],
+            "done_requests": counts["done"],
+            "overdue_requests": counts["overdue"],
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name=NOTHING_OVERDUE,
+        passed=counts["overdue"] == 0,
+        description=f"{counts['overdue']} overdue requests (see `lethe requests --overdue`)"
+        if counts["overdue"]
+        else "no overdue request",
+        metadata=counts,
+    )

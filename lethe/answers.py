@@ -1,0 +1,155 @@
+"""Answering requests after the run's enforcement rewrite: exports and erasure answers.
+
+Access and portability: one export zip per request (documents read set-based).
+Erasure: the rewrite has erased the subject; the answer lists what is still kept, why
+and until when (accounting invoices as pseudonyms, a litigation hold); the subject's
+earlier exports are deleted, and vault entries no kept row refers to are forgotten and
+the vault file compacted, so no value of the subject is left in any file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+
+import duckdb
+
+from lethe.audit import LedgerEntry, append
+from lethe.compaction import compact
+from lethe.exports import build_documents, delete_exports, log_export, write_export
+from lethe.home import Home
+from lethe.policy import Policy
+from lethe.requests import Request, pending_requests
+from lethe.retention import pseudonym_columns
+from lethe.strategies import quote
+from lethe.tables import TAGGED_TABLES
+from lethe.vault import attach
+from lethe.warehouse import transaction
+
+
+@dataclass
+class Answers:
+    """Requests answered by one run (counts only)."""
+
+    exports: int = 0
+    erasures: int = 0
+    forgotten_tokens: int = 0
+    files: list[str] = field(default_factory=list)
+
+
+def _kept(con: duckdb.DuckDBPyConnection, contact_id: str) -> list[dict]:
+    """What is still kept about an erased subject: per table, purposes and until when."""
+    owner = (
+        "SELECT ? AS m UNION ALL SELECT token FROM vault.tokens"
+        " WHERE kind = 'identifier.contact' AND value = ?"
+    )
+    kept = []
+    for table in TAGGED_TABLES:
+        where = (
+            f"order_id IN (SELECT order_id FROM core.orders WHERE contact_id IN ({owner}))"
+            if table == "shipments"
+            else f"contact_id IN ({owner})"
+        )
+        for purposes, state, until, n in con.execute(
+            f"SELECT _purposes, _state, max(_retain_until), count(*) FROM core.{quote(table)}"
+            f" WHERE {where} AND _state <> 'anonymized' GROUP BY ALL ORDER BY ALL",
+            [contact_id, contact_id],
+        ).fetchall():
+            kept.append(
+                {
+                    "table": table,
+                    "rows": n,
+                    "state": state,
+                    "kept_for": purposes,
+                    "until": until.isoformat() if until else "until the hold is released",
+                }
+            )
+    return kept
+
+
+def _forget_unreferenced(con: duckdb.DuckDBPyConnection, policy: Policy, subjects: str) -> int:
+    """Forget the erased subjects' vault entries that no kept row refers to any more."""
+    used = (
+        " UNION ".join(
+            f"SELECT CAST({quote(p.column)} AS VARCHAR) FROM core.{quote(table)}"
+            for table in TAGGED_TABLES
+            for p in pseudonym_columns(policy, table)
+        )
+        or "SELECT NULL"
+    )
+    return con.execute(
+        f"DELETE FROM vault.tokens WHERE subject IN ({subjects}) AND token NOT IN ({used})"
+    ).fetchone()[0]
+
+
+def answer_pending(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy, as_of: dt.date, run_id: str
+) -> Answers:
+    """Answer pending access, portability and erasure requests (after enforcement)."""
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    result = Answers()
+    exports: list[Request] = pending_requests(con, "access") + pending_requests(con, "portability")
+    erasures = pending_requests(con, "erasure")
+    if not exports and not erasures:
+        return result
+    entries = []
+    attach(con, home.vault)
+    try:
+        docs = build_documents(con, policy, exports, now) if exports else {}
+        for request in exports:
+            path = write_export(home, docs[request.request_id])
+            result.files.append(path.name)
+            with transaction(con):
+                log_export(con, request, path, now, policy.operations.exports.add_to(now))
+                con.execute(
+                    "UPDATE requests.requests SET status = 'done', completed_at = ?, answer = ?"
+                    " WHERE request_id = ?",
+                    [now, json.dumps({"export": path.name}), request.request_id],
+                )
+                append(
+                    con,
+                    [
+                        LedgerEntry(
+                            run_id=run_id,
+                            as_of=as_of,
+                            action="export",
+                            reason=f"{request.request_id}: {request.type} export",
+                            keys=[request.contact_id],
+                            details={"files": 1},
+                        )
+                    ],
+                )
+        if erasures:
+            subjects = "SELECT contact_id FROM requests.erasures"
+            answers = {r.request_id: {"kept": _kept(con, r.contact_id)} for r in erasures}
+            with transaction(con):
+                result.forgotten_tokens = _forget_unreferenced(con, policy, subjects)
+            for request in erasures:
+                gone = delete_exports(con, home, "subject_key = ?", [request.contact_id])
+                answers[request.request_id]["earlier_exports_deleted"] = gone
+            with transaction(con):
+                for request in erasures:
+                    con.execute(
+                        "UPDATE requests.requests SET status = 'done', completed_at = ?,"
+                        " answer = ? WHERE request_id = ?",
+                        [now, json.dumps(answers[request.request_id]), request.request_id],
+                    )
+                    entries.append(
+                        LedgerEntry(
+                            run_id=run_id,
+                            as_of=as_of,
+                            action="request",
+                            reason=f"{request.request_id}: erasure answered",
+                            keys=[request.contact_id],
+                            details={"kept_batches": len(answers[request.request_id]["kept"])},
+                        )
+                    )
+                append(con, entries)
+            result.erasures = len(erasures)
+    finally:
+        con.execute("DETACH vault")
+    result.exports = len(exports)
+    if result.forgotten_tokens:
+        compact(home.vault)
+    return result

@@ -1,0 +1,251 @@
+"""Access and portability exports: one zip per request with JSON, CSVs and an HTML summary.
+
+The documents of all pending subjects are read with one query per table (set-based);
+only writing the zips is per subject. Each zip holds `subject.json` (validated against
+`lethe/schemas/subject_export.schema.json`), one CSV per table and `index.html`.
+Exports live under `exports/requests/`, are logged in `audit.export_log` and expire
+after the policy's export retention (30 days).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import io
+import json
+import os
+import zipfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import jsonschema
+import polars as pl
+
+from lethe.home import Home
+from lethe.policy import Policy
+from lethe.requests import Request
+from lethe.retention import pseudonym_columns
+from lethe.strategies import quote
+from lethe.tables import TABLES, TAGGED_TABLES
+
+FORMAT = "lethe-subject-export/1"
+TAGS = ("_purposes", "_legal_bases", "_retain_until", "_state")
+# Portability covers what the subject gave us under consent or contract (GDPR Art. 20(1)).
+PORTABLE_BASES = ("consent", "contract")
+
+
+def schema() -> dict[str, Any]:
+    """The JSON schema every subject export is validated against."""
+    text = resources.files("lethe").joinpath("schemas/subject_export.schema.json").read_text()
+    return json.loads(text)
+
+
+def export_dir(home: Home) -> Path:
+    return home.exports / "requests"
+
+
+def _subject_select(table: str) -> str:
+    """Rows of `table` owned by a subject of temp `_export_owner`, with a `_subject` column."""
+    if table == "shipments":
+        return (
+            "SELECT m._subject, t.* FROM core.shipments t JOIN core.orders o"
+            " ON o.order_id = t.order_id JOIN _export_owner m ON o.contact_id = m._match"
+        )
+    return (
+        f"SELECT m._subject, t.* FROM core.{quote(table)} t"
+        " JOIN _export_owner m ON t.contact_id = m._match"
+    )
+
+
+def subject_rows(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> dict[str, pl.DataFrame]:
+    """Every row held about the subjects, per table, with a `_subject` column.
+
+    Needs the vault attached AS vault: orders kept for accounting carry the subject only
+    as a token, so a subject owns its contact_id and the tokens that stand for it.
+    """
+    con.execute("CREATE OR REPLACE TEMP TABLE _export_subjects (contact_id VARCHAR)")
+    con.executemany("INSERT INTO _export_subjects VALUES (?)", [[s] for s in subjects])
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _export_owner AS"
+        " SELECT contact_id AS _subject, contact_id AS _match FROM _export_subjects"
+        " UNION ALL SELECT s.contact_id, t.token FROM _export_subjects s JOIN vault.tokens t"
+        " ON t.kind = 'identifier.contact' AND t.value = s.contact_id"
+    )
+    return {table: con.sql(_subject_select(table)).pl() for table in TAGGED_TABLES}
+
+
+def _reidentify(
+    con: duckdb.DuckDBPyConnection, frames: dict[str, pl.DataFrame], policy: Policy
+) -> dict[str, pl.DataFrame]:
+    """Replace vault tokens in the subjects' own rows by the values they stand for."""
+    for table, frame in frames.items():
+        for p in pseudonym_columns(policy, table):
+            if frame.is_empty() or p.column not in frame.columns:
+                continue
+            tokens = con.sql(
+                "SELECT token, value FROM vault.tokens WHERE token IN (SELECT unnest(?))",
+                params=[frame[p.column].drop_nulls().cast(pl.String).to_list()],
+            ).pl()
+            mapping = dict(zip(tokens["token"], tokens["value"], strict=True))
+            frames[table] = frames[table].with_columns(
+                pl.col(p.column).replace(mapping).alias(p.column)
+            )
+    return frames
+
+
+def _jsonable(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    rows = frame.drop("_subject").to_dicts()
+    return json.loads(json.dumps(rows, default=str))
+
+
+def _portable(frame: pl.DataFrame) -> pl.DataFrame:
+    if frame.is_empty():
+        return frame
+    return frame.filter(
+        pl.col("_legal_bases").list.eval(pl.element().is_in(PORTABLE_BASES)).list.any()
+    )
+
+
+def build_documents(
+    con: duckdb.DuckDBPyConnection, policy: Policy, requests: list[Request], now: dt.datetime
+) -> dict[str, dict[str, Any]]:
+    """Export documents for access/portability requests, keyed by request id."""
+    frames = _reidentify(con, subject_rows(con, [r.contact_id for r in requests]), policy)
+    purposes = {
+        p.name: {
+            "legal_basis": p.legal_basis,
+            "description": p.description,
+            "retention": p.retention.describe(),
+        }
+        for p in policy.all_purposes().values()
+    }
+    processors = [p.model_dump(mode="json") for p in policy.processors]
+    docs = {}
+    for request in requests:
+        tables = {}
+        for table in TAGGED_TABLES:
+            mine = frames[table].filter(pl.col("_subject") == request.contact_id)
+            if request.type == "portability":
+                mine = _portable(mine)
+            keep = [c for c in mine.columns if not c.startswith("_") or c in (*TAGS, "_subject")]
+            tables[table] = _jsonable(mine.select(keep))
+        docs[request.request_id] = {
+            "format": FORMAT,
+            "kind": request.type,
+            "request": {
+                "id": request.request_id,
+                "received_at": request.received_at.isoformat(),
+                "deadline": request.deadline.isoformat(),
+            },
+            "subject": {"contact_id": request.contact_id},
+            "generated_at": now.isoformat(),
+            "tables": tables,
+            "purposes": purposes,
+            "processors": processors,
+        }
+    return docs
+
+
+def _csv(rows: list[dict[str, Any]], table: str) -> bytes:
+    columns = [*TABLES[table].column_names, *TAGS]
+    present = [c for c in columns if any(c in r for r in rows)] or columns
+    frame = pl.DataFrame(
+        [
+            {c: json.dumps(r.get(c)) if isinstance(r.get(c), list) else r.get(c) for c in present}
+            for r in rows
+        ],
+        schema={c: pl.String for c in present},
+    )
+    buffer = io.BytesIO()
+    frame.write_csv(buffer)
+    return buffer.getvalue()
+
+
+def _html(doc: dict[str, Any]) -> str:
+    e = html.escape
+    parts = [
+        "<!doctype html><html lang='en'><meta charset='utf-8'>",
+        f"<title>Your data held by us ({e(doc['kind'])})</title>",
+        "<style>body{font-family:sans-serif;max-width:60em;margin:auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style>",
+        f"<h1>Your data ({e(doc['kind'])} request {e(doc['request']['id'])})</h1>",
+        f"<p>Generated {e(doc['generated_at'])}."
+        f" Answer due by {e(doc['request']['deadline'])}.</p>",
+    ]
+    for table, rows in doc["tables"].items():
+        parts.append(f"<h2>{e(table)} ({len(rows)} rows)</h2>")
+        if rows:
+            cols = list(rows[0])
+            parts.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
+            for row in rows:
+                parts.append(
+                    "<tr>" + "".join(f"<td>{e(str(row.get(c, '')))}</td>" for c in cols) + "</tr>"
+                )
+            parts.append("</table>")
+    parts.append("<h2>Why we keep it</h2><ul>")
+    for name, p in doc["purposes"].items():
+        parts.append(
+            f"<li><b>{e(name)}</b> ({e(p['legal_basis'])}): {e(p['description'])}"
+            f" Retention: {e(p['retention'])}.</li>"
+        )
+    parts.append("</ul><h2>Who receives it</h2><ul>")
+    parts += [f"<li>{e(p['name'])}: {e(p['purpose'])}</li>" for p in doc["processors"]] or [
+        "<li>No processor receives your data.</li>"
+    ]
+    parts.append("</ul></html>")
+    return "\n".join(parts)
+
+
+def write_export(home: Home, doc: dict[str, Any]) -> Path:
+    """Validate and write one export zip atomically (owner-only); returns its path."""
+    jsonschema.validate(doc, schema())
+    target_dir = export_dir(home)
+    target_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = target_dir / f"{doc['request']['id']}-{doc['kind']}.zip"
+    tmp = target.with_name(f".{target.name}.partial")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("subject.json", json.dumps(doc, ensure_ascii=False, indent=2))
+        for table, rows in doc["tables"].items():
+            zf.writestr(f"{table}.csv", _csv(rows, table))
+        zf.writestr("index.html", _html(doc))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, target)
+    return target
+
+
+def log_export(
+    con: duckdb.DuckDBPyConnection,
+    request: Request,
+    path: Path,
+    now: dt.datetime,
+    expires_at: dt.datetime,
+) -> None:
+    """Record an export in the export log (key and file name, never content)."""
+    con.execute(
+        "INSERT INTO audit.export_log VALUES (?, ?, ?, ?, 'data subject', ?, ?)",
+        [now, request.request_id, request.type, request.contact_id, path.name, expires_at],
+    )
+
+
+def delete_exports(con: duckdb.DuckDBPyConnection, home: Home, where: str, params: list) -> int:
+    """Delete the export files the export log lists for `where` (a condition on the log)."""
+    names = [
+        r[0]
+        for r in con.execute(
+            f"SELECT DISTINCT file_name FROM audit.export_log WHERE {where}", params
+        ).fetchall()
+    ]
+    gone = 0
+    for name in names:
+        path = export_dir(home) / name
+        if path.exists():
+            path.unlink()
+            gone += 1
+    return gone
+
+
+def expire_exports(con: duckdb.DuckDBPyConnection, home: Home, now: dt.datetime) -> int:
+    """Delete exports whose expiry passed; returns how many files were removed."""
+    return delete_exports(con, home, "expires_at <= ?", [now.replace(tzinfo=None)])

@@ -1,0 +1,34 @@
+"""Sensor: a new data-subject request launches the pipeline, which carries it out."""
+
+import dagster as dg
+import duckdb
+
+from lethe.home import Home
+from lethe.requests import pending_request_ids
+from lethe.warehouse import connect
+from pipelines.jobs import pipeline_job
+
+
+@dg.sensor(
+    job=pipeline_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING
+)
+def pending_requests_sensor(context: dg.SensorEvaluationContext):
+    """Launches the pipeline when requests are pending that no run has picked up yet."""
+    home = Home.from_env()
+    if not home.warehouse.exists():
+        return dg.SkipReason("no warehouse yet")
+    try:
+        con = connect(home.warehouse, read_only=True)
+    except duckdb.Error:
+        return dg.SkipReason("the warehouse is busy (a run is writing); retrying next tick")
+    try:
+        ids = pending_request_ids(con)
+    finally:
+        con.close()
+    if not ids:
+        return dg.SkipReason("no pending request")
+    key = ",".join(ids)
+    if key == context.cursor:
+        return dg.SkipReason(f"{len(ids)} pending requests already launched")
+    context.update_cursor(key)
+    return dg.RunRequest(run_key=key, tags={"lethe/trigger": "requests"})
