@@ -1,4 +1,4 @@
-# Lethe — make demo | make test | make ui | make bench | make lint
+# Lethe — make demo | make test | make ui | make bench | make slow | make lint
 # Uses the active virtualenv if there is one, else creates .venv.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,7 +12,7 @@ export LETHE_HOME ?= $(CURDIR)/.lethe
 CONTACTS ?= 10000
 SCALE ?= 1m
 
-.PHONY: demo test ui bench lint install install-test clean
+.PHONY: demo test ui bench slow lint install install-test install-bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,15 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@
+
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
+
+install-bench: $(VENV)/.installed-bench
 
 demo: install
 	$(BIN)/lethe demo --contacts $(CONTACTS)
@@ -42,8 +48,14 @@ ui: install
 	mkdir -p $(LETHE_HOME)/dagster
 	DAGSTER_HOME=$(LETHE_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml
 
-bench: install-test
-	$(BIN)/python -m pytest -q -m slow tests
+# Benchmark harness (bench/README.md): SCALE=100k|1m|10m, results in bench/results/;
+# BENCH_ARGS passes more options, e.g. BENCH_ARGS="--profile enforce".
+bench: install-bench
+	$(BIN)/python -m bench --scale $(SCALE) $(BENCH_ARGS)
+
+# Tests marked slow (scale tests); pytest's exit 5 means none is collected, which is fine.
+slow: install-test
+	$(BIN)/python -m pytest -q -m slow tests || [ $$? -eq 5 ]
 
 lint: install-test
 	$(BIN)/ruff check --fix .

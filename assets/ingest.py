@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.metadata import OWNERS, table_metadata, table_tags
+from assets.metadata import OWNERS, landing_key, table_metadata, table_tags
 from lethe.ingest import IngestError, ingest_table
 from lethe.policy import load_policy
 from lethe.tables import TABLES
@@ -14,7 +14,9 @@ QUARANTINE_CHECK = "no_quarantined_rows"
 def _build(table_name: str) -> dg.AssetsDefinition:
     table = TABLES[table_name]
     policy = load_policy()
-    deps = [dg.AssetKey(["core", fk.ref_table]) for fk in table.foreign_keys]
+    deps = [landing_key(table_name)] + [
+        dg.AssetKey(["core", fk.ref_table]) for fk in table.foreign_keys
+    ]
 
     @dg.asset(
         name=table_name,

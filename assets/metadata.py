@@ -2,35 +2,107 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import dagster as dg
 
 from lethe.catalog import after_retention, column_categories, retention_rules
-from lethe.policy import Policy
+from lethe.policy import LEGAL_BASIS_ARTICLE, Policy
 from lethe.tables import TABLES
 from lethe.warehouse import SQL_TYPES
 
 OWNERS = ["team:privacy"]
 
+# (name, SQL type, data category, description) of a column shown in the UI.
+ColumnInfo = tuple[str, str, str, str]
+# Column → the (asset, column) pairs it is computed from.
+LineageSources = Mapping[str, Iterable[tuple[dg.AssetKey, str]]]
 
-def column_schema(table: str) -> dg.TableSchema:
-    """The table's contract columns with their data category as a column tag."""
+
+def core_key(table: str) -> dg.AssetKey:
+    """The asset of a core table (its ingest asset)."""
+    return dg.AssetKey(["core", table])
+
+
+def landing_key(table: str) -> dg.AssetKey:
+    """The external asset of a landing file."""
+    return dg.AssetKey(["landing", table])
+
+
+def schema_of(columns: Iterable[ColumnInfo]) -> dg.TableSchema:
+    """A column schema with each column's data category as a column tag."""
     return dg.TableSchema(
         columns=[
             dg.TableColumn(
-                name=c.name,
-                type=SQL_TYPES[c.type],
-                description=c.description or None,
-                tags={"data_category": c.category},
+                name=name,
+                type=sql_type,
+                description=description or None,
+                tags={"data_category": category},
             )
-            for c in TABLES[table].columns
+            for name, sql_type, category, description in columns
         ]
     )
 
 
+def column_schema(table: str) -> dg.TableSchema:
+    """The table's contract columns with their data category as a column tag."""
+    return schema_of(
+        (c.name, SQL_TYPES[c.type], c.category, c.description) for c in TABLES[table].columns
+    )
+
+
+def lineage_metadata(sources: LineageSources) -> dict[str, Any]:
+    """Column-level lineage: `dagster/column_lineage` and the same as a readable table.
+
+    The structured entry is what Dagster (and Dagster+'s lineage graph) reads; the Markdown
+    table shows a compliance officer in the open-source UI where each column comes from.
+    """
+    deps = {col: [dg.TableColumnDep(k, c) for k, c in src] for col, src in sources.items()}
+    rows = "\n".join(
+        f"| `{col}` | "
+        + ", ".join(f"`{d.asset_key.to_user_string()}.{d.column_name}`" for d in ds)
+        + " |"
+        for col, ds in deps.items()
+        if ds
+    )
+    return {
+        "dagster/column_lineage": dg.TableColumnLineage(
+            deps_by_column={col: ds for col, ds in deps.items() if ds}
+        ),
+        "column_lineage": dg.MetadataValue.md(f"| column | comes from |\n|---|---|\n{rows}"),
+    }
+
+
+def compliance_metadata(
+    purposes: Mapping[str, str], retention: str, columns: Iterable[ColumnInfo] = ()
+) -> dict[str, Any]:
+    """Purposes, legal bases (with their article), retention in words, data categories."""
+    columns = list(columns)
+    bases = sorted(set(purposes.values()))
+    out: dict[str, Any] = {
+        "purposes": ", ".join(purposes) or "none",
+        "legal_bases": ", ".join(bases),
+        "legal_basis_articles": ", ".join(LEGAL_BASIS_ARTICLE[b] for b in bases),
+        "retention": dg.MetadataValue.md(retention),
+    }
+    if columns:
+        out["dagster/column_schema"] = schema_of(columns)
+        out["data_categories"] = ", ".join(sorted({c[2] for c in columns}))
+    return out
+
+
+def compliance_tags(purposes: Mapping[str, str]) -> dict[str, str]:
+    """Asset tags: one per purpose and legal basis, so the UI can filter by them."""
+    return {
+        **{f"purpose/{name}": "" for name in purposes},
+        **{f"legal_basis/{basis}": "" for basis in purposes.values()},
+    }
+
+
 def table_metadata(policy: Policy, table: str) -> dict[str, Any]:
-    """Static metadata of a core table: purposes, legal bases, retention, columns."""
+    """Static metadata of a core table: purposes, legal bases, retention, columns, and the
+    lineage of each column from the landing file of the same name."""
     rules = retention_rules(policy, table)
     retention = "\n".join(f"- **{name}**: {text}" for name, text in rules.items())
     if table in policy.when_unkept:
@@ -41,11 +113,10 @@ def table_metadata(policy: Policy, table: str) -> dict[str, Any]:
         "legal_bases": ", ".join(sorted({p.legal_basis for p in policy.purposes_for(table)})),
         "retention": dg.MetadataValue.md(retention),
         "data_categories": ", ".join(sorted(set(column_categories(table).values()))),
+        **lineage_metadata({c: [(landing_key(table), c)] for c in TABLES[table].column_names}),
     }
 
 
 def table_tags(policy: Policy, table: str) -> dict[str, str]:
     """Asset tags: one per purpose and legal basis, so the UI can filter by them."""
-    tags = {f"purpose/{p.name}": "" for p in policy.purposes_for(table)}
-    tags.update({f"legal_basis/{p.legal_basis}": "" for p in policy.purposes_for(table)})
-    return tags
+    return compliance_tags({p.name: p.legal_basis for p in policy.purposes_for(table)})

@@ -45,7 +45,7 @@ def log_retention(
 @dg.asset(
     key=["backups", "warehouse_backup"],
     group_name="backups",
-    deps=[dg.AssetKey(["core", "retention_enforcement"])],
+    deps=[dg.AssetKey(["requests", "answers"])],
     owners=OWNERS,
     kinds={"duckdb"},
     check_specs=[

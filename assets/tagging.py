@@ -16,7 +16,7 @@ _POLICY = load_policy()
 @dg.asset(
     key=["core", "purpose_tags"],
     group_name="tagging",
-    deps=[dg.AssetKey(["core", t]) for t in TABLES],
+    deps=[dg.AssetKey(["core", t]) for t in TABLES] + [dg.AssetKey(["requests", "intake"])],
     owners=OWNERS,
     kinds={"duckdb", "sql"},
     tags={f"purpose/{p}": "" for p in _POLICY.all_purposes()},

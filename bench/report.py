@@ -73,7 +73,11 @@ def comparisons(scale: Scale) -> list[dict[str, Any]]:
         out.append({"what": what, "ratio": ratio, "how": how})
 
     if enforce and floor:
-        add("enforcement ÷ floor", enforce["median_s"] / floor["median_s"], "what policy logic costs")
+        add(
+            "enforcement ÷ floor",
+            enforce["median_s"] / floor["median_s"],
+            "what policy logic costs",
+        )
     if enforce and per_subject:
         subjects = enforce["details"]["subjects_changed"]
         per_one = per_subject["median_s"] / per_subject["details"]["batch"]

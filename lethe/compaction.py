@@ -45,6 +45,12 @@ def spill_directory() -> str:
     return os.path.join(tempfile.gettempdir(), f"lethe-spill-{os.getuid()}")
 
 
+def spill_outside_home(con: duckdb.DuckDBPyConnection) -> None:
+    """Point the connection's spill files at `spill_directory()` (owner-only)."""
+    os.makedirs(spill_directory(), mode=0o700, exist_ok=True)
+    con.execute("SET temp_directory = ?", [spill_directory()])
+
+
 def user_tables(con: duckdb.DuckDBPyConnection, catalog: str) -> list[tuple[str, str]]:
     """(schema, table) of every base table in an attached database."""
     return con.execute(
@@ -82,8 +88,7 @@ def compact(
         leftover.unlink(missing_ok=True)
     con = connect(path)
     try:
-        os.makedirs(spill_directory(), mode=0o700, exist_ok=True)
-        con.execute("SET temp_directory = ?", [spill_directory()])
+        spill_outside_home(con)
         replace = prepare(con) if prepare else {}
         old_catalog = con.execute("SELECT current_database()").fetchone()[0]
         con.execute(f"ATTACH ? AS {FRESH}", [str(fresh)])

@@ -6,7 +6,10 @@ PIPELINE_JOB = "lethe_pipeline"
 
 pipeline_job = dg.define_asset_job(
     PIPELINE_JOB,
-    selection=dg.AssetSelection.groups("ingest", "tagging", "enforcement", "backups"),
-    description="Ingest landing files, tag every row with its purposes, enforce retention.",
+    selection=dg.AssetSelection.groups(
+        "ingest", "requests", "tagging", "enforcement", "backups", "analytics", "compliance"
+    ),
+    description="Ingest landing files, tag every row with its purposes, enforce retention,"
+    " release the anonymized analyst datasets and the compliance documents.",
     executor_def=dg.in_process_executor,
 )

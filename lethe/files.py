@@ -1,0 +1,32 @@
+"""Files Lethe writes under LETHE_HOME: owner-only, and replaced atomically."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def replacing(target: Path) -> Iterator[Path]:
+    """A temp path beside `target`, renamed over it when the block succeeds.
+
+    Readers see the old file or the new one, never half of one; a failed write leaves
+    no temp file behind.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        yield temp
+        os.chmod(temp, 0o600)
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_text(target: Path, text: str) -> Path:
+    """Write UTF-8 text to `target` atomically."""
+    with replacing(target) as temp:
+        temp.write_text(text, encoding="utf-8")
+    return target

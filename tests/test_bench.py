@@ -1,0 +1,109 @@
+"""The benchmark harness: the whole run at a tiny scale, and its scale and growth arithmetic.
+
+Nothing here depends on timings: only the shape of what the harness reports is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from bench import report
+from bench.run import ladder, parse_scale
+from bench.stages import STAGES, Stage, generate_stage
+
+
+def test_harness_reports_every_stage_at_a_tiny_scale(tmp_path: Path) -> None:
+    out, work = tmp_path / "results", tmp_path / "work"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--scales", "1000,2000", "--reps", "1"]
+        + ["--out", str(out), "--workdir", str(work)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    result = json.loads((out / "latest.json").read_text())
+    assert [s["contacts"] for s in result["scales"]] == [1000, 2000]
+    for scale in result["scales"]:
+        assert set(scale["stages"]) == set(STAGES)
+        for name, stage in scale["stages"].items():
+            if stage["status"] == "ok":
+                assert isinstance(stage["median_s"], float) and stage["median_s"] >= 0, name
+                assert stage["min_s"] <= stage["median_s"] <= stage["max_s"], name
+                assert stage["peak_rss_bytes"] > 0, name
+                assert stage["x_floor"] > 0, name
+            else:
+                # Only stages waiting for a core function may be missing.
+                assert stage["status"] == report.NOT_AVAILABLE, (name, stage)
+                assert STAGES[name].requires is not None, name
+        assert scale["rows"]["contacts"] == scale["contacts"]
+    assert {t["status"] for t in result["targets"]} <= {"PASS", "MISS", "N/A"}
+    assert result["growth"]["enforce"]["slope"] is not None
+
+    table = (out / "latest.md").read_text()
+    assert "| retention enforcement |" in table and "## Targets" in table
+    assert table.strip() in proc.stdout
+    assert (out / "growth.png").read_bytes().startswith(b"\x89PNG")
+    assert not work.exists(), "the scratch directory is removed after the run"
+
+
+@pytest.mark.parametrize(
+    ("text", "contacts"),
+    [("100k", 100_000), ("1m", 1_000_000), ("10M", 10_000_000), ("2000", 2000)],
+)
+def test_parse_scale(text: str, contacts: int) -> None:
+    assert parse_scale(text) == contacts
+
+
+def test_ladder_spans_three_decades_up_to_the_scale() -> None:
+    assert ladder(10_000_000) == [100_000, 1_000_000, 10_000_000]
+    assert ladder(100_000) == [1000, 10_000, 100_000]
+    assert ladder(2000) == [1000, 2000]
+    assert ladder(500) == [500]
+
+
+def test_a_stage_whose_core_function_is_missing_is_not_available() -> None:
+    absent_module = Stage("x", "x", "lethe", generate_stage, requires=("lethe.nowhere", "f"))
+    absent_function = Stage("x", "x", "lethe", generate_stage, requires=("lethe.generate", "f"))
+    present = Stage("x", "x", "lethe", generate_stage, requires=("lethe.generate", "generate"))
+    assert absent_module.missing() == "lethe.nowhere is not there yet"
+    assert absent_function.missing() == "lethe.generate.f is not there yet"
+    assert present.missing() is None
+
+
+def _scale(contacts: int, seconds: dict[str, float]) -> dict:
+    stages = {
+        name: {"status": "ok", "median_s": s, "min_s": s, "max_s": s, "peak_rss_bytes": 1}
+        for name, s in seconds.items()
+    }
+    return {"contacts": contacts, "stages": stages}
+
+
+def test_growth_flags_a_super_linear_stage() -> None:
+    scales = [
+        _scale(100_000, {"generate": 1.0, "enforce": 1.0}),
+        _scale(1_000_000, {"generate": 10.0, "enforce": 100.0}),
+    ]
+    growth = report.growth(scales)
+    assert growth["generate"]["verdict"] == "linear"
+    assert growth["enforce"]["verdict"] == "SUPER-LINEAR"
+    assert growth["enforce"]["slope"] == pytest.approx(2.0)
+
+
+def test_targets_compare_within_the_same_run() -> None:
+    scales = [_scale(1_000_000, {"generate": 30.0, "enforce": 9.0, "floor": 3.0})]
+    lines = {t["target"]: t for t in report.targets(scales)}
+    assert lines["generate 1m < 60 s"]["status"] == "PASS"
+    assert lines["enforcement ≤ 2× floor"]["status"] == "MISS"
+    assert lines["enforcement ≤ 2× floor"]["value"] == "3× at 1m"
+    assert lines["ingest+tag 1m < 20 s"]["status"] == "N/A"
+    assert lines["peak memory at 10m < 8 GiB"]["value"] == "scale 10m not run"
