@@ -23,7 +23,8 @@ def log_retention(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, policy: PolicyResource
 ) -> dg.MaterializeResult:
     """Deletes access-log entries older than the policy's access-log retention (30 days) and,
-    once a week, export-log entries older than 90 days when the log holds more than 1000.
+    once a week, export-log entries older than 90 days when the log holds more than 1000;
+    deletes rejected input rows (core.quarantine) older than the quarantine retention.
     The enforcement rewrite that follows removes the deleted entries physically.
     """
     ops = policy.load().operations
@@ -35,6 +36,7 @@ def log_retention(
             "access_log_deleted": purge.access_log,
             "export_log_deleted": purge.export_log,
             "export_log_purge_ran": purge.export_log_purged,
+            "quarantine_rows_deleted": purge.quarantine,
             "access_log_retention": str(ops.access_log),
             "export_log_rule": f"every {ops.export_log.every}: entries older than"
             f" {ops.export_log.keep} once over {ops.export_log.purge_when_over}",

@@ -1,5 +1,6 @@
 """Lethe's own activity logs and their retention (SPEC: access log 30 days; export log
-purged weekly, entries older than 90 days deleted once it holds more than 1000)."""
+purged weekly, entries older than 90 days deleted once it holds more than 1000), and
+the retention of rejected input rows in core.quarantine."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 import duckdb
 
 from lethe.policy import Policy
+from lethe.warehouse import has_table
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,7 @@ class LogPurge:
     access_log: int
     export_log: int
     export_log_purged: bool
+    quarantine: int = 0
 
 
 def ensure_logs(con: duckdb.DuckDBPyConnection) -> None:
@@ -57,4 +60,12 @@ def purge_logs(con: duckdb.DuckDBPyConnection, policy: Policy, now: dt.datetime)
                 [ops.export_log.keep.subtract_from(now)],
             ).fetchone()[0]
         con.execute("INSERT INTO audit.log_purges VALUES ('export_log', ?)", [now])
-    return LogPurge(access, exports, purged)
+    quarantined = (
+        con.execute(
+            "DELETE FROM core.quarantine WHERE quarantined_at <= ?",
+            [ops.quarantine.subtract_from(now)],
+        ).fetchone()[0]
+        if has_table(con, "core", "quarantine")
+        else 0
+    )
+    return LogPurge(access, exports, purged, quarantined)

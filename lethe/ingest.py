@@ -100,6 +100,13 @@ def _problems_sql(table: Table, policy: Policy, fk_sources: dict[str, str]) -> s
                 f"SELECT _row, '{col.name}' AS col, '{kind}: expected {col.type}' AS reason"
                 f" FROM _stage WHERE {c} IS NOT NULL AND {_typed(c, col.type)} IS NULL"
             )
+        if col.type == "decimal":
+            # DECIMAL(18,2) would round 10.999 silently: refuse what it cannot hold exactly.
+            parts.append(
+                f"SELECT _row, '{col.name}', 'more than 2 decimal places' FROM _stage"
+                f" WHERE {_typed(c, col.type)} IS NOT NULL"
+                f" AND TRY_CAST({c} AS DECIMAL(38,10)) <> {_typed(c, col.type)}"
+            )
         if not col.nullable:
             parts.append(
                 f"SELECT _row, '{col.name}', 'missing value' FROM _stage"

@@ -88,6 +88,7 @@ class Retention(_Frozen):
     open_while_null: bool = False
     only_where: dict[str, str] = {}
     ends_early_at: Anchor | None = None
+    starts_at: Anchor | None = None
 
     @field_validator("anchors", mode="before")
     @classmethod
@@ -105,7 +106,7 @@ class Retention(_Frozen):
     def _keep(cls, v: Any) -> Duration:
         return v if isinstance(v, Duration) else Duration.parse(str(v))
 
-    @field_validator("ends_early_at", mode="before")
+    @field_validator("ends_early_at", "starts_at", mode="before")
     @classmethod
     def _ends(cls, v: Any) -> Anchor | None:
         return None if v is None or isinstance(v, Anchor) else Anchor.parse(v)
@@ -123,7 +124,7 @@ class Retention(_Frozen):
 
     @model_validator(mode="after")
     def _same_table(self) -> Retention:
-        refs = [*self.only_where, *([str(self.ends_early_at)] if self.ends_early_at else [])]
+        refs = [*self.only_where, *(str(a) for a in (self.ends_early_at, self.starts_at) if a)]
         for ref in refs:
             if ref.split(".")[0] != self.table:
                 raise ValueError(f"{ref!r} must be a column of the anchor table {self.table!r}")
@@ -136,6 +137,8 @@ class Retention(_Frozen):
             text += " (open-ended while it is not set)"
         if self.ends_early_at:
             text += f", ending early at {self.ends_early_at}"
+        if self.starts_at:
+            text += f", not before {self.starts_at}"
         if self.only_where:
             text += ", only where " + ", ".join(f"{k} = {v}" for k, v in self.only_where.items())
         return text
@@ -218,8 +221,10 @@ class Operations(_Frozen):
     access_log: Duration
     export_log: ExportLog
     exports: Duration
+    # Rejected input rows hold raw personal data: kept only long enough to be fixed.
+    quarantine: Duration = Duration.parse("30d")
 
-    _d = field_validator("backups", "access_log", "exports", mode="before")(
+    _d = field_validator("backups", "access_log", "exports", "quarantine", mode="before")(
         lambda cls, v: v if isinstance(v, Duration) else Duration.parse(str(v))
     )
 

@@ -66,13 +66,13 @@ def _anchor_status(purpose: Purpose, as_of: str) -> str:
     if ret.ends_early_at:
         end = f"least({end}, {quote(ret.ends_early_at.column)})"
     is_open = f"({start}) IS NULL" if ret.open_while_null else "false"
-    where = (
-        " AND ".join(
-            f"CAST({quote(ref.split('.', 1)[1])} AS VARCHAR) = {literal(value)}"
-            for ref, value in ret.only_where.items()
-        )
-        or "true"
-    )
+    conditions = [
+        f"CAST({quote(ref.split('.', 1)[1])} AS VARCHAR) = {literal(value)}"
+        for ref, value in ret.only_where.items()
+    ]
+    if ret.starts_at:
+        conditions.append(f"{quote(ret.starts_at.column)} <= {as_of}")
+    where = " AND ".join(conditions) or "true"
     return (
         f"SELECT {quote(table.key)} AS _k, CAST({end} AS TIMESTAMP) AS _end, {is_open} AS _open"
         f" FROM core.{quote(table.name)} WHERE {where}"

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import duckdb
 
-from lethe.activity_logs import ensure_logs
-from lethe.audit import ensure_ledger
 from lethe.strategies import quote
 from lethe.tables import TABLES, Table
 
@@ -68,6 +66,10 @@ def core_table_ddl(table: Table) -> str:
 
 def ensure_schemas(con: duckdb.DuckDBPyConnection) -> None:
     """Create the schemas and fixed tables (core, ledger, activity logs) if missing."""
+    # Imported here: those modules use this one's helpers.
+    from lethe.activity_logs import ensure_logs
+    from lethe.audit import ensure_ledger
+
     for schema in SCHEMAS:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     ensure_ledger(con)
