@@ -1,4 +1,4 @@
-# Lethe — make demo | make test | make ui | make bench | make slow | make lint
+# Lethe — make demo | make test | make e2e | make ui | make bench | make slow | make lint
 # Uses the active virtualenv if there is one, else creates .venv.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,7 +12,7 @@ export LETHE_HOME ?= $(CURDIR)/.lethe
 CONTACTS ?= 10000
 SCALE ?= 1m
 
-.PHONY: demo test ui bench slow lint install install-test install-bench clean
+.PHONY: demo test e2e chromium ui bench slow lint install install-test install-bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,10 +39,25 @@ install-bench: $(VENV)/.installed-bench
 demo: install
 	$(BIN)/lethe demo --contacts $(CONTACTS)
 
-test: install-test
+test: install-test chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# Only the browser tests (tests/test_ui.py): dagster dev driven by Playwright.
+e2e: install-test chromium
+	$(BIN)/python -m pytest -q -m e2e tests
+
+# Debian's chromium for the browser tests (Playwright's own browser download is unreachable).
+# apt-get needs root, as CI has; elsewhere the browser tests skip until it is installed.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "note: no /usr/bin/chromium; 'sudo apt-get install chromium' to run tests/test_ui.py"; \
+	  fi; \
+	fi
 
 ui: install
 	mkdir -p $(LETHE_HOME)/dagster

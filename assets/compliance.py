@@ -16,7 +16,7 @@ from lethe.breaches import list_breaches
 from lethe.consent_health import build_consent_health, consent_purposes
 from lethe.policy import load_policy
 from lethe.processing_record import publish_record, render_markdown
-from lethe.processors import processor_report
+from lethe.processors import review_processors
 from pipelines.resources import PolicyResource, WarehouseResource
 
 REFUSED_EXPORTS = "no_unassessed_refused_export"
@@ -37,6 +37,7 @@ def _now() -> dt.datetime:
 @dg.asset(
     key=PROCESSORS,
     group_name="compliance",
+    deps=[ENFORCEMENT],  # after this run's erasures: exports holding erased rows go
     owners=OWNERS,
     kinds={"duckdb"},
     metadata=compliance_metadata(
@@ -62,9 +63,10 @@ def processors(
     """The processors (GDPR Art. 28) of the policy: purpose, data shared, contract end and
     whether they may receive exports now. Exports go through `lethe processor export`; one
     after the contract end or a revocation is refused, logged and opens a breach record.
+    Export files past the export retention, or holding a row erased since, are deleted.
     """
     with warehouse.connect() as con:
-        report = processor_report(con, policy.load(), _now())
+        report = review_processors(con, warehouse.paths(), policy.load(), _now())
     rows = "\n".join(
         f"| {a.processor.name} | {a.processor.purpose} | {a.processor.contract_end or 'open'}"
         f" | {'yes' if a.allowed else 'no'}: {a.reason}"
@@ -82,6 +84,7 @@ def processors(
             ),
             "with_access": sum(a.allowed for a in report.access),
             "refused_exports": len(report.refused),
+            "export_files_deleted": report.expired_exports,
         }
     )
     yield dg.AssetCheckResult(

@@ -3,10 +3,11 @@ held contacts untouched, ledger chain intact."""
 
 import dagster as dg
 
-from assets.metadata import OWNERS
+from assets.metadata import OWNERS, all_purposes_metadata
 from lethe.audit import verify
 from lethe.enforcement import enforce
 from lethe.inspection import held_rows_touched, rows_past_retention
+from lethe.policy import load_policy
 from pipelines.resources import PolicyResource, WarehouseResource
 
 PAST_RETENTION = "nothing_past_retention"
@@ -20,6 +21,7 @@ LEDGER_CHAIN = "ledger_chain_intact"
     deps=[dg.AssetKey(["core", "purpose_tags"]), dg.AssetKey(["audit", "log_retention"])],
     owners=OWNERS,
     kinds={"duckdb", "sql"},
+    metadata=all_purposes_metadata(load_policy()),
     check_specs=[
         dg.AssetCheckSpec(
             PAST_RETENTION,

@@ -6,8 +6,11 @@ Lethe does not produce them; they exist so that column lineage starts at the inp
 
 import dagster as dg
 
-from assets.metadata import OWNERS, column_schema, landing_key
+from assets.metadata import OWNERS, landing_key, table_compliance
+from lethe.policy import load_policy
 from lethe.tables import TABLES
+
+_POLICY = load_policy()
 
 landing_specs = [
     dg.AssetSpec(
@@ -19,7 +22,13 @@ landing_specs = [
         ),
         owners=OWNERS,
         kinds={"parquet", "csv"},
-        metadata={"dagster/column_schema": column_schema(name)},
+        metadata={
+            **table_compliance(_POLICY, name),
+            "retention": dg.MetadataValue.md(
+                "A drop zone: the file is removed once loaded into core (its checksum is"
+                " logged); a file missing a required column stays until it is fixed."
+            ),
+        },
     )
     for name, table in TABLES.items()
 ]

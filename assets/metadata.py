@@ -100,21 +100,61 @@ def compliance_tags(purposes: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def table_metadata(policy: Policy, table: str) -> dict[str, Any]:
-    """Static metadata of a core table: purposes, legal bases, retention, columns, and the
-    lineage of each column from the landing file of the same name."""
+def table_compliance(policy: Policy, table: str) -> dict[str, Any]:
+    """Purposes, legal bases, retention and the column schema of an input table."""
     rules = retention_rules(policy, table)
     retention = "\n".join(f"- **{name}**: {text}" for name, text in rules.items())
     if table in policy.when_unkept:
         retention += f"\n\n{after_retention(policy, table)}"
+    purposes = policy.purposes_for(table)
+    if not purposes:  # core.holds: no purpose keeps the hold records; they serve the hold
+        purposes = [policy.litigation_hold]
+        retention = "No retention rule in the policy: hold records are kept as its evidence."
     return {
         "dagster/column_schema": column_schema(table),
-        "purposes": ", ".join(rules) or "none",
-        "legal_bases": ", ".join(sorted({p.legal_basis for p in policy.purposes_for(table)})),
+        "purposes": ", ".join(p.name for p in purposes),
+        "legal_bases": ", ".join(sorted({p.legal_basis for p in purposes})),
         "retention": dg.MetadataValue.md(retention),
         "data_categories": ", ".join(sorted(set(column_categories(table).values()))),
+    }
+
+
+def table_metadata(policy: Policy, table: str) -> dict[str, Any]:
+    """Static metadata of a core table: its compliance facts, and the lineage of each column
+    from the landing file's column of the same name."""
+    return {
+        **table_compliance(policy, table),
         **lineage_metadata({c: [(landing_key(table), c)] for c in TABLES[table].column_names}),
     }
+
+
+def all_purposes_metadata(policy: Policy) -> dict[str, Any]:
+    """For assets acting on every purpose (tagging, enforcement): each purpose's retention
+    and what happens to each table's values and rows after it."""
+    retention = [
+        f"- **{p.name}**: {p.retention.describe()}" for p in policy.all_purposes().values()
+    ]
+    retention += [f"- **{t}** afterwards: {after_retention(policy, t)}" for t in policy.when_unkept]
+    return compliance_metadata(
+        {p.name: p.legal_basis for p in policy.all_purposes().values()}, "\n".join(retention)
+    )
+
+
+def own_data_metadata(policy: Policy, what: str) -> dict[str, Any]:
+    """Lethe's own data (`logs` or `backups`): why it is kept and for how long."""
+    ops = policy.operations
+    if what == "logs":
+        return compliance_metadata(
+            {"security_logging": "legitimate_interest"},
+            f"Access log: {ops.access_log}. Export log: purged every {ops.export_log.every},"
+            f" entries older than {ops.export_log.keep} once it holds more than"
+            f" {ops.export_log.purge_when_over} (GDPR Art. 5(2), 32).",
+        )
+    return compliance_metadata(
+        {"backup": "legitimate_interest"},
+        f"Backups: {ops.backups}; a restore re-applies every later erasure before the data is"
+        " visible (GDPR Art. 32(1)(c)).",
+    )
 
 
 def table_tags(policy: Policy, table: str) -> dict[str, str]:

@@ -4,12 +4,14 @@ import datetime as dt
 
 import dagster as dg
 
-from assets.metadata import OWNERS
+from assets.metadata import OWNERS, own_data_metadata
 from lethe.activity_logs import purge_logs
 from lethe.backup import create_backup, expire_backups, list_backups
+from lethe.policy import load_policy
 from pipelines.resources import PolicyResource, WarehouseResource
 
 BACKUPS_EXPIRED = "no_backup_past_retention"
+_POLICY = load_policy()
 
 
 @dg.asset(
@@ -18,6 +20,7 @@ BACKUPS_EXPIRED = "no_backup_past_retention"
     deps=[dg.AssetKey(["core", "purpose_tags"])],
     owners=OWNERS,
     kinds={"duckdb"},
+    metadata=own_data_metadata(_POLICY, "logs"),
 )
 def log_retention(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, policy: PolicyResource
@@ -50,6 +53,7 @@ def log_retention(
     deps=[dg.AssetKey(["requests", "answers"])],
     owners=OWNERS,
     kinds={"duckdb"},
+    metadata=own_data_metadata(_POLICY, "backups"),
     check_specs=[
         dg.AssetCheckSpec(
             BACKUPS_EXPIRED,

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.metadata import OWNERS
+from assets.metadata import OWNERS, all_purposes_metadata
 from lethe.catalog import retention_rules
 from lethe.policy import LEGAL_BASIS_ARTICLE, load_policy
 from lethe.summary import summarize
@@ -21,6 +21,7 @@ _POLICY = load_policy()
     kinds={"duckdb", "sql"},
     tags={f"purpose/{p}": "" for p in _POLICY.all_purposes()},
     metadata={
+        **all_purposes_metadata(_POLICY),
         "purposes": dg.MetadataValue.md(
             "\n".join(
                 f"- **{p.name}** ({LEGAL_BASIS_ARTICLE[p.legal_basis]}): {p.description}"

@@ -110,23 +110,26 @@ def bench_scale(
     log: Callable[[str], None],
     profile: tuple[str, Path] | None = None,
 ) -> dict[str, Any]:
-    """Every stage at one scale; fixtures (landing, tagged warehouse) come from the first run.
+    """Every stage at one scale, in rounds: each round runs every stage once, in order.
 
-    `unavailable` maps the stages whose core function has not landed to the reason.
+    Rounds keep a stage's repetitions apart in time and each stage next to its baseline
+    (floor just before enforcement), so a burst of load on a shared machine hits one
+    repetition, and paired ratios compare runs made seconds apart. The first round's
+    `generate` and `ingest_tag` leave the fixtures (landing, tagged warehouse) the other
+    stages start from. `unavailable` maps stages whose core function has not landed to why.
     """
     label = report.format_scale(contacts)
     base = root / str(contacts)
     fixtures = base / "fixtures"
     fixtures.mkdir(parents=True, exist_ok=True)
-    stages: dict[str, Any] = {}
-    for stage in STAGES.values():
-        why = unavailable.get(stage.name)
-        if why:
-            stages[stage.name] = {"status": report.NOT_AVAILABLE, "reason": why}
-            log(f"[{label}] {stage.name}: {report.NOT_AVAILABLE} ({why})")
-            continue
-        runs = []
-        for rep in range(1, reps + 1):
+    runnable = [s for s in STAGES.values() if s.name not in unavailable]
+    runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in runnable}
+    for name, why in unavailable.items():
+        log(f"[{label}] {name}: {report.NOT_AVAILABLE} ({why})")
+    for rep in range(1, reps + 1):
+        for stage in runnable:
+            if any("error" in r for r in runs[stage.name]):
+                continue  # failed once: its figures would mean nothing
             work = base / f"{stage.name}-{rep}"
             out = run_child(stage, contacts, fixtures, work)
             if "error" not in out and stage.produces:
@@ -134,21 +137,26 @@ def bench_scale(
                 if not fixture.exists():
                     os.replace(made, fixture)
             shutil.rmtree(work, ignore_errors=True)
-            runs.append(out)
+            runs[stage.name].append(out)
             if "error" in out:
                 log(f"[{label}] {stage.name} {rep}/{reps}: FAILED {out['error']}")
-                break
+                continue
             timed = f", {out['measured_seconds']:.3f} s timed" if out["factor"] != 1 else ""
             log(
                 f"[{label}] {stage.name} {rep}/{reps}: {out['seconds']:.3f} s{timed}"
                 f" (peak RSS {out['peak_rss_bytes'] / (1 << 20):,.0f} MiB)"
             )
-        stages[stage.name] = summarize(runs)
-        if profile and profile[0] == stage.name and stages[stage.name]["status"] == "ok":
-            work = base / f"{stage.name}-profile"
-            out = run_child(stage, contacts, fixtures, work, profile=profile[1])
-            shutil.rmtree(work, ignore_errors=True)
-            log(f"[{label}] {stage.name} profile: {out.get('error') or profile[1]}")
+    if profile and profile[0] in runs and not any("error" in r for r in runs[profile[0]]):
+        work = base / f"{profile[0]}-profile"
+        out = run_child(STAGES[profile[0]], contacts, fixtures, work, profile=profile[1])
+        shutil.rmtree(work, ignore_errors=True)
+        log(f"[{label}] {profile[0]} profile: {out.get('error') or profile[1]}")
+    stages: dict[str, Any] = {}
+    for stage in STAGES.values():
+        if stage.name in unavailable:
+            stages[stage.name] = {"status": report.NOT_AVAILABLE, "reason": unavailable[stage.name]}
+        else:
+            stages[stage.name] = summarize(runs[stage.name])
     generated = stages["generate"].get("details", {}).get("rows", {})
     return {"contacts": contacts, "reps": reps, "rows": generated, "stages": stages}
 

@@ -415,6 +415,8 @@ STAGES: dict[str, Stage] = {
             needs=(LANDING,),
             produces=("home/warehouse.duckdb", TAGGED),
         ),
+        # Right before enforcement: each round pairs the two runs in time.
+        Stage("floor", "floor: CTAS rewrite", "baseline", floor_stage, needs=(TAGGED,)),
         Stage("enforce", "retention enforcement", "lethe", enforce_stage, needs=(TAGGED,)),
         Stage(
             "access_export",
@@ -440,7 +442,6 @@ STAGES: dict[str, Stage] = {
             requires=("lethe.analytics", "build_datasets"),
             needs=(TAGGED,),
         ),
-        Stage("floor", "floor: CTAS rewrite", "baseline", floor_stage, needs=(TAGGED,)),
         Stage(
             "per_subject",
             "per-subject erasure",

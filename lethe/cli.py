@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -22,11 +23,13 @@ from rich.table import Table
 
 from lethe.audit import verify
 from lethe.backup import create_backup
+from lethe.breaches import close_breach, list_breaches, mark_notified, record_breach
 from lethe.errors import LetheError
 from lethe.holds import place_hold, release_hold
 from lethe.home import Home
 from lethe.lock import exclusive
 from lethe.policy import load_policy
+from lethe.processors import export_to_processor, processor_access, revoke
 from lethe.requests import extend_request, list_requests, parse_changes, record_request
 from lethe.restore import restore as restore_backup
 from lethe.summary import TableSummary, summarize
@@ -339,6 +342,178 @@ def restore(
         f" ({result.erasures_since_backup} erasure batches since the backup)",
         highlight=False,
     )
+
+
+# --- processors and breaches ----------------------------------------------------------------
+
+processor_app = typer.Typer(
+    help="Processors: list them, export to them, revoke their access.", no_args_is_help=True
+)
+app.add_typer(processor_app, name="processor")
+breach_app = typer.Typer(
+    help="Personal data breaches: record them and their notifications.", no_args_is_help=True
+)
+app.add_typer(breach_app, name="breach")
+PolicyOption = Annotated[
+    Path | None, typer.Option("--policy", help="Policy file (default policies/default.yaml).")
+]
+
+
+def _when(value: str | None, option: str) -> dt.datetime | None:
+    """An ISO 8601 time from the command line (without an offset: UTC)."""
+    if value is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"{option}: {value!r} is not a time (use YYYY-MM-DDTHH:MM, UTC)", 2)
+        raise
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+@processor_app.command("list")
+def processor_list(policy: PolicyOption = None) -> None:
+    """List the policy's processors and whether they may receive exports now."""
+    loaded = load_policy(policy)
+    with _warehouse(write=False) as con:
+        accesses = processor_access(con, loaded, dt.datetime.now(dt.UTC))
+    table = Table(title="Processors")
+    for col in ("processor", "purpose", "contract end", "access now"):
+        table.add_column(col)
+    for a in accesses:
+        table.add_row(
+            a.processor.name,
+            a.processor.purpose,
+            str(a.processor.contract_end or "open-ended"),
+            ("yes: " if a.allowed else "[red]no[/]: ") + a.reason,
+        )
+    out.print(table)
+
+
+@processor_app.command("export")
+def processor_export(
+    name: Annotated[str, typer.Argument(help="Processor name, as in the policy.")],
+    policy: PolicyOption = None,
+) -> None:
+    """Export the data shared with a processor; refused (logged, alerted) once its contract
+    has ended or its access was revoked."""
+    loaded = load_policy(policy)
+    home = Home.from_env().ensure()
+    with _warehouse() as con:
+        made = export_to_processor(
+            con, home, loaded, name, dt.datetime.now(dt.UTC), f"cli-{uuid.uuid4()}"
+        )
+    rows = ", ".join(f"{n:,} {t}" for t, n in made.rows.items())
+    out.print(f"{made.export_id}: {rows} exported to {made.path}", highlight=False)
+
+
+@processor_app.command("revoke")
+def processor_revoke(
+    name: Annotated[str, typer.Argument(help="Processor name, as in the policy.")],
+    reason: Annotated[str, typer.Option(help="Why access ends (kept in the log).")] = "",
+    policy: PolicyOption = None,
+) -> None:
+    """End a processor's export access at once."""
+    loaded = load_policy(policy)
+    with _warehouse() as con:
+        access = revoke(con, loaded, name, reason, dt.datetime.now(dt.UTC))
+    out.print(f"{name}: export access ended ({access.reason})", highlight=False)
+
+
+@breach_app.command("record")
+def breach_record(
+    description: Annotated[str, typer.Option(help="What happened, which data, which cause.")],
+    aware_at: Annotated[
+        str | None, typer.Option(help="When you became aware (ISO 8601, UTC; default: now).")
+    ] = None,
+    processor: Annotated[str | None, typer.Option(help="The processor concerned.")] = None,
+    processor_aware_at: Annotated[
+        str | None, typer.Option(help="When the processor became aware (starts its 48 h).")
+    ] = None,
+    processor_notified_at: Annotated[
+        str | None, typer.Option(help="When the processor notified you, if it has.")
+    ] = None,
+    subjects: Annotated[int | None, typer.Option(help="Data subjects affected, if known.")] = None,
+    policy: PolicyOption = None,
+) -> None:
+    """Record a personal data breach; prints the notification deadlines."""
+    loaded = load_policy(policy)
+    now = dt.datetime.now(dt.UTC)
+    with _warehouse() as con:
+        breach = record_breach(
+            con,
+            loaded,
+            description,
+            _when(aware_at, "--aware-at") or now,
+            now,
+            processor=processor,
+            processor_aware_at=_when(processor_aware_at, "--processor-aware-at"),
+            processor_notified_at=_when(processor_notified_at, "--processor-notified-at"),
+            subjects_affected=subjects,
+        )
+    stamp = "%Y-%m-%d %H:%M UTC"
+    due = f"{breach.breach_id} recorded; notify the authority by"
+    due += f" {breach.authority_deadline.strftime(stamp)}"
+    if breach.awaiting_processor and breach.processor_deadline:
+        due += f"; {processor} must notify you by {breach.processor_deadline.strftime(stamp)}"
+    out.print(due, highlight=False)
+
+
+@breach_app.command("notified")
+def breach_notified(
+    breach_id: Annotated[str, typer.Argument(help="Breach id (B-...).")],
+    party: Annotated[
+        str, typer.Option(help="authority (you notified it) or processor (it notified you).")
+    ],
+    at: Annotated[str | None, typer.Option(help="When (ISO 8601, UTC; default: now).")] = None,
+) -> None:
+    """Record a notification of a breach."""
+    if party not in ("authority", "processor"):
+        _fail(f"--party: {party!r} is not authority or processor", 2)
+    now = dt.datetime.now(dt.UTC)
+    with _warehouse() as con:
+        mark_notified(con, breach_id, party, _when(at, "--at") or now, now)  # type: ignore[arg-type]
+    out.print(f"{breach_id}: {party} notification recorded", highlight=False)
+
+
+@breach_app.command("close")
+def breach_close(
+    breach_id: Annotated[str, typer.Argument(help="Breach id (B-...).")],
+    reason: Annotated[str, typer.Option(help="Why it is unlikely to result in a risk.")],
+) -> None:
+    """Close a breach assessed as unlikely to result in a risk (no authority notification)."""
+    with _warehouse() as con:
+        close_breach(con, breach_id, reason, dt.datetime.now(dt.UTC))
+    out.print(f"{breach_id}: closed without notification; the assessment is recorded")
+
+
+@breach_app.command("list")
+def breach_list(
+    overdue: Annotated[bool, typer.Option("--overdue", help="Only overdue breaches.")] = False,
+) -> None:
+    """List breach records with their deadlines."""
+    now = dt.datetime.now(dt.UTC)
+    with _warehouse(write=False) as con:
+        register = list_breaches(con)
+    table = Table(title="Overdue breaches" if overdue else "Breaches")
+    for col in ("id", "source", "processor", "aware (UTC)", "authority deadline", "status"):
+        table.add_column(col, no_wrap=True)
+    for b in register:
+        late = b.overdue(now)
+        if overdue and not late:
+            continue
+        status = (
+            "[red]overdue[/]" if late else ("open" if b.open or b.awaiting_processor else "done")
+        )
+        table.add_row(
+            b.breach_id,
+            b.source,
+            b.processor or "",
+            f"{b.aware_at:%Y-%m-%d %H:%M}",
+            f"{b.authority_deadline:%Y-%m-%d %H:%M}",
+            status,
+        )
+    out.print(table)
 
 
 def main() -> None:

@@ -15,7 +15,9 @@ def replacing(target: Path) -> Iterator[Path]:
     Readers see the old file or the new one, never half of one; a failed write leaves
     no temp file behind.
     """
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    missing = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
+    for directory in reversed(missing):  # owner-only at every level, not just the last
+        directory.mkdir(mode=0o700, exist_ok=True)
     temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         yield temp

@@ -9,6 +9,7 @@ was loaded before a crash and is only removed, which keeps reruns idempotent.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import duckdb
 
 from lethe.errors import LetheError
 from lethe.policy import Policy
-from lethe.strategies import quote
+from lethe.strategies import literal, quote
 from lethe.tables import TABLES, Table
 from lethe.warehouse import SQL_TYPES, TAG_COLUMNS, ensure_schemas, table_columns, transaction
 
@@ -62,24 +63,70 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# SPEC: CSV with a header row. The dialect is fixed and the header read by Python's csv
+# module: DuckDB's sniffer takes a later line with more fields for the header and skips
+# every row before it, or reads "'; DROP TABLE x; --" as a sign of ';'-separated fields.
+_CSV = (
+    "header = true, auto_detect = false, columns = ?, encoding = 'utf-8', strict_mode = true,"
+    " delim = ',', quote = '\"', escape = '\"'"
+)
+_CSV_HINT = "expected comma-separated UTF-8 text, a header row and equally many fields per line"
+
+
+def _csv_columns(path: Path) -> dict[str, str]:
+    """The header row's column names, each typed VARCHAR (a UTF-8 BOM is skipped)."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except UnicodeDecodeError:
+        raise IngestError(f"{path}: not UTF-8 text (file refused, nothing loaded)") from None
+    except csv.Error:
+        raise IngestError(f"{path}: cannot read the header row ({_CSV_HINT})") from None
+    names = [name or f"column{i}" for i, name in enumerate(header)]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if not names or duplicates:
+        problem = f"duplicate column names {duplicates}" if duplicates else "no header row"
+        raise IngestError(f"{path}: {problem} (file refused, nothing loaded)")
+    return dict.fromkeys(names, "VARCHAR")
+
+
+def _csv_problem(con: duckdb.DuckDBPyConnection, path: Path, columns: dict[str, str]) -> str | None:
+    """The first line DuckDB rejects and the kind of problem (never the line's content)."""
+    try:
+        con.execute(
+            f"SELECT count(*) FROM read_csv(?, {_CSV}, store_rejects = true,"
+            " rejects_table = '_rejects', rejects_scan = '_reject_scans')",
+            [str(path), columns],
+        ).fetchall()
+        rows = con.execute(
+            "SELECT line, lower(CAST(error_type AS VARCHAR)) FROM _rejects ORDER BY line LIMIT 1"
+        ).fetchall()
+    except duckdb.Error:
+        rows = []
+    finally:
+        con.execute("DROP TABLE IF EXISTS _rejects")
+        con.execute("DROP TABLE IF EXISTS _reject_scans")
+    return f"line {rows[0][0]}: {rows[0][1]} ({_CSV_HINT})" if rows else None
+
+
 def _stage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Read the file into temp table `_stage` with a 1-based `_row` (data row number)."""
-    if path.suffix == ".csv":
-        reader = (
-            "read_csv(?, header = true, all_varchar = true, auto_detect = true,"
-            " encoding = 'utf-8', strict_mode = true)"
-        )
-    else:
-        reader = "read_parquet(?)"
+    columns = _csv_columns(path) if path.suffix == ".csv" else {}
+    reader = f"read_csv(?, {_CSV})" if columns else "read_parquet(?)"
     try:
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE _stage AS"
             f" SELECT row_number() OVER () AS _row, * FROM {reader}",
-            [str(path)],
+            [str(path), columns] if columns else [str(path)],
         )
     except duckdb.Error as exc:
+        # Only the first line: DuckDB's next lines quote the offending input line.
         reason = str(exc).strip().splitlines()[0][:200]
-        raise IngestError(f"{path}: cannot read file: {reason}") from None
+        if columns:
+            reason = _csv_problem(con, path, columns) or f"{reason} ({_CSV_HINT})"
+        raise IngestError(
+            f"{path}: cannot read file: {reason} (file refused, nothing loaded)"
+        ) from None
 
 
 def _typed(expr: str, type_: str) -> str:
@@ -89,9 +136,24 @@ def _typed(expr: str, type_: str) -> str:
     return f"TRY_CAST({expr} AS {SQL_TYPES[type_]})"
 
 
+# Dates outside this range are typos or placeholders (9999-12-31); they would be kept
+# for ever and break the date types of exports.
+DATE_RANGE = ("1900-01-01", "2200-01-01")
+MAX_TEXT = 10_000  # characters in one value; no contact detail is longer
+# C0 controls except tab, newline and carriage return; DEL; bidirectional overrides.
+_CONTROL = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F\x{202A}-\x{202E}\x{2066}-\x{2069}]"
+
+
 def _problems_sql(table: Table, policy: Policy, fk_sources: dict[str, str]) -> str:
     """One SELECT listing (row, column, reason) for every problem in `_stage`."""
-    parts: list[str] = []
+    # Every staged column (extras too) by name as data: header names never become SQL text.
+    parts: list[str] = [
+        f"SELECT _row, col, CASE WHEN length(v) > {MAX_TEXT}"
+        f" THEN 'value too long (over {MAX_TEXT} characters)' ELSE 'control characters' END"
+        " FROM (UNPIVOT (SELECT _row, CAST(COLUMNS(* EXCLUDE (_row)) AS VARCHAR) FROM _stage)"
+        " ON COLUMNS(* EXCLUDE (_row)) INTO NAME col VALUE v)"
+        f" WHERE length(v) > {MAX_TEXT} OR regexp_matches(v, '{_CONTROL}')"
+    ]
     for col in table.columns:
         c = quote(col.name)
         if col.type != "text":
@@ -99,6 +161,13 @@ def _problems_sql(table: Table, policy: Policy, fk_sources: dict[str, str]) -> s
             parts.append(
                 f"SELECT _row, '{col.name}' AS col, '{kind}: expected {col.type}' AS reason"
                 f" FROM _stage WHERE {c} IS NOT NULL AND {_typed(c, col.type)} IS NULL"
+            )
+        if col.type in ("date", "timestamp"):
+            low, high = DATE_RANGE
+            parts.append(
+                f"SELECT _row, '{col.name}', 'date out of range: expected {low} to before {high}'"
+                f" FROM _stage WHERE {_typed(c, col.type)} < DATE '{low}'"
+                f" OR {_typed(c, col.type)} >= DATE '{high}'"
             )
         if col.type == "decimal":
             # DECIMAL(18,2) would round 10.999 silently: refuse what it cannot hold exactly.
@@ -126,7 +195,7 @@ def _problems_sql(table: Table, policy: Policy, fk_sources: dict[str, str]) -> s
             f" WHERE r.{quote(fk.ref_column)} = CAST(s.{quote(fk.column)} AS VARCHAR))"
         )
     if table.name == "consents":
-        names = ", ".join(f"'{n}'" for n in policy.purposes)
+        names = ", ".join(literal(n) for n in policy.purposes)
         parts.append(
             f"SELECT _row, 'purpose', 'unknown purpose (not in the policy)' FROM _stage"
             f" WHERE purpose IS NOT NULL AND CAST(purpose AS VARCHAR) NOT IN ({names})"

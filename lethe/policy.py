@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +45,9 @@ LEGAL_BASIS_ARTICLE: dict[str, str] = {
     "legitimate_interest": "GDPR Art. 6(1)(f) legitimate interest",
 }
 HOLD_PURPOSE = "litigation_hold"
+_PURPOSE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+# Longer durations are typos; they would overflow date arithmetic in SQL and Python.
+MAX_YEARS = 200
 
 
 class PolicyError(LetheError, ValueError):
@@ -349,6 +353,15 @@ class Policy(_Frozen):
     def _consistent(self) -> Policy:
         if HOLD_PURPOSE in self.purposes:
             raise ValueError(f"purposes.{HOLD_PURPOSE}: reserved for the litigation_hold section")
+        for name in self.purposes:
+            if not _PURPOSE_NAME.fullmatch(name):
+                raise ValueError(
+                    f"purposes.{name}: a purpose name is lower-case letters, digits and _"
+                    " (it is a value in SQL plans and a tag in the UI)"
+                )
+        for where, duration in self._durations():
+            if duration.years + duration.months / 12 + duration.days / 365.25 > MAX_YEARS:
+                raise ValueError(f"{where}: {duration} is longer than {MAX_YEARS} years")
         for table in TABLES:
             if table != "holds" and table not in self.when_unkept:
                 raise ValueError(f"when_unkept.{table}: missing (every table needs a rule)")
@@ -381,6 +394,24 @@ class Policy(_Frozen):
                             f" its purpose {p.purpose!r}"
                         )
         return self
+
+    def _durations(self) -> list[tuple[str, Duration]]:
+        """(key path, duration) of every duration in the policy."""
+        out: list[tuple[str, Duration]] = []
+        for p in self.all_purposes().values():
+            key = f"purposes.{p.name}.retention" if p.name in self.purposes else "litigation_hold"
+            r = p.retention
+            out.append((f"{key}.keep", r.keep))
+            for anchor in (*r.anchors, r.ends_early_at, r.starts_at):
+                if anchor and anchor.plus:
+                    out.append((f"{key}: {anchor}", anchor.plus))
+        ops = self.operations
+        out += [(f"operations.{k}", getattr(ops, k)) for k in ("backups", "access_log", "exports")]
+        out += [("operations.quarantine", ops.quarantine)]
+        out += [("operations.export_log.keep", ops.export_log.keep)]
+        out += [("operations.export_log.every", ops.export_log.every)]
+        out += [("consent_health.expiring_within", self.consent_health.expiring_within)]
+        return out
 
     def all_purposes(self) -> dict[str, Purpose]:
         """The policy's purposes plus the litigation hold, in policy order (hold last)."""
@@ -417,6 +448,8 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
         raise PolicyError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise PolicyError(f"{source}: not valid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: a policy is a YAML mapping with a 'purposes' key")
     try:

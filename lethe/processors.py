@@ -22,7 +22,7 @@ import datetime as dt
 import io
 import uuid
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
@@ -74,7 +74,7 @@ def ensure_events(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE SCHEMA IF NOT EXISTS audit")
     con.execute(
         f"""CREATE TABLE IF NOT EXISTS {EVENTS} (
-            at TIMESTAMP NOT NULL, processor VARCHAR NOT NULL, event VARCHAR NOT NULL,
+            event_at TIMESTAMP NOT NULL, processor VARCHAR NOT NULL, event VARCHAR NOT NULL,
             reason VARCHAR, rows BIGINT, file_name VARCHAR, breach_id VARCHAR)"""
     )
 
@@ -97,7 +97,7 @@ def _revocations(con: duckdb.DuckDBPyConnection) -> dict[str, dt.datetime]:
         return {}
     return dict(
         con.execute(
-            f"SELECT processor, min(at) FROM {EVENTS} WHERE event = 'revoked' GROUP BY 1"
+            f"SELECT processor, min(event_at) FROM {EVENTS} WHERE event = 'revoked' GROUP BY 1"
         ).fetchall()
     )
 
@@ -131,7 +131,8 @@ def revoke(
     revoked = _revocations(con).get(name)
     if revoked is None:
         con.execute(
-            f"INSERT INTO {EVENTS} (at, processor, event, reason) VALUES (?, ?, 'revoked', ?)",
+            f"INSERT INTO {EVENTS} (event_at, processor, event, reason)"
+            " VALUES (?, ?, 'revoked', ?)",
             [_naive(now), name, reason.strip() or "revoked from the command line"],
         )
         revoked = _naive(now)
@@ -177,7 +178,7 @@ def export_to_processor(
                 source="refused_export",
             )
             con.execute(
-                f"INSERT INTO {EVENTS} (at, processor, event, reason, breach_id)"
+                f"INSERT INTO {EVENTS} (event_at, processor, event, reason, breach_id)"
                 " VALUES (?, ?, 'refused', ?, ?)",
                 [_naive(now), name, access.reason, breach.breach_id],
             )
@@ -221,7 +222,7 @@ def export_to_processor(
                 [_naive(now), export_id, name, path.name, expires],
             )
             con.execute(
-                f"INSERT INTO {EVENTS} (at, processor, event, rows, file_name)"
+                f"INSERT INTO {EVENTS} (event_at, processor, event, rows, file_name)"
                 " VALUES (?, ?, 'export', ?, ?)",
                 [_naive(now), name, sum(rows.values()), path.name],
             )
@@ -247,10 +248,10 @@ def refused_exports(con: duckdb.DuckDBPyConnection) -> list[RefusedExport]:
     if not has_table(con, "audit", "processor_events") or not has_table(con, "audit", "breaches"):
         return []  # a refusal always opens a breach record in the same transaction
     rows = con.execute(
-        f"SELECT e.processor, e.at, e.reason, e.breach_id,"
+        f"SELECT e.processor, e.event_at, e.reason, e.breach_id,"
         " b.breach_id IS NULL OR (b.authority_notified_at IS NULL AND b.closed_at IS NULL)"
         f" FROM {EVENTS} e LEFT JOIN {BREACHES} b ON b.breach_id = e.breach_id"
-        " WHERE e.event = 'refused' ORDER BY e.at"
+        " WHERE e.event = 'refused' ORDER BY e.event_at"
     ).fetchall()
     return [RefusedExport(*r) for r in rows]
 
@@ -261,7 +262,7 @@ def export_counts(con: duckdb.DuckDBPyConnection, since: dt.datetime) -> dict[st
         return {}
     out: dict[str, dict[str, int]] = {}
     for processor, event, n in con.execute(
-        f"SELECT processor, event, count(*) FROM {EVENTS} WHERE at >= ?"
+        f"SELECT processor, event, count(*) FROM {EVENTS} WHERE event_at >= ?"
         " AND event IN ('export', 'refused') GROUP BY ALL",
         [_naive(since)],
     ).fetchall():
@@ -276,6 +277,7 @@ class ProcessorReport:
     access: list[Access]
     refused: list[RefusedExport]
     exports: dict[str, dict[str, int]]
+    expired_exports: int = 0  # export files deleted by `review_processors`
 
     @property
     def open_refusals(self) -> list[RefusedExport]:
@@ -292,3 +294,50 @@ def processor_report(
         refused_exports(con),
         export_counts(con, policy.operations.export_log.keep.subtract_from(_naive(now))),
     )
+
+
+# Ledger actions after which an exported value is no longer what the warehouse holds.
+_INVALIDATING = ("erase", "anonymize", "delete", "pseudonymize", "rectify")
+
+
+def expire_processor_exports(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy, now: dt.datetime
+) -> int:
+    """Delete processor export files past the export retention, and those holding a row that
+    was since erased, anonymized, pseudonymized, deleted or rectified (the ledger says which:
+    the export's keys meet a later entry's keys), so no erased value outlives its erasure
+    here. Returns how many files were deleted; the export log and ledger keep the record."""
+    directory = home.exports / "processors"
+    cutoff = policy.operations.exports.subtract_from(_naive(now))
+    stale = {
+        p
+        for p in directory.glob("*/*.zip")
+        if dt.datetime.fromtimestamp(p.stat().st_mtime, dt.UTC).replace(tzinfo=None) <= cutoff
+    }
+    if has_table(con, "audit", "export_log") and has_table(con, "audit", "ledger"):
+        actions = ", ".join(literal(a) for a in _INVALIDATING)
+        stale |= {
+            directory / recipient / name
+            for recipient, name in con.execute(
+                "SELECT DISTINCT x.recipient, x.file_name FROM audit.export_log x"
+                " JOIN audit.ledger e ON e.action = 'export'"
+                " AND starts_with(e.reason, 'export ' || x.export_id || ' ')"
+                " JOIN audit.ledger l ON l.seq > e.seq AND l.table_name = e.table_name"
+                f" AND l.action IN ({actions})"
+                " WHERE x.kind = 'processor' AND len(list_intersect(e.keys, l.keys)) > 0"
+            ).fetchall()
+        }
+    gone = 0
+    for path in stale:
+        if path.exists():
+            path.unlink()
+            gone += 1
+    return gone
+
+
+def review_processors(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy, now: dt.datetime
+) -> ProcessorReport:
+    """Delete the processor exports that must not stay, then report the registry's state."""
+    expired = expire_processor_exports(con, home, policy, now)
+    return replace(processor_report(con, policy, now), expired_exports=expired)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import string
+
 import duckdb
 
 from lethe.errors import LetheError
+
+_UPPER, _LOWER = string.ascii_uppercase, string.ascii_lowercase
+_ASCII_LOWER = str.maketrans(_UPPER, _LOWER)
 
 
 class UnknownSubjectError(LetheError):
@@ -17,10 +22,12 @@ def resolve_subject(con: duckdb.DuckDBPyConnection, subject: str) -> str:
     if not subject:
         raise UnknownSubjectError("--subject: empty subject")
     if "@" in subject:
+        # Case-insensitive for ASCII letters only: Unicode lower() maps look-alikes onto
+        # ASCII (the Kelvin sign K to k, İ to i), which would resolve someone else's address.
         rows = con.execute(
-            "SELECT contact_id FROM core.contacts WHERE lower(email) = lower(?)"
-            " AND _state <> 'anonymized'",
-            [subject],
+            f"SELECT contact_id FROM core.contacts WHERE translate(email, '{_UPPER}', '{_LOWER}')"
+            " = ? AND _state <> 'anonymized'",
+            [subject.translate(_ASCII_LOWER)],
         ).fetchall()
         if len(rows) > 1:
             raise UnknownSubjectError(

@@ -362,7 +362,9 @@ def vault_values(home: Home) -> dict[str, tuple[str, str]]:
     """token -> (kind, value) of the vault under `home`."""
     con = connect(home.vault, read_only=True)
     try:
-        return {t: (k, v) for t, k, v in con.execute("SELECT token, kind, value FROM tokens")}
+        return {
+            t: (k, v) for t, k, v in con.execute("SELECT token, kind, value FROM tokens").fetchall()
+        }
     finally:
         con.close()
 

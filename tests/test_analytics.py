@@ -1,0 +1,382 @@
+"""Analyst datasets: k-anonymity, generalization, suppression, scope (restricted, held,
+pseudonymized, anonymized rows), lineage, and the release on generated data."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+from conftest import DEFAULT_POLICY, write_landing_set
+
+from assets.analytics import analytics_assets
+from lethe.analytics import (
+    DATASETS,
+    SUBJECTS,
+    check_k_anonymity,
+    exports_dir,
+    release,
+    release_plan,
+)
+from lethe.enforcement import enforce
+from lethe.generate import generate
+from lethe.home import Home
+from lethe.ingest import ingest_table
+from lethe.policy import Policy
+from lethe.tables import TABLES
+from lethe.warehouse import connect
+from pipelines.definitions import defs
+
+T = dt.date(2026, 3, 1)
+ORDERS = DATASETS["orders_by_month"]
+
+
+def order_set(home: Home, specs: list[dict[str, Any]], holds: list[dict[str, Any]] | None = None):
+    """One contact per spec (active account) with one order each, by default in January 2026,
+    billed in Prague (CZ-1), CZK 700, contract still open."""
+    contacts, orders = [], []
+    for i, spec in enumerate(specs, start=1):
+        cid = spec.get("contact_id", f"C{i}")
+        if cid not in [c["contact_id"] for c in contacts]:
+            contacts.append({"contact_id": cid, "last_active_at": "2025-06-01T00:00:00"})
+        orders.append(
+            {
+                "order_id": f"O{i}",
+                "contact_id": cid,
+                "ordered_at": spec.get("ordered_at", "2026-01-10T10:00:00"),
+                "completed_at": None,
+                "total_amount": spec.get("amount", "700.00"),
+                "billing_postal_code": spec.get("postal", "11000"),
+            }
+        )
+    write_landing_set(home.landing, contacts=contacts, orders=orders, holds=holds or [])
+
+
+@pytest.fixture
+def released(
+    home: Home, policy: Policy, warehouse: Callable[[dt.date], duckdb.DuckDBPyConnection]
+) -> Callable[..., tuple[duckdb.DuckDBPyConnection, Any]]:
+    """`released(specs, holds=None, before=None)`: build, tag, optionally alter, release."""
+
+    def build(specs, holds=None, before=None):
+        order_set(home, specs, holds)
+        con = warehouse(T)
+        if before:
+            for sql in before:
+                con.execute(sql)
+        return con, release(con, home, policy, ORDERS)
+
+    return build
+
+
+def rows(con: duckdb.DuckDBPyConnection, dataset: str = "orders_by_month") -> list[tuple]:
+    return con.execute(f"SELECT * FROM analytics.{dataset} ORDER BY ALL").fetchall()
+
+
+def test_cell_of_k_subjects_released(released) -> None:
+    con, result = released([{}] * 5)
+    assert rows(con) == [("2026-01", "CZ-1", "CZK 500-1000", "CZK", 5, 5, 3500)]
+    assert (result.records, result.generalized, result.suppressed) == (5, 0, 0)
+    assert check_k_anonymity(con, ORDERS, 5).passed
+
+
+def test_unique_combination_is_suppressed(released) -> None:
+    # Five buyers in Prague and one alone in Brno: Brno is generalized (CZ-*, any amount,
+    # the quarter) and, still alone, suppressed.
+    con, result = released([{}] * 5 + [{"postal": "60200", "amount": "99.00"}])
+    assert rows(con) == [("2026-01", "CZ-1", "CZK 500-1000", "CZK", 5, 5, 3500)]
+    assert (result.records, result.suppressed, result.suppressed_cells) == (6, 1, 1)
+    assert result.suppressed_share == pytest.approx(1 / 6)
+    assert check_k_anonymity(con, ORDERS, 5).passed
+
+
+def test_small_cells_generalized_to_country(released) -> None:
+    con, result = released([{"postal": "11000"}] * 3 + [{"postal": "60200"}] * 3)
+    assert rows(con) == [("2026-01", "CZ-*", "CZK 500-1000", "CZK", 6, 6, 4200)]
+    assert (result.generalized, result.suppressed) == (6, 0)
+
+
+def test_generalization_climbs_the_ladder(released) -> None:
+    # Different months, regions and amounts: only the quarter brings five together.
+    specs = [
+        {"ordered_at": f"2026-0{1 + i % 3}-10T10:00:00", "postal": f"{1 + i}0000", "amount": a}
+        for i, a in enumerate(["100", "700", "1500", "3000", "9000"])
+    ]
+    con, result = released(specs)
+    assert rows(con) == [("2026-Q1", "CZ-*", "CZK any", "CZK", 5, 5, 14300)]
+    assert result.generalized == 5
+
+
+def test_k_counts_distinct_subjects_not_rows(released) -> None:
+    con, result = released([{"contact_id": "C1"}] * 6)
+    assert rows(con) == []
+    assert result.suppressed == 6
+
+
+def test_restricted_and_held_rows_absent(released) -> None:
+    specs = [{}] * 5 + [{"contact_id": "C6"}, {"contact_id": "C7"}]
+    con, result = released(
+        specs,
+        holds=[{"contact_id": "C7"}],
+        before=["UPDATE core.orders SET _state = 'restricted' WHERE order_id = 'O6'"],
+    )
+    assert rows(con) == [("2026-01", "CZ-1", "CZK 500-1000", "CZK", 5, 5, 3500)]
+    assert result.excluded == {"restricted": 1, "held": 1, "pseudonymized": 0, "other": 0}
+    assert result.records == 5
+
+
+def test_restricted_contact_excludes_its_orders(released) -> None:
+    con, result = released(
+        [{}] * 6, before=["UPDATE core.contacts SET _state = 'restricted' WHERE contact_id = 'C6'"]
+    )
+    assert rows(con)[0][4] == 5
+    assert result.excluded["restricted"] == 1
+
+
+def test_anonymized_rows_still_count_pseudonymized_do_not(released) -> None:
+    con, result = released(
+        [{}] * 6,
+        before=[
+            "UPDATE core.orders SET contact_id = NULL, billing_postal_code = NULL,"
+            " _state = 'anonymized', _purposes = [] WHERE order_id IN ('O1', 'O2')",
+            "UPDATE core.orders SET contact_id = 'tok_x', _state = 'pseudonymized'"
+            " WHERE order_id = 'O3'",
+        ],
+    )
+    # O1, O2 have no postal code (CZ-*): 2 of their own, then merged with the others
+    # generalized from CZ-1 (3 buyers, too few alone): 5 subjects in CZ-*.
+    assert rows(con) == [("2026-01", "CZ-*", "CZK 500-1000", "CZK", 5, 5, 3500)]
+    assert result.excluded["pseudonymized"] == 1
+
+
+def test_check_fails_on_a_row_below_k_a_repeat_or_an_identifier(released) -> None:
+    con, _ = released([{}] * 5)
+    con.execute(
+        "INSERT INTO analytics.orders_by_month VALUES ('2026-02', 'CZ-1', 'x', 'CZK', 2, 2, 1)"
+    )
+    check = check_k_anonymity(con, ORDERS, 5)
+    assert not check.passed and check.violations == 1
+    assert "1 rows with fewer than 5 subjects" in check.describe()
+    con.execute("INSERT INTO analytics.orders_by_month SELECT * FROM analytics.orders_by_month")
+    assert check_k_anonymity(con, ORDERS, 5).duplicates == 2
+    con.execute("ALTER TABLE analytics.orders_by_month ADD COLUMN contact_id VARCHAR")
+    assert check_k_anonymity(con, ORDERS, 5).unexpected_columns == ("contact_id",)
+
+
+def test_k_from_the_policy(released, policy: Policy, home: Home) -> None:
+    con, _ = released([{}] * 5)
+    strict = release(con, home, policy.model_copy(update={"k_anonymity": 6}), ORDERS)
+    assert (strict.k, strict.rows, strict.suppressed) == (6, 0, 5)
+
+
+def test_parquet_extract_written_atomically(released, home: Home) -> None:
+    con, result = released([{}] * 5)
+    assert result.path == exports_dir(home) / "orders_by_month.parquet"
+    assert pl.read_parquet(result.path).rows() == rows(con)
+    assert [p.name for p in exports_dir(home).iterdir()] == ["orders_by_month.parquet"]
+
+
+def test_vault_never_opened(released, home: Home) -> None:
+    released([{}] * 5)
+    assert not home.vault.exists()
+
+
+def test_plans_are_engine_neutral(policy: Policy) -> None:
+    for dataset in DATASETS.values():
+        assert release_plan(policy, dataset).transpile("postgres")
+
+
+# --- lineage and metadata --------------------------------------------------------------------
+
+EXPECTED_LINEAGE = {
+    "orders_by_month": {
+        "period": {("core/orders", "ordered_at")},
+        "region": {("core/orders", "billing_country"), ("core/orders", "billing_postal_code")},
+        "amount_band": {("core/orders", "total_amount"), ("core/orders", "currency")},
+        SUBJECTS: {("core/orders", "contact_id")},
+    },
+    "customers_by_cohort": {
+        "birth_years": {("core/contacts", "birth_date")},
+        "region": {("core/contacts", "country"), ("core/contacts", "postal_code")},
+        "first_order_year": {("core/orders", "ordered_at"), ("core/orders", "contact_id")},
+    },
+    "shipments_by_carrier": {
+        "carrier": {("core/shipments", "carrier")},
+        "delivery_time": {("core/shipments", "shipped_at"), ("core/shipments", "delivered_at")},
+        SUBJECTS: {("core/orders", "contact_id")},
+    },
+}
+
+
+def _spec(key: dg.AssetKey) -> dg.AssetSpec:
+    assets_def = defs.resolve_asset_graph().assets_def_for_key(key)
+    return next(s for s in assets_def.specs if s.key == key)
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_lineage_names_the_upstream_columns(name: str) -> None:
+    spec = _spec(dg.AssetKey(["analytics", name]))
+    lineage: dg.TableColumnLineage = spec.metadata["dagster/column_lineage"]
+    got = {
+        col: {(d.asset_key.to_user_string(), d.column_name) for d in deps}
+        for col, deps in lineage.deps_by_column.items()
+    }
+    for col, expected in EXPECTED_LINEAGE[name].items():
+        assert got[col] == expected
+    assert set(got) == {c.name for c in DATASETS[name].columns}
+    # every upstream column exists in its core table, and the asset depends on that table
+    parents = defs.resolve_asset_graph().get(spec.key).parent_keys
+    for deps in lineage.deps_by_column.values():
+        for d in deps:
+            assert d.column_name in TABLES[d.asset_key.path[-1]].column_names
+            assert d.asset_key in parents
+    readable = spec.metadata["column_lineage"].value  # the Markdown a compliance officer reads
+    for expected in EXPECTED_LINEAGE[name].values():
+        for key, column in expected:
+            assert f"`{key}.{column}`" in readable
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_compliance_metadata(name: str) -> None:
+    spec = _spec(dg.AssetKey(["analytics", name]))
+    assert spec.owners == ["team:privacy"]
+    assert spec.description and "vault is never opened" in spec.description
+    assert spec.metadata["purposes"] == "statistics"
+    assert spec.metadata["legal_bases"] == "legitimate_interest"
+    assert "6(1)(f)" in spec.metadata["legal_basis_articles"]
+    assert "k = 5" in spec.metadata["retention"].value
+    schema = spec.metadata["dagster/column_schema"]
+    for column in schema.columns:
+        category = column.tags["data_category"]
+        assert category.split(".")[0] in ("generalized", "statistic", "financial", "logistics")
+    assert "purpose/statistics" in spec.tags
+    assert dg.AssetKey(["core", "retention_enforcement"]) in (
+        defs.resolve_asset_graph().get(spec.key).parent_keys
+    )
+
+
+def test_lineage_from_landing_to_core() -> None:
+    spec = _spec(dg.AssetKey(["core", "contacts"]))
+    deps = spec.metadata["dagster/column_lineage"].deps_by_column["email"]
+    assert [(d.asset_key, d.column_name) for d in deps] == [
+        (dg.AssetKey(["landing", "contacts"]), "email")
+    ]
+
+
+# --- generated data --------------------------------------------------------------------------
+
+
+def build_generated(root: Path, contacts: int, policy: Policy) -> Home:
+    """Generate, ingest, tag and enforce as of the reference date, then release everything."""
+    home = Home(root).ensure()
+    generate(home.landing, contacts, seed=7, reference=T)
+    con = connect(home.warehouse)
+    try:
+        for table in ("contacts", "consents", "orders", "shipments", "holds"):
+            ingest_table(con, home.landing, table, policy)
+    finally:
+        con.close()
+    enforce(home, policy, T, f"test-{uuid.uuid4()}")
+    return home
+
+
+@pytest.fixture(
+    scope="module",
+    params=[20_000, pytest.param(100_000, marks=pytest.mark.slow)],
+    ids=lambda n: f"{n // 1000}k",
+)
+def generated(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[duckdb.DuckDBPyConnection, dict, Home]]:
+    from lethe.policy import load_policy
+
+    policy = load_policy(DEFAULT_POLICY)
+    home = build_generated(tmp_path_factory.mktemp("generated") / "home", request.param, policy)
+    con = connect(home.warehouse)
+    results = {name: release(con, home, policy, d) for name, d in DATASETS.items()}
+    yield con, results, home
+    con.close()
+
+
+def test_k_anonymity_holds_on_generated_data(generated) -> None:
+    con, results, home = generated
+    for name, dataset in DATASETS.items():
+        check = check_k_anonymity(con, dataset, 5)
+        assert check.passed, (name, check.describe())
+        # Cross-check from the Parquet extract, independently of the SQL: every
+        # quasi-identifier combination once, each with at least k subjects.
+        frame = pl.read_parquet(exports_dir(home) / f"{name}.parquet")
+        assert frame.height == results[name].rows > 0
+        assert frame.select(dataset.labels).is_duplicated().sum() == 0
+        assert frame[SUBJECTS].min() >= 5
+        # Little is lost: under 2% suppressed.
+        assert results[name].suppressed_share < 0.02, (name, results[name])
+
+
+def test_generated_counts_are_conserved(generated) -> None:
+    con, results, home = generated
+    orders = pl.read_parquet(exports_dir(home) / "orders_by_month.parquet")
+    core = con.sql("SELECT _state, _purposes FROM core.orders").pl()
+    in_scope = core.filter(
+        pl.col("_state").is_in(["active", "anonymized"])
+        & ~pl.col("_purposes").list.contains("litigation_hold")
+    ).height
+    assert results["orders_by_month"].records == in_scope
+    assert orders["orders"].sum() + results["orders_by_month"].suppressed == in_scope
+    assert core.filter(pl.col("_state") == "anonymized").height > 0  # they count
+    customers = pl.read_parquet(exports_dir(home) / "customers_by_cohort.parquet")
+    contacts = con.execute("SELECT count(*) FROM core.contacts").fetchone()[0]
+    assert customers[SUBJECTS].sum() + results["customers_by_cohort"].suppressed == contacts
+
+
+def test_no_identifier_or_token_released(generated) -> None:
+    con, _, _ = generated
+    released = set()
+    for name in DATASETS:
+        for row in con.execute(f"SELECT * FROM analytics.{name}").fetchall():
+            released.update(str(v) for v in row)
+    identifiers = {
+        str(v)
+        for (v,) in con.execute(
+            "SELECT contact_id FROM core.contacts UNION ALL SELECT email FROM core.contacts"
+            " UNION ALL SELECT phone FROM core.contacts UNION ALL SELECT last_name"
+            " FROM core.contacts UNION ALL SELECT contact_id FROM core.orders"  # tokens too
+            " UNION ALL SELECT invoice_number FROM core.orders"
+        ).fetchall()
+        if v is not None
+    }
+    assert not released & identifiers
+
+
+def test_materialize_analytics_assets(home: Home) -> None:
+    order_set(home, [{}] * 5)
+    from assets.ingest import ingest_assets
+    from assets.tagging import purpose_tags
+    from pipelines.resources import PolicyResource, WarehouseResource
+
+    result = dg.materialize(
+        [*ingest_assets, purpose_tags, *analytics_assets],
+        resources={
+            "warehouse": WarehouseResource(home=str(home.root)),
+            "policy": PolicyResource(path=str(DEFAULT_POLICY), as_of=T.isoformat()),
+        },
+        selection=dg.AssetSelection.groups("ingest", "tagging", "analytics"),
+        raise_on_error=False,
+    )
+    assert result.success
+    checks = {
+        e.asset_key.path[-1]: e
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == "k_anonymity"
+    }
+    assert set(checks) == set(DATASETS) and all(c.passed for c in checks.values())
+    md = result.asset_materializations_for_node("analytics__orders_by_month")[0].metadata
+    assert md["dagster/row_count"].value == 1
+    assert md["suppressed_records"].value == 0
+    assert "dagster/column_lineage" in md
