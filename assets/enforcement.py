@@ -71,6 +71,7 @@ def retention_enforcement(
             "rows_with_erased_columns": result.total("retain"),
             "per_table": result.counts,
             "ledger_entries": result.ledger_entries,
+            "vault_entries_forgotten": result.forgotten_tokens,
         }
     )
     yield dg.AssetCheckResult(

@@ -63,7 +63,6 @@ def request_answers(
         metadata={
             "exports_written": answers.exports,
             "erasures_answered": answers.erasures,
-            "vault_entries_forgotten": answers.forgotten_tokens,
             "open_requests": counts["open"],
             "done_requests": counts["done"],
             "overdue_requests": counts["overdue"],

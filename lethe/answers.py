@@ -1,10 +1,9 @@
 """Answering requests after the run's enforcement rewrite: exports and erasure answers.
 
 Access and portability: one export zip per request (documents read set-based).
-Erasure: the rewrite has erased the subject; the answer lists what is still kept, why
-and until when (accounting invoices as pseudonyms, a litigation hold); the subject's
-earlier exports are deleted, and vault entries no kept row refers to are forgotten and
-the vault file compacted, so no value of the subject is left in any file.
+Erasure: the rewrite has erased the subject (and forgotten the vault entries no kept row
+refers to); the answer lists what is still kept, why and until when (accounting invoices
+as pseudonyms, a litigation hold), and the subject's earlier exports are deleted.
 """
 
 from __future__ import annotations
@@ -16,12 +15,10 @@ from dataclasses import dataclass, field
 import duckdb
 
 from lethe.audit import LedgerEntry, append
-from lethe.compaction import compact
 from lethe.exports import build_documents, delete_exports, log_export, write_export
 from lethe.home import Home
 from lethe.policy import Policy
 from lethe.requests import Request, pending_requests
-from lethe.retention import pseudonym_columns
 from lethe.strategies import quote
 from lethe.tables import TAGGED_TABLES
 from lethe.vault import attach
@@ -34,7 +31,6 @@ class Answers:
 
     exports: int = 0
     erasures: int = 0
-    forgotten_tokens: int = 0
     files: list[str] = field(default_factory=list)
 
 
@@ -66,21 +62,6 @@ def _kept(con: duckdb.DuckDBPyConnection, contact_id: str) -> list[dict]:
                 }
             )
     return kept
-
-
-def _forget_unreferenced(con: duckdb.DuckDBPyConnection, policy: Policy, subjects: str) -> int:
-    """Forget the erased subjects' vault entries that no kept row refers to any more."""
-    used = (
-        " UNION ".join(
-            f"SELECT CAST({quote(p.column)} AS VARCHAR) FROM core.{quote(table)}"
-            for table in TAGGED_TABLES
-            for p in pseudonym_columns(policy, table)
-        )
-        or "SELECT NULL"
-    )
-    return con.execute(
-        f"DELETE FROM vault.tokens WHERE subject IN ({subjects}) AND token NOT IN ({used})"
-    ).fetchone()[0]
 
 
 def answer_pending(
@@ -121,10 +102,7 @@ def answer_pending(
                     ],
                 )
         if erasures:
-            subjects = "SELECT contact_id FROM requests.erasures"
             answers = {r.request_id: {"kept": _kept(con, r.contact_id)} for r in erasures}
-            with transaction(con):
-                result.forgotten_tokens = _forget_unreferenced(con, policy, subjects)
             for request in erasures:
                 gone = delete_exports(con, home, "subject_key = ?", [request.contact_id])
                 answers[request.request_id]["earlier_exports_deleted"] = gone
@@ -150,6 +128,4 @@ def answer_pending(
     finally:
         con.execute("DETACH vault")
     result.exports = len(exports)
-    if result.forgotten_tokens:
-        compact(home.vault)
     return result

@@ -22,9 +22,8 @@ from lethe.policy import Policy
 from lethe.retention import TOKENS, enforcement_plan, pseudonym_columns
 from lethe.strategies import literal, quote
 from lethe.tables import TABLES, TAGGED_TABLES
-from lethe.tagging import tag_all, tagged_as_of
 from lethe.vault import attach, ensure_tokens
-from lethe.warehouse import ensure_schemas, table_columns
+from lethe.warehouse import connect, ensure_schemas, table_columns
 
 REASONS = {
     "anonymize": "retention ended: no purpose keeps the row; anonymized",
@@ -41,6 +40,7 @@ class EnforcementResult:
     as_of: dt.date
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     ledger_entries: int = 0
+    forgotten_tokens: int = 0
 
     def total(self, action: str) -> int:
         return sum(c.get(action, 0) for c in self.counts.values())
@@ -133,10 +133,8 @@ def enforce(
 
     def prepare(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], str]:
         ensure_schemas(con)
-        if tagged_as_of(con) != as_of:
-            tag_all(con, policy, as_of)
         plans = {
-            table: enforcement_plan(policy, table, table_columns(con, "core", table))
+            table: enforcement_plan(policy, table, table_columns(con, "core", table), as_of)
             for table in TAGGED_TABLES
         }
         for plan in plans.values():
@@ -164,5 +162,36 @@ def enforce(
         append(con, staged)
         result.ledger_entries = len(staged)
 
-    compact(warehouse or home.warehouse, prepare=prepare, finish=finish)
+    target = warehouse or home.warehouse
+    compact(target, prepare=prepare, finish=finish)
+    result.forgotten_tokens = forget_unused_tokens(target, home, policy)
     return result
+
+
+def forget_unused_tokens(warehouse: Path, home: Home, policy: Policy) -> int:
+    """Forget vault entries no row of the (already swapped-in) warehouse refers to any more.
+
+    Runs after the swap, so a crash in between only delays it to the next run; the vault
+    file is then compacted so the forgotten values leave no trace in it.
+    """
+    # NULLs excluded: one NULL would make every `NOT IN` unknown and forget nothing.
+    used = " UNION ".join(
+        f"SELECT CAST({quote(p.column)} AS VARCHAR) FROM core.{quote(table)}"
+        f" WHERE {quote(p.column)} IS NOT NULL"
+        for table in TAGGED_TABLES
+        for p in pseudonym_columns(policy, table)
+    )
+    con = connect(warehouse)
+    try:
+        attach(con, home.vault)
+        try:
+            forgotten = con.execute(
+                f"DELETE FROM vault.tokens WHERE token NOT IN ({used or 'SELECT NULL'})"
+            ).fetchone()[0]
+        finally:
+            con.execute("DETACH vault")
+    finally:
+        con.close()
+    if forgotten:
+        compact(home.vault)
+    return forgotten

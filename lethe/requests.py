@@ -343,12 +343,7 @@ def apply_pending(
         objections = pending_requests(con, "objection")
         if objections:
             _subjects(con, objections)
-            placeholders = ", ".join("?" for _ in marketing) or "NULL"
-            con.execute(
-                f"UPDATE core.consents SET withdrawn_at = least(coalesce(withdrawn_at, {stop_at}),"
-                f" {stop_at}) WHERE {_subject_rows('consents')} AND purpose IN ({placeholders})",
-                marketing,
-            )
+            _withdraw_marketing(con, marketing, stop_at)
             for request in objections:
                 _finish(
                     con, request, now, {"stopped_purposes": marketing, "consent_evidence": "kept"}
@@ -366,11 +361,7 @@ def apply_pending(
         restrictions = pending_requests(con, "restriction")
         if restrictions:
             _subjects(con, restrictions)
-            for table in ("contacts", "consents", "orders", "shipments"):
-                con.execute(
-                    f"UPDATE core.{quote(table)} SET _state = 'restricted'"
-                    f" WHERE {_subject_rows(table)} AND _state <> 'anonymized'"
-                )
+            _restrict_subjects(con)
             for request in restrictions:
                 _finish(
                     con,
@@ -417,6 +408,51 @@ def apply_pending(
         "restriction": len(restrictions),
         "erasure": len(erasures),
     }
+
+
+def _withdraw_marketing(con: duckdb.DuckDBPyConnection, marketing: list[str], stop_at: str) -> None:
+    """Consents of `_subjects` for consent-based purposes end at `stop_at` (evidence kept)."""
+    placeholders = ", ".join("?" for _ in marketing) or "NULL"
+    con.execute(
+        f"UPDATE core.consents SET withdrawn_at = least(coalesce(withdrawn_at, {stop_at}),"
+        f" {stop_at}) WHERE {_subject_rows('consents')} AND purpose IN ({placeholders})",
+        marketing,
+    )
+
+
+def _restrict_subjects(con: duckdb.DuckDBPyConnection) -> None:
+    """Mark every row of `_subjects` restricted (anonymized rows are no one's any more)."""
+    for table in ("contacts", "consents", "orders", "shipments"):
+        con.execute(
+            f"UPDATE core.{quote(table)} SET _state = 'restricted'"
+            f" WHERE {_subject_rows(table)} AND _state <> 'anonymized'"
+        )
+
+
+def reapply_done(con: duckdb.DuckDBPyConnection, policy: Policy) -> int:
+    """Re-apply answered objections and restrictions (after a restore brought back older rows).
+
+    Erasures need nothing here: `requests.erasures` makes every later tagging erase again.
+    Returns the number of requests re-applied.
+    """
+    marketing = [p.name for p in policy.purposes.values() if p.legal_basis == "consent"]
+    placeholders = ", ".join("?" for _ in marketing) or "NULL"
+    con.execute(
+        "UPDATE core.consents c SET withdrawn_at = least(coalesce(c.withdrawn_at, r.stop_at),"
+        " r.stop_at) FROM (SELECT contact_id, min(completed_at) AS stop_at FROM requests.requests"
+        " WHERE type = 'objection' AND status = 'done' GROUP BY contact_id) r"
+        f" WHERE c.contact_id = r.contact_id AND c.purpose IN ({placeholders})",
+        marketing,
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _subjects AS SELECT DISTINCT contact_id"
+        " FROM requests.requests WHERE type = 'restriction' AND status = 'done'"
+    )
+    _restrict_subjects(con)
+    return con.execute(
+        "SELECT count(*) FROM requests.requests WHERE status = 'done'"
+        " AND type IN ('objection', 'restriction')"
+    ).fetchone()[0]
 
 
 def _subjects(con: duckdb.DuckDBPyConnection, requests: list[Request]) -> None:

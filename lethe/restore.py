@@ -1,8 +1,11 @@
 """Restore a backup without ever exposing what was erased after it.
 
-The backup is decompressed into a scratch file beside the warehouse; the live audit
-ledger replaces the backup's (it holds every erasure since); retention is re-applied
-as of the latest date any run enforced; only then is the file swapped in.
+The backup is decompressed into a scratch file beside the warehouse; the live ledger,
+logs, holds and requests replace the backup's (they record every erasure, hold and
+request since); answered objections and restrictions are re-applied, retention (with
+the erasure register) as of the latest date any run enforced; only then is the file
+swapped in. Rectifications made after the backup are not re-applied: their new values
+are not kept once carried out (a known limit, reported in the answer's ledger entry).
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from lethe.audit import LedgerEntry, append, ensure_ledger
+from lethe.audit import LedgerEntry, append
 from lethe.backup import decompress, load_backup
 from lethe.enforcement import enforce
 from lethe.home import Home
 from lethe.policy import Policy
-from lethe.warehouse import connect
+from lethe.requests import reapply_done
+from lethe.warehouse import connect, ensure_schemas, has_table
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,20 @@ class RestoreResult:
     backup_id: str
     reapplied_as_of: dt.date | None
     erasures_since_backup: int
+
+
+# Newer than any backup and authoritative: the ledger and logs (every erasure since), the
+# holds (a hold placed since must still freeze its rows) and the requests (erasures,
+# objections and restrictions are re-applied from them).
+CARRIED_OVER = (
+    ("audit", "ledger"),
+    ("audit", "access_log"),
+    ("audit", "export_log"),
+    ("audit", "log_purges"),
+    ("core", "holds"),
+    ("requests", "requests"),
+    ("requests", "erasures"),
+)
 
 
 def scratch_path(home: Home) -> Path:
@@ -45,11 +63,16 @@ def restore(home: Home, backup_id: str, policy: Policy) -> RestoreResult:
     try:
         con = connect(scratch)
         try:
-            ensure_ledger(con)
+            ensure_schemas(con)
             con.execute("ATTACH ? AS live (READ_ONLY)", [str(home.warehouse)])
-            con.execute("DELETE FROM audit.ledger")
-            con.execute("INSERT INTO audit.ledger SELECT * FROM live.audit.ledger")
+            for schema, table in CARRIED_OVER:
+                if has_table(con, schema, table):
+                    con.execute(f"DELETE FROM {schema}.{table}")
+                    con.execute(
+                        f"INSERT INTO {schema}.{table} BY NAME SELECT * FROM live.{schema}.{table}"
+                    )
             con.execute("DETACH live")
+            reapply_done(con, policy)
             last_as_of, since = con.execute(
                 "SELECT max(as_of), count(*) FILTER (WHERE seq > ? AND action IN"
                 " ('erase', 'anonymize', 'delete', 'pseudonymize')) FROM audit.ledger",

@@ -16,13 +16,14 @@ the audit ledger. Values never leave SQL; only keys and counts reach the ledger.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from lethe.plan import Plan
 from lethe.policy import Policy, Purpose
 from lethe.strategies import Pseudonymize, literal, quote
 from lethe.tables import TABLES
-from lethe.tagging import erasure_join
+from lethe.tagging import erasure_join, tag_select
 from lethe.warehouse import SQL_TYPES
 
 TOKENS = "_tokens"  # temp relation (kind, value, token) filled from the vault
@@ -130,6 +131,12 @@ def enforce_select(policy: Policy, table: str, columns: list[str], source: str) 
                 " ELSE 'pseudonymized' END ELSE x._state END AS _state"
             )
             continue
+        if col == "_retain_until":
+            exprs.append(
+                "CASE WHEN x._action = 'anonymize' THEN NULL ELSE x._retain_until END"
+                " AS _retain_until"
+            )
+            continue
         if col.startswith("_"):
             exprs.append(f"x.{quote(col)}")
             continue
@@ -157,20 +164,29 @@ def enforce_select(policy: Policy, table: str, columns: list[str], source: str) 
     )
 
 
-def action_select(policy: Policy, table: str) -> str:
-    """The tagged rows of `core.<table>` with the `_action` each one gets."""
+def action_select(
+    policy: Policy, table: str, columns: list[str], as_of: dt.date | dt.datetime
+) -> str:
+    """The rows of `core.<table>`, freshly tagged as of `as_of`, with the `_action` of each.
+
+    Tagging is part of the same statement, so enforcement never acts on stale tags.
+    """
+    tagged = tag_select(policy, table, as_of, columns)
     return (
         f"SELECT x.*, {action_sql(policy, table)} AS _action, _er.request_id AS _request"
-        f" FROM core.{quote(table)} x{erasure_join(table)}"
+        f" FROM ({tagged}) x{erasure_join(table)}"
     )
 
 
-def enforcement_plan(policy: Policy, table: str, columns: list[str]) -> Plan:
-    """Statements that stage `_act_<table>` (actions) and `_enf_<table>` (new rows)."""
+def enforcement_plan(
+    policy: Policy, table: str, columns: list[str], as_of: dt.date | dt.datetime
+) -> Plan:
+    """Statements that stage `_act_<table>` (tags and actions) and `_enf_<table>` (new rows)."""
     return Plan(
         f"enforce {table}",
         (
-            f"CREATE OR REPLACE TEMP TABLE _act_{table} AS {action_select(policy, table)}",
+            f"CREATE OR REPLACE TEMP TABLE _act_{table} AS"
+            f" {action_select(policy, table, columns, as_of)}",
             f"CREATE OR REPLACE TEMP TABLE _enf_{table} AS"
             f" {enforce_select(policy, table, columns, f'_act_{table}')}",
         ),

@@ -18,7 +18,7 @@ from lethe.plan import Plan, timestamp_literal
 from lethe.policy import HOLD_PURPOSE, Policy, Purpose
 from lethe.strategies import literal, quote
 from lethe.tables import TABLES, TAGGED_TABLES
-from lethe.warehouse import has_table, table_columns, transaction
+from lethe.warehouse import table_columns, transaction
 
 # Row states (SPEC "Warehouse"); `expired` marks a row no purpose keeps, until
 # enforcement deletes or anonymizes it in the same run.
@@ -167,9 +167,13 @@ def tag_select(policy: Policy, table: str, as_of: dt.date | dt.datetime, columns
     ends = ", ".join(
         f"CASE WHEN {allowed[p.name]} THEN p{i}._end END" for i, p in enumerate(purposes)
     )
+    # An anonymized row is no longer personal data: no purpose, no retention date (a date
+    # derived from the original values would reveal what generalization removed).
+    anon = "x._state = 'anonymized'"
     tags = (
-        f"{names or _EMPTY} AS _purposes, {basis_items or _EMPTY} AS _legal_bases,"
-        f" CASE WHEN {any_open or 'false'} THEN NULL ELSE"
+        f"CASE WHEN {anon} THEN {_EMPTY} ELSE {names or _EMPTY} END AS _purposes,"
+        f" CASE WHEN {anon} THEN {_EMPTY} ELSE {basis_items or _EMPTY} END AS _legal_bases,"
+        f" CASE WHEN {anon} OR {any_open or 'false'} THEN NULL ELSE"
         f" CAST(greatest({ends}) AS TIMESTAMP) END AS _retain_until"
     )
     kept_state = ", ".join(f"'{s}'" for s in STATES_KEPT_AS_IS)
@@ -206,13 +210,3 @@ def tag_all(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date | dt.
         for plan in plans:
             for sql in plan.statements:
                 con.execute(sql)
-        con.execute(
-            "CREATE OR REPLACE TABLE core.tag_state AS SELECT CAST(? AS DATE) AS as_of", [as_of]
-        )
-
-
-def tagged_as_of(con: duckdb.DuckDBPyConnection) -> dt.date | None:
-    """The as-of date of the current tags (None if never tagged)."""
-    if not has_table(con, "core", "tag_state"):
-        return None
-    return con.execute("SELECT as_of FROM core.tag_state").fetchone()[0]

@@ -161,11 +161,6 @@ def test_restore_is_recorded_and_the_ledger_verifies(restored: Restored) -> None
     assert run_id.startswith("restore-")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: restore takes core.holds from the backup and re-enforces, so a litigation "
-    "hold placed after the backup is lost and the held contact's rows are erased",
-)
 def test_restore_keeps_a_hold_placed_after_the_backup(tmp_path: Path, policy: Policy) -> None:
     home = rc.prepare(tmp_path / "home", policy)
     enforce(home, policy, T, "run-T")

@@ -215,12 +215,6 @@ def test_orders_no_purpose_keeps_are_anonymized(after) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an anonymized row keeps the _retain_until its purposes had before "
-    "anonymization, e.g. ordered_at + 10y to the second, so the exact ordered_at (and a "
-    "contact's erased last_active_at + 2y) can be recomputed from the anonymized row",
-)
 def test_anonymized_rows_do_not_reveal_the_generalized_values(after) -> None:
     for row in after["orders"]:
         if row["_state"] == "anonymized" and row["_retain_until"] is not None:
@@ -266,12 +260,6 @@ def test_nothing_is_left_past_retention(enforced: Enforced) -> None:
         con.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: enforce() re-tags only when core.tag_state differs from as_of; a row "
-    "ingested after tagging at the same date has NULL _purposes, gets the 'retain' action "
-    "and every column (contact_id included) erased although the account purpose keeps it",
-)
 def test_rows_loaded_after_tagging_are_not_erased_by_enforce(
     tmp_path: Path, policy: Policy
 ) -> None:
@@ -432,12 +420,6 @@ def test_enforcing_t1_then_t2_equals_t2_directly(monotone: tuple[Home, Home]) ->
     assert orders["o_run_2"]["contact_id"] == ("token", "identifier.contact", "two_runs")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _retain_until of a row anonymized at T1 is recomputed at T2 (NULL), but a "
-    "row anonymized at T2 directly keeps its pre-anonymization end date, so T1-then-T2 "
-    "differs from T2 in _retain_until (same cause as the anonymized-row leak)",
-)
 def test_enforcing_t1_then_t2_equals_t2_directly_tags_included(
     monotone: tuple[Home, Home],
 ) -> None:

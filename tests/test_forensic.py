@@ -138,12 +138,6 @@ def enforcement_checks(home: Home, run_id: str) -> dict[str, bool]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when a pseudonymized order is later anonymized (accounting ended), its "
-    "token's vault entry (billing name, street, contact id) is kept, so the erased values "
-    "stay readable in vault.duckdb although no row refers to the token any more",
-)
 def test_values_of_orders_anonymized_later_leave_the_vault(tmp_path: Path, policy: Policy) -> None:
     home = uncompressed_home(tmp_path / "home", policy)
     enforce(home, policy, T, "run-T")  # o_acct_in pseudonymized (accounting until T + 1d)

@@ -140,12 +140,6 @@ def test_place_hold_then_run_keeps_then_release_then_run_enforces(
     assert {SUBJECT, "o_held_released", "s_held_released", "k_held_released"} <= keys
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: enforce() skips re-tagging when core.tag_state already equals as_of, so a "
-    "hold placed (or data changed) after tagging is ignored and the held contact is "
-    "anonymized by enforce() at the same as-of date",
-)
 def test_hold_placed_after_tagging_is_honoured_by_enforce(tmp_path: Path, policy: Policy) -> None:
     home = rc.prepare(tmp_path / "home", policy, as_of=LATER, holds=False)
     before = snapshot(home, SUBJECT)
