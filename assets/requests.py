@@ -27,7 +27,13 @@ def request_intake(
     pending erasures (Art. 17) so that this run's tagging and enforcement erase the subject.
     """
     with warehouse.connect() as con:
-        done = apply_pending(con, policy.load(), policy.as_of_date(), context.run.run_id)
+        done = apply_pending(
+            con,
+            policy.load(),
+            policy.as_of_date(),
+            context.run.run_id,
+            vault=warehouse.paths().vault,
+        )
     context.log.info("requests carried out: " + ", ".join(f"{k} {v}" for k, v in done.items()))
     return dg.MaterializeResult(metadata={f"{k}_requests": v for k, v in done.items()})
 

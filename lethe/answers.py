@@ -18,9 +18,14 @@ from lethe.audit import LedgerEntry, append
 from lethe.exports import build_documents, delete_exports, log_export, write_export
 from lethe.home import Home
 from lethe.policy import Policy
-from lethe.requests import Request, pending_requests
+from lethe.requests import (
+    CONTACT_TOKEN_KIND,
+    Request,
+    pending_requests,
+    register_erasure_tokens,
+)
 from lethe.strategies import quote
-from lethe.tables import TAGGED_TABLES
+from lethe.tables import TABLES, TAGGED_TABLES
 from lethe.vault import attach
 from lethe.warehouse import transaction
 
@@ -35,10 +40,10 @@ class Answers:
 
 
 def _kept(con: duckdb.DuckDBPyConnection, contact_id: str) -> list[dict]:
-    """What is still kept about an erased subject: per table, purposes and until when."""
+    """Each row still kept about an erased subject: which, why and until when."""
     owner = (
         "SELECT ? AS m UNION ALL SELECT token FROM vault.tokens"
-        " WHERE kind = 'identifier.contact' AND value = ?"
+        f" WHERE kind = '{CONTACT_TOKEN_KIND}' AND value = ?"
     )
     kept = []
     for table in TAGGED_TABLES:
@@ -47,15 +52,16 @@ def _kept(con: duckdb.DuckDBPyConnection, contact_id: str) -> list[dict]:
             if table == "shipments"
             else f"contact_id IN ({owner})"
         )
-        for purposes, state, until, n in con.execute(
-            f"SELECT _purposes, _state, max(_retain_until), count(*) FROM core.{quote(table)}"
-            f" WHERE {where} AND _state <> 'anonymized' GROUP BY ALL ORDER BY ALL",
+        key = quote(TABLES[table].key)
+        for row_key, purposes, state, until in con.execute(
+            f"SELECT {key}, _purposes, _state, _retain_until FROM core.{quote(table)}"
+            f" WHERE {where} AND _state <> 'anonymized' ORDER BY {key}",
             [contact_id, contact_id],
         ).fetchall():
             kept.append(
                 {
                     "table": table,
-                    "rows": n,
+                    "key": row_key,
                     "state": state,
                     "kept_for": purposes,
                     "until": until.isoformat() if until else "until the hold is released",
@@ -102,6 +108,8 @@ def answer_pending(
                     ],
                 )
         if erasures:
+            with transaction(con):
+                register_erasure_tokens(con)  # tokens issued by this run's rewrite
             answers = {r.request_id: {"kept": _kept(con, r.contact_id)} for r in erasures}
             for request in erasures:
                 gone = delete_exports(con, home, "subject_key = ?", [request.contact_id])

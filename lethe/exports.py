@@ -25,7 +25,7 @@ import polars as pl
 
 from lethe.home import Home
 from lethe.policy import Policy
-from lethe.requests import Request
+from lethe.requests import CONTACT_TOKEN_KIND, Request
 from lethe.retention import pseudonym_columns
 from lethe.strategies import quote
 from lethe.tables import TABLES, TAGGED_TABLES
@@ -71,7 +71,7 @@ def subject_rows(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> dict[st
         "CREATE OR REPLACE TEMP TABLE _export_owner AS"
         " SELECT contact_id AS _subject, contact_id AS _match FROM _export_subjects"
         " UNION ALL SELECT s.contact_id, t.token FROM _export_subjects s JOIN vault.tokens t"
-        " ON t.kind = 'identifier.contact' AND t.value = s.contact_id"
+        f" ON t.kind = '{CONTACT_TOKEN_KIND}' AND t.value = s.contact_id"
     )
     return {table: con.sql(_subject_select(table)).pl() for table in TAGGED_TABLES}
 
@@ -149,7 +149,9 @@ def build_documents(
 
 
 def _csv(rows: list[dict[str, Any]], table: str) -> bytes:
-    columns = [*TABLES[table].column_names, *TAGS]
+    contract = TABLES[table].column_names
+    extras = sorted({c for r in rows for c in r} - set(contract) - set(TAGS))
+    columns = [*contract, *extras, *TAGS]
     present = [c for c in columns if any(c in r for r in rows)] or columns
     frame = pl.DataFrame(
         [

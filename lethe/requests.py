@@ -17,6 +17,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
 import duckdb
@@ -29,6 +30,7 @@ from lethe.policy import Policy
 from lethe.strategies import quote
 from lethe.subjects import resolve_subject
 from lethe.tables import CONTACTS, TABLES
+from lethe.vault import attach
 from lethe.warehouse import SQL_TYPES, ensure_schemas, has_table, transaction
 
 RequestType = Literal[
@@ -36,7 +38,10 @@ RequestType = Literal[
 ]
 REQUEST_TYPES: tuple[str, ...] = get_args(RequestType)
 DEADLINE = Duration.parse("1m")
-EXTENSION = Duration.parse("2m")
+# Art. 12(3): "extended by two further months": three months from receipt in all.
+EXTENDED_DEADLINE = Duration.parse("1m + 2m")
+# Vault kind of contact ids: how a subject is found in rows that carry it only as a token.
+CONTACT_TOKEN_KIND = CONTACTS.column("contact_id").category
 # Columns a subject may have corrected; keys and Lethe's own timestamps are not theirs to set.
 RECTIFIABLE = (
     "email",
@@ -163,7 +168,7 @@ def extend_request(con: duckdb.DuckDBPyConnection, request_id: str, reason: str)
         raise RequestError(f"{request_id}: is {request.status}, only pending requests extend")
     if request.extended:
         raise RequestError(f"{request_id}: already extended once (GDPR Art. 12(3))")
-    deadline = EXTENSION.add_to(request.deadline)
+    deadline = EXTENDED_DEADLINE.add_to(request.received_at)
     with transaction(con):
         con.execute(
             "UPDATE requests.requests SET deadline = ?, extended = true, extension_reason = ?"
@@ -288,10 +293,17 @@ def _rectify(
         "CREATE OR REPLACE TEMP TABLE _subjects AS SELECT ? AS contact_id", [request.contact_id]
     )
     for table in ("consents", "orders", "shipments"):
+        # Every text column, carried extras included: a copy may sit in any of them.
         text_cols = [
-            c.name
-            for c in TABLES[table].columns
-            if c.type == "text" and c.name not in (TABLES[table].key, "contact_id", "order_id")
+            name
+            for name, type_ in con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = 'core' AND table_name = ?",
+                [table],
+            ).fetchall()
+            if type_ == "VARCHAR"
+            and not name.startswith("_")
+            and name not in (TABLES[table].key, "contact_id", "order_id")
         ]
         for old_value, new_value in copies.items():
             for col in text_cols:
@@ -306,10 +318,18 @@ def _rectify(
 
 
 def apply_pending(
-    con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, run_id: str
+    con: duckdb.DuckDBPyConnection,
+    policy: Policy,
+    as_of: dt.date,
+    run_id: str,
+    vault: Path | None = None,
 ) -> dict[str, int]:
     """Carry out pending rectification, objection and restriction requests and register
-    pending erasures, all in one transaction; returns requests handled per type."""
+    pending erasures, all in one transaction; returns requests handled per type.
+
+    With the `vault` file, erased subjects' pseudonyms are registered too, so rows that
+    carry the subject only as a token (invoices kept for accounting) are found.
+    """
     ensure_schemas(con)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     stop_at = timestamp_literal(as_of)
@@ -402,6 +422,12 @@ def apply_pending(
                     )
                 )
         append(con, entries)
+    if vault is not None and vault.exists():
+        attach(con, vault)
+        try:
+            register_erasure_tokens(con)
+        finally:
+            con.execute("DETACH vault")
     return {
         "rectification": len(rectifications),
         "objection": len(objections),
@@ -427,6 +453,19 @@ def _restrict_subjects(con: duckdb.DuckDBPyConnection) -> None:
             f"UPDATE core.{quote(table)} SET _state = 'restricted'"
             f" WHERE {_subject_rows(table)} AND _state <> 'anonymized'"
         )
+
+
+def register_erasure_tokens(con: duckdb.DuckDBPyConnection) -> int:
+    """Add erased subjects' contact tokens to the erasure register (vault attached AS vault).
+
+    Idempotent; returns how many tokens were added.
+    """
+    return con.execute(
+        "INSERT INTO requests.erasures SELECT e.request_id, t.token, now()"
+        " FROM requests.erasures e JOIN vault.tokens t ON t.kind = ? AND t.value = e.contact_id"
+        " WHERE NOT EXISTS (SELECT 1 FROM requests.erasures x WHERE x.contact_id = t.token)",
+        [CONTACT_TOKEN_KIND],
+    ).fetchone()[0]
 
 
 def reapply_done(con: duckdb.DuckDBPyConnection, policy: Policy) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from lethe.plan import Plan
 from lethe.policy import Policy, Purpose
-from lethe.strategies import Pseudonymize, literal, quote
+from lethe.strategies import Erase, Pseudonymize, literal, quote
 from lethe.tables import TABLES
 from lethe.tagging import erasure_join, tag_select
 from lethe.warehouse import SQL_TYPES
@@ -86,7 +86,8 @@ def column_sql(policy: Policy, table: str, column: str, sql_type: str, contract:
     actions = policy.when_unkept[table]
     c = f"x.{quote(column)}"
     kept = _keepers(policy, table, column if contract else None)
-    rule = actions.column.for_column(column) if contract else actions.column.default
+    # SPEC: a column the policy does not know is personal data until it says otherwise.
+    rule = actions.column.for_column(column) if contract else Erase()
     retain = (
         f"CASE WHEN list_has_any(x._purposes, {_list(kept)}) THEN {c}"
         f" ELSE {rule.sql(c, sql_type)} END"

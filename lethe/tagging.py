@@ -22,7 +22,7 @@ from lethe.warehouse import table_columns, transaction
 
 # Row states (SPEC "Warehouse"); `expired` marks a row no purpose keeps, until
 # enforcement deletes or anonymizes it in the same run.
-STATES_KEPT_AS_IS = ("restricted", "pseudonymized", "anonymized")
+STATES_KEPT_AS_IS = ("restricted", "pseudonymized")
 _EMPTY = "CAST([] AS VARCHAR[])"
 
 
@@ -178,9 +178,12 @@ def tag_select(policy: Policy, table: str, as_of: dt.date | dt.datetime, columns
     )
     kept_state = ", ".join(f"'{s}'" for s in STATES_KEPT_AS_IS)
     any_active = "(" + (" OR ".join(active.values()) or "false") + ")"
+    # What an erasure request leaves (a legal obligation, a hold) is restricted, even a
+    # row pseudonymized before; anonymized rows are no one's any more.
     state = (
-        f"CASE WHEN x._state IN ({kept_state}) THEN x._state"
+        f"CASE WHEN {anon} THEN x._state"
         f" WHEN {any_active} AND _er.request_id IS NOT NULL THEN 'restricted'"
+        f" WHEN x._state IN ({kept_state}) THEN x._state"
         f" WHEN {any_active} THEN 'active' ELSE 'expired' END AS _state"
     )
     plain = [

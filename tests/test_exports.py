@@ -148,18 +148,16 @@ def test_access_csvs_match_the_document(sc: Scenario) -> None:
     assert consents[0]["ip_address"] == rows_of("consents", "c-acc")[0]["ip_address"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the per-table CSVs of an export list only contract and tag columns"
-    " (lethe.exports._csv), so carried extra columns held about the subject, such as"
-    " orders.billing_email, are in subject.json but missing from orders.csv",
-)
 def test_access_csvs_hold_carried_extra_columns(sc: Scenario) -> None:
+    """Carried extra columns are in the CSVs as in subject.json (values as the doc holds them)."""
     document = doc(sc, "access")
-    assert document["tables"]["orders"][0]["billing_email"] == ACC["email"]
+    orders = document["tables"]["orders"]
+    assert orders and all("billing_email" in o for o in orders)
     header, rows = csv_rows(sc, "access", "orders")
     assert "billing_email" in header
-    assert {r["billing_email"] for r in rows} == {ACC["email"]}
+    assert sorted(r["billing_email"] for r in rows) == sorted(
+        o["billing_email"] or "" for o in orders
+    )
 
 
 def test_access_html_summary_is_readable(sc: Scenario) -> None:

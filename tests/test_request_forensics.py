@@ -99,13 +99,6 @@ def test_redelivery_does_not_bring_the_values_back(sc: Scenario) -> None:
         assert "warehouse.duckdb" in found.get(what, []), what
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: erasure keeps a carried extra column of an order kept for accounting:"
-    " lethe.retention.column_sql applies when_unkept.orders.column.default (keep) to extra"
-    " columns of pseudonymized rows, so orders.billing_email still holds the erased"
-    " subject's e-mail in warehouse.duckdb",
-)
 def test_extra_column_copies_are_erased_too(sc: Scenario) -> None:
     what = f"email of {XTRA['contact_id']}"
     assert SCANNED[what] == XTRA["email"]
