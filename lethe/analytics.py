@@ -81,17 +81,14 @@ class Dataset:
     def lineage(self) -> dict[str, list[tuple[str, str]]]:
         """Released column → the (core table, column) pairs it is computed from."""
         return {
-            c.name: [tuple(s.split(".", 1)) for s in c.sources]  # type: ignore[misc]
+            c.name: [(t, col) for t, _, col in (s.partition(".") for s in c.sources)]
             for c in self.columns
         }
 
     @property
     def tables(self) -> list[str]:
         """The core tables the dataset reads, in first-use order."""
-        out: list[str] = []
-        for c in self.columns:
-            out += [s.split(".")[0] for s in c.sources if s.split(".")[0] not in out]
-        return out
+        return list(dict.fromkeys(t for pairs in self.lineage().values() for t, _ in pairs))
 
 
 # --- label expressions -----------------------------------------------------------------------

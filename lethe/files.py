@@ -18,6 +18,8 @@ def replacing(target: Path) -> Iterator[Path]:
     missing = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
     for directory in reversed(missing):  # owner-only at every level, not just the last
         directory.mkdir(mode=0o700, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        stale.unlink(missing_ok=True)  # a killed writer's (Lethe holds one writer per home)
     temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         yield temp

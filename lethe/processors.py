@@ -332,6 +332,8 @@ def expire_processor_exports(
         if path.exists():
             path.unlink()
             gone += 1
+    for partial in directory.glob("*/.*.tmp"):  # an export killed before its rename
+        partial.unlink(missing_ok=True)
     return gone
 
 
