@@ -9,7 +9,6 @@ as pseudonyms, a litigation hold), and the subject's earlier exports are deleted
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 
 import duckdb
@@ -21,6 +20,7 @@ from lethe.policy import Policy
 from lethe.requests import (
     CONTACT_TOKEN_KIND,
     Request,
+    complete_request,
     pending_requests,
     register_erasure_tokens,
 )
@@ -89,11 +89,7 @@ def answer_pending(
             result.files.append(path.name)
             with transaction(con):
                 log_export(con, request, path, now, policy.operations.exports.add_to(now))
-                con.execute(
-                    "UPDATE requests.requests SET status = 'done', completed_at = ?, answer = ?"
-                    " WHERE request_id = ?",
-                    [now, json.dumps({"export": path.name}), request.request_id],
-                )
+                complete_request(con, request, now, {"export": path.name})
                 append(
                     con,
                     [
@@ -116,11 +112,7 @@ def answer_pending(
                 answers[request.request_id]["earlier_exports_deleted"] = gone
             with transaction(con):
                 for request in erasures:
-                    con.execute(
-                        "UPDATE requests.requests SET status = 'done', completed_at = ?,"
-                        " answer = ? WHERE request_id = ?",
-                        [now, json.dumps(answers[request.request_id]), request.request_id],
-                    )
+                    complete_request(con, request, now, answers[request.request_id])
                     entries.append(
                         LedgerEntry(
                             run_id=run_id,

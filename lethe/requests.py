@@ -365,7 +365,7 @@ def apply_pending(
             _subjects(con, objections)
             _withdraw_marketing(con, marketing, stop_at)
             for request in objections:
-                _finish(
+                complete_request(
                     con, request, now, {"stopped_purposes": marketing, "consent_evidence": "kept"}
                 )
                 entries.append(
@@ -383,7 +383,7 @@ def apply_pending(
             _subjects(con, restrictions)
             _restrict_subjects(con)
             for request in restrictions:
-                _finish(
+                complete_request(
                     con,
                     request,
                     now,
@@ -499,9 +499,10 @@ def _subjects(con: duckdb.DuckDBPyConnection, requests: list[Request]) -> None:
     con.executemany("INSERT INTO _subjects VALUES (?)", [[r.contact_id] for r in requests])
 
 
-def _finish(
+def complete_request(
     con: duckdb.DuckDBPyConnection, request: Request, now: dt.datetime, answer: dict
 ) -> None:
+    """Mark a request done with its answer (what was done, kept, exported; no values)."""
     con.execute(
         "UPDATE requests.requests SET status = 'done', completed_at = ?, answer = ?"
         " WHERE request_id = ?",
