@@ -1,8 +1,9 @@
 """Run one repetition of one stage in this (fresh) process and print its measurement.
 
 `python -m bench.child STAGE --contacts N --fixtures DIR --work DIR [--profile FILE]`
-runs the stage's untimed set-up, then times its run and reads the process's peak RSS
-during the run. The last stdout line is one JSON object; the parent parses only that.
+runs the stage's untimed set-up, then times its run (wall and CPU time) and reads the
+process's peak RSS during the run. The last stdout line is one JSON object; the parent
+parses only that.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import re
 import resource
 import time
@@ -37,6 +39,12 @@ def _peak_rss_bytes(reset: bool) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process, DuckDB's worker threads included."""
+    times = os.times()
+    return times.user + times.system
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.child")
     parser.add_argument("stage", choices=sorted(STAGES))
@@ -56,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
         profiler = Profiler(interval=0.01)
         profiler.start()
-    start = time.perf_counter()
+    cpu_start, start = _cpu_seconds(), time.perf_counter()
     result = timed()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     if profiler is not None:
         profiler.stop()
         args.profile.write_text(profiler.output_text(unicode=True, show_all=False))
@@ -69,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "seconds": measured * result.factor,
                 "measured_seconds": wall,
+                "cpu_seconds": cpu * result.factor,
                 "factor": result.factor,
                 "basis": result.basis,
                 "peak_rss_bytes": _peak_rss_bytes(reset),

@@ -83,14 +83,15 @@ def comparisons(scale: Scale) -> list[dict[str, Any]]:
     erasure = _stage(scale, "erasure")
     out: list[dict[str, Any]] = []
 
-    def add(what: str, ratio: float | None, how: str) -> None:
-        out.append({"what": what, "ratio": ratio, "how": how})
+    def add(what: str, value: float, how: str) -> None:
+        out.append({"what": what, "ratio": value, "how": how})
 
     if enforce and floor:
+        add("enforcement ÷ floor", ratio(enforce, floor), "what policy logic costs")
         add(
-            "enforcement ÷ floor",
-            enforce["median_s"] / floor["median_s"],
-            "what policy logic costs",
+            "enforcement ÷ floor, CPU time",
+            enforce["cpu_median_s"] / floor["cpu_median_s"],
+            "the same, less sensitive to other load on the machine",
         )
     if enforce and per_subject:
         subjects = enforce["details"]["subjects_changed"]
@@ -114,32 +115,48 @@ def comparisons(scale: Scale) -> list[dict[str, Any]]:
     return out
 
 
+def _slope(points: list[tuple[int, float]]) -> float | None:
+    """log-log slope between the two largest scales; None with fewer than two timings."""
+    if len(points) < 2 or points[-2][1] <= 0 or points[-1][1] <= 0:
+        return None
+    (n1, t1), (n2, t2) = points[-2], points[-1]
+    return math.log(t2 / t1) / math.log(n2 / n1)
+
+
 def growth(scales: list[Scale]) -> dict[str, dict[str, Any]]:
-    """Per stage: microseconds per contact at each scale, the log-log slope, a verdict."""
+    """Per stage: microseconds per contact at each scale, log-log slopes, a verdict.
+
+    The slope of wall time is judged together with the slope of CPU time: wall time
+    that grows faster than CPU time means waiting (other load, I/O, spilling), not
+    more work per row.
+    """
     out: dict[str, dict[str, Any]] = {}
     for name in STAGES:
-        points = [
-            (s["contacts"], stage["median_s"])
+        ran = [
+            (s["contacts"], stage)
             for s in sorted(scales, key=lambda s: s["contacts"])
             if (stage := _stage(s, name))
         ]
-        entry: dict[str, Any] = {
+        points = [(n, st["median_s"]) for n, st in ran]
+        slope = _slope(points)
+        cpu_slope = _slope([(n, st["cpu_median_s"]) for n, st in ran if "cpu_median_s" in st])
+        if slope is None:
+            verdict = "n/a (fewer than two scales)"
+        elif slope > SUPER_LINEAR and cpu_slope is not None and cpu_slope <= SUPER_LINEAR:
+            verdict = "linear in CPU; wall time super-linear (load, I/O or spilling)"
+        elif slope > SUPER_LINEAR:
+            verdict = "SUPER-LINEAR"
+        elif slope < SUB_LINEAR:
+            verdict = "sub-linear (fixed costs or fixed-size work)"
+        else:
+            verdict = "linear"
+        out[name] = {
             "points": points,
             "us_per_contact": {format_scale(n): t * MILLION / n for n, t in points},
-            "slope": None,
-            "verdict": "n/a (fewer than two scales)",
+            "slope": slope,
+            "cpu_slope": cpu_slope,
+            "verdict": verdict,
         }
-        if len(points) >= 2 and points[-2][1] > 0 and points[-1][1] > 0:
-            (n1, t1), (n2, t2) = points[-2], points[-1]
-            slope = math.log(t2 / t1) / math.log(n2 / n1)
-            entry["slope"] = slope
-            if slope > SUPER_LINEAR:
-                entry["verdict"] = "SUPER-LINEAR"
-            elif slope < SUB_LINEAR:
-                entry["verdict"] = "sub-linear (fixed costs or fixed-size work)"
-            else:
-                entry["verdict"] = "linear"
-        out[name] = entry
     return out
 
 
@@ -218,13 +235,14 @@ def build(meta: dict[str, Any], scales: list[Scale]) -> dict[str, Any]:
 def _stage_row(name: str, stage: dict[str, Any]) -> str:
     title = STAGES[name].title
     if stage.get("status") != "ok":
-        return f"| {title} | {stage.get('status')}: {stage.get('reason', '')} | | | | | |"
+        return f"| {title} | {stage.get('status')}: {stage.get('reason', '')} | | | | | | |"
     spread = f"{_seconds(stage['min_s'])} – {_seconds(stage['max_s'])}"
     floor = _ratio(stage["x_floor"]) if "x_floor" in stage else ""
     scope = "" if stage["peak_rss_scope"] == "run" else " (process)"
     return (
         f"| {title} | {_seconds(stage['median_s'])} | {spread} | {floor}"
-        f" | {_bytes(stage['peak_rss_bytes'])}{scope} | {stage['reps']} | {stage['basis']} |"
+        f" | {_seconds(stage['cpu_median_s'])} | {_bytes(stage['peak_rss_bytes'])}{scope}"
+        f" | {stage['reps']} | {stage['basis']} |"
     )
 
 
@@ -237,9 +255,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"{meta['started']} · {meta['machine']} · Python {meta['python']} · DuckDB"
         f" {meta['duckdb']} · Polars {meta['polars']} · commit {meta['commit']}",
         "",
+        f"Load average (1 / 5 / 15 min) before: {meta['load_before']}, after:"
+        f" {meta['load_after']}. Above the core count, other processes slowed the wall times;"
+        " CPU time is less affected.",
+        "",
         "Median of the repetitions (min – max beside it); × floor is the stage's time over"
-        " the floor's, paired by round in the same run. Peak RSS is the stage process's high-water"
-        " mark during the timed part. See bench/README.md.",
+        " the floor's, paired by round in the same run. Peak RSS is the stage process's"
+        " high-water mark during the timed part. See bench/README.md.",
     ]
     for scale in report["scales"]:
         rows = scale.get("rows") or {}
@@ -248,8 +270,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"## {format_scale(scale['contacts'])} contacts"
             + (f" ({sum(rows.values()):,} rows)" if rows else ""),
             "",
-            "| stage | median | min – max | × floor | peak RSS | reps | how |",
-            "|---|---|---|---|---|---|---|",
+            "| stage | median | min – max | × floor | CPU | peak RSS | reps | how |",
+            "|---|---|---|---|---|---|---|---|",
             # Lethe's stages first, then the baselines.
             *(
                 _stage_row(name, scale["stages"][name])
@@ -272,21 +294,22 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Growth",
         "",
-        "Microseconds per contact at each scale; slope of log(time) against log(contacts)"
-        f" between the two largest scales (1 = linear, > {SUPER_LINEAR} flagged super-linear).",
+        "Microseconds per contact at each scale (wall time); slope of log(time) against"
+        " log(contacts) between the two largest scales, for wall and CPU time (1 = linear,"
+        f" > {SUPER_LINEAR} flagged super-linear).",
         "",
-        "| stage | " + " | ".join(labels) + " | slope | verdict |",
-        "|---|" + "---|" * len(labels) + "---|---|",
+        "| stage | " + " | ".join(labels) + " | slope | CPU slope | verdict |",
+        "|---|" + "---|" * len(labels) + "---|---|---|",
     ]
     for name, g in report["growth"].items():
         if not g["points"]:
             continue
         cells = [g["us_per_contact"].get(label) for label in labels]
-        slope = f"{g['slope']:.2f}" if g["slope"] is not None else ""
+        slopes = [f"{x:.2f}" if x is not None else "" for x in (g["slope"], g["cpu_slope"])]
         out.append(
             f"| {STAGES[name].title} | "
             + " | ".join(f"{c:,.3g} µs" if c is not None else "" for c in cells)
-            + f" | {slope} | {g['verdict']} |"
+            + f" | {' | '.join(slopes)} | {g['verdict']} |"
         )
     out += ["", "## Targets", "", "```"]
     out += [f"{t['status']:<5} {t['target']}: {t['value']}" for t in report["targets"]]

@@ -94,6 +94,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "runs_s": seconds,
         "reps": len(runs),
         "measured_median_s": statistics.median(r["measured_seconds"] for r in runs),
+        "cpu_median_s": statistics.median(r["cpu_seconds"] for r in runs),
         "factor": runs[0]["factor"],
         "basis": runs[0]["basis"],
         "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs),
@@ -174,6 +175,11 @@ def _commit() -> str:
     return f"{head}{' (uncommitted changes)' if dirty else ''}" if head else "unknown"
 
 
+def _load() -> str:
+    """Load averages over 1, 5 and 15 minutes: other work on the machine skews wall times."""
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def _machine() -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
     return f"{os.cpu_count()} cores, {memory:.1f} GiB"
@@ -181,15 +187,20 @@ def _machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--scale", type=parse_scale, default=parse_scale("1m"))
+    parser.add_argument(
+        "--scale",
+        type=parse_scale,
+        default=parse_scale("1m"),
+        help="largest scale (100k, 1m, 10m); runs the three decades up to it (default 1m)",
+    )
     parser.add_argument(
         "--scales",
         type=lambda t: sorted({parse_scale(s) for s in t.split(",")}),
         help="explicit comma-separated scales instead of the ladder of --scale",
     )
     parser.add_argument("--reps", type=int, help="repetitions at every scale (default 3, 1 >1m)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="default bench/results")
+    parser.add_argument("--workdir", type=Path, help="where the scratch directory goes (temp)")
     parser.add_argument("--keep-work", action="store_true", help="keep the scratch directory")
     parser.add_argument(
         "--profile",
@@ -202,8 +213,12 @@ def main(argv: list[str] | None = None) -> int:
 
     scales = args.scales or ladder(args.scale)
     args.out.mkdir(parents=True, exist_ok=True)
-    root = args.workdir or Path(tempfile.mkdtemp(prefix="lethe-bench-"))
-    root.mkdir(parents=True, exist_ok=True)
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    # A fresh directory of our own, even inside --workdir: it is removed afterwards.
+    root = Path(tempfile.mkdtemp(prefix="lethe-bench-", dir=args.workdir))
+    # On SIGTERM too, so the scratch data (gigabytes at 10m) does not stay behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     meta = {
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": _machine(),
@@ -212,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "polars": pl.__version__,
         "commit": _commit(),
         "scales": scales,
+        "load_before": _load(),
     }
 
     def log(message: str) -> None:
@@ -231,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep_work:
             shutil.rmtree(root, ignore_errors=True)
     meta["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    meta["load_after"] = _load()
 
     full = report.build(meta, results)
     (args.out / "latest.json").write_text(json.dumps(full, indent=2, default=str) + "\n")

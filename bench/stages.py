@@ -106,7 +106,6 @@ class Stage:
     kind: Literal["lethe", "baseline"]
     prepare: Callable[[Context], Timed]
     requires: tuple[str, str] | None = None  # (module, function) that must exist
-    needs: tuple[str, ...] = ()  # fixtures read
     produces: tuple[str, str] | None = None  # (path under work, fixture) kept from a run
 
     def missing(self) -> str | None:
@@ -412,19 +411,17 @@ STAGES: dict[str, Stage] = {
             "ingest + validate + tag",
             "lethe",
             ingest_tag_stage,
-            needs=(LANDING,),
             produces=("home/warehouse.duckdb", TAGGED),
         ),
         # Right before enforcement: each round pairs the two runs in time.
-        Stage("floor", "floor: CTAS rewrite", "baseline", floor_stage, needs=(TAGGED,)),
-        Stage("enforce", "retention enforcement", "lethe", enforce_stage, needs=(TAGGED,)),
+        Stage("floor", "floor: CTAS rewrite", "baseline", floor_stage),
+        Stage("enforce", "retention enforcement", "lethe", enforce_stage),
         Stage(
             "access_export",
             "access export (1 subject)",
             "lethe",
             access_export_stage,
             requires=("lethe.exports", "export_access"),
-            needs=(TAGGED,),
         ),
         Stage(
             "erasure",
@@ -432,7 +429,6 @@ STAGES: dict[str, Stage] = {
             "lethe",
             erasure_stage,
             requires=("lethe.requests", "erase_subjects"),
-            needs=(TAGGED,),
         ),
         Stage(
             "analytics",
@@ -440,21 +436,8 @@ STAGES: dict[str, Stage] = {
             "lethe",
             analytics_stage,
             requires=("lethe.analytics", "build_datasets"),
-            needs=(TAGGED,),
         ),
-        Stage(
-            "per_subject",
-            "per-subject erasure",
-            "baseline",
-            per_subject_stage,
-            needs=(TAGGED,),
-        ),
-        Stage(
-            "python_mask",
-            "Python per-cell masking",
-            "baseline",
-            python_mask_stage,
-            needs=(TAGGED,),
-        ),
+        Stage("per_subject", "per-subject erasure", "baseline", per_subject_stage),
+        Stage("python_mask", "Python per-cell masking", "baseline", python_mask_stage),
     )
 }

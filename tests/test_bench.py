@@ -40,6 +40,7 @@ def test_harness_reports_every_stage_at_a_tiny_scale(tmp_path: Path) -> None:
                 assert isinstance(stage["median_s"], float) and stage["median_s"] >= 0, name
                 assert stage["min_s"] <= stage["median_s"] <= stage["max_s"], name
                 assert stage["peak_rss_bytes"] > 0, name
+                assert stage["cpu_median_s"] >= 0, name
                 assert stage["x_floor"] > 0, name
             else:
                 # Only stages waiting for a core function may be missing.
@@ -53,7 +54,7 @@ def test_harness_reports_every_stage_at_a_tiny_scale(tmp_path: Path) -> None:
     assert "| retention enforcement |" in table and "## Targets" in table
     assert table.strip() in proc.stdout
     assert (out / "growth.png").read_bytes().startswith(b"\x89PNG")
-    assert not work.exists(), "the scratch directory is removed after the run"
+    assert not any(work.iterdir()), "the scratch directory is removed after the run"
 
 
 @pytest.mark.parametrize(
@@ -82,7 +83,7 @@ def test_a_stage_whose_core_function_is_missing_is_not_available() -> None:
 
 def _scale(contacts: int, seconds: dict[str, float]) -> dict:
     stages = {
-        name: {"status": "ok", "median_s": s, "min_s": s, "max_s": s, "peak_rss_bytes": 1}
+        name: {"status": "ok", "median_s": s, "min_s": s, "max_s": s, "cpu_median_s": s}
         for name, s in seconds.items()
     }
     return {"contacts": contacts, "stages": stages}
@@ -97,6 +98,13 @@ def test_growth_flags_a_super_linear_stage() -> None:
     assert growth["generate"]["verdict"] == "linear"
     assert growth["enforce"]["verdict"] == "SUPER-LINEAR"
     assert growth["enforce"]["slope"] == pytest.approx(2.0)
+
+
+def test_growth_tells_waiting_from_work() -> None:
+    small = _scale(100_000, {"generate": 1.0})
+    large = _scale(1_000_000, {"generate": 100.0})
+    large["stages"]["generate"]["cpu_median_s"] = 10.0  # the wall time was spent waiting
+    assert report.growth([small, large])["generate"]["verdict"].startswith("linear in CPU")
 
 
 def test_targets_compare_within_the_same_run() -> None:
