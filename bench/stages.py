@@ -36,7 +36,8 @@ from lethe.policy import load_policy
 from lethe.strategies import Strategy
 from lethe.tables import TABLES, TAGGED_TABLES
 from lethe.tagging import tag_all
-from lethe.warehouse import connect
+from lethe.vault import attach
+from lethe.warehouse import connect, ensure_schemas
 
 # Generator reference date and enforcement as-of date: fixed, so every run sees the same data.
 REFERENCE = dt.date(2026, 1, 1)
@@ -208,22 +209,51 @@ def enforce_stage(ctx: Context) -> Timed:
     return run
 
 
+def _record(home: Home, kind: str, subjects: list[str]) -> list:
+    """Pending requests for `subjects`, inserted set-based (set-up, not timed)."""
+    from lethe.requests import deadline_for, pending_requests
+
+    now = dt.datetime(REFERENCE.year, REFERENCE.month, REFERENCE.day)
+    con = connect(home.warehouse)
+    try:
+        ensure_schemas(con)
+        con.execute(
+            "INSERT INTO requests.requests (request_id, type, contact_id, received_at,"
+            " deadline, status) SELECT 'R-' || lower(lpad(to_hex(i), 12, '0')), ?, s, ?, ?,"
+            " 'pending' FROM (SELECT unnest(?) AS s, unnest(range(len(?))) AS i)",
+            [kind, now, deadline_for(now), subjects, subjects],
+        )
+        return pending_requests(con, kind)
+    finally:
+        con.close()
+
+
 def access_export_stage(ctx: Context) -> Timed:
     """Access export of one subject; the figure is the median over 100 random subjects."""
-    from lethe.exports import export_access  # the stage is reported unavailable until it lands
+    from lethe.exports import build_documents, write_export
 
     home = ctx.home_with_tagged_warehouse()
-    subjects = _subjects_from(home.warehouse, min(EXPORT_SUBJECTS, ctx.contacts))
+    policy = load_policy(POLICY)
+    requests = _record(
+        home, "access", _subjects_from(home.warehouse, min(EXPORT_SUBJECTS, ctx.contacts))
+    )
 
     def run() -> StageResult:
         timings = []
-        for subject in subjects:
-            start = time.perf_counter()
-            export_access(home, subject)
-            timings.append(time.perf_counter() - start)
+        con = connect(home.warehouse)
+        attach(con, home.vault)
+        try:
+            for request in requests:
+                start = time.perf_counter()
+                now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+                doc = build_documents(con, policy, [request], now)[request.request_id]
+                write_export(home, doc)
+                timings.append(time.perf_counter() - start)
+        finally:
+            con.close()
         return StageResult(
             seconds=statistics.median(timings),
-            basis=f"median over {len(subjects)} subjects",
+            basis=f"median over {len(requests)} subjects (warm warehouse)",
             details={"max_s": max(timings)},
         )
 
@@ -231,14 +261,27 @@ def access_export_stage(ctx: Context) -> Timed:
 
 
 def erasure_stage(ctx: Context) -> Timed:
-    """Erasure of a batch of 10,000 subjects in one run."""
-    from lethe.requests import erase_subjects  # the stage is reported unavailable until it lands
+    """Erasure of a batch of 10,000 subjects in one run: intake, enforcement, answers."""
+    from lethe.answers import answer_pending
+    from lethe.requests import apply_pending
 
     home = ctx.home_with_tagged_warehouse()
+    policy = load_policy(POLICY)
     subjects = _subjects_from(home.warehouse, erasure_batch(ctx.contacts))
+    _record(home, "erasure", subjects)
 
     def run() -> StageResult:
-        erase_subjects(home, subjects, REFERENCE)
+        con = connect(home.warehouse)
+        try:
+            apply_pending(con, policy, REFERENCE, "bench", vault=home.vault)
+        finally:
+            con.close()
+        enforce(home, policy, REFERENCE, "bench")
+        con = connect(home.warehouse)
+        try:
+            answer_pending(con, home, policy, REFERENCE, "bench")
+        finally:
+            con.close()
         return StageResult(details={"subjects": len(subjects)})
 
     return run
@@ -246,13 +289,19 @@ def erasure_stage(ctx: Context) -> Timed:
 
 def analytics_stage(ctx: Context) -> Timed:
     """The analysts' anonymized datasets, with their k-anonymity check."""
-    from lethe.analytics import build_datasets  # the stage is reported unavailable until it lands
+    from lethe.analytics import DATASETS, check_k_anonymity, release
 
     home = ctx.home_with_tagged_warehouse()
     policy = load_policy(POLICY)
 
     def run() -> StageResult:
-        build_datasets(home, policy, REFERENCE)
+        con = connect(home.warehouse)
+        try:
+            for dataset in DATASETS.values():
+                release(con, home, policy, dataset)
+                check_k_anonymity(con, dataset, policy.k_anonymity)
+        finally:
+            con.close()
         return StageResult()
 
     return run
@@ -421,21 +470,21 @@ STAGES: dict[str, Stage] = {
             "access export (1 subject)",
             "lethe",
             access_export_stage,
-            requires=("lethe.exports", "export_access"),
+            requires=("lethe.exports", "build_documents"),
         ),
         Stage(
             "erasure",
             "erasure batch",
             "lethe",
             erasure_stage,
-            requires=("lethe.requests", "erase_subjects"),
+            requires=("lethe.answers", "answer_pending"),
         ),
         Stage(
             "analytics",
             "analytics datasets + k-anonymity",
             "lethe",
             analytics_stage,
-            requires=("lethe.analytics", "build_datasets"),
+            requires=("lethe.analytics", "release"),
         ),
         Stage("per_subject", "per-subject erasure", "baseline", per_subject_stage),
         Stage("python_mask", "Python per-cell masking", "baseline", python_mask_stage),
