@@ -26,7 +26,6 @@ from pathlib import Path
 
 import duckdb
 
-from lethe.compaction import spill_outside_home
 from lethe.errors import LetheError
 from lethe.files import replacing
 from lethe.home import Home
@@ -499,7 +498,6 @@ def release(
     con: duckdb.DuckDBPyConnection, home: Home, policy: Policy, dataset: Dataset
 ) -> Release:
     """Build `analytics.<dataset>` and its Parquet extract from the enforced warehouse."""
-    spill_outside_home(con)
     try:
         for sql in release_plan(policy, dataset).statements:
             con.execute(sql)

@@ -10,7 +10,6 @@ file is removed on the next start), a crash after it leaves the new one: never a
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,17 +37,6 @@ def remove_leftovers(directory: Path) -> list[str]:
             leftover.unlink(missing_ok=True)
             gone.append(leftover.name)
     return gone
-
-
-def spill_directory() -> str:
-    """DuckDB's spill files go outside LETHE_HOME (its default sits beside the database)."""
-    return os.path.join(tempfile.gettempdir(), f"lethe-spill-{os.getuid()}")
-
-
-def spill_outside_home(con: duckdb.DuckDBPyConnection) -> None:
-    """Point the connection's spill files at `spill_directory()` (owner-only)."""
-    os.makedirs(spill_directory(), mode=0o700, exist_ok=True)
-    con.execute("SET temp_directory = ?", [spill_directory()])
 
 
 def user_tables(con: duckdb.DuckDBPyConnection, catalog: str) -> list[tuple[str, str]]:
@@ -88,7 +76,6 @@ def compact(
         leftover.unlink(missing_ok=True)
     con = connect(path)
     try:
-        spill_outside_home(con)
         replace = prepare(con) if prepare else {}
         old_catalog = con.execute("SELECT current_database()").fetchone()[0]
         con.execute(f"ATTACH ? AS {FRESH}", [str(fresh)])

@@ -81,6 +81,26 @@ def _keepers(policy: Policy, table: str, column: str | None) -> list[str]:
     ]
 
 
+def keep_flag(keepers: list[str]) -> str:
+    """Name of the per-row flag "some active purpose is one of `keepers`"."""
+    return quote("_keep_" + "_".join(keepers)) if keepers else "false"
+
+
+def keep_flags(policy: Policy, table: str, columns: list[str]) -> list[str]:
+    """SELECT items computing each distinct keep flag once per row (not once per column)."""
+    contract = set(TABLES[table].column_names)
+    lists = {
+        tuple(_keepers(policy, table, col if col in contract else None))
+        for col in columns
+        if not col.startswith("_")
+    }
+    return [
+        f"list_has_any(x._purposes, {_list(list(k))}) AS {keep_flag(list(k))}"
+        for k in sorted(lists)
+        if k
+    ]
+
+
 def column_sql(policy: Policy, table: str, column: str, sql_type: str, contract: bool) -> str:
     """The new value of one column, by the row's `_action`."""
     actions = policy.when_unkept[table]
@@ -88,10 +108,7 @@ def column_sql(policy: Policy, table: str, column: str, sql_type: str, contract:
     kept = _keepers(policy, table, column if contract else None)
     # SPEC: a column the policy does not know is personal data until it says otherwise.
     rule = actions.column.for_column(column) if contract else Erase()
-    retain = (
-        f"CASE WHEN list_has_any(x._purposes, {_list(kept)}) THEN {c}"
-        f" ELSE {rule.sql(c, sql_type)} END"
-    )
+    retain = f"CASE WHEN x.{keep_flag(kept)} THEN {c} ELSE {rule.sql(c, sql_type)} END"
     anonymized_rule = (
         actions.anonymized_rules().for_column(column)
         if contract
@@ -168,13 +185,15 @@ def enforce_select(policy: Policy, table: str, columns: list[str], source: str) 
 def action_select(
     policy: Policy, table: str, columns: list[str], as_of: dt.date | dt.datetime
 ) -> str:
-    """The rows of `core.<table>`, freshly tagged as of `as_of`, with the `_action` of each.
+    """The rows of `core.<table>`, freshly tagged as of `as_of`, with the `_action` of each
+    and its keep flags.
 
     Tagging is part of the same statement, so enforcement never acts on stale tags.
     """
     tagged = tag_select(policy, table, as_of, columns)
+    flags = "".join(f", {f}" for f in keep_flags(policy, table, columns))
     return (
-        f"SELECT x.*, {action_sql(policy, table)} AS _action, _er.request_id AS _request"
+        f"SELECT x.*, {action_sql(policy, table)} AS _action, _er.request_id AS _request{flags}"
         f" FROM ({tagged}) x{erasure_join(table)}"
     )
 

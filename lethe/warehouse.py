@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +43,17 @@ def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnect
     if not existed and not read_only:
         os.chmod(path, 0o600)
     con.execute("SET TimeZone = 'UTC'")
+    # Spill files hold personal data: outside LETHE_HOME (DuckDB's default sits beside the
+    # file), owner-only. A memory limit makes big runs spill instead of taking the machine.
+    os.makedirs(spill_directory(), mode=0o700, exist_ok=True)
+    con.execute("SET temp_directory = ?", [spill_directory()])
+    con.execute("SET memory_limit = ?", [os.environ.get("LETHE_MEMORY_LIMIT", "4GB")])
     return con
+
+
+def spill_directory() -> str:
+    """Where DuckDB spills intermediate results (per user, outside LETHE_HOME)."""
+    return os.path.join(tempfile.gettempdir(), f"lethe-spill-{os.getuid()}")
 
 
 @contextmanager
