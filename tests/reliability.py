@@ -199,3 +199,34 @@ def table_keys(warehouse: Path, table: str) -> set[str]:
         return {r[0] for r in con.execute(f"SELECT {key} FROM core.{quote(table)}").fetchall()}
     finally:
         con.close()
+
+
+class ValueFinder:
+    """Finds which of many values occur in a text, fast: a value is looked for only when
+    every word of it is a word of the text (then as a substring).
+
+    Texts are searched as they are and with JSON `\\uXXXX` escapes decoded (Dagster's
+    serialized events escape non-ASCII characters).
+    """
+
+    def __init__(self, values: set[str]) -> None:
+        self.values = {v: _WORD.findall(v) for v in values}
+
+    def find(self, text: str) -> set[str]:
+        unescaped = _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+        found = set()
+        for candidate in {text, unescaped}:
+            words = set(_WORD.findall(candidate))
+            found |= {
+                value
+                for value, parts in self.values.items()
+                if all(w in words for w in parts) and value in candidate
+            }
+        return found
+
+    def find_bytes(self, data: bytes) -> set[str]:
+        return self.find(data.decode("utf-8", errors="replace"))
+
+
+_WORD = re.compile(r"\w+")
+_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
