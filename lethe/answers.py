@@ -12,20 +12,25 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 import duckdb
+import polars as pl
 
 from lethe.audit import LedgerEntry, append
-from lethe.exports import build_documents, delete_exports, log_export, write_export
+from lethe.exports import (
+    build_documents,
+    delete_exports,
+    log_export,
+    subject_rows,
+    write_export,
+)
 from lethe.home import Home
 from lethe.policy import Policy
 from lethe.requests import (
-    CONTACT_TOKEN_KIND,
     Request,
-    complete_request,
+    complete_requests,
     pending_requests,
     register_erasure_tokens,
 )
-from lethe.strategies import quote
-from lethe.tables import TABLES, TAGGED_TABLES
+from lethe.tables import TABLES
 from lethe.vault import attach
 from lethe.warehouse import transaction
 
@@ -39,26 +44,19 @@ class Answers:
     files: list[str] = field(default_factory=list)
 
 
-def _kept(con: duckdb.DuckDBPyConnection, contact_id: str) -> list[dict]:
-    """Each row still kept about an erased subject: which, why and until when."""
-    owner = (
-        "SELECT ? AS m UNION ALL SELECT token FROM vault.tokens"
-        f" WHERE kind = '{CONTACT_TOKEN_KIND}' AND value = ?"
-    )
-    kept = []
-    for table in TAGGED_TABLES:
-        where = (
-            f"order_id IN (SELECT order_id FROM core.orders WHERE contact_id IN ({owner}))"
-            if table == "shipments"
-            else f"contact_id IN ({owner})"
-        )
-        key = quote(TABLES[table].key)
-        for row_key, purposes, state, until in con.execute(
-            f"SELECT {key}, _purposes, _state, _retain_until FROM core.{quote(table)}"
-            f" WHERE {where} AND _state <> 'anonymized' ORDER BY {key}",
-            [contact_id, contact_id],
-        ).fetchall():
-            kept.append(
+def _kept(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> dict[str, list[dict]]:
+    """Each row still kept about each erased subject: which, why and until when.
+
+    One query per table for the whole batch (vault attached: rows that carry the subject
+    only as a token are theirs too).
+    """
+    kept: dict[str, list[dict]] = {s: [] for s in subjects}
+    for table, frame in subject_rows(con, subjects).items():
+        key = TABLES[table].key
+        rows = frame.filter(pl.col("_state") != "anonymized").sort("_subject", key)
+        for row in rows.select("_subject", key, "_state", "_purposes", "_retain_until").iter_rows():
+            subject, row_key, state, purposes, until = row
+            kept[subject].append(
                 {
                     "table": table,
                     "key": row_key,
@@ -80,50 +78,66 @@ def answer_pending(
     erasures = pending_requests(con, "erasure")
     if not exports and not erasures:
         return result
-    entries = []
     attach(con, home.vault)
     try:
         docs = build_documents(con, policy, exports, now) if exports else {}
-        for request in exports:
-            path = write_export(home, docs[request.request_id])
-            result.files.append(path.name)
+        paths = {r.request_id: write_export(home, docs[r.request_id]) for r in exports}
+        result.files = [p.name for p in paths.values()]
+        with transaction(con):
+            for request in exports:
+                log_export(
+                    con,
+                    request,
+                    paths[request.request_id],
+                    now,
+                    policy.operations.exports.add_to(now),
+                )
+            complete_requests(
+                con, {r.request_id: {"export": paths[r.request_id].name} for r in exports}, now
+            )
+            exported = [
+                LedgerEntry(
+                    run_id=run_id,
+                    as_of=as_of,
+                    action="export",
+                    reason=f"{r.request_id}: {r.type} export",
+                    keys=[r.contact_id],
+                    details={"files": 1},
+                )
+                for r in exports
+            ]
+            append(con, exported)
+        if erasures:
             with transaction(con):
-                log_export(con, request, path, now, policy.operations.exports.add_to(now))
-                complete_request(con, request, now, {"export": path.name})
+                register_erasure_tokens(con)  # tokens issued by this run's rewrite
+            subjects = [r.contact_id for r in erasures]
+            kept = _kept(con, subjects)
+            gone = delete_exports(
+                con, home, "subject_key IN (SELECT unnest(CAST(? AS VARCHAR[])))", [subjects]
+            )
+            answers = {
+                r.request_id: {
+                    "kept": kept[r.contact_id],
+                    "earlier_exports_deleted": gone.get(r.contact_id, 0),
+                }
+                for r in erasures
+            }
+            with transaction(con):
+                complete_requests(con, answers, now)
                 append(
                     con,
                     [
                         LedgerEntry(
                             run_id=run_id,
                             as_of=as_of,
-                            action="export",
-                            reason=f"{request.request_id}: {request.type} export",
-                            keys=[request.contact_id],
-                            details={"files": 1},
+                            action="request",
+                            reason=f"{r.request_id}: erasure answered",
+                            keys=[r.contact_id],
+                            details={"kept_rows": len(answers[r.request_id]["kept"])},
                         )
+                        for r in erasures
                     ],
                 )
-        if erasures:
-            with transaction(con):
-                register_erasure_tokens(con)  # tokens issued by this run's rewrite
-            answers = {r.request_id: {"kept": _kept(con, r.contact_id)} for r in erasures}
-            for request in erasures:
-                gone = delete_exports(con, home, "subject_key = ?", [request.contact_id])
-                answers[request.request_id]["earlier_exports_deleted"] = gone
-            with transaction(con):
-                for request in erasures:
-                    complete_request(con, request, now, answers[request.request_id])
-                    entries.append(
-                        LedgerEntry(
-                            run_id=run_id,
-                            as_of=as_of,
-                            action="request",
-                            reason=f"{request.request_id}: erasure answered",
-                            keys=[request.contact_id],
-                            details={"kept_batches": len(answers[request.request_id]["kept"])},
-                        )
-                    )
-                append(con, entries)
             result.erasures = len(erasures)
     finally:
         con.execute("DETACH vault")

@@ -66,7 +66,9 @@ def subject_rows(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> dict[st
     as a token, so a subject owns its contact_id and the tokens that stand for it.
     """
     con.execute("CREATE OR REPLACE TEMP TABLE _export_subjects (contact_id VARCHAR)")
-    con.executemany("INSERT INTO _export_subjects VALUES (?)", [[s] for s in subjects])
+    con.execute(
+        "INSERT INTO _export_subjects SELECT unnest(CAST(? AS VARCHAR[]))", [list(subjects)]
+    )
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _export_owner AS"
         " SELECT contact_id AS _subject, contact_id AS _match FROM _export_subjects"
@@ -231,23 +233,22 @@ def log_export(
     )
 
 
-def delete_exports(con: duckdb.DuckDBPyConnection, home: Home, where: str, params: list) -> int:
-    """Delete the export files the export log lists for `where` (a condition on the log)."""
-    names = [
-        r[0]
-        for r in con.execute(
-            f"SELECT DISTINCT file_name FROM audit.export_log WHERE {where}", params
-        ).fetchall()
-    ]
-    gone = 0
-    for name in names:
+def delete_exports(
+    con: duckdb.DuckDBPyConnection, home: Home, where: str, params: list
+) -> dict[str, int]:
+    """Delete the export files the export log lists for `where` (a condition on the log);
+    returns the files removed per subject key."""
+    gone: dict[str, int] = {}
+    for subject, name in con.execute(
+        f"SELECT DISTINCT subject_key, file_name FROM audit.export_log WHERE {where}", params
+    ).fetchall():
         path = export_dir(home) / name
         if path.exists():
             path.unlink()
-            gone += 1
+            gone[subject] = gone.get(subject, 0) + 1
     return gone
 
 
 def expire_exports(con: duckdb.DuckDBPyConnection, home: Home, now: dt.datetime) -> int:
     """Delete exports whose expiry passed; returns how many files were removed."""
-    return delete_exports(con, home, "expires_at <= ?", [now.replace(tzinfo=None)])
+    return sum(delete_exports(con, home, "expires_at <= ?", [now.replace(tzinfo=None)]).values())

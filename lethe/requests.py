@@ -364,10 +364,9 @@ def apply_pending(
         if objections:
             _subjects(con, objections)
             _withdraw_marketing(con, marketing, stop_at)
+            answer = {"stopped_purposes": marketing, "consent_evidence": "kept"}
+            complete_requests(con, {r.request_id: answer for r in objections}, now)
             for request in objections:
-                complete_request(
-                    con, request, now, {"stopped_purposes": marketing, "consent_evidence": "kept"}
-                )
                 entries.append(
                     _entry(
                         request,
@@ -382,13 +381,9 @@ def apply_pending(
         if restrictions:
             _subjects(con, restrictions)
             _restrict_subjects(con)
+            answer = {"restricted": ["contacts", "consents", "orders", "shipments"]}
+            complete_requests(con, {r.request_id: answer for r in restrictions}, now)
             for request in restrictions:
-                complete_request(
-                    con,
-                    request,
-                    now,
-                    {"restricted": ["contacts", "consents", "orders", "shipments"]},
-                )
                 entries.append(
                     _entry(request, "restrict", "processing restricted", run_id=run_id, as_of=as_of)
                 )
@@ -496,15 +491,22 @@ def reapply_done(con: duckdb.DuckDBPyConnection, policy: Policy) -> int:
 
 def _subjects(con: duckdb.DuckDBPyConnection, requests: list[Request]) -> None:
     con.execute("CREATE OR REPLACE TEMP TABLE _subjects (contact_id VARCHAR)")
-    con.executemany("INSERT INTO _subjects VALUES (?)", [[r.contact_id] for r in requests])
-
-
-def complete_request(
-    con: duckdb.DuckDBPyConnection, request: Request, now: dt.datetime, answer: dict
-) -> None:
-    """Mark a request done with its answer (what was done, kept, exported; no values)."""
     con.execute(
-        "UPDATE requests.requests SET status = 'done', completed_at = ?, answer = ?"
-        " WHERE request_id = ?",
-        [now, json.dumps(answer), request.request_id],
+        "INSERT INTO _subjects SELECT unnest(CAST(? AS VARCHAR[]))",
+        [[r.contact_id for r in requests]],
+    )
+
+
+def complete_requests(
+    con: duckdb.DuckDBPyConnection, answers: dict[str, dict], now: dt.datetime
+) -> None:
+    """Mark requests done with their answers (what was done, kept, exported; no values),
+    in one statement however many there are."""
+    if not answers:
+        return
+    con.execute(
+        "UPDATE requests.requests r SET status = 'done', completed_at = ?, answer = a.answer"
+        " FROM (SELECT unnest(CAST(? AS VARCHAR[])) AS id,"
+        " unnest(CAST(? AS VARCHAR[])) AS answer) a WHERE r.request_id = a.id",
+        [now, list(answers), [json.dumps(a) for a in answers.values()]],
     )
