@@ -57,8 +57,10 @@ def create_backup(home: Home, now: dt.datetime | None = None) -> Backup:
     if target.exists():
         return load_backup(home, backup_id)
     con = connect(home.warehouse)
-    con.execute("CHECKPOINT")
-    con.close()
+    try:
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
     seq = _ledger_seq(home.warehouse)
     tmp = home.backups / f".{backup_id}.partial"
     shutil.rmtree(tmp, ignore_errors=True)

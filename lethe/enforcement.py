@@ -188,10 +188,15 @@ def forget_unused_tokens(warehouse: Path, home: Home, policy: Policy) -> int:
             forgotten = con.execute(
                 f"DELETE FROM vault.tokens WHERE token NOT IN ({used or 'SELECT NULL'})"
             ).fetchone()[0]
+            con.execute("CHECKPOINT vault")
+            # Free blocks also remain after a crash between a delete and its compaction.
+            free = con.execute(
+                "SELECT free_blocks FROM pragma_database_size() WHERE database_name = 'vault'"
+            ).fetchone()[0]
         finally:
             con.execute("DETACH vault")
     finally:
         con.close()
-    if forgotten:
+    if forgotten or free:
         compact(home.vault)
     return forgotten

@@ -389,6 +389,11 @@ def apply_pending(
                 )
         erasures = pending_requests(con, "erasure")
         if erasures:
+            # Only requests not registered yet get a ledger entry: a rerun after a crash
+            # between intake and answers must not record the registration twice.
+            registered = {
+                r[0] for r in con.execute("SELECT request_id FROM requests.erasures").fetchall()
+            }
             con.execute(
                 "INSERT INTO requests.erasures SELECT r.request_id, r.contact_id, ? FROM"
                 " requests.requests r WHERE r.status = 'pending' AND r.type = 'erasure'"
@@ -406,7 +411,7 @@ def apply_pending(
                 " OR json_extract_string(record, '$.order_id') IN (SELECT order_id"
                 " FROM core.orders WHERE contact_id IN (SELECT contact_id FROM _subjects))"
             )
-            for request in erasures:
+            for request in (r for r in erasures if r.request_id not in registered):
                 entries.append(
                     _entry(
                         request,

@@ -7,8 +7,9 @@ POINT is `MODULE:ATTR:WHEN:N`: the Nth call of MODULE.ATTR kills the process rig
 it runs (WHEN = before) or right after it returns (WHEN = after). Two points watch a
 file instead: `landing-unlink` (right before a loaded landing file is removed, its rows
 committed) and `backup-partial` (right after the backup's copy is written, not yet
-renamed into place). `compaction-file-too-large` and `backup-file-too-large` kill
-nothing: from the warehouse rewrite, or the backup, on, writes fail as on a full disk.
+renamed into place). `compaction-file-too-large`, `disk-full-after-enforcement` and
+`backup-file-too-large` kill nothing: from the warehouse rewrite, the end of enforcement or
+the backup on, writes fail as on a full disk.
 """
 
 from __future__ import annotations
@@ -70,6 +71,22 @@ def patch(point: str) -> None:
         import assets.operations
 
         assets.operations.create_backup = limited_backup
+        return
+    if point == "disk-full-after-enforcement":
+        # Not a kill: once enforcement is done, no file may grow past the warehouse's size:
+        # later steps' writes stay in the WAL, their checkpoints (and the backup's) fail.
+        import assets.enforcement
+
+        enforce = assets.enforcement.enforce
+
+        def enforce_then_fill(home: Any, *args: Any, **kwargs: Any) -> Any:
+            result = enforce(home, *args, **kwargs)
+            limit = home.warehouse.stat().st_size
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+            return result
+
+        assets.enforcement.enforce = enforce_then_fill
         return
     if point == "backup-partial":
         copy = shutil.copyfileobj

@@ -19,7 +19,8 @@ the vault forgot is left in the vault file's bytes.
 
 `make test` kills at the points in POINTS plus RANDOM_KILLS delays on CONTACTS contacts;
 `make slow` repeats every code point and SLOW_RANDOM_KILLS delays on SLOW_CONTACTS.
-The full-disk tests run on a small tmpfs (when it can be mounted) and under RLIMIT_FSIZE.
+The full-disk tests run on a small tmpfs (when it can be mounted) and under RLIMIT_FSIZE set
+at a chosen point (the warehouse rewrite, the end of enforcement, the backup).
 """
 
 from __future__ import annotations
@@ -101,21 +102,8 @@ SLOW_POINTS = {
 }
 RANDOM_KILLS = 1
 SLOW_RANDOM_KILLS = 24
-BUG_VAULT_NOT_COMPACTED = (
-    "BUG: a run killed after unused vault entries are deleted (committed) but before the vault"
-    " is compacted: the next run finds nothing to forget, so it never compacts the vault, and"
-    " the forgotten values stay in vault.duckdb's free pages"
-)
-BUG_DUPLICATE_REGISTRATION = (
-    "BUG: request intake appends an 'erasure registered' ledger entry on every run while the"
-    " erasure is pending (the INSERT is guarded, the ledger entry is not): a run killed"
-    " between intake and answers leaves the ledger saying it was registered twice"
-)
 # Kill points after which a check is known to fail (reported as bugs).
-KNOWN = {
-    ("lethe.enforcement:compact:before:2", "vault"): BUG_VAULT_NOT_COMPACTED,
-    ("lethe.compaction:_fsync:before:1", "ledger"): BUG_DUPLICATE_REGISTRATION,
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 @dataclass
@@ -529,45 +517,30 @@ def test_full_disk_during_the_backup_keeps_the_warehouse_and_cleans_up_on_rerun(
     assert leftovers(home.root) == []
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when the backup's CHECKPOINT fails on a write error, create_backup leaves its"
-    " connection open (no try/finally) and `lethe run` then opens the warehouse read-only for"
-    " its summary: it dies with 'unexpected ConnectionException: ... different configuration'"
-    " and the real error is never shown",
-)
-def test_backup_checkpoint_failure_is_reported_in_one_clear_line(tmp_path: Path) -> None:
-    """Seen on 3,000 contacts of seed 21 enforced as of T0, then run as of T1 with no file
-    allowed to grow past the warehouse's size less 64 KiB: the rewrite fits, the backup's
-    CHECKPOINT does not."""
-    home = Home(tmp_path / "home").ensure()
-    generate(home.landing, 3_000, seed=21, reference=REFERENCE_DAY)
-    first = run_cli(home, "run", "--as-of", T0.isoformat())
-    assert first.returncode == 0, first.stderr
-    limit = home.warehouse.stat().st_size - 64 * 1024
-    code = (
-        "import resource, signal, sys\n"
-        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
-        "from lethe.cli import main\n"
-        f"sys.argv = ['lethe', 'run', '--as-of', '{T1.isoformat()}']\n"
-        "main()\n"
-    )
-    result = subprocess.run(
-        [str(PYTHON), "-c", code],
-        cwd=REPO,
-        env=cli_env(home),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if last_steps(home)[-1][1] != "finished" or "backups__warehouse_backup" not in _failed(home):
-        pytest.skip("on this data the write limit does not hit the backup's checkpoint")
-    assert_one_clear_line(result)
+@pytest.fixture(scope="module")
+def full_after_enforcement(enforced_home: Home, tmp_path_factory: pytest.TempPathFactory):
+    """A run whose disk fills up right after enforcement: the later steps' writes stay in
+    the WAL, their checkpoints fail, and so does the backup's CHECKPOINT."""
+    home = copy_home(enforced_home, tmp_path_factory.mktemp("full") / "home")
+    return home, _driven(home, "disk-full-after-enforcement")
+
+
+def test_disk_full_after_enforcement_keeps_the_enforced_warehouse(full_after_enforcement) -> None:
+    home, result = full_after_enforcement
+    assert result.returncode != 0
+    assert "backups__warehouse_backup" in _failed(home)
+    assert ledger_ok(home.warehouse)[0]
+    assert [f for f in leftovers(home.root) if ".rewrite" in f or ".restore" in f] == []
+
+
+def test_disk_full_after_enforcement_is_reported_in_one_clear_line(
+    full_after_enforcement,
+) -> None:
+    assert_one_clear_line(full_after_enforcement[1])
 
 
 def _failed(home: Home) -> str:
+    """The steps that failed, in every run of the home's Dagster instance."""
     import sqlite3
 
     steps = []
