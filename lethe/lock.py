@@ -30,3 +30,17 @@ def exclusive(lock_file: Path, wait: bool = False) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def is_locked(lock_file: Path) -> bool:
+    """Whether a writer holds the LETHE_HOME lock now (probes without keeping it)."""
+    if not lock_file.exists():
+        return False
+    fd = os.open(lock_file, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

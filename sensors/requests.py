@@ -4,6 +4,7 @@ import dagster as dg
 import duckdb
 
 from lethe.home import Home
+from lethe.lock import is_locked
 from lethe.requests import pending_request_ids
 from lethe.warehouse import connect
 from pipelines.jobs import pipeline_job
@@ -17,6 +18,9 @@ def pending_requests_sensor(context: dg.SensorEvaluationContext):
     home = Home.from_env()
     if not home.warehouse.exists():
         return dg.SkipReason("no warehouse yet")
+    # While a run writes, even a read-only open would take DuckDB's file lock from it.
+    if is_locked(home.lock):
+        return dg.SkipReason("a run is in progress; retrying next tick")
     try:
         con = connect(home.warehouse, read_only=True)
     except duckdb.Error:

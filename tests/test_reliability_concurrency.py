@@ -212,13 +212,6 @@ def test_a_run_during_another_leaves_a_consistent_warehouse(
             raise AssertionError(f"{name}: {exc}") from None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the request sensor opens the warehouse (read-only) from the daemon while"
-    " `lethe run` is writing: a step that connects at that moment fails with DuckDB's"
-    " 'Could not set lock on file ... Conflicting lock is held' and the run fails; and the"
-    " sensor asks for a run during a run (it does not look at the LETHE_HOME lock)",
-)
 def test_sensor_ticks_during_a_run_neither_break_it_nor_request_another(
     scenarios: dict[str, Scenario],
 ) -> None:
