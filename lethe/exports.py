@@ -29,6 +29,7 @@ from lethe.requests import CONTACT_TOKEN_KIND, Request
 from lethe.retention import pseudonym_columns
 from lethe.strategies import quote
 from lethe.tables import TABLES, TAGGED_TABLES
+from lethe.vault import reidentify
 
 FORMAT = "lethe-subject-export/1"
 TAGS = ("_purposes", "_legal_bases", "_retain_until", "_state")
@@ -86,10 +87,7 @@ def _reidentify(
         for p in pseudonym_columns(policy, table):
             if frame.is_empty() or p.column not in frame.columns:
                 continue
-            tokens = con.sql(
-                "SELECT token, value FROM vault.tokens WHERE token IN (SELECT unnest(?))",
-                params=[frame[p.column].drop_nulls().cast(pl.String).to_list()],
-            ).pl()
+            tokens = reidentify(con, frame[p.column].drop_nulls().cast(pl.String))
             mapping = dict(zip(tokens["token"], tokens["value"], strict=True))
             frames[table] = frames[table].with_columns(
                 pl.col(p.column).replace(mapping).alias(p.column)
