@@ -60,7 +60,7 @@ chromium:
 	fi
 
 ui: install
-	mkdir -p $(LETHE_HOME)/dagster
+	$(BIN)/python -m pipelines.instance $(LETHE_HOME)
 	DAGSTER_HOME=$(LETHE_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml
 
 # Benchmark harness (bench/README.md): SCALE=100k|1m|10m, results in bench/results/;

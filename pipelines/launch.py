@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
+import re
 from dataclasses import dataclass, field
 
 import dagster as dg
+from dagster._utils.error import SerializableErrorInfo
 
 from lethe.compaction import remove_leftovers
 from lethe.home import Home
 from pipelines.definitions import defs
+from pipelines.instance import prepare_instance
 from pipelines.jobs import PIPELINE_JOB
 
 
@@ -27,11 +29,7 @@ class RunOutcome:
 def run_pipeline(home: Home, as_of: dt.date, policy_path: str | None = None) -> RunOutcome:
     """Execute the pipeline job so that the run shows in `dagster dev` afterwards."""
     remove_leftovers(home.root)
-    os.environ["DAGSTER_HOME"] = str(home.dagster)
-    config = home.dagster / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
-    instance = dg.DagsterInstance.get()
+    instance = prepare_instance(home)
     run_config = {
         "resources": {
             "warehouse": {"config": {"home": str(home.root)}},
@@ -50,6 +48,11 @@ def run_pipeline(home: Home, as_of: dt.date, policy_path: str | None = None) -> 
         f"{ev.step_key}: {_failure_message(ev)}"
         for ev in result.all_events
         if ev.event_type == dg.DagsterEventType.STEP_FAILURE
+    ] + [
+        # A run that cannot take the LETHE_HOME lock fails before its first step.
+        _root_message(ev.engine_event_data.error)
+        for ev in result.all_events
+        if ev.event_type == dg.DagsterEventType.RESOURCE_INIT_FAILURE
     ]
     checks = [
         ev.asset_check_evaluation_data
@@ -68,7 +71,13 @@ def _failure_message(event: dg.DagsterEvent) -> str:
     data = event.step_failure_data
     if data.user_failure_data and data.user_failure_data.description:
         return data.user_failure_data.description
-    err = data.error
+    return _root_message(data.error)
+
+
+def _root_message(err: SerializableErrorInfo | None) -> str:
+    """The first line of the innermost error, without its exception's qualified name."""
     while err and err.cause:
         err = err.cause
-    return err.message.strip().splitlines()[0] if err else "failed"
+    if not err:
+        return "failed"
+    return re.sub(r"^[\w.]+: ", "", err.message.strip().splitlines()[0])

@@ -8,19 +8,35 @@ from contextlib import contextmanager
 
 import dagster as dg
 import duckdb
+from pydantic import Field
 
 from lethe.home import Home
+from lethe.lock import exclusive
 from lethe.policy import Policy, load_policy
 from lethe.warehouse import connect, ensure_schemas
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse under LETHE_HOME (empty `home` = the LETHE_HOME variable)."""
+    """The DuckDB warehouse under LETHE_HOME (empty `home` = the LETHE_HOME variable).
+
+    A run holds the LETHE_HOME lock from its first step to its last, whoever launched it
+    (`lethe run`, the daily schedule, the request sensor or the UI), so two runs never write
+    at once: a second run waits up to `lock_wait_seconds`, then fails in one line.
+    """
 
     home: str = ""
+    lock_wait_seconds: float = Field(
+        default=1800.0,
+        description="How long a run waits for another run on the same LETHE_HOME to finish.",
+    )
 
     def paths(self) -> Home:
         return Home.from_env(self.home or None).ensure()
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[WarehouseResource]:
+        with exclusive(self.paths().lock, wait_seconds=self.lock_wait_seconds):
+            yield self
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:

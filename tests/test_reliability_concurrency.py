@@ -7,7 +7,10 @@ and has a pending access request:
 - `lethe run` while the request sensor is evaluated again and again (as the daemon does
   every minute, here without pause);
 - `lethe run` while the pipeline job is launched the way the daemon launches a sensor's or
-  schedule's run (the job executed directly, not through `lethe run`).
+  schedule's run (the job executed directly, not through `lethe run`): it waits for the
+  LETHE_HOME lock and starts its first step only after the other run has ended.
+
+A run that may not wait refuses before its first step, in one line.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ from pipelines.definitions import defs
 from pipelines.jobs import PIPELINE_JOB
 home = os.environ["LETHE_HOME"]
 os.environ["DAGSTER_HOME"] = os.path.join(home, "dagster")
+instance = dg.DagsterInstance.get()
 result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
-    instance=dg.DagsterInstance.get(),
+    instance=instance,
     raise_on_error=False,
     run_config={"resources": {"warehouse": {"config": {"home": home}},
                               "policy": {"config": {"as_of": sys.argv[1], "path": ""}}}},
@@ -57,6 +61,8 @@ for event in result.all_events:
         error = event.step_failure_data.error if event.is_failure else None
         print(event.event_type_value, event.step_key, (error.message if error else "")[:300]
               .replace(chr(10), " "), flush=True)
+starts = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_START)
+print("FIRST_STEP_AT", min(e.timestamp for e in starts), flush=True)
 """
 
 
@@ -65,7 +71,8 @@ class Scenario:
     home: Home
     outputs: list[subprocess.CompletedProcess] = field(default_factory=list)
     sensor: list[str] = field(default_factory=list)
-    launched: str = ""
+    launched: str = ""  # the launched job's own report (stdout)
+    launched_log: str = ""  # the tail of its Dagster log (stderr)
 
 
 def start_run(home: Home) -> subprocess.Popen:
@@ -142,7 +149,7 @@ def launched_during_run(home: Home) -> Scenario:
         timeout=600,
     )
     scenario.outputs = [finish(proc)]
-    scenario.launched = launched.stdout + launched.stderr[-2000:]
+    scenario.launched, scenario.launched_log = launched.stdout, launched.stderr[-2000:]
     return scenario
 
 
@@ -223,18 +230,50 @@ def test_sensor_ticks_during_a_run_neither_break_it_nor_request_another(
     assert "RunRequest" not in scenario.sensor
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: only `lethe run` takes the LETHE_HOME lock; a run the daemon launches for the"
-    " request sensor or the daily schedule executes the job directly, so it starts writing"
-    " during a `lethe run` (its steps collide on DuckDB's file lock or interleave with the"
-    " other run's) instead of waiting or refusing",
-)
-def test_job_launched_during_a_run_waits_or_refuses(scenarios: dict[str, Scenario]) -> None:
+def test_job_launched_during_a_run_waits_for_it(scenarios: dict[str, Scenario]) -> None:
     scenario = scenarios["launched"]
-    steps = [line.split(" ", 2) for line in scenario.launched.splitlines() if "STEP_" in line]
-    assert steps, scenario.launched
-    failures = [s for s in steps if s[0] == "STEP_FAILURE"]
-    assert failures and all("another lethe run is in progress" in s[-1] for s in failures), (
-        failures[:3] or steps[:3]
+    assert scenario.outputs[0].returncode == 0, scenario.outputs[0].stderr[-1000:]
+    steps = [ln.split(" ", 2) for ln in scenario.launched.splitlines() if ln.startswith("STEP_")]
+    assert steps and all(s[0] == "STEP_SUCCESS" for s in steps), (
+        scenario.launched[-1000:] + scenario.launched_log
     )
+    first_step = float(scenario.launched.split("FIRST_STEP_AT ")[1].split()[0])
+    instance = dg.DagsterInstance.from_config(str(scenario.home.dagster))
+    try:
+        (cli_run,) = instance.get_run_records(dg.RunsFilter(tags={"lethe/trigger": "cli"}))
+        assert first_step > instance.get_run_stats(cli_run.dagster_run.run_id).end_time
+    finally:
+        instance.dispose()
+
+
+def test_a_run_that_may_not_wait_refuses_before_its_first_step(tmp_path: Path) -> None:
+    from pipelines.definitions import defs
+    from pipelines.jobs import PIPELINE_JOB
+
+    home = Home(tmp_path / "home").ensure()
+    generate(home.landing, 20, seed=1, reference=T0)
+    fd = os.open(home.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as another process's run would
+    try:
+        result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
+            instance=dg.DagsterInstance.ephemeral(),
+            raise_on_error=False,
+            run_config={
+                "resources": {
+                    "warehouse": {"config": {"home": str(home.root), "lock_wait_seconds": 0.3}},
+                    "policy": {"config": {"as_of": T.isoformat(), "path": ""}},
+                },
+                "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
+            },
+        )
+    finally:
+        os.close(fd)
+    assert not result.success
+    types = [ev.event_type for ev in result.all_events]
+    assert dg.DagsterEventType.STEP_START not in types
+    (failure,) = [
+        ev for ev in result.all_events if ev.event_type == dg.DagsterEventType.RESOURCE_INIT_FAILURE
+    ]
+    assert "another lethe run is in progress" in failure.engine_event_data.error.message
+    assert not home.warehouse.exists()
+    assert len(list(home.landing.iterdir())) == 4  # nothing was taken from the drop zone

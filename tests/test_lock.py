@@ -1,0 +1,74 @@
+"""The LETHE_HOME lock: re-entrant in a process, exclusive across processes, with a wait."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lethe.lock import LockedError, exclusive, is_locked
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from lethe.lock import exclusive
+with exclusive(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_in_another_process(lock: Path, seconds: float) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(lock), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_the_same_process_may_take_it_again_and_keeps_it_until_the_outer_release(
+    tmp_path: Path,
+) -> None:
+    lock = tmp_path / "run.lock"
+    with exclusive(lock):
+        with exclusive(lock):
+            assert is_locked(lock)
+        assert is_locked(lock)  # the inner release did not drop the outer hold
+    assert not is_locked(lock)
+
+
+def test_another_process_is_refused_at_once_in_one_line(tmp_path: Path) -> None:
+    lock = tmp_path / "run.lock"
+    proc = hold_in_another_process(lock, 30)
+    try:
+        with pytest.raises(LockedError) as refused, exclusive(lock):
+            pass
+        assert "another lethe run is in progress" in str(refused.value)
+        assert "\n" not in str(refused.value)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_waiting_taker_gets_it_when_the_holder_ends_and_gives_up_after_its_wait(
+    tmp_path: Path,
+) -> None:
+    lock = tmp_path / "run.lock"
+    proc = hold_in_another_process(lock, 1.0)
+    started = time.monotonic()
+    with exclusive(lock, wait_seconds=60):
+        waited = time.monotonic() - started
+    proc.wait()
+    assert 0.8 <= waited < 30  # taken once the holder let go, not before
+    proc = hold_in_another_process(lock, 30)
+    try:
+        started = time.monotonic()
+        with pytest.raises(LockedError, match="after waiting 0.5 s"), exclusive(lock, 0.5):
+            pass
+        assert time.monotonic() - started >= 0.5
+    finally:
+        proc.kill()
+        proc.wait()
