@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import importlib.util
-import os
 import shutil
 import statistics
 import time
@@ -28,6 +27,7 @@ from typing import Any, Literal
 import duckdb
 import pyarrow as pa
 
+from lethe.compaction import fsync
 from lethe.enforcement import enforce
 from lethe.generate import generate
 from lethe.home import Home
@@ -124,14 +124,6 @@ class Stage:
 def erasure_batch(contacts: int) -> int:
     """Subjects erased in one batch: 10,000, or half the contacts at tiny scales."""
     return min(ERASURE_BATCH, max(1, contacts // 2))
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sample_subjects(con: duckdb.DuckDBPyConnection, n: int) -> list[str]:
@@ -331,7 +323,7 @@ def floor_stage(ctx: Context) -> Timed:
             con.execute("DETACH fresh")
         finally:
             con.close()
-        _fsync(target)
+        fsync(target)
         return StageResult(details={"bytes": target.stat().st_size})
 
     return run

@@ -48,7 +48,8 @@ def user_tables(con: duckdb.DuckDBPyConnection, catalog: str) -> list[tuple[str,
     ).fetchall()
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flush a file (or a directory's entries) to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -110,7 +111,7 @@ def compact(
             leftover.unlink(missing_ok=True)
         raise
     con.close()
-    _fsync(fresh)
+    fsync(fresh)
     os.replace(fresh, path)
     Path(str(path) + ".wal").unlink(missing_ok=True)
-    _fsync(path.parent)
+    fsync(path.parent)

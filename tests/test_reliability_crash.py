@@ -82,14 +82,14 @@ WORKERS = 3
 POINTS = {
     "landing-unlink": "ingest: rows committed, landing file not yet removed",
     "lethe.requests:_rectify:after:1": "request intake: inside its transaction",
-    "lethe.compaction:_fsync:before:1": "compaction: fresh file written, not swapped in",
+    "lethe.compaction:fsync:before:1": "compaction: fresh file written, not swapped in",
     "lethe.enforcement:compact:before:2": "enforcement: vault entries forgotten, not compacted",
     "backup-partial": "backup: compressed copy written, not renamed into place",
 }
 SLOW_POINTS = {
     **POINTS,
     "lethe.enforcement:ensure_tokens:after:1": "enforcement: vault tokens issued, no rewrite",
-    "lethe.compaction:_fsync:before:2": "compaction: swapped in, directory not synced",
+    "lethe.compaction:fsync:before:2": "compaction: swapped in, directory not synced",
     "lethe.ingest:_stage:before:2": "ingest: contacts committed, consents not read",
     "lethe.ingest:_stage:before:4": "ingest: contacts, consents, orders committed",
     "lethe.requests:append:before:1": "request intake: ledger entries about to be added",
@@ -354,7 +354,7 @@ def test_forgotten_vault_values_do_not_survive_a_kill(crashes: Crashes, point: s
 
 
 @pytest.mark.parametrize(
-    "point", [p for p in _params("ledger", POINTS, 0) if "_fsync:before:1" in str(p.id)]
+    "point", [p for p in _params("ledger", POINTS, 0) if "compaction:fsync:before:1" in str(p.id)]
 )
 def test_ledger_records_each_step_once_after_a_kill(crashes: Crashes, point: str) -> None:
     """Killed after request intake, before the swap: the rerun must not record again."""
