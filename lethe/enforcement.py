@@ -18,10 +18,17 @@ import duckdb
 from lethe.audit import LedgerEntry, append
 from lethe.compaction import compact
 from lethe.home import Home
+from lethe.plan import Plan
 from lethe.policy import Policy
-from lethe.retention import TOKENS, enforcement_plan, pseudonym_columns
-from lethe.strategies import literal, quote
-from lethe.tables import TABLES, TAGGED_TABLES
+from lethe.retention import (
+    TOKENS,
+    changed_columns,
+    enforcement_plan,
+    pseudonym_columns,
+    wanted_tokens_select,
+)
+from lethe.strategies import quote
+from lethe.tables import TAGGED_TABLES
 from lethe.vault import attach, ensure_tokens
 from lethe.warehouse import connect, ensure_schemas, table_columns
 
@@ -51,19 +58,7 @@ def _stage_tokens(con: duckdb.DuckDBPyConnection, policy: Policy) -> None:
 
     The vault is attached to the warehouse connection, so values never leave DuckDB.
     """
-    parts = []
-    for table in TAGGED_TABLES:
-        subject = "contact_id" if "contact_id" in TABLES[table].column_names else None
-        for p in pseudonym_columns(policy, table):
-            parts.append(
-                f"SELECT CAST({quote(subject) if subject else 'NULL'} AS VARCHAR) AS subject,"
-                f" {literal(p.kind)} AS kind, CAST({quote(p.column)} AS VARCHAR) AS value"
-                f" FROM _act_{table} WHERE _action = 'pseudonymize'"
-                f" AND _state <> 'pseudonymized' AND {quote(p.column)} IS NOT NULL"
-                f" AND CAST({quote(p.column)} AS VARCHAR) NOT IN (SELECT token FROM vault.tokens)"
-            )
-    wanted = " UNION ".join(parts) or "SELECT NULL AS subject, NULL AS kind, NULL AS value"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _wanted AS {wanted}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _wanted AS {wanted_tokens_select(policy)}")
     ensure_tokens(con, con.table("_wanted"))
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {TOKENS} AS SELECT t.kind, t.value, t.token"
@@ -74,20 +69,20 @@ def _stage_tokens(con: duckdb.DuckDBPyConnection, policy: Policy) -> None:
 
 
 def _ledger_entries(
-    con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, run_id: str
+    con: duckdb.DuckDBPyConnection,
+    policy: Policy,
+    plans: dict[str, tuple[list[str], Plan]],
+    as_of: dt.date,
+    run_id: str,
 ) -> tuple[list[LedgerEntry], dict[str, dict[str, int]]]:
     entries, counts = [], {}
     pseudo_names = ", ".join(p.name for p in policy.all_purposes().values() if p.pseudonymizes)
-    for table in TAGGED_TABLES:
-        rows = con.execute(
-            f"SELECT _action, _changed, _request,"
-            f" list(CAST(_old_key AS VARCHAR) ORDER BY _old_key), count(*) FROM _enf_{table}"
-            " WHERE _action = 'delete' OR len(_changed) > 0"
-            " GROUP BY ALL ORDER BY _action, _changed, _request"
-        ).fetchall()
+    for table, (columns, plan) in plans.items():
+        rows = con.execute(plan.statements[1]).fetchall()
         counts[table] = {}
         rules = policy.when_unkept[table].column
-        for action, changed, request, keys, n in rows:
+        for action, request, marks, keys, n in rows:
+            changed = changed_columns(columns, marks)
             counts[table][action] = counts[table].get(action, 0) + n
             if action == "retain":
                 # One entry per strategy: the ledger names a single strategy per batch.
@@ -96,7 +91,7 @@ def _ledger_entries(
                     by_strategy.setdefault(rules.for_column(col).name, []).append(col)
                 batches = [("erase", name, cols) for name, cols in sorted(by_strategy.items())]
             else:
-                batches = [(action, action, list(changed or []))]
+                batches = [(action, action, changed)]
             for ledger_action, strategy, cols in batches:
                 entries.append(
                     LedgerEntry(
@@ -133,30 +128,21 @@ def enforce(
 
     def prepare(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], str]:
         ensure_schemas(con)
-        plans = {
-            table: enforcement_plan(policy, table, table_columns(con, "core", table), as_of)
-            for table in TAGGED_TABLES
-        }
-        for plan in plans.values():
+        plans = {}
+        for table in TAGGED_TABLES:
+            columns = table_columns(con, "core", table)
+            plans[table] = (columns, enforcement_plan(policy, table, columns, as_of))
+        for _, plan in plans.values():
             con.execute(plan.statements[0])
         attach(con, home.vault)
         try:
             _stage_tokens(con, policy)
         finally:
             con.execute("DETACH vault")
-        for plan in plans.values():
-            con.execute(plan.statements[1])
-        entries, counts = _ledger_entries(con, policy, as_of, run_id)
+        entries, counts = _ledger_entries(con, policy, plans, as_of, run_id)
         staged.extend(entries)
         result.counts = counts
-        return {
-            (
-                "core",
-                table,
-            ): f"SELECT {', '.join(quote(c) for c in table_columns(con, 'core', table))}"
-            f" FROM _enf_{table} WHERE _action <> 'delete'"
-            for table in TAGGED_TABLES
-        }
+        return {("core", table): plan.statements[2] for table, (_, plan) in plans.items()}
 
     def finish(con: duckdb.DuckDBPyConnection) -> None:
         append(con, staged)

@@ -10,8 +10,14 @@ For every tagged table one SELECT decides, per row, an action from its fresh tag
 - `none`: already anonymized, nothing left to do.
 
 A held contact's rows carry the `litigation_hold` purpose, which keeps every column, so
-they stay exactly as they are. The plan also lists the columns each row changes, for
-the audit ledger. Values never leave SQL; only keys and counts reach the ledger.
+they stay exactly as they are.
+
+The plan of a table has three statements. The first stages only what decides each row
+(rowid, fresh tags, action, keep flags) in a narrow temp table, not a copy of the rows.
+Once the vault has tokens for the values to pseudonymize, the second groups the rows
+that change by action and changed columns, for the audit ledger, and the third is the
+enforced table that the rewrite of the warehouse file writes in one pass. Values never
+leave SQL; only keys and counts reach the ledger.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ from dataclasses import dataclass
 from lethe.plan import Plan
 from lethe.policy import Policy, Purpose
 from lethe.strategies import Erase, Pseudonymize, literal, quote
-from lethe.tables import TABLES
-from lethe.tagging import erasure_join, tag_select
+from lethe.tables import TABLES, TAGGED_TABLES
+from lethe.tagging import FRESH_TAGS, erasure_join, tag_select
 from lethe.warehouse import SQL_TYPES
 
 TOKENS = "_tokens"  # temp relation (kind, value, token) filled from the vault
@@ -36,6 +42,11 @@ class PseudonymColumn:
 
     column: str
     kind: str
+
+
+def _value_columns(columns: list[str]) -> list[str]:
+    """The columns holding data (contract and carried ones), not Lethe's tags."""
+    return [c for c in columns if not c.startswith("_")]
 
 
 def _list(items: list[str]) -> str:
@@ -81,23 +92,32 @@ def _keepers(policy: Policy, table: str, column: str | None) -> list[str]:
     ]
 
 
+def _column_keepers(policy: Policy, table: str, column: str) -> list[str]:
+    """Purposes keeping `column`, a contract or carried column of `table`."""
+    return _keepers(policy, table, column if column in TABLES[table].column_names else None)
+
+
 def keep_flag(keepers: list[str]) -> str:
-    """Name of the per-row flag "some active purpose is one of `keepers`"."""
-    return quote("_keep_" + "_".join(keepers)) if keepers else "false"
+    """Column name of the per-row flag "some active purpose is one of `keepers`"."""
+    return quote("_keep_" + "_".join(keepers))
+
+
+def _kept(keepers: list[str]) -> str:
+    """Whether the row `x` keeps a column these purposes keep (never, if there are none)."""
+    return f"x.{keep_flag(keepers)}" if keepers else "false"
+
+
+def _keeper_lists(policy: Policy, table: str, columns: list[str]) -> list[list[str]]:
+    """The distinct non-empty lists of purposes keeping some data column of `columns`."""
+    lists = {tuple(_column_keepers(policy, table, c)) for c in _value_columns(columns)}
+    return [list(k) for k in sorted(lists) if k]
 
 
 def keep_flags(policy: Policy, table: str, columns: list[str]) -> list[str]:
     """SELECT items computing each distinct keep flag once per row (not once per column)."""
-    contract = set(TABLES[table].column_names)
-    lists = {
-        tuple(_keepers(policy, table, col if col in contract else None))
-        for col in columns
-        if not col.startswith("_")
-    }
     return [
-        f"list_has_any(x._purposes, {_list(list(k))}) AS {keep_flag(list(k))}"
-        for k in sorted(lists)
-        if k
+        f"list_has_any(x._purposes, {_list(k)}) AS {keep_flag(k)}"
+        for k in _keeper_lists(policy, table, columns)
     ]
 
 
@@ -105,10 +125,10 @@ def column_sql(policy: Policy, table: str, column: str, sql_type: str, contract:
     """The new value of one column, by the row's `_action`."""
     actions = policy.when_unkept[table]
     c = f"x.{quote(column)}"
-    kept = _keepers(policy, table, column if contract else None)
+    kept = _kept(_column_keepers(policy, table, column))
     # SPEC: a column the policy does not know is personal data until it says otherwise.
     rule = actions.column.for_column(column) if contract else Erase()
-    retain = f"CASE WHEN x.{keep_flag(kept)} THEN {c} ELSE {rule.sql(c, sql_type)} END"
+    retain = f"CASE WHEN {kept} THEN {c} ELSE {rule.sql(c, sql_type)} END"
     anonymized_rule = (
         actions.anonymized_rules().for_column(column)
         if contract
@@ -131,83 +151,143 @@ def column_sql(policy: Policy, table: str, column: str, sql_type: str, contract:
     )
 
 
-def enforce_select(policy: Policy, table: str, columns: list[str], source: str) -> str:
-    """The enforced rows of `source` (tagged rows with an `_action` column), plus ledger facts.
+ROW_ID = "_rid"  # the core row an `_act_<table>` row stands for (its rowid)
 
-    Output: the table's `columns` with new values, `_old_key` (the key before
-    anonymization), `_action`, `_request` (the erasure request behind it, if any) and
-    `_changed` (the columns whose value changed).
-    """
-    spec = TABLES[table]
-    contract = set(spec.column_names)
-    exprs, changed = [], []
-    for col in columns:
-        if col == "_state":
-            exprs.append(
-                "CASE x._action WHEN 'anonymize' THEN 'anonymized'"
-                " WHEN 'pseudonymize' THEN CASE WHEN x._state = 'restricted' THEN 'restricted'"
-                " ELSE 'pseudonymized' END ELSE x._state END AS _state"
-            )
-            continue
-        if col == "_retain_until":
-            exprs.append(
-                "CASE WHEN x._action = 'anonymize' THEN NULL ELSE x._retain_until END"
-                " AS _retain_until"
-            )
-            continue
-        if col.startswith("_"):
-            exprs.append(f"x.{quote(col)}")
-            continue
-        sql_type = SQL_TYPES[spec.column(col).type] if col in contract else "VARCHAR"
-        new = column_sql(policy, table, col, sql_type, col in contract)
-        exprs.append(f"{new} AS {quote(col)}")
-        changed.append(
-            f"CASE WHEN x.{quote(col)} IS NOT NULL AND ({new}) IS DISTINCT FROM x.{quote(col)}"
-            f" THEN [{literal(col)}] ELSE CAST([] AS VARCHAR[]) END"
-        )
+
+def _acted(policy: Policy, table: str, columns: list[str]) -> str:
+    """`core.<table>` joined with its staged `_act_<table>` (fresh tags, action, keep flags)
+    and with the vault tokens of its pseudonymized columns (`_token_<column>`)."""
+    staged = [f"a.{quote(c)}" for c in (*FRESH_TAGS, "_action", "_request")]
+    staged += [f"a.{keep_flag(k)}" for k in _keeper_lists(policy, table, columns)]
+    copied = [c for c in columns if c not in FRESH_TAGS]
     pseudo = pseudonym_columns(policy, table)
     joins = "".join(
         f" LEFT JOIN {TOKENS} t{i} ON t{i}.kind = {literal(p.kind)}"
-        f" AND t{i}.value = CAST(s.{quote(p.column)} AS VARCHAR)"
+        f" AND t{i}.value = CAST(c.{quote(p.column)} AS VARCHAR)"
         for i, p in enumerate(pseudo)
     )
-    token_cols = "".join(
-        f", t{i}.token AS {quote(TOKEN_PREFIX + p.column)}" for i, p in enumerate(pseudo)
+    items = [f"c.{quote(col)}" for col in copied] + staged
+    items += [f"t{i}.token AS {quote(TOKEN_PREFIX + p.column)}" for i, p in enumerate(pseudo)]
+    return f"SELECT {', '.join(items)} FROM {_staged(table)}{joins}"
+
+
+def _staged(table: str) -> str:
+    """`core.<table>` as `c` joined with its staged actions `_act_<table>` as `a`."""
+    return f"core.{quote(table)} c JOIN _act_{table} a ON c.rowid = a.{ROW_ID}"
+
+
+def wanted_tokens_select(policy: Policy) -> str:
+    """(subject, kind, value) of every value the staged actions pseudonymize and that has
+    no token in the attached vault yet (a value that already is a token gets none)."""
+    parts = []
+    for table in TAGGED_TABLES:
+        subject = "c.contact_id" if "contact_id" in TABLES[table].column_names else "NULL"
+        for p in pseudonym_columns(policy, table):
+            value = f"CAST(c.{quote(p.column)} AS VARCHAR)"
+            parts.append(
+                f"SELECT CAST({subject} AS VARCHAR) AS subject, {literal(p.kind)} AS kind,"
+                f" {value} AS value FROM {_staged(table)} WHERE a._action = 'pseudonymize'"
+                f" AND a._state <> 'pseudonymized' AND {value} IS NOT NULL"
+                f" AND {value} NOT IN (SELECT token FROM vault.tokens)"
+            )
+    return " UNION ".join(parts) or "SELECT NULL AS subject, NULL AS kind, NULL AS value"
+
+
+def _new_values(policy: Policy, table: str, columns: list[str]) -> list[tuple[str, str]]:
+    """(column, SQL of its value after enforcement) over `x`, a row of `_acted`."""
+    spec = TABLES[table]
+    contract = set(spec.column_names)
+    out = []
+    for col in columns:
+        if col == "_state":
+            new = (
+                "CASE x._action WHEN 'anonymize' THEN 'anonymized'"
+                " WHEN 'pseudonymize' THEN CASE WHEN x._state = 'restricted' THEN 'restricted'"
+                " ELSE 'pseudonymized' END ELSE x._state END"
+            )
+        elif col == "_retain_until":
+            new = "CASE WHEN x._action = 'anonymize' THEN NULL ELSE x._retain_until END"
+        elif col.startswith("_"):
+            new = f"x.{quote(col)}"
+        else:
+            sql_type = SQL_TYPES[spec.column(col).type] if col in contract else "VARCHAR"
+            new = column_sql(policy, table, col, sql_type, col in contract)
+        out.append((col, new))
+    return out
+
+
+def enforce_select(policy: Policy, table: str, columns: list[str]) -> str:
+    """The rows `core.<table>` keeps after enforcement, with their new values, in the order
+    of `columns` (deleted rows are left out)."""
+    values = ", ".join(f"{new} AS {quote(col)}" for col, new in _new_values(policy, table, columns))
+    return f"SELECT {values} FROM ({_acted(policy, table, columns)}) x WHERE x._action <> 'delete'"
+
+
+def ledger_select(policy: Policy, table: str, columns: list[str]) -> str:
+    """What enforcement does to `core.<table>`, for the audit ledger: one row per action,
+    erasure request and set of changed columns, with the keys (before anonymization) and
+    the row count.
+
+    `_changed` has one character per data column of `columns`, in order: '1' where the
+    value changes. Rows that keep every column (retained by purposes keeping them all,
+    or already anonymized) cannot change and are skipped before any value is computed.
+    """
+    values = dict(_new_values(policy, table, columns))
+    data = _value_columns(columns)
+    marks = " || ".join(
+        f"CASE WHEN x.{quote(col)} IS NOT NULL AND ({values[col]}) IS DISTINCT FROM"
+        f" x.{quote(col)} THEN '1' ELSE '0' END"
+        for col in data
     )
-    inner = f"SELECT s.*{token_cols} FROM {source} s{joins}"
+    kept = dict.fromkeys(_kept(_column_keepers(policy, table, col)) for col in data)
+    unchanged = " AND ".join(["x._action = 'retain'", *kept])
+    key = quote(TABLES[table].key)
     return (
-        f"SELECT {', '.join(exprs)}, x.{quote(spec.key)} AS _old_key, x._action, x._request,"
-        f" {' || '.join(changed) or 'CAST([] AS VARCHAR[])'} AS _changed"
-        f" FROM ({inner}) x"
+        "SELECT _action, _request, _changed, list(_old_key ORDER BY _old_key), count(*)"
+        f" FROM (SELECT x._action, x._request, CAST(x.{key} AS VARCHAR) AS _old_key,"
+        f" {marks or literal('')} AS _changed FROM ({_acted(policy, table, columns)}) x"
+        f" WHERE x._action <> 'none' AND NOT ({unchanged}))"
+        " WHERE _action = 'delete' OR contains(_changed, '1')"
+        " GROUP BY ALL ORDER BY _action, _changed, _request"
     )
+
+
+def changed_columns(columns: list[str], changed: str) -> list[str]:
+    """The data columns a `_changed` mark of `ledger_select` names."""
+    return [c for c, mark in zip(_value_columns(columns), changed, strict=True) if mark == "1"]
 
 
 def action_select(
     policy: Policy, table: str, columns: list[str], as_of: dt.date | dt.datetime
 ) -> str:
-    """The rows of `core.<table>`, freshly tagged as of `as_of`, with the `_action` of each
-    and its keep flags.
+    """Per row of `core.<table>` (by rowid): fresh tags as of `as_of`, the `_action`, the
+    erasure request behind it and the keep flags.
 
-    Tagging is part of the same statement, so enforcement never acts on stale tags.
+    Tagging is part of the same statement, so enforcement never acts on stale tags. Only
+    what decides the action is staged; the values are read again when the rows are written.
     """
-    tagged = tag_select(policy, table, as_of, columns)
+    spec = TABLES[table]
+    links = [c for c in dict.fromkeys([spec.key, "contact_id", "order_id"]) if c in columns]
+    tagged = tag_select(policy, table, as_of, links, row_id=ROW_ID)
     flags = "".join(f", {f}" for f in keep_flags(policy, table, columns))
+    tags = ", ".join(f"x.{quote(t)}" for t in FRESH_TAGS)
     return (
-        f"SELECT x.*, {action_sql(policy, table)} AS _action, _er.request_id AS _request{flags}"
-        f" FROM ({tagged}) x{erasure_join(table)}"
+        f"SELECT x.{ROW_ID}, {tags}, {action_sql(policy, table)} AS _action,"
+        f" _er.request_id AS _request{flags} FROM ({tagged}) x{erasure_join(table)}"
     )
 
 
 def enforcement_plan(
     policy: Policy, table: str, columns: list[str], as_of: dt.date | dt.datetime
 ) -> Plan:
-    """Statements that stage `_act_<table>` (tags and actions) and `_enf_<table>` (new rows)."""
+    """Stage `_act_<table>` (what each row becomes); then, once the vault tokens are in
+    `_tokens`, the ledger facts and the enforced rows (`ledger_select`, `enforce_select`)."""
     return Plan(
         f"enforce {table}",
         (
             f"CREATE OR REPLACE TEMP TABLE _act_{table} AS"
             f" {action_select(policy, table, columns, as_of)}",
-            f"CREATE OR REPLACE TEMP TABLE _enf_{table} AS"
-            f" {enforce_select(policy, table, columns, f'_act_{table}')}",
+            ledger_select(policy, table, columns),
+            enforce_select(policy, table, columns),
         ),
     )

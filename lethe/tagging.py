@@ -23,6 +23,8 @@ from lethe.warehouse import table_columns, transaction
 # Row states (SPEC "Warehouse"); `expired` marks a row no purpose keeps, until
 # enforcement deletes or anonymizes it in the same run.
 STATES_KEPT_AS_IS = ("restricted", "pseudonymized")
+# The columns `tag_select` computes afresh (the rest are copied).
+FRESH_TAGS = ("_purposes", "_legal_bases", "_retain_until", "_state")
 _EMPTY = "CAST([] AS VARCHAR[])"
 
 
@@ -132,12 +134,19 @@ def survives_erasure(purpose: Purpose) -> bool:
     return purpose.legal_basis == "legal_obligation" or purpose.name == HOLD_PURPOSE
 
 
-def tag_select(policy: Policy, table: str, as_of: dt.date | dt.datetime, columns: list[str]) -> str:
+def tag_select(
+    policy: Policy,
+    table: str,
+    as_of: dt.date | dt.datetime,
+    columns: list[str],
+    row_id: str | None = None,
+) -> str:
     """SELECT of `core.<table>` with fresh `_purposes`, `_legal_bases`, `_retain_until`, `_state`.
 
-    `columns` are the table's current columns (contract, carried extras and tag columns).
-    A subject with an erasure request keeps only the purposes that survive erasure, and
-    what they keep is `restricted`.
+    `columns` are the columns copied along (contract, carried extras and tag columns);
+    `row_id` names an extra output column holding each row's DuckDB rowid. A subject with
+    an erasure request keeps only the purposes that survive erasure, and what they keep
+    is `restricted`.
     """
     t = timestamp_literal(as_of)
     purposes = policy.purposes_for(table)
@@ -186,11 +195,10 @@ def tag_select(policy: Policy, table: str, as_of: dt.date | dt.datetime, columns
         f" WHEN x._state IN ({kept_state}) THEN x._state"
         f" WHEN {any_active} THEN 'active' ELSE 'expired' END AS _state"
     )
-    plain = [
-        c for c in columns if c not in ("_purposes", "_legal_bases", "_retain_until", "_state")
-    ]
-    select = ", ".join(f"x.{quote(c)}" for c in plain)
-    return f"SELECT {select}, {tags}, {state} FROM core.{quote(table)} x{joins}"
+    select = [f"x.{quote(c)}" for c in columns if c not in FRESH_TAGS]
+    if row_id:
+        select.insert(0, f"x.rowid AS {quote(row_id)}")
+    return f"SELECT {', '.join(select)}, {tags}, {state} FROM core.{quote(table)} x{joins}"
 
 
 def tag_plan(
