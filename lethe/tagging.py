@@ -75,16 +75,29 @@ def _anchor_status(purpose: Purpose, as_of: str) -> str:
     if ret.starts_at:
         conditions.append(f"{quote(ret.starts_at.column)} <= {as_of}")
     where = " AND ".join(conditions) or "true"
+    # Foreign keys ride along, so the step up to a parent needs no join back to this table.
+    fks = "".join(f", {quote(fk.column)} AS {_carried(fk.column)}" for fk in table.foreign_keys)
     return (
         f"SELECT {quote(table.key)} AS _k, CAST({end} AS TIMESTAMP) AS _end, {is_open} AS _open"
-        f" FROM core.{quote(table.name)} WHERE {where}"
+        f"{fks} FROM core.{quote(table.name)} WHERE {where}"
     )
 
 
-def _step(status: str, src: str, dst: str, direction: str) -> str:
+def _carried(fk_column: str) -> str:
+    """The name under which the anchor status carries one of its table's foreign keys."""
+    return quote("_fk_" + fk_column)
+
+
+def _step(status: str, src: str, dst: str, direction: str, from_anchor: bool) -> str:
     """Carry a status relation from table `src` to its neighbour `dst`."""
     if direction == "parent":  # dst is referenced by src: aggregate src's rows per dst key
         fk = next(f for f in TABLES[src].foreign_keys if f.ref_table == dst)
+        if from_anchor:
+            return (
+                f"SELECT s.{_carried(fk.column)} AS _k, max(s._end) AS _end,"
+                f" bool_or(s._open) AS _open, bool_or(s._active) AS _active FROM ({status}) s"
+                f" WHERE s.{_carried(fk.column)} IS NOT NULL GROUP BY s.{_carried(fk.column)}"
+            )
         return (
             f"SELECT t.{quote(fk.column)} AS _k, max(s._end) AS _end, bool_or(s._open) AS _open,"
             f" bool_or(s._active) AS _active FROM ({status}) s"
@@ -102,12 +115,11 @@ def purpose_status_sql(purpose: Purpose, table: str, as_of: str) -> str:
     """(_k, _end, _open, _active) of `purpose` for the rows of `table` it reaches."""
     anchor = purpose.retention.table
     status = (
-        f"SELECT _k, _end, _open, (_open OR {as_of} < _end) AS _active"
-        f" FROM ({_anchor_status(purpose, as_of)})"
+        f"SELECT *, (_open OR {as_of} < _end) AS _active FROM ({_anchor_status(purpose, as_of)})"
     )
     current = anchor
     for nxt, direction in _path(anchor, table):
-        status = _step(status, current, nxt, direction)
+        status = _step(status, current, nxt, direction, from_anchor=current == anchor)
         current = nxt
     return status
 

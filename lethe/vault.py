@@ -8,7 +8,8 @@ whose catalog is named after the file, and where the file is attached AS vault):
     subject     the data subject the value was first tokenized for (contact_id)
     kind        values that should join share a kind: contact_id, name, street, ...
     value       the original value, as text
-    token       'tok_' + 32 hex characters, random, primary key
+    token       'tok_' + 32 hex characters, random (128 bits: unique without an index,
+                whose upkeep would cost more than issuing the tokens)
     created_at  when the token was issued (UTC)
 
 with a unique index on (kind, value): the same value of the same kind always gets
@@ -80,7 +81,7 @@ def ensure_vault(con: duckdb.DuckDBPyConnection) -> None:
             subject VARCHAR,
             kind VARCHAR NOT NULL,
             value VARCHAR NOT NULL,
-            token VARCHAR PRIMARY KEY,
+            token VARCHAR NOT NULL,
             created_at TIMESTAMP NOT NULL)"""
     )
     con.execute("CREATE UNIQUE INDEX IF NOT EXISTS tokens_kind_value ON vault.tokens (kind, value)")
