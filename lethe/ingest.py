@@ -129,8 +129,13 @@ def _stage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         ) from None
 
 
-def _typed(expr: str, type_: str) -> str:
-    """Cast to a contract type; timestamps with a UTC offset are converted to UTC."""
+def _typed(expr: str, type_: str, staged_type: str) -> str:
+    """Cast to a contract type; timestamps with a UTC offset are converted to UTC.
+
+    A column the file already types as the contract does (Parquet) is taken as it is.
+    """
+    if staged_type == SQL_TYPES[type_]:
+        return expr
     if type_ == "timestamp":
         return f"TRY_CAST(TRY_CAST({expr} AS TIMESTAMPTZ) AS TIMESTAMP)"
     return f"TRY_CAST({expr} AS {SQL_TYPES[type_]})"
@@ -144,42 +149,50 @@ MAX_TEXT = 10_000  # characters in one value; no contact detail is longer
 _CONTROL = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F\x{202A}-\x{202E}\x{2066}-\x{2069}]"
 
 
-def _problems_sql(table: Table, policy: Policy, fk_sources: dict[str, str]) -> str:
-    """One SELECT listing (row, column, reason) for every problem in `_stage`."""
+def _problems_sql(
+    table: Table, policy: Policy, fk_sources: dict[str, str], staged: dict[str, str]
+) -> str:
+    """One SELECT listing (row, column, reason) for every problem in `_stage`, whose
+    columns have the SQL types `staged`."""
     # Every staged column (extras too) by name as data: header names never become SQL text.
+    # Whole rows are screened first; only the rare suspect ones are taken apart per cell.
+    suspects = (
+        "SELECT _row FROM (SELECT _row, concat(*COLUMNS(* EXCLUDE (_row))) AS _all"
+        " FROM (SELECT _row, CAST(COLUMNS(* EXCLUDE (_row)) AS VARCHAR) FROM _stage))"
+        f" WHERE length(_all) > {MAX_TEXT} OR regexp_matches(_all, '{_CONTROL}')"
+    )
     parts: list[str] = [
         f"SELECT _row, col, CASE WHEN length(v) > {MAX_TEXT}"
         f" THEN 'value too long (over {MAX_TEXT} characters)' ELSE 'control characters' END"
-        " FROM (UNPIVOT (SELECT _row, CAST(COLUMNS(* EXCLUDE (_row)) AS VARCHAR) FROM _stage)"
-        " ON COLUMNS(* EXCLUDE (_row)) INTO NAME col VALUE v)"
+        " FROM (UNPIVOT (SELECT _row, CAST(COLUMNS(* EXCLUDE (_row)) AS VARCHAR) FROM _stage"
+        f" WHERE _row IN ({suspects})) ON COLUMNS(* EXCLUDE (_row)) INTO NAME col VALUE v)"
         f" WHERE length(v) > {MAX_TEXT} OR regexp_matches(v, '{_CONTROL}')"
     ]
     for col in table.columns:
         c = quote(col.name)
-        if col.type != "text":
+        typed = _typed(c, col.type, staged[col.name])
+        if typed != c:
             kind = "unparsable date" if col.type in ("date", "timestamp") else "wrong type"
             parts.append(
                 f"SELECT _row, '{col.name}' AS col, '{kind}: expected {col.type}' AS reason"
-                f" FROM _stage WHERE {c} IS NOT NULL AND {_typed(c, col.type)} IS NULL"
+                f" FROM _stage WHERE {c} IS NOT NULL AND {typed} IS NULL"
             )
         if col.type in ("date", "timestamp"):
             low, high = DATE_RANGE
             parts.append(
                 f"SELECT _row, '{col.name}', 'date out of range: expected {low} to before {high}'"
-                f" FROM _stage WHERE {_typed(c, col.type)} < DATE '{low}'"
-                f" OR {_typed(c, col.type)} >= DATE '{high}'"
+                f" FROM _stage WHERE {typed} < DATE '{low}' OR {typed} >= DATE '{high}'"
             )
         if col.type == "decimal":
             # DECIMAL(18,2) would round 10.999 silently: refuse what it cannot hold exactly.
             parts.append(
                 f"SELECT _row, '{col.name}', 'more than 2 decimal places' FROM _stage"
-                f" WHERE {_typed(c, col.type)} IS NOT NULL"
-                f" AND TRY_CAST({c} AS DECIMAL(38,10)) <> {_typed(c, col.type)}"
+                f" WHERE {typed} IS NOT NULL AND TRY_CAST({c} AS DECIMAL(38,10)) <> {typed}"
             )
         if not col.nullable:
+            blank = f" OR trim({c}) = ''" if staged[col.name] == "VARCHAR" else ""
             parts.append(
-                f"SELECT _row, '{col.name}', 'missing value' FROM _stage"
-                f" WHERE {c} IS NULL OR trim(CAST({c} AS VARCHAR)) = ''"
+                f"SELECT _row, '{col.name}', 'missing value' FROM _stage WHERE {c} IS NULL{blank}"
             )
     key = quote(table.key)
     parts.append(
@@ -248,7 +261,7 @@ def ingest_table(
         return IngestResult(table.name, path.name, note="already loaded; landing file removed")
 
     _stage(con, path)
-    staged = [r[0] for r in con.execute("DESCRIBE _stage").fetchall()]
+    staged = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE _stage)").fetchall())
     missing = [c for c in table.column_names if c not in staged]
     if missing:
         raise IngestError(
@@ -262,10 +275,11 @@ def ingest_table(
 
     # Foreign keys may point at rows already in core (earlier loads).
     fk_sources = {fk.ref_table: f"core.{quote(fk.ref_table)}" for fk in table.foreign_keys}
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _problems AS {_problems_sql(table, policy, fk_sources)}"
+    find_problems = _problems_sql(table, policy, fk_sources, staged)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _problems AS {find_problems}")
+    typed = ", ".join(
+        f"{_typed(quote(c.name), c.type, staged[c.name])} AS {quote(c.name)}" for c in table.columns
     )
-    typed = ", ".join(f"{_typed(quote(c.name), c.type)} AS {quote(c.name)}" for c in table.columns)
     extra_sql = "".join(f", CAST({quote(c)} AS VARCHAR) AS {quote(c)}" for c in extras)
     now = "CAST(now() AS TIMESTAMP)"
     with transaction(con):
