@@ -127,9 +127,11 @@ def erasure_batch(contacts: int) -> int:
 
 
 def _sample_subjects(con: duckdb.DuckDBPyConnection, n: int) -> list[str]:
-    """`n` contact ids in a fixed pseudo-random order (the same every run)."""
+    """`n` contact ids in a fixed pseudo-random order (the same every run), of contacts
+    not anonymized (whose ids still name someone)."""
     rows = con.execute(
-        "SELECT contact_id FROM core.contacts ORDER BY hash(contact_id || ?) LIMIT ?",
+        "SELECT contact_id FROM core.contacts WHERE _state <> 'anonymized'"
+        " ORDER BY hash(contact_id || ?) LIMIT ?",
         [str(SEED), n],
     ).fetchall()
     return [r[0] for r in rows]
@@ -253,12 +255,17 @@ def access_export_stage(ctx: Context) -> Timed:
 
 
 def erasure_stage(ctx: Context) -> Timed:
-    """Erasure of a batch of 10,000 subjects in one run: intake, enforcement, answers."""
+    """Erasure of a batch of 10,000 subjects in one run: intake, enforcement, answers.
+
+    The warehouse is enforced as of the same day first (untimed), as the daily run leaves
+    it, so the timed run does the erasures and not a first retention run besides.
+    """
     from lethe.answers import answer_pending
     from lethe.requests import apply_pending
 
     home = ctx.home_with_tagged_warehouse()
     policy = load_policy(POLICY)
+    enforce(home, policy, REFERENCE, "setup")
     subjects = _subjects_from(home.warehouse, erasure_batch(ctx.contacts))
     _record(home, "erasure", subjects)
 

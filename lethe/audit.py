@@ -195,45 +195,42 @@ def append(con: duckdb.DuckDBPyConnection, entries: Sequence[LedgerEntry]) -> li
     columns = _string_lists([e.columns for e in entries], "columns")
 
     last_seq, prev = head(con)
-    rows: list[dict[str, Any]] = []
-    for offset, entry in enumerate(entries):
-        row = {
-            "seq": last_seq + offset + 1,
-            "recorded_at": entry.recorded_at or now,
-            "run_id": entry.run_id,
-            "as_of": entry.as_of,
-            "action": entry.action,
-            "table_name": entry.table_name,
-            "columns": list(entry.columns),
-            "key_count": len(entry.keys),
-            "reason": entry.reason,
-            "strategy": entry.strategy,
-            "details": dict(entry.details),
-            "prev_hash": prev,
-        }
-        joined = _plain_list_json('","'.join(entry.keys), len(entry.keys))
-        row["hash"] = prev = _hash(row, joined or _canonical(list(entry.keys)))
-        rows.append(row)
-
-    def column(name: str, type_: pa.DataType) -> pa.Array:
-        return pa.array([r[name] for r in rows], type_)
-
+    n = len(entries)
+    seqs = list(range(last_seq + 1, last_seq + n + 1))
+    recorded = [e.recorded_at or now for e in entries]
+    details = [_canonical(dict(e.details)) for e in entries]
+    key_counts = [len(e.keys) for e in entries]
+    texts = {
+        "action": _json_strings([e.action for e in entries]),
+        "as_of": _json_strings([e.as_of.isoformat() for e in entries]),
+        "columns": _keys_json(columns),
+        "details": details,
+        "key_count": [str(c) for c in key_counts],
+        "keys": _keys_json(keys),
+        "reason": _json_strings([e.reason for e in entries]),
+        "recorded_at": _json_strings([r.isoformat(timespec="microseconds") for r in recorded]),
+        "run_id": _json_strings([e.run_id for e in entries]),
+        "seq": [str(q) for q in seqs],
+        "strategy": _json_strings([e.strategy for e in entries]),
+        "table_name": _json_strings([e.table_name for e in entries]),
+    }
+    hashes = _chain(texts, prev)
     table = pa.table(
         {
-            "seq": column("seq", pa.int64()),
-            "recorded_at": column("recorded_at", pa.timestamp("us")),
-            "run_id": column("run_id", pa.string()),
-            "as_of": column("as_of", pa.date32()),
-            "action": column("action", pa.string()),
-            "table_name": column("table_name", pa.string()),
+            "seq": pa.array(seqs, pa.int64()),
+            "recorded_at": pa.array(recorded, pa.timestamp("us")),
+            "run_id": pa.array([e.run_id for e in entries], pa.string()),
+            "as_of": pa.array([e.as_of for e in entries], pa.date32()),
+            "action": pa.array([e.action for e in entries], pa.string()),
+            "table_name": pa.array([e.table_name for e in entries], pa.string()),
             "columns": columns,
             "keys": keys,
-            "key_count": column("key_count", pa.int64()),
-            "reason": column("reason", pa.string()),
-            "strategy": column("strategy", pa.string()),
-            "details": pa.array([_canonical(r["details"]) for r in rows], pa.string()),
-            "prev_hash": column("prev_hash", pa.string()),
-            "hash": column("hash", pa.string()),
+            "key_count": pa.array(key_counts, pa.int64()),
+            "reason": pa.array([e.reason for e in entries], pa.string()),
+            "strategy": pa.array([e.strategy for e in entries], pa.string()),
+            "details": pa.array(details, pa.string()),
+            "prev_hash": pa.array([prev, *hashes[:-1]], pa.string()),
+            "hash": pa.array(hashes, pa.string()),
         }
     )
     view = f"_lethe_ledger_{uuid.uuid4().hex}"
@@ -242,7 +239,57 @@ def append(con: duckdb.DuckDBPyConnection, entries: Sequence[LedgerEntry]) -> li
         con.execute(f"INSERT INTO audit.ledger ({_SELECT}) SELECT {_SELECT} FROM {view}")
     finally:
         con.unregister(view)
-    return [r["hash"] for r in rows]
+    return hashes
+
+
+def _chain(texts: dict[str, list[str]], prev: str) -> list[str]:
+    """The hashes of consecutive entries, each chained to the one before (`prev` first).
+
+    `texts` holds every field's canonical JSON but prev_hash, per entry; the text around
+    prev_hash is assembled column-wise, so the loop only hashes (a chain is sequential).
+    """
+    before = [f for f in _FIELDS if f < "prev_hash"]
+    after = [f for f in _FIELDS if f > "prev_hash"]
+    prefix = pl.concat_str(
+        [pl.lit("{")]
+        + [e for i, f in enumerate(before) for e in _field_exprs(f, i == 0)]
+        + [pl.lit(',"prev_hash":"')]
+    )
+    suffix = pl.concat_str(
+        [pl.lit('"')] + [e for f in after for e in _field_exprs(f, False)] + [pl.lit("}")]
+    )
+    frame = pl.DataFrame(
+        {f: texts[f] for f in before + after}, schema=dict.fromkeys(texts, pl.String)
+    )
+    parts = frame.select(prefix.alias("prefix"), suffix.alias("suffix"))
+    hashes = []
+    for head_text, tail_text in zip(parts["prefix"], parts["suffix"], strict=True):
+        prev = hashlib.sha256(f"{head_text}{prev}{tail_text}".encode()).hexdigest()
+        hashes.append(prev)
+    return hashes
+
+
+def _field_exprs(name: str, first: bool) -> list[pl.Expr]:
+    """`"name":<json>` of one field, comma-separated from the field before it."""
+    return [pl.lit(("" if first else ",") + f'"{name}":'), pl.col(name)]
+
+
+# json.dumps(ensure_ascii=False) escapes only these; other strings are just quoted.
+_JSON_ESCAPED = r'["\\\x00-\x1f]'
+
+
+def _json_strings(values: list[str | None]) -> list[str]:
+    """`_canonical` of each string (None: null), quoting column-wise what needs no escape."""
+    series = pl.Series(values, dtype=pl.String)
+    quoted = pl.select(
+        pl.when(series.is_null())
+        .then(pl.lit("null"))
+        .otherwise(pl.concat_str(pl.lit('"'), pl.lit(series), pl.lit('"')))
+    ).to_series()
+    out = quoted.to_list()
+    for i in series.str.contains(_JSON_ESCAPED).fill_null(False).arg_true().to_list():
+        out[i] = _canonical(values[i])
+    return out
 
 
 def entries(con: duckdb.DuckDBPyConnection, since_seq: int = 0) -> list[LedgerRecord]:

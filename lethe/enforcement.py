@@ -81,8 +81,10 @@ def _ledger_entries(
         rows = con.execute(plan.statements[1]).fetchall()
         counts[table] = {}
         rules = policy.when_unkept[table].column
+        # Few distinct marks, however many requests: decode each once.
+        decoded = {m: changed_columns(columns, m) for m in {row[2] for row in rows}}
         for action, request, marks, keys, n in rows:
-            changed = changed_columns(columns, marks)
+            changed = decoded[marks]
             counts[table][action] = counts[table].get(action, 0) + n
             if action == "retain":
                 # One entry per strategy: the ledger names a single strategy per batch.

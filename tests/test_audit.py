@@ -135,6 +135,32 @@ def test_keys_hash_like_json_dumps_whatever_they_contain(keys: list[list[str]]) 
     assert verify(con).ok
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.text(min_size=1, max_size=8), st.text(max_size=8), st.lists(st.text())),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_text_fields_hash_like_json_dumps_whatever_they_contain(
+    fields: list[tuple[str, str, list[str]]],
+) -> None:
+    """Reasons, run ids, table names and column names are quoted column-wise where no
+    character needs escaping; the hashes equal json.dumps of the whole entry either way."""
+    con = duckdb.connect()
+    ensure_ledger(con)
+    hashes = append(
+        con,
+        [
+            entry(1, reason=text, run_id=text, table_name=other or None, columns=columns)
+            for text, other, columns in fields
+        ],
+    )
+    assert [document_hash(r) for r in entries(con)] == hashes
+    assert verify(con).ok
+
+
 TAMPERING = {
     "key count edited": ("UPDATE audit.ledger SET key_count = 1 WHERE seq = 3", 3, "edited"),
     "keys edited": (
