@@ -81,7 +81,7 @@ _COLUMNS = (
 )
 _FIELDS = tuple(sorted(c for c in _COLUMNS if c != "hash"))
 _SELECT = ", ".join(f'"{c}"' for c in _COLUMNS)
-_PAGE = 256  # entries fetched per query while verifying: bounded memory for long ledgers
+_PAGE = 1024  # entries fetched per query while verifying: bounded memory for long ledgers
 
 
 class LedgerError(LetheError):
@@ -200,21 +200,12 @@ def append(con: duckdb.DuckDBPyConnection, entries: Sequence[LedgerEntry]) -> li
     recorded = [e.recorded_at or now for e in entries]
     details = [_canonical(dict(e.details)) for e in entries]
     key_counts = [len(e.keys) for e in entries]
-    texts = {
-        "action": _json_strings([e.action for e in entries]),
-        "as_of": _json_strings([e.as_of.isoformat() for e in entries]),
-        "columns": _keys_json(columns),
-        "details": details,
-        "key_count": [str(c) for c in key_counts],
-        "keys": _keys_json(keys),
-        "reason": _json_strings([e.reason for e in entries]),
-        "recorded_at": _json_strings([r.isoformat(timespec="microseconds") for r in recorded]),
-        "run_id": _json_strings([e.run_id for e in entries]),
-        "seq": [str(q) for q in seqs],
-        "strategy": _json_strings([e.strategy for e in entries]),
-        "table_name": _json_strings([e.table_name for e in entries]),
+    values = {
+        name: [getattr(e, name) for e in entries]
+        for name in ("run_id", "as_of", "action", "table_name", "reason", "strategy")
     }
-    hashes = _chain(texts, prev)
+    values.update(seq=seqs, recorded_at=recorded, key_count=key_counts, details=details)
+    hashes = _chain(_texts(values, _keys_json(columns), _keys_json(keys)), prev)
     table = pa.table(
         {
             "seq": pa.array(seqs, pa.int64()),
@@ -242,12 +233,31 @@ def append(con: duckdb.DuckDBPyConnection, entries: Sequence[LedgerEntry]) -> li
     return hashes
 
 
-def _chain(texts: dict[str, list[str]], prev: str) -> list[str]:
-    """The hashes of consecutive entries, each chained to the one before (`prev` first).
+def _texts(
+    values: dict[str, list[Any]], columns_json: list[str], keys_json: list[str]
+) -> dict[str, list[str]]:
+    """Every field's canonical JSON but prev_hash, per entry, from its values (`details`
+    already canonical JSON; `columns` and `keys` given as their JSON)."""
+    return {
+        "action": _json_strings(values["action"]),
+        "as_of": _json_strings([d.isoformat() for d in values["as_of"]]),
+        "columns": columns_json,
+        "details": values["details"],
+        "key_count": [str(c) for c in values["key_count"]],
+        "keys": keys_json,
+        "reason": _json_strings(values["reason"]),
+        "recorded_at": _json_strings(
+            [r.isoformat(timespec="microseconds") for r in values["recorded_at"]]
+        ),
+        "run_id": _json_strings(values["run_id"]),
+        "seq": [str(q) for q in values["seq"]],
+        "strategy": _json_strings(values["strategy"]),
+        "table_name": _json_strings(values["table_name"]),
+    }
 
-    `texts` holds every field's canonical JSON but prev_hash, per entry; the text around
-    prev_hash is assembled column-wise, so the loop only hashes (a chain is sequential).
-    """
+
+def _around_prev_hash(texts: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """Each entry's canonical JSON before and after the prev_hash value, column-wise."""
     before = [f for f in _FIELDS if f < "prev_hash"]
     after = [f for f in _FIELDS if f > "prev_hash"]
     prefix = pl.concat_str(
@@ -258,12 +268,26 @@ def _chain(texts: dict[str, list[str]], prev: str) -> list[str]:
     suffix = pl.concat_str(
         [pl.lit('"')] + [e for f in after for e in _field_exprs(f, False)] + [pl.lit("}")]
     )
-    frame = pl.DataFrame(
-        {f: texts[f] for f in before + after}, schema=dict.fromkeys(texts, pl.String)
-    )
+    frame = pl.DataFrame({f: texts[f] for f in before + after}, schema=dict.fromkeys(texts, str))
     parts = frame.select(prefix.alias("prefix"), suffix.alias("suffix"))
+    return parts["prefix"].to_list(), parts["suffix"].to_list()
+
+
+def _hashes(texts: dict[str, list[str]], prevs: list[str]) -> list[str]:
+    """SHA-256 of each entry's canonical JSON, given the prev_hash each one names."""
+    prefixes, suffixes = _around_prev_hash(texts)
+    return [
+        hashlib.sha256(f"{head_text}{prev}{tail_text}".encode()).hexdigest()
+        for head_text, prev, tail_text in zip(prefixes, prevs, suffixes, strict=True)
+    ]
+
+
+def _chain(texts: dict[str, list[str]], prev: str) -> list[str]:
+    """The hashes of consecutive new entries, each chained to the one before (`prev`
+    first): the text is assembled column-wise, only the hashing is sequential."""
+    prefixes, suffixes = _around_prev_hash(texts)
     hashes = []
-    for head_text, tail_text in zip(parts["prefix"], parts["suffix"], strict=True):
+    for head_text, tail_text in zip(prefixes, suffixes, strict=True):
         prev = hashlib.sha256(f"{head_text}{prev}{tail_text}".encode()).hexdigest()
         hashes.append(prev)
     return hashes
@@ -336,9 +360,13 @@ def verify(con: duckdb.DuckDBPyConnection) -> VerifyResult:
         ).to_arrow_table()
         if page.num_rows == 0:
             return VerifyResult(ok=True, entries=total)
-        keys_json = _keys_json(page["keys"])
-        rows = page.drop_columns(["keys"]).to_pylist()
-        for row, keys in zip(rows, keys_json, strict=True):
+        rows = page.drop_columns(["keys", "columns"]).to_pylist()
+        values = {name: [r[name] for r in rows] for name in _COLUMNS if name in rows[0]}
+        # Re-canonicalized: details that only differ in layout are the same details.
+        values["details"] = [_canonical(json.loads(d) if d else None) for d in values["details"]]
+        texts = _texts(values, _keys_json(page["columns"]), _keys_json(page["keys"]))
+        computed = _hashes(texts, values["prev_hash"])
+        for i, row in enumerate(rows):
             seq = row["seq"]
             if seq > expected:
                 where = (
@@ -349,11 +377,11 @@ def verify(con: duckdb.DuckDBPyConnection) -> VerifyResult:
                 return bad(expected, f"entry {expected} removed: {where}")
             if seq < expected:
                 return bad(seq, f"entry {seq} duplicated")
-            row["details"] = json.loads(row["details"]) if row["details"] else None
-            if _hash(row, keys) != row["hash"]:
+            if computed[i] != row["hash"]:
                 # The chain links (read only now, on failure) tell moved from edited.
                 links = con.execute('SELECT "prev_hash", "hash" FROM audit.ledger').fetchall()
-                moved = _original_seq(row, keys, {str(h): str(p) for p, h in links})
+                entry_texts = {name: [text[i]] for name, text in texts.items()}
+                moved = _original_seq(row, entry_texts, {str(h): str(p) for p, h in links})
                 if moved is not None and moved != seq:
                     return bad(seq, f"entry {seq} reordered: it was recorded as seq {moved}")
                 return bad(seq, f"entry {seq} edited: its hash does not match its content")
@@ -450,26 +478,9 @@ def _keys_json(keys: pa.ChunkedArray) -> list[str]:
     return out
 
 
-def _hash(row: dict[str, Any], keys_json: str) -> str:
-    """SHA-256 of the canonical JSON of every field but `hash`.
-
-    Assembled from per-field JSON so the (large) keys list is encoded once; the text
-    equals `json.dumps` of the whole object (see the module docstring).
-    """
-    recorded_at, as_of = row["recorded_at"], row["as_of"]
-    fields = {
-        **{k: _canonical(row[k]) for k in _FIELDS if k not in ("keys", "recorded_at", "as_of")},
-        "recorded_at": _canonical(
-            recorded_at.isoformat(timespec="microseconds") if recorded_at else None
-        ),
-        "as_of": _canonical(as_of.isoformat() if as_of else None),
-        "keys": keys_json,
-    }
-    text = "{" + ",".join(f'"{k}":{fields[k]}' for k in _FIELDS) + "}"
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _original_seq(row: dict[str, Any], keys_json: str, chain: dict[str, str]) -> int | None:
+def _original_seq(
+    row: dict[str, Any], texts: dict[str, list[str]], chain: dict[str, str]
+) -> int | None:
     """The seq an entry was written at, if its content proves it (a moved, unedited entry).
 
     Its position is the number of prev_hash links back to the genesis; the entry must
@@ -480,4 +491,5 @@ def _original_seq(row: dict[str, Any], keys_json: str, chain: dict[str, str]) ->
         if link not in chain or depth > len(chain):
             return None
         depth, link = depth + 1, chain[link]
-    return depth if _hash({**row, "seq": depth}, keys_json) == row["hash"] else None
+    at_depth = _hashes({**texts, "seq": [str(depth)]}, [row["prev_hash"]])
+    return depth if at_depth == [row["hash"]] else None
