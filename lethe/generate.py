@@ -123,11 +123,15 @@ def generate(
         if progress is not None:
             progress(table.name, counts[table.name])
 
+    # Each table is narrowed to what the later ones read once it is written: at 10M
+    # contacts the full frames would not all fit in memory at once.
     people = _contacts(rng, pools, contacts, start, ref)
     write(CONTACTS, people)
+    people = people.select("contact_id", "created_at", "phone", *PERSON)
     write(CONSENTS, _consents(rng, people, ref))
     orders = _orders(rng, pools, people, ref)
     write(ORDERS, orders)
+    orders = orders.select("order_id", "ordered_at", "_owner")
     write(SHIPMENTS, _shipments(rng, pools, people, orders, ref))
     return counts
 
