@@ -11,7 +11,7 @@ import os
 import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -119,23 +119,24 @@ def run(
 def _run_and_report(home: Home, when: dt.date, policy: Path | None) -> None:
     from pipelines.launch import run_pipeline
 
-    with (
-        exclusive(home.lock),
-        Progress(
+    # The summary is read under the same lock: a run waiting for it would otherwise find
+    # the warehouse open here.
+    with exclusive(home.lock):
+        with Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
             TimeElapsedColumn(),
             console=err,
             transient=True,
-        ) as progress,
-    ):
-        progress.add_task(f"Running the pipeline as of {when}", total=None)
-        outcome = run_pipeline(home, when, str(policy) if policy else None)
-    con = connect(home.warehouse, read_only=True)
-    try:
-        _print_summary(summarize(con, outcome.run_id), when, outcome.run_id)
-    finally:
-        con.close()
+        ) as progress:
+            progress.add_task(f"Running the pipeline as of {when}", total=None)
+            outcome = run_pipeline(home, when, str(policy) if policy else None)
+        con = connect(home.warehouse, read_only=True)
+        try:
+            summaries = summarize(con, outcome.run_id)
+        finally:
+            con.close()
+    _print_summary(summaries, when, outcome.run_id)
     for check in outcome.failed_checks:
         err.print(f"[yellow]check failed:[/] {check}", highlight=False, soft_wrap=True)
     if not outcome.success:
@@ -212,7 +213,7 @@ def _warehouse(write: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
     home = Home.from_env().ensure()
     if not home.warehouse.exists():
         _fail(f"{home.warehouse}: no warehouse yet (run `lethe run` first)")
-    with exclusive(home.lock) if write else nullcontext():
+    with exclusive(home.lock, shared=not write):
         con = connect(home.warehouse, read_only=not write)
         try:
             yield con

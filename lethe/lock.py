@@ -2,7 +2,9 @@
 
 The lock is re-entrant within a process, so `lethe run` can take it before it starts a
 Dagster run (and refuse without recording one) while the job, which takes it too for the
-runs the daemon launches, goes on under the same lock.
+runs the daemon launches, goes on under the same lock. Readers take it shared: DuckDB
+lets several processes read a file but none write while one reads, so a run waits for
+readers and a reader does not open the warehouse while a run writes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from lethe.errors import LetheError
 
 _POLL_SECONDS = 0.2
-_held: dict[Path, int] = {}
+_held: dict[Path, int] = {}  # exclusive holds of this process, by lock file
 _held_guard = threading.Lock()
 
 
@@ -27,9 +29,9 @@ class LockedError(LetheError):
 
 
 @contextmanager
-def exclusive(lock_file: Path, wait_seconds: float = 0) -> Iterator[None]:
-    """Hold the LETHE_HOME lock; when another process has it, wait up to `wait_seconds`
-    for it, then refuse."""
+def exclusive(lock_file: Path, wait_seconds: float = 0, shared: bool = False) -> Iterator[None]:
+    """Hold the LETHE_HOME lock (`shared`: alongside other readers only); when another
+    process holds it in a conflicting way, wait up to `wait_seconds` for it, then refuse."""
     key = lock_file.resolve()
     with _held_guard:
         if key in _held:
@@ -47,7 +49,10 @@ def exclusive(lock_file: Path, wait_seconds: float = 0) -> Iterator[None]:
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        _acquire(fd, lock_file, wait_seconds)
+        _acquire(fd, lock_file, wait_seconds, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        if shared:
+            yield
+            return
         with _held_guard:
             _held[key] = 1
         try:
@@ -59,11 +64,11 @@ def exclusive(lock_file: Path, wait_seconds: float = 0) -> Iterator[None]:
         os.close(fd)
 
 
-def _acquire(fd: int, lock_file: Path, wait_seconds: float) -> None:
+def _acquire(fd: int, lock_file: Path, wait_seconds: float, mode: int) -> None:
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
@@ -73,17 +78,3 @@ def _acquire(fd: int, lock_file: Path, wait_seconds: float) -> None:
                     f" (lock {lock_file.name}){waited}"
                 ) from None
             time.sleep(_POLL_SECONDS)
-
-
-def is_locked(lock_file: Path) -> bool:
-    """Whether a writer holds the LETHE_HOME lock now (probes without keeping it)."""
-    if not lock_file.exists():
-        return False
-    fd = os.open(lock_file, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False

@@ -4,7 +4,7 @@ import dagster as dg
 import duckdb
 
 from lethe.home import Home
-from lethe.lock import is_locked
+from lethe.lock import LockedError, exclusive
 from lethe.requests import pending_request_ids
 from lethe.warehouse import connect
 from pipelines.jobs import pipeline_job
@@ -18,17 +18,19 @@ def pending_requests_sensor(context: dg.SensorEvaluationContext):
     home = Home.from_env()
     if not home.warehouse.exists():
         return dg.SkipReason("no warehouse yet")
-    # While a run writes, even a read-only open would take DuckDB's file lock from it.
-    if is_locked(home.lock):
+    # Read under the shared lock: while a run writes, even a read-only open would take
+    # DuckDB's file lock from it, and a run starting now waits until the read is done.
+    try:
+        with exclusive(home.lock, shared=True):
+            con = connect(home.warehouse, read_only=True)
+            try:
+                ids = pending_request_ids(con)
+            finally:
+                con.close()
+    except LockedError:
         return dg.SkipReason("a run is in progress; retrying next tick")
-    try:
-        con = connect(home.warehouse, read_only=True)
     except duckdb.Error:
-        return dg.SkipReason("the warehouse is busy (a run is writing); retrying next tick")
-    try:
-        ids = pending_request_ids(con)
-    finally:
-        con.close()
+        return dg.SkipReason("the warehouse is busy (another process has it); retrying next tick")
     if not ids:
         return dg.SkipReason("no pending request")
     key = ",".join(ids)

@@ -39,7 +39,7 @@ from lethe.tagging import tag_all
 from lethe.warehouse import connect
 
 T = dt.date(2026, 3, 1)
-CONTACTS = 10_000
+CONTACTS = 20_000  # enough for enforcement to last over 0.5 s, so timed kills land mid-run
 FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 WATCH = "rewrite-started"  # killed as soon as warehouse.duckdb.rewrite appears
 SWAPPED = "rewrite-swapped"  # killed as soon as it is gone again (swapped in)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
 import time
@@ -9,21 +11,37 @@ from pathlib import Path
 
 import pytest
 
-from lethe.lock import LockedError, exclusive, is_locked
+from lethe.lock import LockedError, exclusive
 
 HOLDER = """
 import sys, time
 from pathlib import Path
 from lethe.lock import exclusive
-with exclusive(Path(sys.argv[1])):
+with exclusive(Path(sys.argv[1]), shared=sys.argv[3] == "shared"):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
 """
 
 
-def hold_in_another_process(lock: Path, seconds: float) -> subprocess.Popen:
+def is_locked(lock: Path) -> bool:
+    """Whether someone holds the lock now (probed on a fresh descriptor, released at once)."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def hold_in_another_process(
+    lock: Path, seconds: float, mode: str = "exclusive"
+) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(lock), str(seconds)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLDER, str(lock), str(seconds), mode],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
     return proc
@@ -72,3 +90,23 @@ def test_a_waiting_taker_gets_it_when_the_holder_ends_and_gives_up_after_its_wai
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_readers_share_it_and_keep_a_run_out_until_they_are_done(tmp_path: Path) -> None:
+    lock = tmp_path / "run.lock"
+    reader = hold_in_another_process(lock, 30, "shared")
+    try:
+        with exclusive(lock, shared=True):  # a second reader gets in at once
+            pass
+        with pytest.raises(LockedError, match="another lethe run is in progress"), exclusive(lock):
+            pass
+    finally:
+        reader.kill()
+        reader.wait()
+    writer = hold_in_another_process(lock, 30)
+    try:
+        with pytest.raises(LockedError), exclusive(lock, shared=True):
+            pass
+    finally:
+        writer.kill()
+        writer.wait()
