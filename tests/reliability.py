@@ -4,6 +4,7 @@ warehouse, and the scratch files a crash may leave under LETHE_HOME."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -32,6 +33,19 @@ SCRATCH = re.compile(r"(\.rewrite|\.restore|\.partial|\.tmp)(\.wal)?$")
 _SHM = Path("/dev/shm")
 SCRATCH_ROOT = str(_SHM) if _SHM.is_dir() and os.access(_SHM, os.W_OK) else None
 PYTHON = Path(sys.executable)
+
+
+def lock_held(lock: Path) -> bool:
+    """Whether someone holds the LETHE_HOME lock now (probed on a fresh descriptor, which
+    is released at once)."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 @contextmanager

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from reliability import lock_held
 
 from lethe.lock import LockedError, exclusive
 
@@ -21,18 +20,6 @@ with exclusive(Path(sys.argv[1]), shared=sys.argv[3] == "shared"):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
 """
-
-
-def is_locked(lock: Path) -> bool:
-    """Whether someone holds the lock now (probed on a fresh descriptor, released at once)."""
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def hold_in_another_process(
@@ -53,9 +40,9 @@ def test_the_same_process_may_take_it_again_and_keeps_it_until_the_outer_release
     lock = tmp_path / "run.lock"
     with exclusive(lock):
         with exclusive(lock):
-            assert is_locked(lock)
-        assert is_locked(lock)  # the inner release did not drop the outer hold
-    assert not is_locked(lock)
+            assert lock_held(lock)
+        assert lock_held(lock)  # the inner release did not drop the outer hold
+    assert not lock_held(lock)
 
 
 def test_another_process_is_refused_at_once_in_one_line(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from conftest import DEFAULT_POLICY, ingest_all
-from reliability import PYTHON, cli_env, copy_home, ledger_ok, leftovers
+from reliability import PYTHON, cli_env, copy_home, ledger_ok, leftovers, lock_held
 
 from lethe.enforcement import enforce
 from lethe.generate import generate
@@ -93,15 +93,7 @@ def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
 
 def wait_for_lock(home: Home, proc: subprocess.Popen) -> None:
     """Until `proc` holds the LETHE_HOME lock (probed without ever holding it for long)."""
-    while proc.poll() is None:
-        fd = os.open(home.lock, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        except BlockingIOError:
-            return
-        finally:
-            os.close(fd)
+    while proc.poll() is None and not lock_held(home.lock):
         time.sleep(0.05)
 
 
