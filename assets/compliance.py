@@ -209,13 +209,13 @@ _CONSENT = {p.name: p.legal_basis for p in consent_purposes(_POLICY)}
             "Rewritten on every run after enforcement, so a contact erased by a run is gone"
             " from the list after that run; holds e-mail and first name only.",
             (
-                ("email", "VARCHAR", "contact.email", "E-mail address to ask."),
-                ("first_name", "VARCHAR", "identity.name", "First name for the salutation."),
-                ("purpose", "VARCHAR", "consent.purpose", "The purpose to ask consent for."),
+                ("email", "VARCHAR", "user.contact.email", "E-mail address to ask."),
+                ("first_name", "VARCHAR", "user.name.first", "First name for the salutation."),
+                ("purpose", "VARCHAR", "user.privacy_preferences", "The purpose to ask about."),
                 (
                     "segment",
                     "VARCHAR",
-                    "consent.status",
+                    "user.privacy_preferences",
                     "consent_expiring (ends within the policy's window) or no_valid_consent.",
                 ),
             ),

@@ -25,6 +25,7 @@ from lethe.audit import verify
 from lethe.backup import create_backup
 from lethe.breaches import close_breach, list_breaches, mark_notified, record_breach
 from lethe.errors import LetheError
+from lethe.fides import fides_yaml
 from lethe.holds import place_hold, release_hold
 from lethe.home import Home
 from lethe.lock import exclusive
@@ -32,6 +33,7 @@ from lethe.policy import load_policy
 from lethe.processors import export_to_processor, processor_access, revoke
 from lethe.requests import extend_request, list_requests, parse_changes, record_request
 from lethe.restore import restore as restore_backup
+from lethe.schema import Schema, load_schema
 from lethe.summary import TableSummary, summarize
 from lethe.warehouse import connect
 
@@ -43,6 +45,8 @@ app = typer.Typer(
 )
 policy_app = typer.Typer(help="Validate retention policies.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+schema_app = typer.Typer(help="Validate and export declared schemas.", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
 hold_app = typer.Typer(help="Place and release litigation holds.", no_args_is_help=True)
 app.add_typer(hold_app, name="hold")
 audit_app = typer.Typer(help="Inspect the audit ledger.", no_args_is_help=True)
@@ -206,6 +210,51 @@ def policy_check(
             highlight=False,
         )
     out.print(f"{policy.source}: valid ({len(policy.purposes)} purposes)", highlight=False)
+
+
+def _schema(file: Path | None) -> Schema:
+    """A schema file, or the schema the default policy names."""
+    return load_schema(file) if file else load_policy().data_schema
+
+
+@schema_app.command("check")
+def schema_check(
+    file: Annotated[
+        Path | None, typer.Argument(help="Schema YAML (default: the default policy's).")
+    ] = None,
+) -> None:
+    """Validate a schema file and list its tables and how each reaches its data subject."""
+    schema = _schema(file)
+    for table in schema.tables.values():
+        via = [fk.ref_table for fk in schema.path_to_subject(table.name)]
+        role = "the data subjects" if table.subject else "subject via " + " -> ".join(via)
+        out.print(
+            f"{table.name}: key {table.key}, {len(table.columns)} columns; {role}",
+            highlight=False,
+        )
+    out.print(f"{schema.source}: valid ({len(schema.tables)} tables)", highlight=False)
+
+
+@schema_app.command("export")
+def schema_export(
+    file: Annotated[
+        Path | None, typer.Argument(help="Schema YAML (default: the default policy's).")
+    ] = None,
+    fides: Annotated[bool, typer.Option("--fides", help="As a Fides dataset.")] = False,
+    output: Annotated[
+        Path | None, typer.Option("--out", help="Write to this file (default: stdout).")
+    ] = None,
+    key: Annotated[str, typer.Option(help="The Fides dataset's fides_key.")] = "lethe",
+) -> None:
+    """Export a schema in another tool's format (today: Fides)."""
+    if not fides:
+        _fail("choose a format: --fides")
+    text = fides_yaml(_schema(file), key)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.write_text(text, encoding="utf-8")
+    out.print(f"{output}: Fides dataset {key!r} written", highlight=False)
 
 
 @contextmanager

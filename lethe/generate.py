@@ -21,8 +21,12 @@ import polars as pl
 import pyarrow as pa
 from faker import Faker
 
-from lethe.tables import CONSENTS, CONTACTS, ORDERS, SHIPMENTS, Table
+from lethe.tables import TABLES, Table
 
+# The e-shop's tables, as the default schema declares them.
+CONTACTS, CONSENTS, ORDERS, SHIPMENTS = (
+    TABLES[name] for name in ("contacts", "consents", "orders", "shipments")
+)
 HOUR = 3_600_000_000  # microseconds
 DAY = 24 * HOUR
 YEARS = 15

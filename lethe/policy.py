@@ -1,8 +1,9 @@
 """Policy as code: purposes, legal bases, retention and what happens after it.
 
-A policy is loaded from YAML into frozen pydantic models and validated against the
-table contract (`lethe.tables`). Every error names the key path, so a compliance
-officer can fix the file; an invalid policy never touches data.
+A policy is loaded from YAML into frozen pydantic models and validated against its
+declared schema (the `schema:` key, a path relative to the policy file; the e-shop schema
+by default). Every error names the key path and its line, so a compliance officer can fix
+the file; an invalid policy never touches data.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from lethe.duration import Duration, DurationError
 from lethe.errors import LetheError
-from lethe.strategies import ColumnRules, Pseudonymize
-from lethe.tables import TABLES
+from lethe.schema import Schema, SchemaError, Table, default_schema, load_schema
+from lethe.strategies import ColumnRules, Pseudonymize, type_problem
+from lethe.yamldoc import parse_yaml, validation_message, yaml_problem
 
 LegalBasis = Literal[
     "consent",
@@ -58,11 +61,17 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
-def _column_ref(ref: str) -> tuple[str, str]:
+def _tables(info: ValidationInfo | None) -> dict[str, Table]:
+    """The declared tables a policy is validated against (its schema, passed as context)."""
+    schema = (info.context or {}).get("schema") if info else None
+    return (schema or default_schema()).tables
+
+
+def _column_ref(ref: str, tables: dict[str, Table]) -> tuple[str, str]:
     table, _, column = ref.strip().partition(".")
-    if not column or table not in TABLES:
+    if not column or table not in tables:
         raise ValueError(f"{ref!r} is not a known table.column")
-    if column not in TABLES[table].column_names:
+    if column not in tables[table].column_names:
         raise ValueError(f"table {table!r} has no column {column!r}")
     return table, column
 
@@ -75,9 +84,9 @@ class Anchor(_Frozen):
     plus: Duration | None = None
 
     @classmethod
-    def parse(cls, text: str) -> Anchor:
+    def parse(cls, text: str, tables: dict[str, Table]) -> Anchor:
         ref, _, offset = str(text).partition("+")
-        table, column = _column_ref(ref)
+        table, column = _column_ref(ref, tables)
         return cls(table=table, column=column, plus=Duration.parse(offset) if offset else None)
 
     def __str__(self) -> str:
@@ -96,11 +105,12 @@ class Retention(_Frozen):
 
     @field_validator("anchors", mode="before")
     @classmethod
-    def _anchors(cls, v: Any) -> tuple[Anchor, ...]:
+    def _anchors(cls, v: Any, info: ValidationInfo) -> tuple[Anchor, ...]:
         items = v if isinstance(v, list | tuple) else [v]
         if not items:
             raise ValueError("needs at least one table.column")
-        anchors = tuple(a if isinstance(a, Anchor) else Anchor.parse(a) for a in items)
+        tables = _tables(info)
+        anchors = tuple(a if isinstance(a, Anchor) else Anchor.parse(a, tables) for a in items)
         if len({a.table for a in anchors}) != 1:
             raise ValueError("all alternatives must be columns of the same table")
         return anchors
@@ -112,14 +122,14 @@ class Retention(_Frozen):
 
     @field_validator("ends_early_at", "starts_at", mode="before")
     @classmethod
-    def _ends(cls, v: Any) -> Anchor | None:
-        return None if v is None or isinstance(v, Anchor) else Anchor.parse(v)
+    def _ends(cls, v: Any, info: ValidationInfo) -> Anchor | None:
+        return None if v is None or isinstance(v, Anchor) else Anchor.parse(v, _tables(info))
 
     @field_validator("only_where")
     @classmethod
-    def _where(cls, v: dict[str, str]) -> dict[str, str]:
+    def _where(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         for ref in v:
-            _column_ref(ref)
+            _column_ref(ref, _tables(info))
         return v
 
     @property
@@ -151,14 +161,15 @@ class Retention(_Frozen):
 Keeps = dict[str, tuple[str, ...]]
 
 
-def _parse_keeps(v: Any) -> Keeps:
+def _parse_keeps(v: Any, info: ValidationInfo) -> Keeps:
     if not isinstance(v, dict) or not v:
         raise ValueError("expected a mapping of table: '*' or [columns]")
+    tables = _tables(info)
     out: Keeps = {}
     for table, cols in v.items():
-        if table not in TABLES:
+        if table not in tables:
             raise ValueError(f"unknown table {table!r}")
-        known = TABLES[table].column_names
+        known = tables[table].column_names
         if cols == "*":
             out[table] = tuple(known)
             continue
@@ -184,7 +195,7 @@ class Purpose(_Frozen):
     data_subjects: tuple[str, ...] = ()
 
     _parse_keeps = field_validator("keeps", "pseudonymizes", mode="before")(
-        lambda cls, v: _parse_keeps(v) if v else {}
+        lambda cls, v, info: _parse_keeps(v, info) if v else {}
     )
 
     def keeps_column(self, table: str, column: str) -> bool:
@@ -248,7 +259,7 @@ class Processor(_Frozen):
     export_access: bool = True
     transfers: str = "none outside the EU/EEA"
 
-    _k = field_validator("data_shared", mode="before")(lambda cls, v: _parse_keeps(v))
+    _k = field_validator("data_shared", mode="before")(lambda cls, v, info: _parse_keeps(v, info))
 
 
 class Controller(_Frozen):
@@ -332,6 +343,8 @@ class Policy(_Frozen):
     analytics: Analytics = Analytics()
     breach_notification: BreachNotification = BreachNotification()
     consent_health: ConsentHealth = ConsentHealth()
+    # The declared tables this policy applies to (its `schema:` file, or the default).
+    data_schema: Schema = Field(default_factory=default_schema)
     source: str = ""
 
     @model_validator(mode="before")
@@ -362,14 +375,15 @@ class Policy(_Frozen):
         for where, duration in self._durations():
             if duration.years + duration.months / 12 + duration.days / 365.25 > MAX_YEARS:
                 raise ValueError(f"{where}: {duration} is longer than {MAX_YEARS} years")
-        for table in TABLES:
-            if table != "holds" and table not in self.when_unkept:
+        tables = self.data_schema.tables
+        for table in tables:
+            if table != self.hold_table and table not in self.when_unkept:
                 raise ValueError(f"when_unkept.{table}: missing (every table needs a rule)")
         for table, actions in self.when_unkept.items():
-            if table not in TABLES:
+            if table not in tables:
                 raise ValueError(f"when_unkept.{table}: unknown table")
-            known = TABLES[table].column_names
-            for rules in (actions.column, actions.anonymized):
+            known = tables[table].column_names
+            for part, rules in (("column", actions.column), ("anonymized", actions.anonymized)):
                 for col, strategy in (rules.columns if rules else {}).items():
                     if col not in known:
                         raise ValueError(f"when_unkept.{table}: unknown column {col!r}")
@@ -378,6 +392,17 @@ class Policy(_Frozen):
                             f"when_unkept.{table}.{col}: pseudonymize belongs to a purpose"
                             " (purposes.<name>.pseudonymizes)"
                         )
+                for col in known if rules else ():
+                    problem = type_problem(rules.for_column(col), tables[table].column(col).type)
+                    if problem:
+                        where = col if col in rules.columns else "default"
+                        raise ValueError(f"when_unkept.{table}.{part}.{where}: {problem} ({col})")
+        for p in self.purposes.values():
+            for table, cols in p.pseudonymizes.items():
+                for col in cols:
+                    problem = type_problem(Pseudonymize(), tables[table].column(col).type)
+                    if problem:
+                        raise ValueError(f"purposes.{p.name}.pseudonymizes.{table}: {problem}")
         names = [p.name for p in self.processors]
         for p in self.processors:
             if names.count(p.name) > 1:
@@ -413,6 +438,11 @@ class Policy(_Frozen):
         out += [("consent_health.expiring_within", self.consent_health.expiring_within)]
         return out
 
+    @property
+    def hold_table(self) -> str:
+        """The table of litigation holds (the one the hold's retention runs from)."""
+        return self.litigation_hold.retention.table
+
     def all_purposes(self) -> dict[str, Purpose]:
         """The policy's purposes plus the litigation hold, in policy order (hold last)."""
         return {**self.purposes, HOLD_PURPOSE: self.litigation_hold}
@@ -422,42 +452,40 @@ class Policy(_Frozen):
         return [p for p in self.all_purposes().values() if table in p.keeps]
 
 
-def _format_error(source: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"] if not str(x).startswith("function-"))
-    msg = first["msg"].removeprefix("Value error, ")
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{source}: {loc or 'policy'}: {msg}{more}"
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """Safe YAML without anchors/aliases: a policy is small; aliases only serve bombs."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.constructor.ConstructorError(
-                None, None, "aliases are not allowed in a policy", event.start_mark
-            )
-        return super().compose_node(parent, index)
-
-
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
-    """Validate a policy document; raise PolicyError naming the key on any problem."""
+def parse_policy(text: str, source: str = "<policy>", base: Path | None = None) -> Policy:
+    """Validate a policy document against its schema (`schema:`, relative to `base`);
+    raise PolicyError naming the line and key on any problem."""
     try:
-        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    except RecursionError:
-        raise PolicyError(f"{source}: not valid YAML: nested too deeply") from None
+        doc = parse_yaml(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise PolicyError(f"{source}: not valid YAML: {yaml_problem(exc)}") from None
+    data = doc.data
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: a policy is a YAML mapping with a 'purposes' key")
+    data = dict(data)
+    schema_ref = data.pop("schema", None)
     try:
-        return Policy.model_validate({**data, "source": source})
+        schema = _schema_of(schema_ref, base)
+    except SchemaError as exc:
+        line = doc.line_of(["schema"])
+        raise PolicyError(f"{source}:{line}: schema: {exc}") from None
+    try:
+        return Policy.model_validate(
+            {**data, "data_schema": schema, "source": source}, context={"schema": schema}
+        )
     except ValidationError as exc:
-        raise PolicyError(_format_error(source, exc)) from None
+        raise PolicyError(validation_message(source, doc, exc, "policy")) from None
     except DurationError as exc:
         raise PolicyError(f"{source}: {exc}") from None
+
+
+def _schema_of(ref: Any, base: Path | None) -> Schema:
+    if ref is None:
+        return default_schema()
+    if not isinstance(ref, str) or not ref.strip():
+        raise SchemaError("expected the path of a schema file, relative to the policy")
+    path = Path(ref)
+    return load_schema(path if path.is_absolute() or base is None else base / path)
 
 
 def default_policy_path() -> Path:
@@ -480,4 +508,4 @@ def load_policy(path: str | Path | None = None) -> Policy:
         raise PolicyError(f"{file}: cannot read policy ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise PolicyError(f"{file}: policy is not UTF-8 text") from None
-    return parse_policy(text, str(file))
+    return parse_policy(text, str(file), file.parent)

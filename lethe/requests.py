@@ -27,9 +27,10 @@ from lethe.duration import Duration
 from lethe.errors import LetheError
 from lethe.plan import timestamp_literal
 from lethe.policy import Policy
+from lethe.schema import default_schema
 from lethe.strategies import quote
 from lethe.subjects import resolve_subject
-from lethe.tables import CONTACTS, TABLES
+from lethe.tables import TABLES
 from lethe.vault import attach
 from lethe.warehouse import SQL_TYPES, ensure_schemas, has_table, transaction
 
@@ -41,7 +42,8 @@ DEADLINE = Duration.parse("1m")
 # Art. 12(3): "extended by two further months": three months from receipt in all.
 EXTENDED_DEADLINE = Duration.parse("1m + 2m")
 # Vault kind of contact ids: how a subject is found in rows that carry it only as a token.
-CONTACT_TOKEN_KIND = CONTACTS.column("contact_id").category
+CONTACTS = default_schema().subject_table
+CONTACT_TOKEN_KIND = CONTACTS.column(CONTACTS.key).category
 # Columns a subject may have corrected; keys and Lethe's own timestamps are not theirs to set.
 RECTIFIABLE = (
     "email",

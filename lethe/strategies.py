@@ -9,7 +9,7 @@ Pseudonymization needs the vault: enforcement passes the joined token as `value`
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
@@ -26,6 +26,8 @@ def literal(value: str) -> str:
 
 class _Strategy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+    # The declared column types (lethe.schema) the strategy can apply to; None: any.
+    applies_to: ClassVar[frozenset[str] | None] = None
 
 
 class Keep(_Strategy):
@@ -50,6 +52,7 @@ class Erase(_Strategy):
 
 class Pseudonymize(_Strategy):
     name: Literal["pseudonymize"] = "pseudonymize"
+    applies_to = frozenset({"text"})  # a token is text
 
     def describe(self) -> str:
         return "replaced by a random vault token"
@@ -60,6 +63,7 @@ class Pseudonymize(_Strategy):
 
 class Surrogate(_Strategy):
     name: Literal["surrogate"] = "surrogate"
+    applies_to = frozenset({"text"})
 
     def describe(self) -> str:
         return "replaced by a random surrogate that appears nowhere else"
@@ -71,6 +75,7 @@ class Surrogate(_Strategy):
 class Truncate(_Strategy):
     name: Literal["truncate"] = "truncate"
     to: Literal["year", "month"]
+    applies_to = frozenset({"date", "timestamp"})
 
     def describe(self) -> str:
         return f"generalized to the {self.to}"
@@ -82,12 +87,21 @@ class Truncate(_Strategy):
 class Prefix(_Strategy):
     name: Literal["prefix"] = "prefix"
     length: int = Field(gt=0, le=20)
+    applies_to = frozenset({"text"})
 
     def describe(self) -> str:
         return f"generalized to its first {self.length} characters"
 
     def sql(self, value: str, sql_type: str) -> str:
         return f"left({value}, {self.length})"
+
+
+def type_problem(strategy: _Strategy, column_type: str) -> str | None:
+    """Why `strategy` cannot apply to a column of the declared type, or None if it can."""
+    allowed = strategy.applies_to
+    if allowed is None or column_type in allowed:
+        return None
+    return f"{strategy.name} applies to {' or '.join(sorted(allowed))} columns, not {column_type}"
 
 
 Strategy = Annotated[

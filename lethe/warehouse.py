@@ -15,9 +15,11 @@ from lethe.tables import TABLES, Table
 
 SQL_TYPES: dict[str, str] = {
     "text": "VARCHAR",
+    "integer": "BIGINT",
+    "decimal": "DECIMAL(18,2)",
     "date": "DATE",
     "timestamp": "TIMESTAMP",
-    "decimal": "DECIMAL(18,2)",
+    "boolean": "BOOLEAN",
 }
 # Columns Lethe adds to every core table (SPEC "Warehouse").
 TAG_COLUMNS: dict[str, str] = {

@@ -324,7 +324,7 @@ def test_record_of_processing(con, home, custom_policy) -> None:
     assert accounting["pseudonymized"] == {
         "orders": ["contact_id", "billing_name", "billing_street"]
     }
-    assert "contact.email" in by_name["newsletter"]["data_categories"]["contacts"]
+    assert "user.contact.email" in by_name["newsletter"]["data_categories"]["contacts"]
     assert by_name["newsletter"]["data_subjects"] == ["newsletter subscribers"]
     summaries = {s.table: s for s in summarize(con)}
     assert by_name["contract"]["live_rows"]["orders"] == summaries["orders"].by_purpose["contract"]

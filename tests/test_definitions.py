@@ -71,7 +71,7 @@ def test_compliance_metadata_on_ingest_assets() -> None:
         "litigation_hold",
     }
     assert "contract" in contacts.metadata["legal_bases"]
-    assert "contact.email" in contacts.metadata["data_categories"]
+    assert "user.contact.email" in contacts.metadata["data_categories"]
     assert "purpose/account" in contacts.tags
     assert "legal_basis/consent" in contacts.tags
     orders = spec_of(dg.AssetKey(["core", "orders"]))

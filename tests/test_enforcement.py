@@ -417,7 +417,7 @@ def test_enforcing_t1_then_t2_equals_t2_directly(monotone: tuple[Home, Home]) ->
     # not vacuous: T2 did more than T (o_run_2 pseudonymized, two_runs anonymized)
     orders = {dict(r)["order_id"]: dict(r) for r in a["orders"]}
     assert orders["o_run_2"]["_state"] == "pseudonymized"
-    assert orders["o_run_2"]["contact_id"] == ("token", "identifier.contact", "two_runs")
+    assert orders["o_run_2"]["contact_id"] == ("token", "user.unique_id", "two_runs")
 
 
 def test_enforcing_t1_then_t2_equals_t2_directly_tags_included(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -211,7 +212,7 @@ def refused(base: dict[str, Any], change: Callable[[dict[str, Any]], Any]) -> st
     with pytest.raises(PolicyError) as info:
         parse_policy(text, "bad.yaml")
     message = str(info.value)
-    assert message.startswith("bad.yaml: ")
+    assert re.match(r"bad\.yaml(:\d+)?: ", message), message
     assert "\n" not in message
     return message
 
@@ -320,7 +321,9 @@ def test_yaml_alias_refused() -> None:
     assert "&everything" in text and "*everything" in text
     with pytest.raises(PolicyError) as info:
         parse_policy(text, "alias.yaml")
-    assert str(info.value) == "alias.yaml: not valid YAML: aliases are not allowed in a policy"
+    assert re.fullmatch(
+        r"alias\.yaml: not valid YAML: line \d+: aliases are not allowed", str(info.value)
+    )
 
 
 def test_alias_bomb_refused_quickly() -> None:

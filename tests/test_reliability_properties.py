@@ -604,7 +604,7 @@ def tokens_across_deliveries(first: DataSet, second_names: list[str]) -> None:
         for i, name in enumerate(second_names):
             row = got[f"N{i}"]
             assert row["_state"] == "pseudonymized"
-            assert row["billing_name"] == after[("identity.name", name)]
+            assert row["billing_name"] == after[("user.name", name)]
         names = {got[f"N{i}"]["billing_name"]: n for i, n in enumerate(second_names)}
         assert len(names) == len(set(second_names))
         ledger_verifies(home)

@@ -74,9 +74,9 @@ def test_values_kept_by_design_are_only_vault_token_values(sc: Scenario) -> None
         con.close()
     values = {kind: value for kind, value, _ in rows}
     assert values == {
-        "contact.address": ERIN["street"],
-        "identifier.contact": "c-erin",
-        "identity.name": full_name(ERIN),
+        "user.contact.address.street": ERIN["street"],
+        "user.unique_id": "c-erin",
+        "user.name": full_name(ERIN),
     }
     tokens = {token for _, _, token in rows}
     orders = sc.snapshots[1]["orders"]
