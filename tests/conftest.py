@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from lethe.warehouse import connect
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_POLICY = REPO / "policies" / "default.yaml"
-LETHE_BIN = REPO / ".venv" / "bin" / "lethe"
+# The `lethe` script of the environment running the tests (a venv, CI or a user's own).
+LETHE_BIN = Path(sys.executable).with_name("lethe")
 INGEST_ORDER = ("contacts", "consents", "orders", "shipments", "holds")
 
 # Defaults are long in the past (2012), so no purpose keeps a row at a 2026 as-of date

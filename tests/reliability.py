@@ -169,19 +169,30 @@ def last_steps(home: Home) -> list[tuple[str, str]]:
     for db in sorted((home.dagster / "history" / "runs").glob("*.db")):
         if db.name == "index.db":
             continue
-        con = sqlite3.connect(db)
-        try:
-            events = con.execute(
-                "SELECT dagster_event_type, step_key FROM event_logs"
-                " WHERE dagster_event_type IN ('STEP_START', 'STEP_SUCCESS', 'STEP_FAILURE',"
-                " 'RUN_SUCCESS', 'RUN_FAILURE') ORDER BY id"
-            ).fetchall()
-        finally:
-            con.close()
+        events = _run_events(db)
         started = [s for e, s in events if e == "STEP_START"]
         done = {e for e, _ in events if e in ("RUN_SUCCESS", "RUN_FAILURE")}
         out.append((db.stem, "finished" if done else (started[-1] if started else "startup")))
     return out
+
+
+def _run_events(db: Path) -> list[tuple[str, str | None]]:
+    """A run database's step and run events; none when a kill left it without its tables
+    (Dagster creates the file, then its schema: a kill in between is a kill at start-up)."""
+    con = sqlite3.connect(db)  # read-write: SQLite rolls back a killed writer's journal
+    try:
+        created = con.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'event_logs'"
+        ).fetchone()[0]
+        if not created:
+            return []
+        return con.execute(
+            "SELECT dagster_event_type, step_key FROM event_logs"
+            " WHERE dagster_event_type IN ('STEP_START', 'STEP_SUCCESS', 'STEP_FAILURE',"
+            " 'RUN_SUCCESS', 'RUN_FAILURE') ORDER BY id"
+        ).fetchall()
+    finally:
+        con.close()
 
 
 def stage_of(step: str) -> str:

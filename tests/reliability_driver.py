@@ -7,9 +7,10 @@ POINT is `MODULE:ATTR:WHEN:N`: the Nth call of MODULE.ATTR kills the process rig
 it runs (WHEN = before) or right after it returns (WHEN = after). Two points watch a
 file instead: `landing-unlink` (right before a loaded landing file is removed, its rows
 committed) and `backup-partial` (right after the backup's copy is written, not yet
-renamed into place). `compaction-file-too-large`, `disk-full-after-enforcement` and
-`backup-file-too-large` kill nothing: from the warehouse rewrite, the end of enforcement or
-the backup on, writes fail as on a full disk.
+renamed into place), and `run-db-created` (right after SQLite creates the run's event
+database, before Dagster creates its tables). `compaction-file-too-large`,
+`disk-full-after-enforcement` and `backup-file-too-large` kill nothing: from the warehouse
+rewrite, the end of enforcement or the backup on, writes fail as on a full disk.
 """
 
 from __future__ import annotations
@@ -87,6 +88,26 @@ def patch(point: str) -> None:
             return result
 
         assets.enforcement.enforce = enforce_then_fill
+        return
+    if point == "run-db-created":
+        # The first moment the run's own event database exists: SQLite has created the
+        # file, Dagster has not yet created its tables (what a slow start-up exposes).
+        import sqlite3.dbapi2
+
+        connect = sqlite3.dbapi2.connect
+
+        def watched_connect(database: Any, *args: Any, **kwargs: Any) -> Any:
+            path = pathlib.Path(str(database).removeprefix("file:").split("?")[0])
+            new_run_db = (
+                path.parent.name == "runs" and path.name != "index.db" and not path.exists()
+            )
+            con = connect(database, *args, **kwargs)
+            if new_run_db and path.exists():
+                die()
+            return con
+
+        sqlite3.dbapi2.connect = watched_connect
+        sqlite3.connect = watched_connect
         return
     if point == "backup-partial":
         copy = shutil.copyfileobj

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import DEFAULT_POLICY, REPO, ingest_all
+from conftest import DEFAULT_POLICY, LETHE_BIN, REPO, ingest_all
 from reliability import (
     PYTHON,
     SCRATCH_ROOT,
@@ -80,6 +80,7 @@ WORKERS = 3
 
 # (point, what has happened when the process dies)
 POINTS = {
+    "run-db-created": "start-up: the run's event database exists, without its tables",
     "landing-unlink": "ingest: rows committed, landing file not yet removed",
     "lethe.requests:_rectify:after:1": "request intake: inside its transaction",
     "lethe.compaction:fsync:before:1": "compaction: fresh file written, not swapped in",
@@ -251,7 +252,7 @@ def _kill_at(point: str, home: Home, delay: float | None) -> tuple[int, str, str
         code, err = proc.returncode, proc.stderr[-500:]
     else:
         proc = subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "lethe"), "run", "--as-of", T1.isoformat()],
+            [str(LETHE_BIN), "run", "--as-of", T1.isoformat()],
             cwd=REPO,
             env=cli_env(home),
             stdout=subprocess.DEVNULL,
@@ -370,6 +371,7 @@ def test_a_second_uninterrupted_run_changes_nothing(crashes: Crashes) -> None:
 def test_kill_points_cover_every_stage(crashes: Crashes) -> None:
     reached = {k.stage for k in crashes.kills.values() if k.returncode == -signal.SIGKILL}
     assert {
+        "startup",
         "ingest",
         "request processing",
         "enforcement + compaction",
