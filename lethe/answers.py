@@ -30,7 +30,7 @@ from lethe.requests import (
     pending_requests,
     register_erasure_tokens,
 )
-from lethe.tables import TABLES
+from lethe.schema import Schema
 from lethe.vault import attach
 from lethe.warehouse import transaction
 
@@ -44,15 +44,17 @@ class Answers:
     files: list[str] = field(default_factory=list)
 
 
-def _kept(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> dict[str, list[dict]]:
+def _kept(
+    con: duckdb.DuckDBPyConnection, schema: Schema, subjects: list[str]
+) -> dict[str, list[dict]]:
     """Each row still kept about each erased subject: which, why and until when.
 
     One query per table for the whole batch (vault attached: rows that carry the subject
     only as a token are theirs too).
     """
     kept: dict[str, list[dict]] = {s: [] for s in subjects}
-    for table, frame in subject_rows(con, subjects).items():
-        key = TABLES[table].key
+    for table, frame in subject_rows(con, schema, subjects).items():
+        key = schema.tables[table].key
         rows = frame.filter(pl.col("_state") != "anonymized").sort("_subject", key)
         for row in rows.select("_subject", key, "_state", "_purposes", "_retain_until").iter_rows():
             subject, row_key, state, purposes, until = row
@@ -111,7 +113,7 @@ def answer_pending(
             with transaction(con):
                 register_erasure_tokens(con)  # tokens issued by this run's rewrite
             subjects = [r.contact_id for r in erasures]
-            kept = _kept(con, subjects)
+            kept = _kept(con, policy.data_schema, subjects)
             gone = delete_exports(
                 con, home, "subject_key IN (SELECT unnest(CAST(? AS VARCHAR[])))", [subjects]
             )

@@ -25,8 +25,10 @@ import polars as pl
 
 from lethe.home import Home
 from lethe.policy import Policy
+from lethe.reach import reach
 from lethe.requests import CONTACT_TOKEN_KIND, Request
 from lethe.retention import pseudonym_columns
+from lethe.schema import Schema
 from lethe.strategies import quote
 from lethe.tables import TABLES, TAGGED_TABLES
 from lethe.vault import reidentify
@@ -47,20 +49,18 @@ def export_dir(home: Home) -> Path:
     return home.exports / "requests"
 
 
-def _subject_select(table: str) -> str:
+def _subject_select(schema: Schema, table: str) -> str:
     """Rows of `table` owned by a subject of temp `_export_owner`, with a `_subject` column."""
-    if table == "shipments":
-        return (
-            "SELECT m._subject, t.* FROM core.shipments t JOIN core.orders o"
-            " ON o.order_id = t.order_id JOIN _export_owner m ON o.contact_id = m._match"
-        )
+    r = reach(schema, table, "t")
     return (
-        f"SELECT m._subject, t.* FROM core.{quote(table)} t"
-        " JOIN _export_owner m ON t.contact_id = m._match"
+        f"SELECT m._subject, t.* FROM core.{quote(table)} t{r.joins}"
+        f" JOIN _export_owner m ON {r.subject} = m._match"
     )
 
 
-def subject_rows(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> dict[str, pl.DataFrame]:
+def subject_rows(
+    con: duckdb.DuckDBPyConnection, schema: Schema, subjects: list[str]
+) -> dict[str, pl.DataFrame]:
     """Every row held about the subjects, per table, with a `_subject` column.
 
     Needs the vault attached AS vault: orders kept for accounting carry the subject only
@@ -76,7 +76,7 @@ def subject_rows(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> dict[st
         " UNION ALL SELECT s.contact_id, t.token FROM _export_subjects s JOIN vault.tokens t"
         f" ON t.kind = '{CONTACT_TOKEN_KIND}' AND t.value = s.contact_id"
     )
-    return {table: con.sql(_subject_select(table)).pl() for table in TAGGED_TABLES}
+    return {table: con.sql(_subject_select(schema, table)).pl() for table in TAGGED_TABLES}
 
 
 def _reidentify(
@@ -112,7 +112,9 @@ def build_documents(
     con: duckdb.DuckDBPyConnection, policy: Policy, requests: list[Request], now: dt.datetime
 ) -> dict[str, dict[str, Any]]:
     """Export documents for access/portability requests, keyed by request id."""
-    frames = _reidentify(con, subject_rows(con, [r.contact_id for r in requests]), policy)
+    frames = _reidentify(
+        con, subject_rows(con, policy.data_schema, [r.contact_id for r in requests]), policy
+    )
     purposes = {
         p.name: {
             "legal_basis": p.legal_basis,

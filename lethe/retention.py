@@ -267,13 +267,15 @@ def action_select(
     what decides the action is staged; the values are read again when the rows are written.
     """
     spec = TABLES[table]
-    links = [c for c in dict.fromkeys([spec.key, "contact_id", "order_id"]) if c in columns]
+    # What the row's subject is reached by: its key and its references.
+    links = [spec.key, *(fk.column for fk in spec.foreign_keys)]
     tagged = tag_select(policy, table, as_of, links, row_id=ROW_ID)
     flags = "".join(f", {f}" for f in keep_flags(policy, table, columns))
     tags = ", ".join(f"x.{quote(t)}" for t in FRESH_TAGS)
+    erasures = erasure_join(policy.data_schema, table)
     return (
         f"SELECT x.{ROW_ID}, {tags}, {action_sql(policy, table)} AS _action,"
-        f" _er.request_id AS _request{flags} FROM ({tagged}) x{erasure_join(table)}"
+        f" _er.request_id AS _request{flags} FROM ({tagged}) x{erasures}"
     )
 
 

@@ -16,6 +16,8 @@ import duckdb
 
 from lethe.plan import Plan, timestamp_literal
 from lethe.policy import HOLD_PURPOSE, Policy, Purpose
+from lethe.reach import reach
+from lethe.schema import Schema
 from lethe.strategies import literal, quote
 from lethe.tables import TABLES, TAGGED_TABLES
 from lethe.warehouse import table_columns, transaction
@@ -124,21 +126,14 @@ def purpose_status_sql(purpose: Purpose, table: str, as_of: str) -> str:
     return status
 
 
-def erasure_join(table: str) -> str:
-    """LEFT JOINs giving `_er.request_id`: the open erasure request of the row's subject.
-
-    A subject's rows are found by contact_id; shipments reach it through their order.
-    """
-    requests = (
-        " LEFT JOIN (SELECT contact_id, min(request_id) AS request_id FROM requests.erasures"
-        " GROUP BY contact_id) _er ON _er.contact_id = "
+def erasure_join(schema: Schema, table: str) -> str:
+    """LEFT JOINs giving `_er.request_id`: the open erasure request of the row's subject
+    (alias `x`), reached along the table's references."""
+    r = reach(schema, table, "x")
+    return (
+        f"{r.joins} LEFT JOIN (SELECT contact_id, min(request_id) AS request_id"
+        f" FROM requests.erasures GROUP BY contact_id) _er ON _er.contact_id = {r.subject}"
     )
-    if table == "shipments":
-        return (
-            " LEFT JOIN core.orders _so ON _so.order_id = x.order_id" + requests + "_so.contact_id"
-        )
-    column = "contact_id" if table != "contacts" else TABLES[table].key
-    return requests + f"x.{quote(column)}"
 
 
 def survives_erasure(purpose: Purpose) -> bool:
@@ -166,7 +161,7 @@ def tag_select(
     joins = "".join(
         f" LEFT JOIN ({purpose_status_sql(p, table, t)}) p{i} ON p{i}._k = x.{key}"
         for i, p in enumerate(purposes)
-    ) + erasure_join(table)
+    ) + erasure_join(policy.data_schema, table)
     allowed = {
         p.name: "true" if survives_erasure(p) else "_er.request_id IS NULL" for p in purposes
     }
