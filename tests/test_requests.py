@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import subprocess
+import unicodedata
 from typing import Any
 
 import dagster as dg
@@ -33,6 +34,7 @@ from request_cases import (
 )
 
 from assets.requests import NOTHING_OVERDUE, request_answers
+from lethe.holds import place_hold
 from lethe.home import Home
 from lethe.requests import (
     RequestError,
@@ -171,6 +173,40 @@ def test_subject_given_by_email_is_resolved(small: duckdb.DuckDBPyConnection) ->
     request = record_request(small, "access", "  " + TWO["email"].upper() + " ")
     assert request.contact_id == "c-two"
     assert [r[2] for r in requests_rows(small)] == ["c-two"]
+
+
+def nfc(value: str) -> str:
+    return unicodedata.normalize("NFC", value)
+
+
+def nfd(value: str) -> str:
+    return unicodedata.normalize("NFD", value)
+
+
+CZECH = person("c-czech", email=nfc("zdeněk.dvořák@seznam.cz"))
+# Stored decomposed and in mixed case, as some sources deliver it.
+GREEK = person("c-greek", email=nfd("Ödön.Σοφός@Example.Test"))
+
+
+@pytest.mark.parametrize(
+    ("subject", "contact"),
+    [
+        (nfd("zdeněk.dvořák@seznam.cz"), "c-czech"),
+        (nfc("ZDENĚK.DVOŘÁK@SEZNAM.CZ"), "c-czech"),
+        (nfd("ZDENĚK.Dvořák@Seznam.cz"), "c-czech"),
+        (nfc("ödön.σοφός@example.test"), "c-greek"),
+        (nfc("ÖDÖN.ΣΟΦΌΣ@EXAMPLE.TEST"), "c-greek"),
+    ],
+)
+def test_subject_email_matches_across_normalization_and_case(
+    home: Home, warehouse, subject: str, contact: str
+) -> None:
+    write_landing_set(home.landing, contacts=[ONE, CZECH, GREEK])
+    con = warehouse(T)
+    assert resolve_subject(con, subject) == contact
+    assert record_request(con, "access", subject).contact_id == contact
+    place_hold(con, subject, "pending lawsuit")
+    assert con.execute("SELECT contact_id FROM core.holds").fetchall() == [(contact,)]
 
 
 @pytest.mark.parametrize(
