@@ -29,7 +29,7 @@ from lethe.plan import timestamp_literal
 from lethe.policy import Policy
 from lethe.schema import default_schema
 from lethe.strategies import quote
-from lethe.subjects import resolve_subject
+from lethe.subjects import contacts_with_email, resolve_subject
 from lethe.tables import TABLES
 from lethe.vault import attach
 from lethe.warehouse import SQL_TYPES, ensure_schemas, has_table, transaction
@@ -66,6 +66,16 @@ _CHECKS: dict[str, tuple[re.Pattern[str], str]] = {
 
 class RequestError(LetheError):
     """A request that cannot be recorded or changed as asked."""
+
+
+def email_taken(con: duckdb.DuckDBPyConnection, contact_id: str, changes: dict[str, str]) -> bool:
+    """Whether the rectification gives the contact another contact's e-mail address.
+
+    An e-mail finds its subject (`--subject`), so it must stay one contact's: compared
+    with the same key as that lookup (any normalization and letter case).
+    """
+    email = changes.get("email")
+    return email is not None and bool(contacts_with_email(con, email, other_than=contact_id))
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,11 @@ def record_request(
         raise RequestError("--set applies to rectification requests only")
     ensure_schemas(con)
     contact_id = resolve_subject(con, subject)
+    if changes and email_taken(con, contact_id, changes):
+        raise RequestError(
+            "--set email: another contact has that e-mail address; an e-mail must identify"
+            " one contact"
+        )
     received = (now or dt.datetime.now(dt.UTC)).replace(tzinfo=None)
     request = Request(
         f"R-{uuid.uuid4().hex[:12]}",
@@ -215,6 +230,7 @@ def request_counts(con: duckdb.DuckDBPyConnection, now: dt.datetime | None = Non
     return {
         "open": sum(r[5] == "pending" for r in rows),
         "done": sum(r[5] == "done" for r in rows),
+        "refused": sum(r[5] == "refused" for r in rows),
         "overdue": sum(bool(r[6]) for r in rows),
     }
 
@@ -346,6 +362,25 @@ def apply_pending(
                     [request.request_id],
                 ).fetchone()[0]
             )
+            if email_taken(con, request.contact_id, changes):
+                # Another row got the address since intake (a load, an earlier request):
+                # refuse the whole request rather than apply part of it.
+                reason = "another contact has had that e-mail address since the request"
+                con.execute(
+                    "UPDATE requests.requests SET status = 'refused', completed_at = ?,"
+                    " changes = NULL, answer = ? WHERE request_id = ?",
+                    [now, json.dumps({"refused": reason}), request.request_id],
+                )
+                entries.append(
+                    _entry(
+                        request,
+                        "request",
+                        f"rectification refused: {reason}",
+                        run_id=run_id,
+                        as_of=as_of,
+                    )
+                )
+                continue
             touched = _rectify(con, request, changes)
             con.execute(
                 "UPDATE requests.requests SET status = 'done', completed_at = ?, changes = NULL,"

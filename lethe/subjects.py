@@ -2,18 +2,52 @@
 
 from __future__ import annotations
 
-import string
-
 import duckdb
 
 from lethe.errors import LetheError
 
-_UPPER, _LOWER = string.ascii_uppercase, string.ascii_lowercase
-_ASCII_LOWER = str.maketrans(_UPPER, _LOWER)
+# Characters that NFC maps onto ASCII (the Kelvin sign to K, the Greek question mark to ;,
+# the Greek varia to `): an address holding one is a look-alike of an ASCII address, so it
+# keeps its own raw spelling as its key and matches only exactly as stored.
+_ONTO_ASCII = "\u212a\u037e\u1fef"
 
 
 class UnknownSubjectError(LetheError):
     """No contact (or more than one) matches the given subject."""
+
+
+def email_key(expr: str) -> str:
+    """SQL for the lookup key of the e-mail address in the SQL expression `expr`.
+
+    Two addresses share a key when they are canonically equivalent (NFC) and differ only in
+    letter case: NFD and NFC spellings, `ZDENĚK` and `zdeněk`. Case is mapped one letter to
+    one letter (DuckDB's lower), so no fold turns non-ASCII into ASCII: ß stays ß, not ss, and
+    the dotted İ becomes i + combining dot (as Unicode case folding has it), never a plain i.
+    Final sigma folds to σ so upper-case Greek finds it. `expr` is evaluated several times:
+    pass a column or a constant, not a parameter placeholder.
+    """
+    folded = f"nfc_normalize(lower(replace(nfc_normalize({expr}), '\u0130', 'i\u0307')))"
+    return (
+        f"CASE WHEN regexp_matches({expr}, '[{_ONTO_ASCII}]') THEN {expr}"
+        f" ELSE replace({folded}, '\u03c2', '\u03c3') END"
+    )
+
+
+def contacts_with_email(
+    con: duckdb.DuckDBPyConnection, email: str, other_than: str | None = None
+) -> list[str]:
+    """contact_ids of the contacts (not anonymized) whose e-mail has the key of `email`,
+    leaving out `other_than`; one set-based scan."""
+    return [
+        r[0]
+        for r in con.execute(
+            f"WITH given AS (SELECT CAST(? AS VARCHAR) AS email) SELECT c.contact_id"
+            f" FROM core.contacts c, given g WHERE {email_key('c.email')} = {email_key('g.email')}"
+            " AND c._state <> 'anonymized' AND c.contact_id IS DISTINCT FROM ?"
+            " ORDER BY c.contact_id",
+            [email.strip(), other_than],
+        ).fetchall()
+    ]
 
 
 def resolve_subject(con: duckdb.DuckDBPyConnection, subject: str) -> str:
@@ -22,20 +56,14 @@ def resolve_subject(con: duckdb.DuckDBPyConnection, subject: str) -> str:
     if not subject:
         raise UnknownSubjectError("--subject: empty subject")
     if "@" in subject:
-        # Case-insensitive for ASCII letters only: Unicode lower() maps look-alikes onto
-        # ASCII (the Kelvin sign K to k, İ to i), which would resolve someone else's address.
-        rows = con.execute(
-            f"SELECT contact_id FROM core.contacts WHERE translate(email, '{_UPPER}', '{_LOWER}')"
-            " = ? AND _state <> 'anonymized'",
-            [subject.translate(_ASCII_LOWER)],
-        ).fetchall()
+        rows = contacts_with_email(con, subject)
         if len(rows) > 1:
             raise UnknownSubjectError(
                 f"--subject: {len(rows)} contacts share that e-mail address; give a contact_id"
             )
         if not rows:
             raise UnknownSubjectError("--subject: no contact has that e-mail address")
-        return rows[0][0]
+        return rows[0]
     found = con.execute(
         "SELECT count(*) FROM core.contacts WHERE contact_id = ?", [subject]
     ).fetchone()[0]

@@ -16,6 +16,7 @@ import datetime as dt
 import io
 import os
 import shutil
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from lethe.home import Home
 from lethe.ingest import MAX_TEXT, IngestError, ingest_table
 from lethe.policy import PolicyError, load_policy, parse_policy
 from lethe.requests import record_request
-from lethe.subjects import UnknownSubjectError, resolve_subject
+from lethe.subjects import UnknownSubjectError, email_key, resolve_subject
 from lethe.tables import TABLES
 from lethe.warehouse import connect
 from pipelines.launch import run_pipeline
@@ -479,6 +480,8 @@ def test_hostile_column_names_are_quoted_and_cannot_set_lethes_columns(
         ("eva@ex\u0430mple.test", "L5"),
         ("eva@example.test", None),
         ("\u0130van@example.test", "L6"),
+        ("I\u0307van@example.test", "L6"),  # İ decomposed: still not ivan
+        ("\u212aAREL@example.test", None),  # a Kelvin-sign address matches only as stored
         ("ivan@example.test", "L7"),
         ("IVAN@example.test", "L7"),
         ("../../etc/passwd", None),
@@ -499,6 +502,50 @@ def test_lookalike_emails_resolve_only_to_their_own_contact(
             assert resolve_subject(con, subject) == contact
     finally:
         con.close()
+
+
+def _caseless(value: str) -> str:
+    """Unicode's canonical caseless form (Python's casefold between NFC steps)."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", value).casefold())
+
+
+def test_email_key_never_matches_more_than_unicode_caseless_matching() -> None:
+    """Every letter of the first two planes against its upper, lower and decomposed forms:
+    the lookup key may keep look-alikes apart (ß and SS, the Kelvin sign and k, ﬁ and fi),
+    but never equates two spellings that canonical caseless matching tells apart, and it
+    equates every case and NFD pair of the letters Czech, Slovak, Polish, German, Greek
+    and Russian addresses use."""
+    pairs = {
+        (letter, other)
+        for letter in map(chr, range(0x80, 0x20000))
+        if unicodedata.category(letter).startswith("L")
+        for other in (
+            letter.upper(),
+            letter.lower(),
+            unicodedata.normalize("NFD", letter),
+            unicodedata.normalize("NFD", letter.upper()),
+        )
+        if other != letter
+    }
+    con = duckdb.connect()
+    try:
+        con.execute("CREATE TABLE p (a VARCHAR, b VARCHAR)")
+        con.execute(
+            "INSERT INTO p SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[])",
+            [[a for a, _ in pairs], [b for _, b in pairs]],
+        )
+        same = con.execute(f"SELECT a, b FROM p WHERE {email_key('a')} = {email_key('b')}")
+        matched = set(same.fetchall())
+    finally:
+        con.close()
+    assert [(a, b) for a, b in matched if _caseless(a) != _caseless(b)] == []
+    common = (
+        "áčďéěíňóřšťúůýžäöüąćęłńśźżľĺŕô"
+        "αβγδεζηθικλμνξοπρστυφχψωάέήίόύώ"
+        "абвгдежзийклмнопрстуфхцчшщъыьэюяё"
+    )
+    missed = [(a, b) for a, b in pairs if a in common and (a, b) not in matched]
+    assert missed == []
 
 
 _LOOKALIKES: dict[str, Home] = {}

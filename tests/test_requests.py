@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import subprocess
+import unicodedata
 from typing import Any
 
 import dagster as dg
@@ -33,9 +34,11 @@ from request_cases import (
 )
 
 from assets.requests import NOTHING_OVERDUE, request_answers
+from lethe.holds import place_hold
 from lethe.home import Home
 from lethe.requests import (
     RequestError,
+    apply_pending,
     extend_request,
     list_requests,
     parse_changes,
@@ -171,6 +174,92 @@ def test_subject_given_by_email_is_resolved(small: duckdb.DuckDBPyConnection) ->
     request = record_request(small, "access", "  " + TWO["email"].upper() + " ")
     assert request.contact_id == "c-two"
     assert [r[2] for r in requests_rows(small)] == ["c-two"]
+
+
+def nfc(value: str) -> str:
+    return unicodedata.normalize("NFC", value)
+
+
+def nfd(value: str) -> str:
+    return unicodedata.normalize("NFD", value)
+
+
+CZECH = person("c-czech", email=nfc("zdeněk.dvořák@seznam.cz"))
+# Stored decomposed and in mixed case, as some sources deliver it.
+GREEK = person("c-greek", email=nfd("Ödön.Σοφός@Example.Test"))
+
+
+@pytest.mark.parametrize(
+    ("subject", "contact"),
+    [
+        (nfd("zdeněk.dvořák@seznam.cz"), "c-czech"),
+        (nfc("ZDENĚK.DVOŘÁK@SEZNAM.CZ"), "c-czech"),
+        (nfd("ZDENĚK.Dvořák@Seznam.cz"), "c-czech"),
+        (nfc("ödön.σοφός@example.test"), "c-greek"),
+        (nfc("ÖDÖN.ΣΟΦΌΣ@EXAMPLE.TEST"), "c-greek"),
+    ],
+)
+def test_subject_email_matches_across_normalization_and_case(
+    home: Home, warehouse, subject: str, contact: str
+) -> None:
+    write_landing_set(home.landing, contacts=[ONE, CZECH, GREEK])
+    con = warehouse(T)
+    assert resolve_subject(con, subject) == contact
+    assert record_request(con, "access", subject).contact_id == contact
+    place_hold(con, subject, "pending lawsuit")
+    assert con.execute("SELECT contact_id FROM core.holds").fetchall() == [(contact,)]
+
+
+def test_rectification_to_another_contacts_email_is_refused(
+    home: Home, small: duckdb.DuckDBPyConnection
+) -> None:
+    taken = nfd(TWO["email"].upper())
+    with pytest.raises(RequestError) as err:
+        record_request(small, "rectification", "c-one", changes={"email": taken})
+    message = str(err.value)
+    assert "e-mail" in message and "\n" not in message
+    assert TWO["email"] not in message.lower() and taken not in message
+    assert requests_rows(small) == []
+    # a new spelling of one's own address is no conflict
+    own = record_request(small, "rectification", "c-one", changes={"email": ONE["email"].upper()})
+    assert [r[0] for r in requests_rows(small)] == [own.request_id]
+    small.close()
+    result = lethe(
+        home, "request", "rectification", "--subject", "c-one", "--set", f"email={taken}"
+    )
+    assert result.returncode == 1, result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "e-mail" in result.stderr
+
+
+def test_rectification_refused_when_another_contact_took_the_email_meanwhile(
+    small: duckdb.DuckDBPyConnection, policy
+) -> None:
+    new = "shared.new@example.test"
+    first = record_request(small, "rectification", "c-one", changes={"email": new})
+    second = record_request(
+        small, "rectification", "c-two", changes={"email": new.upper(), "city": "Brno"}
+    )
+    done = apply_pending(small, policy, T, "run-1")
+    assert done["rectification"] == 2
+    statuses = dict(small.execute("SELECT request_id, status FROM requests.requests").fetchall())
+    assert statuses == {first.request_id: "done", second.request_id: "refused"}
+    # nothing of the refused request is applied, not even its other columns
+    assert small.execute(
+        "SELECT email, city FROM core.contacts WHERE contact_id = 'c-two'"
+    ).fetchone() == (TWO["email"], TWO["city"])
+    assert resolve_subject(small, new) == "c-one"
+    assert resolve_subject(small, TWO["email"]) == "c-two"
+    (changes, ans) = small.execute(
+        "SELECT changes, answer FROM requests.requests WHERE request_id = ?", [second.request_id]
+    ).fetchone()
+    assert changes is None and "e-mail" in json.loads(ans)["refused"]
+    refused = small.execute(
+        "SELECT reason FROM audit.ledger WHERE reason LIKE ? ORDER BY seq",
+        [f"{second.request_id}:%"],
+    ).fetchall()
+    assert len(refused) == 2 and "refused" in refused[-1][0]
+    assert new not in repr(refused)
 
 
 @pytest.mark.parametrize(
