@@ -147,6 +147,13 @@ DATE_RANGE = ("1900-01-01", "2200-01-01")
 MAX_TEXT = 10_000  # characters in one value; no contact detail is longer
 # C0 controls except tab, newline and carriage return; DEL; bidirectional overrides.
 _CONTROL = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F\x{202A}-\x{202E}\x{2066}-\x{2069}]"
+# Unicode whitespace: exactly what Python's str.isspace() accepts, so a value is blank
+# here exactly when str.strip() (as `--subject` does) leaves nothing. DuckDB's trim()
+# keeps tabs and line breaks.
+_SPACE = (
+    r"[\t-\r\x1C-\x20\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}"
+    r"\x{3000}]"
+)
 
 
 def _problems_sql(
@@ -190,7 +197,7 @@ def _problems_sql(
                 f" WHERE {typed} IS NOT NULL AND TRY_CAST({c} AS DECIMAL(38,10)) <> {typed}"
             )
         if not col.nullable:
-            blank = f" OR trim({c}) = ''" if staged[col.name] == "VARCHAR" else ""
+            blank = f" OR regexp_full_match({typed}, '{_SPACE}*')" if col.type == "text" else ""
             parts.append(
                 f"SELECT _row, '{col.name}', 'missing value' FROM _stage WHERE {c} IS NULL{blank}"
             )

@@ -22,6 +22,9 @@ from lethe.tables import TABLES
 from lethe.tagging import tag_all
 from lethe.warehouse import connect
 
+# Every character str.strip() removes (as --subject does): each makes a value blank.
+PYTHON_SPACE = [chr(i) for i in range(0x3001) if chr(i).isspace()]
+
 
 @pytest.fixture
 def con(home: Home) -> Any:
@@ -248,6 +251,17 @@ def test_unknown_purpose(con: duckdb.DuckDBPyConnection, home: Home, policy: Pol
     [
         ("contacts", [{"contact_id": "C1"}, {"contact_id": None}], 2, "contact_id"),
         ("contacts", [{"contact_id": "  "}, {"contact_id": "C2"}], 1, "contact_id"),
+        # Blank is any Unicode whitespace (what --subject strips), not only spaces.
+        ("contacts", [{"contact_id": "C1"}, {"contact_id": " \t "}], 2, "contact_id"),
+        ("contacts", [{"contact_id": "\u00a0\u3000"}, {"contact_id": "C2"}], 1, "contact_id"),
+        (
+            "contacts",
+            [{"contact_id": "C1"}, {"contact_id": "".join(PYTHON_SPACE)}],
+            2,
+            "contact_id",
+        ),
+        ("orders", [{"order_id": "O1", "contact_id": "\u2003\n"}], 1, "contact_id"),
+        ("consents", [{"consent_id": "K1", "contact_id": "C1", "purpose": "\t"}], 1, "purpose"),
         ("contacts", [{"contact_id": "C1", "created_at": None}], 1, "created_at"),
         ("orders", [{"order_id": None, "contact_id": "C1"}], 1, "order_id"),
         ("orders", [{"order_id": "O1", "contact_id": "C1", "ordered_at": None}], 1, "ordered_at"),
