@@ -129,6 +129,24 @@ def _stage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         ) from None
 
 
+# Scalar types DuckDB casts to a contract type by value; any other is read as its text.
+_NUMBERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL")
+_BY_VALUE = {
+    "decimal": (*_NUMBERS, *(f"U{n}" for n in _NUMBERS[:5])),
+    "date": ("DATE", "TIMESTAMP"),
+    "timestamp": ("DATE", "TIMESTAMP"),
+}
+_NESTED = {"struct", "list", "map", "array", "union"}  # DuckDB type ids of nested values
+
+
+def _source(expr: str, type_: str, staged_type: str) -> str:
+    """The staged column as a cast to a contract type reads it: by value within a type
+    family (Parquet), otherwise its text, as a CSV value (DuckDB alone casts true to 1.00)."""
+    if staged_type == "VARCHAR" or staged_type.startswith(_BY_VALUE.get(type_, ())):
+        return expr
+    return f"CAST({expr} AS VARCHAR)"
+
+
 def _typed(expr: str, type_: str, staged_type: str) -> str:
     """Cast to a contract type; timestamps with a UTC offset are converted to UTC.
 
@@ -136,9 +154,12 @@ def _typed(expr: str, type_: str, staged_type: str) -> str:
     """
     if staged_type == SQL_TYPES[type_]:
         return expr
+    source = _source(expr, type_, staged_type)
+    if type_ == "text":
+        return source
     if type_ == "timestamp":
-        return f"TRY_CAST(TRY_CAST({expr} AS TIMESTAMPTZ) AS TIMESTAMP)"
-    return f"TRY_CAST({expr} AS {SQL_TYPES[type_]})"
+        return f"TRY_CAST(TRY_CAST({source} AS TIMESTAMPTZ) AS TIMESTAMP)"
+    return f"TRY_CAST({source} AS {SQL_TYPES[type_]})"
 
 
 # Dates outside this range are typos or placeholders (9999-12-31); they would be kept
@@ -178,7 +199,7 @@ def _problems_sql(
     for col in table.columns:
         c = quote(col.name)
         typed = _typed(c, col.type, staged[col.name])
-        if typed != c:
+        if typed != c and col.type != "text":
             kind = "unparsable date" if col.type in ("date", "timestamp") else "wrong type"
             parts.append(
                 f"SELECT _row, '{col.name}' AS col, '{kind}: expected {col.type}' AS reason"
@@ -192,9 +213,10 @@ def _problems_sql(
             )
         if col.type == "decimal":
             # DECIMAL(18,2) would round 10.999 silently: refuse what it cannot hold exactly.
+            exact = f"TRY_CAST({_source(c, col.type, staged[col.name])} AS DECIMAL(38,10))"
             parts.append(
                 f"SELECT _row, '{col.name}', 'more than 2 decimal places' FROM _stage"
-                f" WHERE {typed} IS NOT NULL AND TRY_CAST({c} AS DECIMAL(38,10)) <> {typed}"
+                f" WHERE {typed} IS NOT NULL AND {exact} <> {typed}"
             )
         if not col.nullable:
             blank = f" OR regexp_full_match({typed}, '{_SPACE}*')" if col.type == "text" else ""
@@ -268,13 +290,26 @@ def ingest_table(
         return IngestResult(table.name, path.name, note="already loaded; landing file removed")
 
     _stage(con, path)
-    staged = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE _stage)").fetchall())
+    stage = con.table("_stage")
+    types = dict(zip(stage.columns, stage.dtypes, strict=True))
+    staged = {c: str(t) for c, t in types.items()}
     missing = [c for c in table.column_names if c not in staged]
     if missing:
         raise IngestError(
             f"{path}: missing required column{'s' if len(missing) > 1 else ''} "
             + ", ".join(repr(m) for m in missing)
             + " (file refused, nothing loaded)"
+        )
+    # A nested value (Parquet) is no value of the contract: its text would load silently
+    # (an e-mail as "{'local': ..., 'domain': ...}"), so the whole file is refused.
+    nested = [
+        f"{c.name!r} holds {types[c.name].id.upper()} values, expected {c.type}"
+        for c in table.columns
+        if types[c.name].id in _NESTED
+    ]
+    if nested:
+        raise IngestError(
+            f"{path}: column {'; column '.join(nested)} (file refused, nothing loaded)"
         )
     extras = [
         c for c in staged if c != "_row" and c not in table.column_names and c not in TAG_COLUMNS

@@ -442,6 +442,69 @@ def test_parquet_native_types(con: duckdb.DuckDBPyConnection, home: Home, policy
     assert row == (when, None, Decimal("99.90"))
 
 
+def _text_parquet(table: str, rows: list[dict[str, Any]], **typed: pa.Array) -> pa.Table:
+    """A landing table of text columns, with the columns in `typed` replaced."""
+    columns, data = full_rows(table, rows)
+    out = pa.Table.from_pylist(data, schema=pa.schema([(c, pa.string()) for c in columns]))
+    for name, values in typed.items():
+        out = out.set_column(columns.index(name), name, values)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "kind"),
+    [
+        ("email", pa.array([{"local": "jan", "domain": "example.test"}]), "STRUCT"),
+        ("contact_id", pa.array([["C1"]]), "LIST"),
+        (
+            "created_at",
+            pa.array([[("at", "2020-01-01")]], pa.map_(pa.string(), pa.string())),
+            "MAP",
+        ),
+    ],
+)
+def test_parquet_nested_contract_column_refuses_the_file(
+    con: duckdb.DuckDBPyConnection,
+    home: Home,
+    policy: Policy,
+    column: str,
+    values: pa.Array,
+    kind: str,
+) -> None:
+    path = home.landing / "contacts.parquet"
+    pq.write_table(_text_parquet("contacts", [{"contact_id": "C1"}], **{column: values}), path)
+    with pytest.raises(IngestError) as info:
+        ingest_table(con, home.landing, "contacts", policy)
+    message = str(info.value)
+    assert str(path) in message and f"'{column}'" in message and kind in message
+    assert "example.test" not in message and "\n" not in message
+    assert path.exists()
+    _nothing_loaded(con, "contacts")
+
+
+def test_parquet_scalar_of_another_type_is_checked_as_text(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy
+) -> None:
+    """A scalar typed otherwise than the contract is read as its text, like a CSV value:
+    a boolean is no amount (DuckDB alone casts true to 1.00), an integer is a postal code."""
+    load_contacts(con, home, policy)
+    rows = [{"order_id": "O1", "contact_id": "C1"}, {"order_id": "O2", "contact_id": "C2"}]
+    typed = {
+        "total_amount": pa.array([True, None]),
+        "billing_postal_code": pa.array([11000, 60200]),
+        "ordered_at": pa.array([dt.date(2025, 6, 1)] * 2),
+    }
+    pq.write_table(_text_parquet("orders", rows, **typed), home.landing / "orders.parquet")
+    result = ingest_table(con, home.landing, "orders", policy)
+    assert quarantined(con, "orders") == [
+        ("orders", "orders.parquet", 1, "total_amount", "wrong type: expected decimal")
+    ]
+    assert con.execute(
+        "SELECT order_id, total_amount, billing_postal_code, ordered_at FROM core.orders"
+    ).fetchall() == [("O2", None, "60200", dt.datetime(2025, 6, 1))]
+    assert_accounted(con, result)
+
+
 def test_extra_columns_are_carried(
     con: duckdb.DuckDBPyConnection, home: Home, policy: Policy
 ) -> None:
