@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from lethe.errors import LetheError
 from lethe.policy import Policy
@@ -109,6 +110,64 @@ def _csv_problem(con: duckdb.DuckDBPyConnection, path: Path, columns: dict[str, 
     return f"line {rows[0][0]}: {rows[0][1]} ({_CSV_HINT})" if rows else None
 
 
+_BATCH = 50_000  # rows per Arrow batch when Python reads a CSV
+
+
+def _batch(rows: list[list[str]], names: list[str], first: int) -> pa.RecordBatch:
+    """CSV rows as an Arrow batch: data row numbers, then text columns `names[1:]`."""
+    index = pa.array(range(first, first + len(rows)), pa.int64())
+    columns = zip(*rows, strict=True) if rows else ([] for _ in names[1:])
+    return pa.RecordBatch.from_arrays(
+        [index, *(pa.array(c, pa.string()) for c in columns)], names=names
+    )
+
+
+def _stage_with_python(con: duckdb.DuckDBPyConnection, path: Path, columns: dict[str, str]) -> None:
+    """Stage a CSV with Python's csv module, as `_stage` does with DuckDB's reader.
+
+    DuckDB's strict reader takes the first line end for the whole file and fails on any
+    other, without a line number; Python's reads LF, CRLF and CR row ends mixed (files
+    concatenated or edited by hand) and keeps line breaks inside quoted values. Used only
+    when DuckDB fails without naming a line, so this per-row loop is off the usual path.
+    """
+    order = "_line"  # data row numbers, under a name the header does not use
+    while order in columns:
+        order += "_"
+    names = [order, *columns]
+    batches: list[pa.RecordBatch] = []
+    rows: list[list[str]] = []
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, strict=True)
+            next(reader)  # the header, read by _csv_columns
+            for row in reader:
+                if row and len(row) != len(columns):
+                    more = len(row) > len(columns)
+                    raise csv.Error("too many columns" if more else "missing columns")
+                if row:  # an empty line is skipped, as DuckDB does
+                    rows.append(row)
+                if len(rows) == _BATCH:
+                    batches.append(_batch(rows, names, _BATCH * len(batches) + 1))
+                    rows = []
+    except UnicodeDecodeError:
+        raise IngestError(f"{path}: not UTF-8 text (file refused, nothing loaded)") from None
+    except csv.Error as exc:
+        raise IngestError(
+            f"{path}: cannot read file: line {reader.line_num}: {exc} ({_CSV_HINT})"
+            " (file refused, nothing loaded)"
+        ) from None
+    batches.append(_batch(rows, names, _BATCH * len(batches) + 1))
+    con.register("_csv_rows", pa.Table.from_batches(batches))
+    try:
+        # Empty fields are NULL, quoted or not, as in DuckDB's reader.
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _stage AS SELECT {order} AS _row,"
+            f" nullif(COLUMNS(* EXCLUDE ({order})), '') FROM _csv_rows"
+        )
+    finally:
+        con.unregister("_csv_rows")
+
+
 def _stage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Read the file into temp table `_stage` with a 1-based `_row` (data row number)."""
     columns = _csv_columns(path) if path.suffix == ".csv" else {}
@@ -123,7 +182,11 @@ def _stage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         # Only the first line: DuckDB's next lines quote the offending input line.
         reason = str(exc).strip().splitlines()[0][:200]
         if columns:
-            reason = _csv_problem(con, path, columns) or f"{reason} ({_CSV_HINT})"
+            problem = _csv_problem(con, path, columns)
+            if problem is None:
+                _stage_with_python(con, path, columns)
+                return
+            reason = problem
         raise IngestError(
             f"{path}: cannot read file: {reason} (file refused, nothing loaded)"
         ) from None

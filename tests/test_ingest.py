@@ -3,6 +3,7 @@ unusable files are refused with an error naming the file; reruns are idempotent.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 from decimal import Decimal
@@ -503,6 +504,64 @@ def test_parquet_scalar_of_another_type_is_checked_as_text(
         "SELECT order_id, total_amount, billing_postal_code, ordered_at FROM core.orders"
     ).fetchall() == [("O2", None, "60200", dt.datetime(2025, 6, 1))]
     assert_accounted(con, result)
+
+
+def test_mixed_line_endings_load_like_uniform_ones(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy
+) -> None:
+    """LF, CRLF and CR row ends mixed in one CSV (files concatenated or edited by hand)
+    load the same rows as the uniform file; line breaks inside quoted values are kept."""
+    rows = [
+        {"contact_id": "C1", "street": "Dlouhá 1\r\npatro 2"},
+        {"contact_id": "C2", "birth_date": None},
+        {"contact_id": "C3", "street": "Krátká 2\nvzadu"},
+        {"contact_id": "C4", "last_name": ""},
+    ]
+    write_landing(home.landing, "contacts", rows)  # uniform CRLF
+    assert ingest_table(con, home.landing, "contacts", policy).rows_loaded == 4
+    uniform = con.execute(
+        "SELECT * EXCLUDE (_ingested_at) FROM core.contacts ORDER BY 1"
+    ).fetchall()
+    columns, data = full_rows("contacts", rows)
+    with (home.landing / "contacts.csv").open("w", newline="", encoding="utf-8") as fh:
+        for end, row in zip(["\n", "\r\n", "\n", "\r\n", "\r"], [columns, *data], strict=True):
+            values = row if row is columns else [row[c] or "" for c in columns]
+            csv.writer(fh, lineterminator=end).writerow(values)
+    result = ingest_table(con, home.landing, "contacts", policy)
+    assert result.ok and result.rows_loaded == 4
+    mixed = con.execute("SELECT * EXCLUDE (_ingested_at) FROM core.contacts ORDER BY 1").fetchall()
+    assert mixed == uniform
+    assert con.execute(
+        "SELECT street FROM core.contacts WHERE contact_id IN ('C1', 'C3') ORDER BY 1"
+    ).fetchall() == [("Dlouhá 1\r\npatro 2",), ("Krátká 2\nvzadu",)]
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        ("{header}\n{row}\r\n{row}\n{short}\r\n{row}\n", "line 4: missing columns"),
+        ("{header}\r\n{row}\n{row},extra\r\n", "line 3: too many columns"),
+        ('{header}\n{row}\r\n"a"b,{row}\n', "line 3: "),
+    ],
+)
+def test_mixed_line_endings_with_a_bad_line_refused_naming_it(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy, data: str, line: str
+) -> None:
+    columns, (row,) = full_rows("contacts", [{"contact_id": "C1"}])
+    values = [row[c] or "" for c in columns]
+    path = home.landing / "contacts.csv"
+    path.write_text(
+        data.format(header=",".join(columns), row=",".join(values), short=",".join(values[:-2])),
+        encoding="utf-8",
+        newline="",
+    )
+    with pytest.raises(IngestError) as info:
+        ingest_table(con, home.landing, "contacts", policy)
+    message = str(info.value)
+    assert str(path) in message and line in message and "\n" not in message
+    assert "Novák" not in message
+    assert path.exists()
+    _nothing_loaded(con, "contacts")
 
 
 def test_extra_columns_are_carried(
