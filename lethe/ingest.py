@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from lethe.errors import LetheError
 from lethe.policy import Policy
@@ -109,6 +110,64 @@ def _csv_problem(con: duckdb.DuckDBPyConnection, path: Path, columns: dict[str, 
     return f"line {rows[0][0]}: {rows[0][1]} ({_CSV_HINT})" if rows else None
 
 
+_BATCH = 50_000  # rows per Arrow batch when Python reads a CSV
+
+
+def _batch(rows: list[list[str]], names: list[str], first: int) -> pa.RecordBatch:
+    """CSV rows as an Arrow batch: data row numbers, then text columns `names[1:]`."""
+    index = pa.array(range(first, first + len(rows)), pa.int64())
+    columns = zip(*rows, strict=True) if rows else ([] for _ in names[1:])
+    return pa.RecordBatch.from_arrays(
+        [index, *(pa.array(c, pa.string()) for c in columns)], names=names
+    )
+
+
+def _stage_with_python(con: duckdb.DuckDBPyConnection, path: Path, columns: dict[str, str]) -> None:
+    """Stage a CSV with Python's csv module, as `_stage` does with DuckDB's reader.
+
+    DuckDB's strict reader takes the first line end for the whole file and fails on any
+    other, without a line number; Python's reads LF, CRLF and CR row ends mixed (files
+    concatenated or edited by hand) and keeps line breaks inside quoted values. Used only
+    when DuckDB fails without naming a line, so this per-row loop is off the usual path.
+    """
+    order = "_line"  # data row numbers, under a name the header does not use
+    while order in columns:
+        order += "_"
+    names = [order, *columns]
+    batches: list[pa.RecordBatch] = []
+    rows: list[list[str]] = []
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, strict=True)
+            next(reader)  # the header, read by _csv_columns
+            for row in reader:
+                if row and len(row) != len(columns):
+                    more = len(row) > len(columns)
+                    raise csv.Error("too many columns" if more else "missing columns")
+                if row:  # an empty line is skipped, as DuckDB does
+                    rows.append(row)
+                if len(rows) == _BATCH:
+                    batches.append(_batch(rows, names, _BATCH * len(batches) + 1))
+                    rows = []
+    except UnicodeDecodeError:
+        raise IngestError(f"{path}: not UTF-8 text (file refused, nothing loaded)") from None
+    except csv.Error as exc:
+        raise IngestError(
+            f"{path}: cannot read file: line {reader.line_num}: {exc} ({_CSV_HINT})"
+            " (file refused, nothing loaded)"
+        ) from None
+    batches.append(_batch(rows, names, _BATCH * len(batches) + 1))
+    con.register("_csv_rows", pa.Table.from_batches(batches))
+    try:
+        # Empty fields are NULL, quoted or not, as in DuckDB's reader.
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _stage AS SELECT {order} AS _row,"
+            f" nullif(COLUMNS(* EXCLUDE ({order})), '') FROM _csv_rows"
+        )
+    finally:
+        con.unregister("_csv_rows")
+
+
 def _stage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Read the file into temp table `_stage` with a 1-based `_row` (data row number)."""
     columns = _csv_columns(path) if path.suffix == ".csv" else {}
@@ -123,10 +182,32 @@ def _stage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         # Only the first line: DuckDB's next lines quote the offending input line.
         reason = str(exc).strip().splitlines()[0][:200]
         if columns:
-            reason = _csv_problem(con, path, columns) or f"{reason} ({_CSV_HINT})"
+            problem = _csv_problem(con, path, columns)
+            if problem is None:
+                _stage_with_python(con, path, columns)
+                return
+            reason = problem
         raise IngestError(
             f"{path}: cannot read file: {reason} (file refused, nothing loaded)"
         ) from None
+
+
+# Scalar types DuckDB casts to a contract type by value; any other is read as its text.
+_NUMBERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL")
+_BY_VALUE = {
+    "decimal": (*_NUMBERS, *(f"U{n}" for n in _NUMBERS[:5])),
+    "date": ("DATE", "TIMESTAMP"),
+    "timestamp": ("DATE", "TIMESTAMP"),
+}
+_NESTED = {"struct", "list", "map", "array", "union"}  # DuckDB type ids of nested values
+
+
+def _source(expr: str, type_: str, staged_type: str) -> str:
+    """The staged column as a cast to a contract type reads it: by value within a type
+    family (Parquet), otherwise its text, as a CSV value (DuckDB alone casts true to 1.00)."""
+    if staged_type == "VARCHAR" or staged_type.startswith(_BY_VALUE.get(type_, ())):
+        return expr
+    return f"CAST({expr} AS VARCHAR)"
 
 
 def _typed(expr: str, type_: str, staged_type: str) -> str:
@@ -136,9 +217,12 @@ def _typed(expr: str, type_: str, staged_type: str) -> str:
     """
     if staged_type == SQL_TYPES[type_]:
         return expr
+    source = _source(expr, type_, staged_type)
+    if type_ == "text":
+        return source
     if type_ == "timestamp":
-        return f"TRY_CAST(TRY_CAST({expr} AS TIMESTAMPTZ) AS TIMESTAMP)"
-    return f"TRY_CAST({expr} AS {SQL_TYPES[type_]})"
+        return f"TRY_CAST(TRY_CAST({source} AS TIMESTAMPTZ) AS TIMESTAMP)"
+    return f"TRY_CAST({source} AS {SQL_TYPES[type_]})"
 
 
 # Dates outside this range are typos or placeholders (9999-12-31); they would be kept
@@ -147,6 +231,13 @@ DATE_RANGE = ("1900-01-01", "2200-01-01")
 MAX_TEXT = 10_000  # characters in one value; no contact detail is longer
 # C0 controls except tab, newline and carriage return; DEL; bidirectional overrides.
 _CONTROL = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F\x{202A}-\x{202E}\x{2066}-\x{2069}]"
+# Unicode whitespace: exactly what Python's str.isspace() accepts, so a value is blank
+# here exactly when str.strip() (as `--subject` does) leaves nothing. DuckDB's trim()
+# keeps tabs and line breaks.
+_SPACE = (
+    r"[\t-\r\x1C-\x20\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}"
+    r"\x{3000}]"
+)
 
 
 def _problems_sql(
@@ -171,7 +262,7 @@ def _problems_sql(
     for col in table.columns:
         c = quote(col.name)
         typed = _typed(c, col.type, staged[col.name])
-        if typed != c:
+        if typed != c and col.type != "text":
             kind = "unparsable date" if col.type in ("date", "timestamp") else "wrong type"
             parts.append(
                 f"SELECT _row, '{col.name}' AS col, '{kind}: expected {col.type}' AS reason"
@@ -185,12 +276,13 @@ def _problems_sql(
             )
         if col.type == "decimal":
             # DECIMAL(18,2) would round 10.999 silently: refuse what it cannot hold exactly.
+            exact = f"TRY_CAST({_source(c, col.type, staged[col.name])} AS DECIMAL(38,10))"
             parts.append(
                 f"SELECT _row, '{col.name}', 'more than 2 decimal places' FROM _stage"
-                f" WHERE {typed} IS NOT NULL AND TRY_CAST({c} AS DECIMAL(38,10)) <> {typed}"
+                f" WHERE {typed} IS NOT NULL AND {exact} <> {typed}"
             )
         if not col.nullable:
-            blank = f" OR trim({c}) = ''" if staged[col.name] == "VARCHAR" else ""
+            blank = f" OR regexp_full_match({typed}, '{_SPACE}*')" if col.type == "text" else ""
             parts.append(
                 f"SELECT _row, '{col.name}', 'missing value' FROM _stage WHERE {c} IS NULL{blank}"
             )
@@ -261,13 +353,26 @@ def ingest_table(
         return IngestResult(table.name, path.name, note="already loaded; landing file removed")
 
     _stage(con, path)
-    staged = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE _stage)").fetchall())
+    stage = con.table("_stage")
+    types = dict(zip(stage.columns, stage.dtypes, strict=True))
+    staged = {c: str(t) for c, t in types.items()}
     missing = [c for c in table.column_names if c not in staged]
     if missing:
         raise IngestError(
             f"{path}: missing required column{'s' if len(missing) > 1 else ''} "
             + ", ".join(repr(m) for m in missing)
             + " (file refused, nothing loaded)"
+        )
+    # A nested value (Parquet) is no value of the contract: its text would load silently
+    # (an e-mail as "{'local': ..., 'domain': ...}"), so the whole file is refused.
+    nested = [
+        f"{c.name!r} holds {types[c.name].id.upper()} values, expected {c.type}"
+        for c in table.columns
+        if types[c.name].id in _NESTED
+    ]
+    if nested:
+        raise IngestError(
+            f"{path}: column {'; column '.join(nested)} (file refused, nothing loaded)"
         )
     extras = [
         c for c in staged if c != "_row" and c not in table.column_names and c not in TAG_COLUMNS

@@ -51,12 +51,17 @@ def contacts_with_email(
 
 
 def resolve_subject(con: duckdb.DuckDBPyConnection, subject: str) -> str:
-    """The contact_id for a contact_id or e-mail; the message never echoes the e-mail."""
-    subject = subject.strip()
-    if not subject:
+    """The contact_id for a contact_id or e-mail; the message never echoes the e-mail.
+
+    Whitespace around the subject is ignored (str.strip(): the same Unicode whitespace
+    that makes a key blank at ingest), except that a contact_id matching exactly as given
+    wins: ingest keeps a non-blank key as delivered, so every loaded contact can be named.
+    """
+    stripped = subject.strip()
+    if not stripped:
         raise UnknownSubjectError("--subject: empty subject")
-    if "@" in subject:
-        rows = contacts_with_email(con, subject)
+    if "@" in stripped:
+        rows = contacts_with_email(con, stripped)
         if len(rows) > 1:
             raise UnknownSubjectError(
                 f"--subject: {len(rows)} contacts share that e-mail address; give a contact_id"
@@ -65,8 +70,10 @@ def resolve_subject(con: duckdb.DuckDBPyConnection, subject: str) -> str:
             raise UnknownSubjectError("--subject: no contact has that e-mail address")
         return rows[0]
     found = con.execute(
-        "SELECT count(*) FROM core.contacts WHERE contact_id = ?", [subject]
-    ).fetchone()[0]
+        "SELECT contact_id FROM core.contacts WHERE contact_id IN (?, ?)"
+        " ORDER BY contact_id <> ? LIMIT 1",
+        [subject, stripped, subject],
+    ).fetchone()
     if not found:
         raise UnknownSubjectError("--subject: no contact with that contact_id")
-    return subject
+    return found[0]

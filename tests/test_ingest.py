@@ -3,6 +3,7 @@ unusable files are refused with an error naming the file; reruns are idempotent.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 from decimal import Decimal
@@ -21,6 +22,9 @@ from lethe.policy import Policy
 from lethe.tables import TABLES
 from lethe.tagging import tag_all
 from lethe.warehouse import connect
+
+# Every character str.strip() removes (as --subject does): each makes a value blank.
+PYTHON_SPACE = [chr(i) for i in range(0x3001) if chr(i).isspace()]
 
 
 @pytest.fixture
@@ -248,6 +252,17 @@ def test_unknown_purpose(con: duckdb.DuckDBPyConnection, home: Home, policy: Pol
     [
         ("contacts", [{"contact_id": "C1"}, {"contact_id": None}], 2, "contact_id"),
         ("contacts", [{"contact_id": "  "}, {"contact_id": "C2"}], 1, "contact_id"),
+        # Blank is any Unicode whitespace (what --subject strips), not only spaces.
+        ("contacts", [{"contact_id": "C1"}, {"contact_id": " \t "}], 2, "contact_id"),
+        ("contacts", [{"contact_id": "\u00a0\u3000"}, {"contact_id": "C2"}], 1, "contact_id"),
+        (
+            "contacts",
+            [{"contact_id": "C1"}, {"contact_id": "".join(PYTHON_SPACE)}],
+            2,
+            "contact_id",
+        ),
+        ("orders", [{"order_id": "O1", "contact_id": "\u2003\n"}], 1, "contact_id"),
+        ("consents", [{"consent_id": "K1", "contact_id": "C1", "purpose": "\t"}], 1, "purpose"),
         ("contacts", [{"contact_id": "C1", "created_at": None}], 1, "created_at"),
         ("orders", [{"order_id": None, "contact_id": "C1"}], 1, "order_id"),
         ("orders", [{"order_id": "O1", "contact_id": "C1", "ordered_at": None}], 1, "ordered_at"),
@@ -426,6 +441,127 @@ def test_parquet_native_types(con: duckdb.DuckDBPyConnection, home: Home, policy
     assert result.ok and result.rows_loaded == 1
     row = con.execute("SELECT ordered_at, completed_at, total_amount FROM core.orders").fetchone()
     assert row == (when, None, Decimal("99.90"))
+
+
+def _text_parquet(table: str, rows: list[dict[str, Any]], **typed: pa.Array) -> pa.Table:
+    """A landing table of text columns, with the columns in `typed` replaced."""
+    columns, data = full_rows(table, rows)
+    out = pa.Table.from_pylist(data, schema=pa.schema([(c, pa.string()) for c in columns]))
+    for name, values in typed.items():
+        out = out.set_column(columns.index(name), name, values)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "kind"),
+    [
+        ("email", pa.array([{"local": "jan", "domain": "example.test"}]), "STRUCT"),
+        ("contact_id", pa.array([["C1"]]), "LIST"),
+        (
+            "created_at",
+            pa.array([[("at", "2020-01-01")]], pa.map_(pa.string(), pa.string())),
+            "MAP",
+        ),
+    ],
+)
+def test_parquet_nested_contract_column_refuses_the_file(
+    con: duckdb.DuckDBPyConnection,
+    home: Home,
+    policy: Policy,
+    column: str,
+    values: pa.Array,
+    kind: str,
+) -> None:
+    path = home.landing / "contacts.parquet"
+    pq.write_table(_text_parquet("contacts", [{"contact_id": "C1"}], **{column: values}), path)
+    with pytest.raises(IngestError) as info:
+        ingest_table(con, home.landing, "contacts", policy)
+    message = str(info.value)
+    assert str(path) in message and f"'{column}'" in message and kind in message
+    assert "example.test" not in message and "\n" not in message
+    assert path.exists()
+    _nothing_loaded(con, "contacts")
+
+
+def test_parquet_scalar_of_another_type_is_checked_as_text(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy
+) -> None:
+    """A scalar typed otherwise than the contract is read as its text, like a CSV value:
+    a boolean is no amount (DuckDB alone casts true to 1.00), an integer is a postal code."""
+    load_contacts(con, home, policy)
+    rows = [{"order_id": "O1", "contact_id": "C1"}, {"order_id": "O2", "contact_id": "C2"}]
+    typed = {
+        "total_amount": pa.array([True, None]),
+        "billing_postal_code": pa.array([11000, 60200]),
+        "ordered_at": pa.array([dt.date(2025, 6, 1)] * 2),
+    }
+    pq.write_table(_text_parquet("orders", rows, **typed), home.landing / "orders.parquet")
+    result = ingest_table(con, home.landing, "orders", policy)
+    assert quarantined(con, "orders") == [
+        ("orders", "orders.parquet", 1, "total_amount", "wrong type: expected decimal")
+    ]
+    assert con.execute(
+        "SELECT order_id, total_amount, billing_postal_code, ordered_at FROM core.orders"
+    ).fetchall() == [("O2", None, "60200", dt.datetime(2025, 6, 1))]
+    assert_accounted(con, result)
+
+
+def test_mixed_line_endings_load_like_uniform_ones(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy
+) -> None:
+    """LF, CRLF and CR row ends mixed in one CSV (files concatenated or edited by hand)
+    load the same rows as the uniform file; line breaks inside quoted values are kept."""
+    rows = [
+        {"contact_id": "C1", "street": "Dlouhá 1\r\npatro 2"},
+        {"contact_id": "C2", "birth_date": None},
+        {"contact_id": "C3", "street": "Krátká 2\nvzadu"},
+        {"contact_id": "C4", "last_name": ""},
+    ]
+    write_landing(home.landing, "contacts", rows)  # uniform CRLF
+    assert ingest_table(con, home.landing, "contacts", policy).rows_loaded == 4
+    uniform = con.execute(
+        "SELECT * EXCLUDE (_ingested_at) FROM core.contacts ORDER BY 1"
+    ).fetchall()
+    columns, data = full_rows("contacts", rows)
+    with (home.landing / "contacts.csv").open("w", newline="", encoding="utf-8") as fh:
+        for end, row in zip(["\n", "\r\n", "\n", "\r\n", "\r"], [columns, *data], strict=True):
+            values = row if row is columns else [row[c] or "" for c in columns]
+            csv.writer(fh, lineterminator=end).writerow(values)
+    result = ingest_table(con, home.landing, "contacts", policy)
+    assert result.ok and result.rows_loaded == 4
+    mixed = con.execute("SELECT * EXCLUDE (_ingested_at) FROM core.contacts ORDER BY 1").fetchall()
+    assert mixed == uniform
+    assert con.execute(
+        "SELECT street FROM core.contacts WHERE contact_id IN ('C1', 'C3') ORDER BY 1"
+    ).fetchall() == [("Dlouhá 1\r\npatro 2",), ("Krátká 2\nvzadu",)]
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        ("{header}\n{row}\r\n{row}\n{short}\r\n{row}\n", "line 4: missing columns"),
+        ("{header}\r\n{row}\n{row},extra\r\n", "line 3: too many columns"),
+        ('{header}\n{row}\r\n"a"b,{row}\n', "line 3: "),
+    ],
+)
+def test_mixed_line_endings_with_a_bad_line_refused_naming_it(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy, data: str, line: str
+) -> None:
+    columns, (row,) = full_rows("contacts", [{"contact_id": "C1"}])
+    values = [row[c] or "" for c in columns]
+    path = home.landing / "contacts.csv"
+    path.write_text(
+        data.format(header=",".join(columns), row=",".join(values), short=",".join(values[:-2])),
+        encoding="utf-8",
+        newline="",
+    )
+    with pytest.raises(IngestError) as info:
+        ingest_table(con, home.landing, "contacts", policy)
+    message = str(info.value)
+    assert str(path) in message and line in message and "\n" not in message
+    assert "Novák" not in message
+    assert path.exists()
+    _nothing_loaded(con, "contacts")
 
 
 def test_extra_columns_are_carried(

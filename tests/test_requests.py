@@ -262,6 +262,17 @@ def test_rectification_refused_when_another_contact_took_the_email_meanwhile(
     assert new not in repr(refused)
 
 
+def test_every_loaded_contact_id_can_be_given_as_subject(home: Home, warehouse) -> None:
+    # Ingest keeps a non-blank key as delivered; --subject must find it as given, and
+    # still forgive whitespace typed around an id that has none.
+    write_landing_set(home.landing, contacts=[ONE, person(" c-pad\t")])
+    con = warehouse(T)
+    assert resolve_subject(con, " c-pad\t") == " c-pad\t"
+    assert resolve_subject(con, "\u3000c-one\n") == "c-one"
+    with pytest.raises(UnknownSubjectError, match="empty subject"):
+        resolve_subject(con, " \t\u00a0")
+
+
 @pytest.mark.parametrize(
     ("pair", "names"),
     [
