@@ -275,10 +275,11 @@ def hold_add(
     subject: Annotated[str, typer.Option(help="contact_id or e-mail address.")],
     reason: Annotated[str, typer.Option(help="Why the data must be kept (the case).")],
 ) -> None:
-    """Freeze every row of a contact until the hold is released."""
+    """Freeze every row of a data subject until the hold is released."""
+    policy = load_policy()
     with _warehouse() as con:
-        hold_id = place_hold(con, subject, reason)
-    out.print(f"hold {hold_id} placed; the contact's rows are frozen from the next run")
+        hold_id = place_hold(con, policy, subject, reason)
+    out.print(f"hold {hold_id} placed; the subject's rows are frozen from the next run")
 
 
 @hold_app.command("release")
@@ -286,9 +287,10 @@ def hold_release(
     subject: Annotated[str, typer.Option(help="contact_id or e-mail address.")],
     reason: Annotated[str, typer.Option(help="Why the hold ends.")],
 ) -> None:
-    """Release a contact's open holds; retention applies again from the next run."""
+    """Release a subject's open holds; retention applies again from the next run."""
+    policy = load_policy()
     with _warehouse() as con:
-        n = release_hold(con, subject, reason)
+        n = release_hold(con, policy, subject, reason)
     out.print(f"{n} hold(s) released")
 
 

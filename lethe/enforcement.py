@@ -129,7 +129,7 @@ def enforce(
     staged: list[LedgerEntry] = []
 
     def prepare(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], str]:
-        ensure_schemas(con)
+        ensure_schemas(con, policy.data_schema)
         plans = {}
         for table in TAGGED_TABLES:
             columns = table_columns(con, "core", table)

@@ -9,8 +9,14 @@ was loaded before a crash and is only removed, which keeps reruns idempotent.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +25,16 @@ import pyarrow as pa
 
 from lethe.errors import LetheError
 from lethe.policy import Policy
+from lethe.schema import CsvDialect, Schema, Table
 from lethe.strategies import literal, quote
-from lethe.tables import TABLES, Table
-from lethe.warehouse import SQL_TYPES, TAG_COLUMNS, ensure_schemas, table_columns, transaction
+from lethe.warehouse import (
+    SQL_TYPES,
+    TAG_COLUMNS,
+    ensure_schemas,
+    spill_directory,
+    table_columns,
+    transaction,
+)
 
 
 class IngestError(LetheError, ValueError):
@@ -47,10 +60,10 @@ class IngestResult:
 
 
 def landing_file(landing: Path, table: Table) -> Path | None:
-    """The landing file of a table (`NAME.parquet` or `NAME.csv`), or None."""
-    found = [
-        p for p in (landing / f"{table.name}.parquet", landing / f"{table.name}.csv") if p.exists()
-    ]
+    """The landing file of a table (`FILE.parquet` or `FILE.csv`, FILE as its source
+    declares), or None."""
+    name = table.source.file
+    found = [p for p in (landing / f"{name}.parquet", landing / f"{name}.csv") if p.exists()]
     if len(found) > 1:
         raise IngestError(f"{found[0]}: both {found[0].name} and {found[1].name} exist; keep one")
     return found[0] if found else None
@@ -64,25 +77,51 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# SPEC: CSV with a header row. The dialect is fixed and the header read by Python's csv
+# SPEC: CSV with a header row, written as the table's source declares (default: comma-
+# separated UTF-8). The dialect is never sniffed and the header is read by Python's csv
 # module: DuckDB's sniffer takes a later line with more fields for the header and skips
 # every row before it, or reads "'; DROP TABLE x; --" as a sign of ';'-separated fields.
-_CSV = (
-    "header = true, auto_detect = false, columns = ?, encoding = 'utf-8', strict_mode = true,"
-    " delim = ',', quote = '\"', escape = '\"'"
-)
-_CSV_HINT = "expected comma-separated UTF-8 text, a header row and equally many fields per line"
+def _csv_options(dialect: CsvDialect) -> str:
+    """read_csv options of a declared dialect (the file is UTF-8 by then)."""
+    return (
+        "header = true, auto_detect = false, columns = ?, encoding = 'utf-8',"
+        f" strict_mode = true, delim = {literal(dialect.delimiter)},"
+        f" quote = {literal(dialect.quote)}, escape = {literal(dialect.quote)}"
+    )
 
 
-def _csv_columns(path: Path) -> dict[str, str]:
+_SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def _csv_hint(dialect: CsvDialect) -> str:
+    separator = _SEPARATORS.get(dialect.delimiter, repr(dialect.delimiter))
+    return (
+        f"expected {separator}-separated {_encoding_name(dialect)} text, a header row and"
+        " equally many fields per line"
+    )
+
+
+def _is_utf8(dialect: CsvDialect) -> bool:
+    return codecs.lookup(dialect.encoding).name == "utf-8"
+
+
+def _encoding_name(dialect: CsvDialect) -> str:
+    return "UTF-8" if _is_utf8(dialect) else dialect.encoding
+
+
+def _csv_columns(path: Path, dialect: CsvDialect) -> dict[str, str]:
     """The header row's column names, each typed VARCHAR (a UTF-8 BOM is skipped)."""
+    encoding = "utf-8-sig" if _is_utf8(dialect) else dialect.encoding
     try:
-        with path.open(encoding="utf-8-sig", newline="") as fh:
-            header = next(csv.reader(fh), [])
+        with path.open(encoding=encoding, newline="") as fh:
+            reader = csv.reader(fh, delimiter=dialect.delimiter, quotechar=dialect.quote)
+            header = next(reader, [])
     except UnicodeDecodeError:
-        raise IngestError(f"{path}: not UTF-8 text (file refused, nothing loaded)") from None
+        raise IngestError(
+            f"{path}: not {_encoding_name(dialect)} text (file refused, nothing loaded)"
+        ) from None
     except csv.Error:
-        raise IngestError(f"{path}: cannot read the header row ({_CSV_HINT})") from None
+        raise IngestError(f"{path}: cannot read the header row ({_csv_hint(dialect)})") from None
     names = [name or f"column{i}" for i, name in enumerate(header)]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if not names or duplicates:
@@ -91,13 +130,15 @@ def _csv_columns(path: Path) -> dict[str, str]:
     return dict.fromkeys(names, "VARCHAR")
 
 
-def _csv_problem(con: duckdb.DuckDBPyConnection, path: Path, columns: dict[str, str]) -> str | None:
+def _csv_problem(
+    con: duckdb.DuckDBPyConnection, text: Path, columns: dict[str, str], dialect: CsvDialect
+) -> str | None:
     """The first line DuckDB rejects and the kind of problem (never the line's content)."""
     try:
         con.execute(
-            f"SELECT count(*) FROM read_csv(?, {_CSV}, store_rejects = true,"
+            f"SELECT count(*) FROM read_csv(?, {_csv_options(dialect)}, store_rejects = true,"
             " rejects_table = '_rejects', rejects_scan = '_reject_scans')",
-            [str(path), columns],
+            [str(text), columns],
         ).fetchall()
         rows = con.execute(
             "SELECT line, lower(CAST(error_type AS VARCHAR)) FROM _rejects ORDER BY line LIMIT 1"
@@ -107,7 +148,7 @@ def _csv_problem(con: duckdb.DuckDBPyConnection, path: Path, columns: dict[str, 
     finally:
         con.execute("DROP TABLE IF EXISTS _rejects")
         con.execute("DROP TABLE IF EXISTS _reject_scans")
-    return f"line {rows[0][0]}: {rows[0][1]} ({_CSV_HINT})" if rows else None
+    return f"line {rows[0][0]}: {rows[0][1]} ({_csv_hint(dialect)})" if rows else None
 
 
 _BATCH = 50_000  # rows per Arrow batch when Python reads a CSV
@@ -122,7 +163,13 @@ def _batch(rows: list[list[str]], names: list[str], first: int) -> pa.RecordBatc
     )
 
 
-def _stage_with_python(con: duckdb.DuckDBPyConnection, path: Path, columns: dict[str, str]) -> None:
+def _stage_with_python(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    text: Path,
+    columns: dict[str, str],
+    dialect: CsvDialect,
+) -> None:
     """Stage a CSV with Python's csv module, as `_stage` does with DuckDB's reader.
 
     DuckDB's strict reader takes the first line end for the whole file and fails on any
@@ -137,8 +184,10 @@ def _stage_with_python(con: duckdb.DuckDBPyConnection, path: Path, columns: dict
     batches: list[pa.RecordBatch] = []
     rows: list[list[str]] = []
     try:
-        with path.open(encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh, strict=True)
+        with text.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(
+                fh, delimiter=dialect.delimiter, quotechar=dialect.quote, strict=True
+            )
             next(reader)  # the header, read by _csv_columns
             for row in reader:
                 if row and len(row) != len(columns):
@@ -153,7 +202,7 @@ def _stage_with_python(con: duckdb.DuckDBPyConnection, path: Path, columns: dict
         raise IngestError(f"{path}: not UTF-8 text (file refused, nothing loaded)") from None
     except csv.Error as exc:
         raise IngestError(
-            f"{path}: cannot read file: line {reader.line_num}: {exc} ({_CSV_HINT})"
+            f"{path}: cannot read file: line {reader.line_num}: {exc} ({_csv_hint(dialect)})"
             " (file refused, nothing loaded)"
         ) from None
     batches.append(_batch(rows, names, _BATCH * len(batches) + 1))
@@ -168,63 +217,212 @@ def _stage_with_python(con: duckdb.DuckDBPyConnection, path: Path, columns: dict
         con.unregister("_csv_rows")
 
 
-def _stage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """Read the file into temp table `_stage` with a 1-based `_row` (data row number)."""
-    columns = _csv_columns(path) if path.suffix == ".csv" else {}
-    reader = f"read_csv(?, {_CSV})" if columns else "read_parquet(?)"
+@contextmanager
+def _as_utf8(path: Path, dialect: CsvDialect) -> Iterator[Path]:
+    """The CSV as UTF-8 text: the file itself, or a private transcoded copy (DuckDB reads
+    UTF-8 only) in the spill folder, removed afterwards."""
+    if _is_utf8(dialect):
+        yield path
+        return
+    fd, name = tempfile.mkstemp(prefix=".ingest-", suffix=".csv", dir=spill_directory())
+    copy = Path(name)
     try:
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _stage AS"
-            f" SELECT row_number() OVER () AS _row, * FROM {reader}",
-            [str(path), columns] if columns else [str(path)],
-        )
+        with (
+            path.open(encoding=dialect.encoding, newline="") as src,
+            os.fdopen(fd, "w", encoding="utf-8", newline="") as dst,
+        ):
+            shutil.copyfileobj(src, dst, 1 << 20)
+        yield copy
+    except UnicodeDecodeError:
+        raise IngestError(
+            f"{path}: not {dialect.encoding} text (file refused, nothing loaded)"
+        ) from None
+    finally:
+        copy.unlink(missing_ok=True)
+
+
+def _stage(con: duckdb.DuckDBPyConnection, path: Path, table: Table) -> None:
+    """Read the file into temp table `_stage` with a 1-based `_row` (data row number) and
+    the declared columns under their own names (read from their `from` headers)."""
+    if path.suffix == ".csv":
+        dialect = table.source.csv
+        columns = _csv_columns(path, dialect)
+        with _as_utf8(path, dialect) as text:
+            _stage_csv(con, path, text, columns, dialect)
+    else:
+        try:
+            _read_into_stage(con, "read_parquet(?)", [str(path)])
+        except duckdb.Error as exc:
+            # Only the first line: DuckDB's next lines may quote the input.
+            reason = str(exc).strip().splitlines()[0][:200]
+            raise IngestError(
+                f"{path}: cannot read file: {reason} (file refused, nothing loaded)"
+            ) from None
+    _name_columns(con, path, table)
+
+
+def _read_into_stage(con: duckdb.DuckDBPyConnection, reader: str, params: list) -> None:
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _stage AS SELECT row_number() OVER () AS _row, *"
+        f" FROM {reader}",
+        params,
+    )
+
+
+def _stage_csv(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    text: Path,
+    columns: dict[str, str],
+    dialect: CsvDialect,
+) -> None:
+    try:
+        _read_into_stage(con, f"read_csv(?, {_csv_options(dialect)})", [str(text), columns])
     except duckdb.Error as exc:
         # Only the first line: DuckDB's next lines quote the offending input line.
         reason = str(exc).strip().splitlines()[0][:200]
-        if columns:
-            problem = _csv_problem(con, path, columns)
-            if problem is None:
-                _stage_with_python(con, path, columns)
-                return
-            reason = problem
+        problem = _csv_problem(con, text, columns, dialect)
+        if problem is None:
+            _stage_with_python(con, path, text, columns, dialect)
+            return
         raise IngestError(
-            f"{path}: cannot read file: {reason} (file refused, nothing loaded)"
+            f"{path}: cannot read file: {problem or reason} (file refused, nothing loaded)"
         ) from None
+
+
+def _name_columns(con: duckdb.DuckDBPyConnection, path: Path, table: Table) -> None:
+    """Rename each declared column's `from` header to the column's name (metadata only)."""
+    staged = set(con.table("_stage").columns)
+    renamed = [c for c in table.columns if c.header != c.name]
+    missing = [f"{c.header!r} (for {c.name})" for c in renamed if c.header not in staged]
+    if missing:
+        raise IngestError(
+            f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+            " (file refused, nothing loaded)"
+        )
+    taken = sorted(staged & {c.name for c in renamed} - {c.header for c in renamed})
+    if taken:
+        raise IngestError(
+            f"{path}: column {taken[0]!r} is also the name a declared column is read into"
+            " (file refused, nothing loaded)"
+        )
+    # Two steps, so headers that swap names never collide.
+    for i, c in enumerate(renamed):
+        con.execute(f"ALTER TABLE _stage RENAME COLUMN {quote(c.header)} TO _lethe_{i}")
+    for i, c in enumerate(renamed):
+        con.execute(f"ALTER TABLE _stage RENAME COLUMN _lethe_{i} TO {quote(c.name)}")
 
 
 # Scalar types DuckDB casts to a contract type by value; any other is read as its text.
 _NUMBERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL")
 _BY_VALUE = {
+    "integer": (*_NUMBERS, *(f"U{n}" for n in _NUMBERS[:5])),
     "decimal": (*_NUMBERS, *(f"U{n}" for n in _NUMBERS[:5])),
     "date": ("DATE", "TIMESTAMP"),
     "timestamp": ("DATE", "TIMESTAMP"),
+    "boolean": ("BOOLEAN",),
 }
 _NESTED = {"struct", "list", "map", "array", "union"}  # DuckDB type ids of nested values
+_OFFSET = r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"  # a timestamp text that names its UTC offset
+
+
+@dataclass(frozen=True)
+class ValueFormats:
+    """How a source writes its values: decimal separator, date and timestamp formats
+    (None: ISO 8601) and the zone of its naive timestamps."""
+
+    decimal: str = "."
+    date: str | None = None
+    timestamp: str | None = None
+    timezone: str = "UTC"
+
+    @classmethod
+    def of(cls, schema: Schema, table: Table) -> ValueFormats:
+        source = table.source
+        return cls(
+            source.csv.decimal, source.formats.date, source.formats.timestamp, schema.timezone
+        )
+
+    def describe(self, type_: str) -> str:
+        """What a value of `type_` is expected to look like (for quarantine reasons)."""
+        fmt = {"date": self.date, "timestamp": self.timestamp}.get(type_)
+        return f"{type_} ({fmt})" if fmt else type_
+
+
+ISO = ValueFormats()
+
+
+def _by_value(type_: str, staged_type: str) -> bool:
+    """Whether a staged column is cast to a contract type by value (a Parquet column of
+    the same type family) rather than read as text, as a CSV value is."""
+    return staged_type != "VARCHAR" and staged_type.startswith(_BY_VALUE.get(type_, ()))
 
 
 def _source(expr: str, type_: str, staged_type: str) -> str:
     """The staged column as a cast to a contract type reads it: by value within a type
     family (Parquet), otherwise its text, as a CSV value (DuckDB alone casts true to 1.00)."""
-    if staged_type == "VARCHAR" or staged_type.startswith(_BY_VALUE.get(type_, ())):
+    if staged_type == "VARCHAR" or _by_value(type_, staged_type):
         return expr
     return f"CAST({expr} AS VARCHAR)"
 
 
-def _typed(expr: str, type_: str, staged_type: str) -> str:
-    """Cast to a contract type; timestamps with a UTC offset are converted to UTC.
+def _number(source: str, text: bool, fmt: ValueFormats) -> str:
+    """A number's text with a decimal point, whatever separator the source writes."""
+    if text and fmt.decimal != ".":
+        # A point is no decimal separator there (it may group thousands): it fails the cast.
+        return f"replace(replace({source}, '.', 'x'), {literal(fmt.decimal)}, '.')"
+    return source
+
+
+def _to_utc(local: str, fmt: ValueFormats) -> str:
+    """A naive timestamp in the source's zone as a naive UTC timestamp."""
+    if fmt.timezone == "UTC":
+        return local
+    return f"timezone('UTC', timezone({literal(fmt.timezone)}, {local}))"
+
+
+def _timestamp(source: str, staged_type: str, fmt: ValueFormats) -> str:
+    if _by_value("timestamp", staged_type):
+        # Parquet: TIMESTAMP WITH TIME ZONE is an instant; a naive one is local time.
+        cast = f"CAST({source} AS TIMESTAMP)"
+        return cast if "WITH TIME ZONE" in staged_type else _to_utc(cast, fmt)
+    if fmt.timestamp:
+        parsed = f"TRY_STRPTIME({source}, {literal(fmt.timestamp)})"
+        if "%z" in fmt.timestamp or "%Z" in fmt.timestamp:
+            return f"CAST({parsed} AS TIMESTAMP)"
+        return _to_utc(parsed, fmt)
+    with_offset = f"TRY_CAST(TRY_CAST({source} AS TIMESTAMPTZ) AS TIMESTAMP)"
+    if fmt.timezone == "UTC":
+        return with_offset
+    return (
+        f"CASE WHEN regexp_matches({source}, '{_OFFSET}') THEN {with_offset}"
+        f" ELSE {_to_utc(f'TRY_CAST({source} AS TIMESTAMP)', fmt)} END"
+    )
+
+
+def _typed(expr: str, type_: str, staged_type: str, fmt: ValueFormats = ISO) -> str:
+    """Cast to a contract type as the source writes it: decimal separator, date and time
+    formats; timestamps end up naive UTC (from a UTC offset, or the source's zone).
 
     A column the file already types as the contract does (Parquet) is taken as it is.
     """
-    if staged_type == SQL_TYPES[type_]:
+    if staged_type == SQL_TYPES[type_] and (type_ != "timestamp" or fmt.timezone == "UTC"):
         return expr
     source = _source(expr, type_, staged_type)
     if type_ == "text":
         return source
     if type_ == "timestamp":
-        return f"TRY_CAST(TRY_CAST({source} AS TIMESTAMPTZ) AS TIMESTAMP)"
+        return _timestamp(source, staged_type, fmt)
+    text = not _by_value(type_, staged_type)
+    if type_ == "date" and fmt.date and text:
+        return f"CAST(TRY_STRPTIME({source}, {literal(fmt.date)}) AS DATE)"
+    if type_ in ("decimal", "integer"):
+        source = _number(source, text, fmt)
     return f"TRY_CAST({source} AS {SQL_TYPES[type_]})"
 
 
+# Columns of this data category hold ISO 3166-1 alpha-2 country codes.
+COUNTRY = "user.contact.address.country"
 # Dates outside this range are typos or placeholders (9999-12-31); they would be kept
 # for ever and break the date types of exports.
 DATE_RANGE = ("1900-01-01", "2200-01-01")
@@ -241,10 +439,14 @@ _SPACE = (
 
 
 def _problems_sql(
-    table: Table, policy: Policy, fk_sources: dict[str, str], staged: dict[str, str]
+    table: Table,
+    policy: Policy,
+    fk_sources: dict[str, str],
+    staged: dict[str, str],
+    fmt: ValueFormats = ISO,
 ) -> str:
     """One SELECT listing (row, column, reason) for every problem in `_stage`, whose
-    columns have the SQL types `staged`."""
+    columns have the SQL types `staged` and values written as `fmt` says."""
     # Every staged column (extras too) by name as data: header names never become SQL text.
     # Whole rows are screened first; only the rare suspect ones are taken apart per cell.
     suspects = (
@@ -261,11 +463,12 @@ def _problems_sql(
     ]
     for col in table.columns:
         c = quote(col.name)
-        typed = _typed(c, col.type, staged[col.name])
+        typed = _typed(c, col.type, staged[col.name], fmt)
         if typed != c and col.type != "text":
             kind = "unparsable date" if col.type in ("date", "timestamp") else "wrong type"
+            reason = literal(f"{kind}: expected {fmt.describe(col.type)}")
             parts.append(
-                f"SELECT _row, '{col.name}' AS col, '{kind}: expected {col.type}' AS reason"
+                f"SELECT _row, '{col.name}' AS col, {reason} AS reason"
                 f" FROM _stage WHERE {c} IS NOT NULL AND {typed} IS NULL"
             )
         if col.type in ("date", "timestamp"):
@@ -276,7 +479,9 @@ def _problems_sql(
             )
         if col.type == "decimal":
             # DECIMAL(18,2) would round 10.999 silently: refuse what it cannot hold exactly.
-            exact = f"TRY_CAST({_source(c, col.type, staged[col.name])} AS DECIMAL(38,10))"
+            text = not _by_value(col.type, staged[col.name])
+            number = _number(_source(c, col.type, staged[col.name]), text, fmt)
+            exact = f"TRY_CAST({number} AS DECIMAL(38,10))"
             parts.append(
                 f"SELECT _row, '{col.name}', 'more than 2 decimal places' FROM _stage"
                 f" WHERE {typed} IS NOT NULL AND {exact} <> {typed}"
@@ -293,23 +498,27 @@ def _problems_sql(
         f" WHERE {key} IS NOT NULL) WHERE _row > first_row"
     )
     for fk in table.foreign_keys:
+        column = table.column(fk.column)
+        value = _typed(f"s.{quote(fk.column)}", column.type, staged[fk.column], fmt)
         parts.append(
             f"SELECT _row, '{fk.column}', 'orphan foreign key: no {fk.ref_table}.{fk.ref_column}'"
             f" FROM _stage s WHERE s.{quote(fk.column)} IS NOT NULL AND NOT EXISTS"
             f" (SELECT 1 FROM {fk_sources[fk.ref_table]} r"
-            f" WHERE r.{quote(fk.ref_column)} = CAST(s.{quote(fk.column)} AS VARCHAR))"
+            f" WHERE r.{quote(fk.ref_column)} = {value})"
         )
-    if table.name == "consents":
-        names = ", ".join(literal(n) for n in policy.purposes)
+    names = ", ".join(literal(n) for n in policy.purposes)
+    for col in policy.purpose_columns(table.name):
+        c = quote(col)
         parts.append(
-            f"SELECT _row, 'purpose', 'unknown purpose (not in the policy)' FROM _stage"
-            f" WHERE purpose IS NOT NULL AND CAST(purpose AS VARCHAR) NOT IN ({names})"
+            f"SELECT _row, {literal(col)}, 'unknown purpose (not in the policy)' FROM _stage"
+            f" WHERE {c} IS NOT NULL AND CAST({c} AS VARCHAR) NOT IN ({names})"
         )
-    for col in ("country", "billing_country"):
-        if col in table.column_names:
+    for col in table.columns:
+        if col.category == COUNTRY:
+            c = quote(col.name)
             parts.append(
-                f"SELECT _row, '{col}', 'not an ISO 3166-1 alpha-2 code' FROM _stage"
-                f" WHERE {col} IS NOT NULL AND NOT regexp_full_match(CAST({col} AS VARCHAR),"
+                f"SELECT _row, {literal(col.name)}, 'not an ISO 3166-1 alpha-2 code' FROM _stage"
+                f" WHERE {c} IS NOT NULL AND NOT regexp_full_match(CAST({c} AS VARCHAR),"
                 " '[A-Z]{2}')"
             )
     return f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS p(_row, col, reason)"
@@ -330,8 +539,8 @@ def ingest_table(
     con: duckdb.DuckDBPyConnection, landing: Path, table_name: str, policy: Policy
 ) -> IngestResult:
     """Validate and load one landing file into core; see the module docstring."""
-    table = TABLES[table_name]
-    ensure_schemas(con)
+    table = policy.data_schema.tables[table_name]
+    ensure_schemas(con, policy.data_schema)
     path = landing_file(landing, table)
     if path is None:
         loaded_before = con.execute(
@@ -339,9 +548,10 @@ def ingest_table(
         ).fetchone()[0]
         if table.optional or loaded_before:
             return IngestResult(table.name, None, note="no new landing file")
+        file = table.source.file
         raise IngestError(
-            f"{landing / (table.name + '.parquet')}: missing (put {table.name}.parquet or"
-            f" {table.name}.csv in landing/)"
+            f"{landing / (file + '.parquet')}: missing (put {file}.parquet or"
+            f" {file}.csv in landing/)"
         )
     digest = _sha256(path)
     seen = con.execute(
@@ -352,7 +562,7 @@ def ingest_table(
         path.unlink()
         return IngestResult(table.name, path.name, note="already loaded; landing file removed")
 
-    _stage(con, path)
+    _stage(con, path, table)
     stage = con.table("_stage")
     types = dict(zip(stage.columns, stage.dtypes, strict=True))
     staged = {c: str(t) for c, t in types.items()}
@@ -380,10 +590,12 @@ def ingest_table(
 
     # Foreign keys may point at rows already in core (earlier loads).
     fk_sources = {fk.ref_table: f"core.{quote(fk.ref_table)}" for fk in table.foreign_keys}
-    find_problems = _problems_sql(table, policy, fk_sources, staged)
+    fmt = ValueFormats.of(policy.data_schema, table)
+    find_problems = _problems_sql(table, policy, fk_sources, staged, fmt)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _problems AS {find_problems}")
     typed = ", ".join(
-        f"{_typed(quote(c.name), c.type, staged[c.name])} AS {quote(c.name)}" for c in table.columns
+        f"{_typed(quote(c.name), c.type, staged[c.name], fmt)} AS {quote(c.name)}"
+        for c in table.columns
     )
     extra_sql = "".join(f", CAST({quote(c)} AS VARCHAR) AS {quote(c)}" for c in extras)
     now = "CAST(now() AS TIMESTAMP)"

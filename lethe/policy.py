@@ -438,6 +438,18 @@ class Policy(_Frozen):
         out += [("consent_health.expiring_within", self.consent_health.expiring_within)]
         return out
 
+    def purpose_columns(self, table: str) -> list[str]:
+        """Columns of `table` that hold purpose names: a purpose is anchored on the rows
+        whose column equals its own name (`only_where: {consents.purpose: newsletter}`)."""
+        return sorted(
+            {
+                ref.split(".", 1)[1]
+                for p in self.purposes.values()
+                for ref, value in p.retention.only_where.items()
+                if ref.split(".", 1)[0] == table and value == p.name
+            }
+        )
+
     @property
     def hold_table(self) -> str:
         """The table of litigation holds (the one the hold's retention runs from)."""
@@ -456,7 +468,7 @@ def parse_policy(text: str, source: str = "<policy>", base: Path | None = None) 
     """Validate a policy document against its schema (`schema:`, relative to `base`);
     raise PolicyError naming the line and key on any problem."""
     try:
-        doc = parse_yaml(text)
+        doc = parse_yaml(text, "policy")
     except (yaml.YAMLError, RecursionError) as exc:
         raise PolicyError(f"{source}: not valid YAML: {yaml_problem(exc)}") from None
     data = doc.data

@@ -348,7 +348,7 @@ def apply_pending(
     With the `vault` file, erased subjects' pseudonyms are registered too, so rows that
     carry the subject only as a token (invoices kept for accounting) are found.
     """
-    ensure_schemas(con)
+    ensure_schemas(con, policy.data_schema)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     stop_at = timestamp_literal(as_of)
     marketing = [p.name for p in policy.purposes.values() if p.legal_basis == "consent"]

@@ -63,7 +63,7 @@ def restore(home: Home, backup_id: str, policy: Policy) -> RestoreResult:
     try:
         con = connect(scratch)
         try:
-            ensure_schemas(con)
+            ensure_schemas(con, policy.data_schema)
             con.execute("ATTACH ? AS live (READ_ONLY)", [str(home.warehouse)])
             for schema, table in CARRIED_OVER:
                 if has_table(con, schema, table):

@@ -318,7 +318,7 @@ def _reaches(tables: dict[str, Table], start: str, subject: str) -> bool:
 def parse_schema(text: str, source: str = "<schema>") -> Schema:
     """Validate a schema document; raise SchemaError naming the line and key on any problem."""
     try:
-        doc = parse_yaml(text)
+        doc = parse_yaml(text, "schema")
     except (yaml.YAMLError, RecursionError) as exc:
         raise SchemaError(f"{source}: not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(doc.data, dict):

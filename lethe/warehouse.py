@@ -10,8 +10,8 @@ from pathlib import Path
 
 import duckdb
 
+from lethe.schema import Schema, Table
 from lethe.strategies import quote
-from lethe.tables import TABLES, Table
 
 SQL_TYPES: dict[str, str] = {
     "text": "VARCHAR",
@@ -77,17 +77,18 @@ def core_table_ddl(table: Table) -> str:
     return f"CREATE TABLE IF NOT EXISTS core.{quote(table.name)} ({', '.join(cols)})"
 
 
-def ensure_schemas(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the schemas and fixed tables (core, ledger, activity logs) if missing."""
+def ensure_schemas(con: duckdb.DuckDBPyConnection, schema: Schema | None = None) -> None:
+    """Create Lethe's schemas and own tables (quarantine, requests, ledger, activity logs)
+    and, given a declared schema, its core tables, where missing."""
     # Imported here: those modules use this one's helpers.
     from lethe.activity_logs import ensure_logs
     from lethe.audit import ensure_ledger
 
-    for schema in SCHEMAS:
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    for name in SCHEMAS:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {name}")
     ensure_ledger(con)
     ensure_logs(con)
-    for table in TABLES.values():
+    for table in schema.tables.values() if schema else ():
         con.execute(core_table_ddl(table))
     con.execute(
         """CREATE TABLE IF NOT EXISTS core.quarantine (

@@ -21,11 +21,13 @@ _NAMED_KEY = re.compile(r"([\w-]+(?:\.[\w-]+)*): ")
 class _NoAliasLoader(yaml.SafeLoader):
     """Safe YAML without anchors and aliases."""
 
+    what = "document"
+
     def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.constructor.ConstructorError(
-                None, None, "aliases are not allowed", event.start_mark
+                None, None, f"aliases are not allowed in a {self.what}", event.start_mark
             )
         return super().compose_node(parent, index)
 
@@ -57,9 +59,11 @@ def _lines(node: yaml.Node, path: Path_, out: dict[Path_, int]) -> None:
             _lines(value, (*path, str(i)), out)
 
 
-def parse_yaml(text: str) -> Document:
-    """Parse one YAML document; raises yaml.YAMLError or RecursionError when it is not."""
+def parse_yaml(text: str, what: str = "document") -> Document:
+    """Parse one YAML document (a `what`: policy, schema); raises yaml.YAMLError or
+    RecursionError when it is not one."""
     loader = _NoAliasLoader(text)
+    loader.what = what
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None

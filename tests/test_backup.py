@@ -167,7 +167,7 @@ def test_restore_keeps_a_hold_placed_after_the_backup(tmp_path: Path, policy: Po
     backup = create_backup(home)
     con = connect(home.warehouse)
     try:
-        place_hold(con, "zx-ctr_in@example.test", "case 9/2026")
+        place_hold(con, policy, "zx-ctr_in@example.test", "case 9/2026")
     finally:
         con.close()
     later = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=2)

@@ -41,6 +41,7 @@ from lethe.processors import (
     processor_report,
     revoke,
 )
+from lethe.schema import default_schema
 from lethe.summary import summarize
 from lethe.warehouse import connect, ensure_schemas
 from pipelines.resources import PolicyResource, WarehouseResource
@@ -242,7 +243,7 @@ def test_duplicate_processor_refused() -> None:
 @pytest.fixture
 def empty(home: Home) -> duckdb.DuckDBPyConnection:
     connection = connect(home.warehouse)
-    ensure_schemas(connection)
+    ensure_schemas(connection, default_schema())
     yield connection
     connection.close()
 

@@ -85,7 +85,7 @@ def test_hold_released_after_t_is_enforced_by_the_next_run(tmp_path: Path, polic
 def place(home, policy: Policy, subject: str, retag: dt.date | None) -> str:
     con = connect(home.warehouse)
     try:
-        hold_id = place_hold(con, subject, "case 7/2026")
+        hold_id = place_hold(con, policy, subject, "case 7/2026")
         if retag:
             tag_all(con, policy, retag)
     finally:
@@ -113,9 +113,9 @@ def test_place_hold_then_run_keeps_then_release_then_run_enforces(
             ).fetchone()[0]
             > 0
         )
-        assert release_hold(con, SUBJECT, "case closed") == 1
+        assert release_hold(con, policy, SUBJECT, "case closed") == 1
         with pytest.raises(LetheError, match="no open hold"):
-            release_hold(con, SUBJECT, "again")
+            release_hold(con, policy, SUBJECT, "again")
         ledger = con.execute(
             "SELECT action, keys FROM audit.ledger WHERE table_name = 'holds' ORDER BY seq"
         ).fetchall()

@@ -322,7 +322,8 @@ def test_yaml_alias_refused() -> None:
     with pytest.raises(PolicyError) as info:
         parse_policy(text, "alias.yaml")
     assert re.fullmatch(
-        r"alias\.yaml: not valid YAML: line \d+: aliases are not allowed", str(info.value)
+        r"alias\.yaml: not valid YAML: line \d+: aliases are not allowed in a policy",
+        str(info.value),
     )
 
 

@@ -190,7 +190,7 @@ def prepare(root: Path, contacts: int) -> Home:
         record_request(con, "rectification", active[5], {"email": "rectified@example.test"})
         record_request(con, "restriction", active[6])
         record_request(con, "objection", active[7])
-        place_hold(con, active[3], "court case 1/2027")
+        place_hold(con, POLICY, active[3], "court case 1/2027")
     finally:
         con.close()
     generate(home.landing, contacts // 10, seed=12, reference=T1 - dt.timedelta(days=30))

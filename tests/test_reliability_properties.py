@@ -690,9 +690,9 @@ def apply_operation(home: Home, op: tuple, step: int) -> str:
             changes = {"email": f"fixed-{step}@example.test"} if op[1] == "rectification" else None
             record_request(con, op[1], f"C{op[2]}", changes)
         elif kind == "hold":
-            place_hold(con, f"C{op[1]}", "court case")
+            place_hold(con, POLICY, f"C{op[1]}", "court case")
         else:
-            release_hold(con, f"C{op[1]}", "case closed")
+            release_hold(con, POLICY, f"C{op[1]}", "case closed")
     except LetheError as exc:  # anonymized subject, no open hold: refused, nothing written
         return f"{kind} refused: {exc}"
     finally:

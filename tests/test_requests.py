@@ -36,6 +36,7 @@ from request_cases import (
 from assets.requests import NOTHING_OVERDUE, request_answers
 from lethe.holds import place_hold
 from lethe.home import Home
+from lethe.policy import Policy
 from lethe.requests import (
     RequestError,
     apply_pending,
@@ -200,13 +201,13 @@ GREEK = person("c-greek", email=nfd("Ödön.Σοφός@Example.Test"))
     ],
 )
 def test_subject_email_matches_across_normalization_and_case(
-    home: Home, warehouse, subject: str, contact: str
+    home: Home, warehouse, policy: Policy, subject: str, contact: str
 ) -> None:
     write_landing_set(home.landing, contacts=[ONE, CZECH, GREEK])
     con = warehouse(T)
     assert resolve_subject(con, subject) == contact
     assert record_request(con, "access", subject).contact_id == contact
-    place_hold(con, subject, "pending lawsuit")
+    place_hold(con, policy, subject, "pending lawsuit")
     assert con.execute("SELECT contact_id FROM core.holds").fetchall() == [(contact,)]
 
 
