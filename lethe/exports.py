@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import io
 import json
 import os
 import zipfile
@@ -23,6 +22,7 @@ import duckdb
 import jsonschema
 import polars as pl
 
+from lethe.files import csv_bytes
 from lethe.home import Home
 from lethe.policy import Policy
 from lethe.requests import CONTACT_TOKEN_KIND, Request
@@ -160,9 +160,7 @@ def _csv(rows: list[dict[str, Any]], table: str) -> bytes:
         ],
         schema={c: pl.String for c in present},
     )
-    buffer = io.BytesIO()
-    frame.write_csv(buffer)
-    return buffer.getvalue()
+    return csv_bytes(frame)
 
 
 def _html(doc: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""Files Lethe writes under LETHE_HOME: owner-only, and replaced atomically."""
+"""Files Lethe writes under LETHE_HOME: owner-only, replaced atomically, and CSVs safe to
+open in a spreadsheet."""
 
 from __future__ import annotations
 
@@ -6,6 +7,14 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+# A cell starting with one of these is run as a formula by spreadsheets (OWASP, "CSV
+# Injection"); a plain number is read as a number, so negative amounts stay as they are.
+_FORMULA = r"^[=+\-@\t\r]"
+_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 
 
 @contextmanager
@@ -33,4 +42,37 @@ def write_text(target: Path, text: str) -> Path:
     """Write UTF-8 text to `target` atomically."""
     with replacing(target) as temp:
         temp.write_text(text, encoding="utf-8")
+    return target
+
+
+def _neutral(text: pl.Expr) -> pl.Expr:
+    return (
+        pl.when(text.str.contains(_FORMULA) & ~text.str.contains(_NUMBER))
+        .then(pl.lit("'") + text)
+        .otherwise(text)
+    )
+
+
+def spreadsheet_safe(frame: pl.DataFrame | pa.Table) -> pl.DataFrame:
+    """`frame` with every text cell and column name a spreadsheet would run as a formula
+    prefixed with a single quote (OWASP's advice for CSV files people open)."""
+    if isinstance(frame, pa.Table):
+        frame = pl.DataFrame(frame)
+    names = pl.DataFrame({"n": frame.columns}, schema={"n": pl.String})
+    safe_names = names.select(_neutral(pl.col("n"))).to_series().to_list()
+    text = [c for c, t in frame.schema.items() if t == pl.String]
+    return frame.with_columns(_neutral(pl.col(c)).alias(c) for c in text).rename(
+        dict(zip(frame.columns, safe_names, strict=True))
+    )
+
+
+def csv_bytes(frame: pl.DataFrame | pa.Table) -> bytes:
+    """The CSV Lethe hands to people (in an archive): formulas neutralized, UTF-8."""
+    return spreadsheet_safe(frame).write_csv().encode("utf-8")
+
+
+def write_csv(target: Path, frame: pl.DataFrame | pa.Table) -> Path:
+    """Write a CSV for people to `target` atomically (owner-only), formulas neutralized."""
+    with replacing(target) as temp:
+        spreadsheet_safe(frame).write_csv(temp)
     return target
