@@ -112,9 +112,14 @@ def expire_backups(home: Home, keep: Duration, now: dt.datetime | None = None) -
         if keep.add_to(backup.created_at) <= now:
             shutil.rmtree(backup.path)
             gone.append(backup.id)
+    remove_partial_backups(home)
+    return gone
+
+
+def remove_partial_backups(home: Home) -> None:
+    """Delete backups a killed process left half-written (they hold personal data)."""
     for partial in home.backups.glob(".*.partial"):
         shutil.rmtree(partial, ignore_errors=True)
-    return gone
 
 
 def decompress(backup: Backup, target: Path) -> None:
