@@ -4,6 +4,7 @@ open in a spreadsheet."""
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,12 +31,37 @@ def replacing(target: Path) -> Iterator[Path]:
     for stale in target.parent.glob(f".{target.name}.*.tmp"):
         stale.unlink(missing_ok=True)  # a killed writer's (Lethe holds one writer per home)
     temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    # Owner-only before anything is written (writers that truncate it keep the mode; the
+    # chmod below covers those that replace it).
+    os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     try:
         yield temp
         os.chmod(temp, 0o600)
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
+
+
+@contextmanager
+def owner_only_umask() -> Iterator[None]:
+    """New files and folders owner-only for the block, whatever umask Lethe was started
+    with (the umask is per process: for entry points, not for library calls)."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def restrict_tree(directory: Path) -> None:
+    """Make every folder under `directory` 0700 and every file 0600: for what another
+    program (Dagster) writes there with its own modes."""
+    for parent, folders, files in os.walk(directory):
+        for name, mode in [*((f, 0o700) for f in folders), *((f, 0o600) for f in files)]:
+            path = os.path.join(parent, name)
+            info = os.lstat(path)
+            if not stat.S_ISLNK(info.st_mode) and stat.S_IMODE(info.st_mode) != mode:
+                os.chmod(path, mode)
 
 
 def write_text(target: Path, text: str) -> Path:

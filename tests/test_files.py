@@ -13,6 +13,7 @@ import pytest
 
 from lethe.errors import LetheError
 from lethe.files import replacing, write_text
+from lethe.generate import generate
 from lethe.warehouse import connect
 
 
@@ -91,3 +92,20 @@ def _exited_pid() -> int:
     proc = subprocess.Popen(["true"])  # noqa: S607
     proc.wait()
     return proc.pid
+
+
+# --- Owner-only files -------------------------------------------------------------------------
+
+
+def test_generated_landing_files_are_owner_only_even_under_umask_000(tmp_path: Path) -> None:
+    """`lethe generate` (its own umask aside) writes the landing files 0600 in a 0700 folder;
+    the rest of LETHE_HOME: tests/test_reliability_leaks.py, whose demo runs under umask 000."""
+    previous = os.umask(0)
+    try:
+        generate(tmp_path / "landing", 20, seed=0)
+    finally:
+        os.umask(previous)
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in (tmp_path / "landing").iterdir()}
+    assert len(modes) == 4
+    assert set(modes.values()) == {"0o600"}
+    assert oct(stat.S_IMODE((tmp_path / "landing").stat().st_mode)) == "0o700"
