@@ -65,9 +65,10 @@ chromium:
 	  fi; \
 	fi
 
+# umask 077: what Dagster writes under LETHE_HOME/dagster is owner-only.
 ui: install
 	$(BIN)/python -m pipelines.instance $(LETHE_HOME)
-	DAGSTER_HOME=$(LETHE_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml
+	umask 077 && DAGSTER_HOME=$(LETHE_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml
 
 # Benchmark harness (bench/README.md): SCALE=100k|1m|10m, results in bench/results/;
 # BENCH_ARGS passes more options, e.g. BENCH_ARGS="--profile enforce".

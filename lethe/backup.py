@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lethe.duration import Duration
 from lethe.errors import LetheError
+from lethe.files import write_text
 from lethe.home import Home
 from lethe.warehouse import connect, has_table
 
@@ -68,8 +69,9 @@ def create_backup(home: Home, now: dt.datetime | None = None) -> Backup:
     with home.warehouse.open("rb") as src, gzip.open(tmp / "warehouse.duckdb.gz", "wb", 6) as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
     os.chmod(tmp / "warehouse.duckdb.gz", 0o600)
-    (tmp / "manifest.json").write_text(
-        json.dumps({"id": backup_id, "created_at": now.isoformat(), "ledger_seq": seq})
+    write_text(
+        tmp / "manifest.json",
+        json.dumps({"id": backup_id, "created_at": now.isoformat(), "ledger_seq": seq}),
     )
     os.replace(tmp, target)
     return Backup(backup_id, target, now, seq)
@@ -112,9 +114,14 @@ def expire_backups(home: Home, keep: Duration, now: dt.datetime | None = None) -
         if keep.add_to(backup.created_at) <= now:
             shutil.rmtree(backup.path)
             gone.append(backup.id)
+    remove_partial_backups(home)
+    return gone
+
+
+def remove_partial_backups(home: Home) -> None:
+    """Delete backups a killed process left half-written (they hold personal data)."""
     for partial in home.backups.glob(".*.partial"):
         shutil.rmtree(partial, ignore_errors=True)
-    return gone
 
 
 def decompress(backup: Backup, target: Path) -> None:

@@ -26,6 +26,7 @@ from lethe.backup import create_backup
 from lethe.breaches import close_breach, list_breaches, mark_notified, record_breach
 from lethe.errors import LetheError
 from lethe.fides import fides_yaml
+from lethe.files import owner_only_umask
 from lethe.holds import place_hold, release_hold
 from lethe.home import Home
 from lethe.lock import exclusive
@@ -575,7 +576,8 @@ def main() -> None:
     line; LETHE_DEBUG=1 shows the traceback instead.
     """
     try:
-        app()
+        with owner_only_umask():
+            app()
     except LetheError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)

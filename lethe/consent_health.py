@@ -22,7 +22,7 @@ from pathlib import Path
 
 import duckdb
 
-from lethe.files import replacing
+from lethe.files import write_csv
 from lethe.home import Home
 from lethe.plan import Plan, timestamp_literal
 from lethe.policy import HOLD_PURPOSE, Policy, Purpose
@@ -105,12 +105,9 @@ def build_consent_health(
 ) -> ConsentHealth:
     """Write the re-consent list as CSV (atomically) and count it per segment."""
     (select,) = consent_health_plan(policy, as_of).statements
-    path = consent_health_path(home)
-    with replacing(path) as temp:
-        con.execute(f"COPY ({select}) TO {literal(str(temp))} (FORMAT csv, HEADER)")
+    listed = con.sql(select).pl()
+    path = write_csv(consent_health_path(home), listed)
     counts = dict.fromkeys(SEGMENTS, 0)
-    for segment, n in con.execute(
-        f"SELECT segment, count(*) FROM ({select}) GROUP BY 1"
-    ).fetchall():
+    for segment, n in listed.group_by("segment").len().iter_rows():
         counts[segment] = int(n)
     return ConsentHealth(counts, path)

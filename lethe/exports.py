@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import io
 import json
-import os
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -23,6 +21,7 @@ import duckdb
 import jsonschema
 import polars as pl
 
+from lethe.files import csv_bytes, replacing
 from lethe.home import Home
 from lethe.policy import Policy
 from lethe.reach import reach
@@ -162,9 +161,7 @@ def _csv(rows: list[dict[str, Any]], table: str) -> bytes:
         ],
         schema={c: pl.String for c in present},
     )
-    buffer = io.BytesIO()
-    frame.write_csv(buffer)
-    return buffer.getvalue()
+    return csv_bytes(frame)
 
 
 def _html(doc: dict[str, Any]) -> str:
@@ -205,17 +202,12 @@ def _html(doc: dict[str, Any]) -> str:
 def write_export(home: Home, doc: dict[str, Any]) -> Path:
     """Validate and write one export zip atomically (owner-only); returns its path."""
     jsonschema.validate(doc, schema())
-    target_dir = export_dir(home)
-    target_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    target = target_dir / f"{doc['request']['id']}-{doc['kind']}.zip"
-    tmp = target.with_name(f".{target.name}.partial")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+    target = export_dir(home) / f"{doc['request']['id']}-{doc['kind']}.zip"
+    with replacing(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("subject.json", json.dumps(doc, ensure_ascii=False, indent=2))
         for table, rows in doc["tables"].items():
             zf.writestr(f"{table}.csv", _csv(rows, table))
         zf.writestr("index.html", _html(doc))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, target)
     return target
 
 

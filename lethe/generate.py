@@ -9,7 +9,6 @@ rule of the default policy has rows on both sides of its boundary.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import unicodedata
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 from faker import Faker
 
+from lethe.files import replacing
 from lethe.tables import TABLES, Table
 
 # The e-shop's tables, as the default schema declares them.
@@ -118,7 +118,7 @@ def generate(
     start = _micros(_years_before(reference, YEARS))
     rng = np.random.default_rng(seed)
     pools = _pools(seed)
-    landing.mkdir(parents=True, exist_ok=True)
+    landing.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     counts: dict[str, int] = {}
 
@@ -467,13 +467,8 @@ def _shipments(
 
 
 def _write(landing: Path, table: Table, df: pl.DataFrame) -> int:
-    """Write the table's contract columns atomically: temp file in the same dir, then rename."""
+    """Write the table's contract columns atomically and owner-only."""
     frame = df.select(pl.col(c.name).cast(_DTYPES[c.type]) for c in table.columns)
-    target = landing / f"{table.name}.parquet"
-    temp = landing / f".{table.name}.parquet.{os.getpid()}.tmp"
-    try:
+    with replacing(landing / f"{table.name}.parquet") as temp:
         frame.write_parquet(temp, compression="zstd")
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
     return frame.height

@@ -12,9 +12,7 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -224,12 +222,13 @@ def _as_utf8(path: Path, dialect: CsvDialect) -> Iterator[Path]:
     if _is_utf8(dialect):
         yield path
         return
-    fd, name = tempfile.mkstemp(prefix=".ingest-", suffix=".csv", dir=spill_directory())
-    copy = Path(name)
+    folder = spill_directory()  # private; removed by the next connect if this process dies
+    folder.mkdir(mode=0o700)
+    copy = folder / "source.csv"
     try:
         with (
             path.open(encoding=dialect.encoding, newline="") as src,
-            os.fdopen(fd, "w", encoding="utf-8", newline="") as dst,
+            copy.open("x", encoding="utf-8", newline="") as dst,
         ):
             shutil.copyfileobj(src, dst, 1 << 20)
         yield copy
@@ -238,7 +237,7 @@ def _as_utf8(path: Path, dialect: CsvDialect) -> Iterator[Path]:
             f"{path}: not {dialect.encoding} text (file refused, nothing loaded)"
         ) from None
     finally:
-        copy.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _stage(con: duckdb.DuckDBPyConnection, path: Path, table: Table) -> None:

@@ -4,7 +4,8 @@ The lock is re-entrant within a process, so `lethe run` can take it before it st
 Dagster run (and refuse without recording one) while the job, which takes it too for the
 runs the daemon launches, goes on under the same lock. Readers take it shared: DuckDB
 lets several processes read a file but none write while one reads, so a run waits for
-readers and a reader does not open the warehouse while a run writes.
+readers and a reader does not open the warehouse while a run writes. Whoever takes it
+first removes the scratch files a killed writer left.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lethe.backup import remove_partial_backups
+from lethe.compaction import remove_leftovers
 from lethe.errors import LetheError
+from lethe.home import Home
 
 _POLL_SECONDS = 0.2
 _held: dict[Path, int] = {}  # exclusive holds of this process, by lock file
@@ -50,6 +54,7 @@ def exclusive(lock_file: Path, wait_seconds: float = 0, shared: bool = False) ->
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         _acquire(fd, lock_file, wait_seconds, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        _remove_leftovers(lock_file.parent)
         if shared:
             yield
             return
@@ -78,3 +83,11 @@ def _acquire(fd: int, lock_file: Path, wait_seconds: float, mode: int) -> None:
                     f" (lock {lock_file.name}){waited}"
                 ) from None
             time.sleep(_POLL_SECONDS)
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Remove what a killed writer left under LETHE_HOME: half-written warehouse rewrites,
+    restores and backups hold personal data. Their writers hold this lock exclusively, so
+    none of them is being written while anyone holds it."""
+    remove_leftovers(root)
+    remove_partial_backups(Home(root))

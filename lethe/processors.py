@@ -19,19 +19,17 @@ in the export log and, row keys only, in the audit ledger.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import uuid
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
-import pyarrow.csv as pacsv
 
 from lethe.audit import LedgerEntry, append
 from lethe.breaches import BREACHES, record_breach
 from lethe.errors import LetheError
-from lethe.files import replacing
+from lethe.files import csv_bytes, replacing
 from lethe.home import Home
 from lethe.policy import Policy, Processor
 from lethe.strategies import literal, quote
@@ -195,9 +193,7 @@ def export_to_processor(
     }
     with replacing(path) as temp, zipfile.ZipFile(temp, "w", zipfile.ZIP_DEFLATED) as archive:
         for table, frame in frames.items():
-            buffer = io.BytesIO()
-            pacsv.write_csv(frame.drop_columns(["_key"]), buffer)
-            archive.writestr(f"{table}.csv", buffer.getvalue())
+            archive.writestr(f"{table}.csv", csv_bytes(frame.drop_columns(["_key"])))
     rows = {t: f.num_rows for t, f in frames.items()}
     entries = [
         LedgerEntry(

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import stat
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 
+from lethe.errors import LetheError
 from lethe.schema import Schema, Table
 from lethe.strategies import quote
 
@@ -45,17 +50,49 @@ def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnect
     if not existed and not read_only:
         os.chmod(path, 0o600)
     con.execute("SET TimeZone = 'UTC'")
-    # Spill files hold personal data: outside LETHE_HOME (DuckDB's default sits beside the
-    # file), owner-only. A memory limit makes big runs spill instead of taking the machine.
-    os.makedirs(spill_directory(), mode=0o700, exist_ok=True)
-    con.execute("SET temp_directory = ?", [spill_directory()])
+    # A memory limit makes big runs spill instead of taking the machine.
+    con.execute("SET temp_directory = ?", [str(spill_directory())])
     con.execute("SET memory_limit = ?", [os.environ.get("LETHE_MEMORY_LIMIT", "4GB")])
     return con
 
 
-def spill_directory() -> str:
-    """Where DuckDB spills intermediate results (per user, outside LETHE_HOME)."""
-    return os.path.join(tempfile.gettempdir(), f"lethe-spill-{os.getuid()}")
+class SpillFolderError(LetheError):
+    """The spill folder is not private to the user running Lethe."""
+
+
+def spill_directory() -> Path:
+    """A new folder for one connection's spill files, in the user's private spill folder.
+
+    Spill files hold personal data: they go outside LETHE_HOME (DuckDB's default sits
+    beside the file) into a folder only this user can reach. DuckDB creates the
+    connection's folder on its first spill and removes it when the connection closes;
+    the folders of processes that died (a killed run) are removed here.
+    """
+    base = Path(tempfile.gettempdir()) / f"lethe-spill-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        base.mkdir(mode=0o700)
+    info = base.lstat()  # checked after the mkdir: another account may have made it first
+    mode = stat.S_IMODE(info.st_mode)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or mode & 0o077:
+        raise SpillFolderError(
+            f"{base}: refusing to spill personal data there (not a folder of yours with"
+            f" mode 0700: owner uid {info.st_uid}, mode {mode:#o}); remove it or set TMPDIR"
+        )
+    for folder in base.iterdir():
+        pid, _, _ = folder.name.partition("-")
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return base / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another account's process
+        return True
+    return True
 
 
 @contextmanager

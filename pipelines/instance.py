@@ -7,6 +7,7 @@ import sys
 
 import dagster as dg
 
+from lethe.files import owner_only_umask, write_text
 from lethe.home import Home
 
 # One run at a time: runs the daemon launches (schedule, sensor, UI) queue behind each
@@ -23,12 +24,13 @@ concurrency:
 def prepare_instance(home: Home) -> dg.DagsterInstance:
     """Point DAGSTER_HOME at LETHE_HOME/dagster, write its config once, and open it."""
     os.environ["DAGSTER_HOME"] = str(home.dagster)
-    home.dagster.mkdir(parents=True, exist_ok=True)
+    home.dagster.mkdir(parents=True, exist_ok=True, mode=0o700)
     config = home.dagster / "dagster.yaml"
     if not config.exists():  # a user's own instance config is left alone
-        config.write_text(INSTANCE_CONFIG)
+        write_text(config, INSTANCE_CONFIG)
     return dg.DagsterInstance.get()
 
 
 if __name__ == "__main__":
-    prepare_instance(Home.from_env(sys.argv[1] if len(sys.argv) > 1 else None).ensure())
+    with owner_only_umask():
+        prepare_instance(Home.from_env(sys.argv[1] if len(sys.argv) > 1 else None).ensure())

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster._utils.error import SerializableErrorInfo
 
-from lethe.compaction import remove_leftovers
 from lethe.home import Home
 from pipelines.definitions import defs
 from pipelines.instance import prepare_instance
@@ -28,7 +27,6 @@ class RunOutcome:
 
 def run_pipeline(home: Home, as_of: dt.date, policy_path: str | None = None) -> RunOutcome:
     """Execute the pipeline job so that the run shows in `dagster dev` afterwards."""
-    remove_leftovers(home.root)
     instance = prepare_instance(home)
     run_config = {
         "resources": {

@@ -10,6 +10,7 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
+from lethe.files import owner_only_umask, restrict_tree
 from lethe.home import Home
 from lethe.lock import exclusive
 from lethe.policy import Policy, load_policy
@@ -35,8 +36,16 @@ class WarehouseResource(dg.ConfigurableResource):
 
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[WarehouseResource]:
-        with exclusive(self.paths().lock, wait_seconds=self.lock_wait_seconds):
-            yield self
+        with (
+            owner_only_umask(),
+            exclusive(self.paths().lock, wait_seconds=self.lock_wait_seconds),
+        ):
+            try:
+                yield self
+            finally:
+                # Dagster wrote this run's files before the umask above applied (when the
+                # process that launched the run did not set one).
+                restrict_tree(self.paths().dagster)
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -68,9 +68,10 @@ def cli_env(home: Home, **extra: str) -> dict[str, str]:
 
 
 def run_cli(
-    home: Home, *args: str, timeout: float = 300, **env: str
+    home: Home, *args: str, timeout: float = 300, umask: int = -1, **env: str
 ) -> subprocess.CompletedProcess:
-    """`lethe ARGS` on `home` (cwd: the repository, so the default policy is found)."""
+    """`lethe ARGS` on `home` (cwd: the repository, so the default policy is found);
+    `umask` the command starts with (-1: this process's)."""
     return subprocess.run(
         [str(LETHE_BIN), *args],
         cwd=REPO,
@@ -78,6 +79,7 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
+        umask=umask,
     )
 
 

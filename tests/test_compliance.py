@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import csv
 import datetime as dt
+import io
 import json
 import os
 import subprocess
@@ -30,6 +31,7 @@ from lethe.breaches import (
     record_breach,
 )
 from lethe.consent_health import build_consent_health
+from lethe.exports import write_export
 from lethe.home import Home
 from lethe.policy import Policy, PolicyError, parse_policy
 from lethe.processing_record import build_record, publish_record
@@ -390,6 +392,76 @@ def test_consent_health_segments(home: Home, warehouse, policy: Policy) -> None:
     ]  # C2 valid, C4 withdrew, C5 restricted, C6 held
     assert result.counts == {"consent_expiring": 1, "no_valid_consent": 2}
     assert result.path == home.exports / "compliance" / "consent_health.csv"
+
+
+# --- CSV for people: formula injection --------------------------------------------------------
+
+# First names a spreadsheet would run as a formula (OWASP "CSV injection"), then plain text
+# and a plain number, which stay as they are.
+FORMULAS = ['=HYPERLINK("http://x","y")', "+420 777 123 456", "-1+cmd|' /C calc'!A0", "@SUM(A1)"]
+PLAIN = ["Jan", "-5"]
+
+
+def test_every_csv_for_people_neutralizes_formulas_and_json_stays_exact(
+    home: Home, warehouse, custom_policy: Policy
+) -> None:
+    names = [*FORMULAS, *PLAIN]
+    ids = [f"C{i}" for i in range(1, len(names) + 1)]
+    write_landing_set(
+        home.landing,
+        contacts=[
+            {"contact_id": c, "first_name": n, "last_active_at": "2025-06-01T00:00:00"}
+            for c, n in zip(ids, names, strict=True)
+        ],
+        consents=[
+            {"consent_id": f"K{c}", "contact_id": c, "granted_at": "2023-03-15T00:00:00"}
+            for c in ids
+        ],
+    )
+    con = warehouse(T)
+    emails = [f"c{i}@example.com" for i in range(1, len(names) + 1)]
+    expected = {e: "'" + n for e, n in zip(emails, FORMULAS, strict=False)}
+    expected |= {e: n for e, n in zip(emails[len(FORMULAS) :], PLAIN, strict=True)}
+
+    health = build_consent_health(con, home, custom_policy, T)
+    with health.path.open(encoding="utf-8", newline="") as fh:
+        listed = {r["email"]: r["first_name"] for r in csv.DictReader(fh)}
+    assert listed == expected
+    assert health.counts["consent_expiring"] == len(names)
+
+    made = export_to_processor(con, home, custom_policy, "mailer", NOW, "run-1")
+    shared = read_zip(made.path)["contacts"]
+    assert {r["email"]: r["first_name"] for r in shared} == expected
+
+    # The access export: cells and column names in the CSV, the JSON document exact.
+    row = {
+        "contact_id": "C1",
+        "first_name": FORMULAS[0],
+        "phone": "\tTab",
+        "street": "\rCR",
+        "=cmd": "-5",
+        "_purposes": ["account"],
+        "_legal_bases": ["contract"],
+        "_retain_until": None,
+        "_state": "active",
+    }
+    doc = {
+        "format": "lethe-subject-export/1",
+        "kind": "access",
+        "request": {"id": "R-0123456789ab", "received_at": "2026-03-01", "deadline": "2026-04-01"},
+        "subject": {"contact_id": "C1"},
+        "generated_at": "2026-03-01T12:00:00",
+        "tables": {"contacts": [row], "consents": [], "orders": [], "shipments": []},
+        "purposes": {},
+        "processors": [],
+    }
+    with zipfile.ZipFile(write_export(home, doc)) as archive:
+        assert json.loads(archive.read("subject.json")) == doc
+        text = archive.read("contacts.csv").decode("utf-8")
+    (written,) = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert written["first_name"] == "'" + FORMULAS[0]
+    assert (written["phone"], written["street"]) == ("'\tTab", "'\rCR")
+    assert written["'=cmd"] == "-5"
 
 
 # --- Dagster ---------------------------------------------------------------------------------

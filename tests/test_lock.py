@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from reliability import lock_held
 
+from lethe.home import Home
 from lethe.lock import LockedError, exclusive
 
 HOLDER = """
@@ -97,3 +98,28 @@ def test_readers_share_it_and_keep_a_run_out_until_they_are_done(tmp_path: Path)
     finally:
         writer.kill()
         writer.wait()
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["exclusive", "shared"])
+def test_whoever_takes_it_first_removes_what_a_killed_writer_left(
+    tmp_path: Path, shared: bool
+) -> None:
+    """A killed rewrite or backup leaves personal data in scratch files: the next command
+    that takes the lock removes them, not only the next run. Whoever writes them holds
+    the lock, so nobody is writing them now."""
+    home = Home(tmp_path / "home").ensure()
+    (home.root / "warehouse.duckdb").write_bytes(b"live")
+    scratch = [
+        home.root / "warehouse.duckdb.rewrite",
+        home.root / "warehouse.duckdb.rewrite.wal",
+        home.root / "vault.duckdb.restore",
+    ]
+    for path in scratch:
+        path.write_bytes(b"plain e-mails")
+    partial = home.backups / ".20260101T000000Z.partial"
+    partial.mkdir()
+    (partial / "warehouse.duckdb.gz").write_bytes(b"plain e-mails")
+    with exclusive(home.lock, shared=shared):
+        assert [p.name for p in (*scratch, partial) if p.exists()] == []
+    assert (home.root / "warehouse.duckdb").read_bytes() == b"live"
+    assert list(home.backups.iterdir()) == []

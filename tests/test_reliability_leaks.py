@@ -81,7 +81,8 @@ def leaks(tmp_path_factory: pytest.TempPathFactory) -> Leaks:
     # The demo generates seed 0 as of today: the same files are made here to read values.
     generate(root / "expected", CONTACTS, seed=0, reference=today)
     values = personal_values(root / "expected")
-    demo = run_cli(home, "demo", "--contacts", str(CONTACTS), timeout=900)
+    # umask 000: whatever the user's umask, Lethe's files must be owner-only.
+    demo = run_cli(home, "demo", "--contacts", str(CONTACTS), timeout=900, umask=0)
     assert demo.returncode == 0, demo.stderr
     home = Home.from_env(home.root)
 
@@ -235,21 +236,24 @@ def test_no_file_of_the_dagster_instance_holds_a_personal_value(leaks: Leaks) ->
     assert {k: v for k, v in found.items() if v} == {}
 
 
-def test_personal_files_are_owner_only(leaks: Leaks) -> None:
-    """warehouse, vault, backups and exports are 0600; LETHE_HOME and every directory Lethe
-    makes in it are 0700 (so Dagster's files in dagster/ are out of others' reach too)."""
+def test_every_file_is_owner_only(leaks: Leaks) -> None:
+    """Every file under LETHE_HOME is 0600 and every folder 0700 (the demo ran under umask
+    000): warehouse, vault, exports, backups with their manifests, the Dagster instance's
+    files (landing files: tests/test_files.py)."""
     root = leaks.home.root
-    assert stat.S_IMODE(root.stat().st_mode) == 0o700
-    personal = [leaks.home.warehouse, leaks.home.vault]
-    personal += [p for p in leaks.home.backups.rglob("*.gz")]
-    personal += [p for p in leaks.home.exports.rglob("*") if p.is_file()]
-    assert len(personal) > 4
-    modes = {str(p.relative_to(root)): oct(stat.S_IMODE(p.stat().st_mode)) for p in personal}
-    assert {k: v for k, v in modes.items() if v != "0o600"} == {}
-    # Lethe's directories are owner-only; Dagster makes its own inside dagster/ (0700).
-    dirs = [p for p in root.rglob("*") if p.is_dir() and leaks.home.dagster not in p.parents]
-    modes = {str(p.relative_to(root)): oct(stat.S_IMODE(p.stat().st_mode)) for p in dirs}
-    assert {k: v for k, v in modes.items() if v != "0o700"} == {}
+    entries = [root, *(p for p in root.rglob("*") if not p.is_symlink())]
+    files = [p for p in entries if p.is_file()]
+    for must in (leaks.home.warehouse, leaks.home.vault):
+        assert must in files
+    for kind in ("exports/", "backups/", "dagster/"):
+        assert any(str(p.relative_to(root)).startswith(kind) for p in files), kind
+    assert any(p.name == "manifest.json" for p in files)
+    modes = {
+        str(p.relative_to(root)): oct(stat.S_IMODE(p.stat().st_mode))
+        for p in entries
+        if oct(stat.S_IMODE(p.stat().st_mode)) != ("0o700" if p.is_dir() else "0o600")
+    }
+    assert modes == {}
 
 
 def test_analytics_assets_never_open_the_vault(
