@@ -12,7 +12,7 @@ from typing import Any
 import dagster as dg
 import pytest
 import yaml
-from conftest import DEFAULT_POLICY, LETHE_BIN, tags, write_landing_set
+from conftest import DEFAULT_POLICY, LETHE_BIN, tags, write_landing, write_landing_set
 
 from assets.ingest import ingest_assets
 from assets.tagging import purpose_tags
@@ -257,3 +257,21 @@ def test_cli_run_missing_file_one_line(run_without_files: subprocess.CompletedPr
     assert run_without_files.returncode == 1
     assert "Stack Trace" not in run_without_files.stderr
     assert len(run_without_files.stderr.strip().splitlines()) == 1, run_without_files.stderr
+
+
+def test_quarantine_check_fails_while_an_orphan_waits(home: Home) -> None:
+    """The check stays red on later runs while a row waits, and turns green once it loads."""
+    write_landing_set(
+        home.landing, contacts=CONTACTS, orders=[*ORDERS, {"order_id": "O9", "contact_id": "C9"}]
+    )
+    assert not check_results(materialize(home))["core/orders"].passed
+    waiting = check_results(materialize(home))["core/orders"]  # no new files
+    assert not waiting.passed
+    assert "1 rows waiting in core.quarantine" in waiting.description
+    write_landing(home.landing, "contacts", [{"contact_id": "C9"}])
+    assert check_results(materialize(home))["core/orders"].passed
+    con = connect(home.warehouse, read_only=True)
+    try:
+        assert con.execute("SELECT contact_id FROM core.orders WHERE order_id = 'O9'").fetchall()
+    finally:
+        con.close()
