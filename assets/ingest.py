@@ -1,14 +1,20 @@
-"""Ingest assets: one per landing table, loading validated rows into core.*."""
+"""Ingest assets: one per landing table, loading validated rows into core.*.
+
+A landing file that cannot be used does not fail the step: the refusal is reported by the
+`landing_file_accepted` check (the launcher turns it into the run's error) and every later
+step still runs, so one bad file never holds up tagging, enforcement or erasures.
+"""
 
 import dagster as dg
 
 from assets.metadata import OWNERS, landing_key, table_metadata, table_tags
-from lethe.ingest import IngestError, IngestResult, ingest_table
+from lethe.ingest import IngestError, IngestResult, ingest_table, waiting_rows
 from lethe.policy import load_policy
 from lethe.tables import TABLES
 from pipelines.resources import PolicyResource, WarehouseResource
 
 QUARANTINE_CHECK = "no_quarantined_rows"
+ACCEPTED_CHECK = "landing_file_accepted"
 
 
 def _build(table_name: str) -> dg.AssetsDefinition:
@@ -38,6 +44,12 @@ def _build(table_name: str) -> dg.AssetsDefinition:
                 description="No row of the table waits in core.quarantine (every delivered row"
                 " passed validation, or loaded once its parent arrived).",
             ),
+            dg.AssetCheckSpec(
+                ACCEPTED_CHECK,
+                asset=dg.AssetKey(["core", table_name]),
+                description="The landing file, if any, could be read (a refused file stays in"
+                " landing/ and is named here).",
+            ),
         ],
     )
     def _asset(
@@ -45,12 +57,15 @@ def _build(table_name: str) -> dg.AssetsDefinition:
         warehouse: WarehouseResource,
         policy: PolicyResource,
     ):
-        try:
-            with warehouse.connect() as con:
+        refused = None
+        with warehouse.connect() as con:
+            try:
                 result = ingest_table(con, warehouse.paths().landing, table_name, policy.load())
-                rows = con.execute(f"SELECT count(*) FROM core.{table_name}").fetchone()[0]
-        except IngestError as exc:
-            raise dg.Failure(description=str(exc)) from None
+            except IngestError as exc:
+                refused = str(exc)
+                waiting = waiting_rows(con, table_name)
+                result = IngestResult(table_name, None, note="file refused", rows_waiting=waiting)
+            rows = con.execute(f"SELECT count(*) FROM core.{table_name}").fetchone()[0]
         problems = "; ".join(f"{n} × {reason}" for reason, n in result.problems.items())
         context.log.info(
             f"{table_name}: read {result.rows_read}, loaded {result.rows_loaded},"
@@ -77,6 +92,11 @@ def _build(table_name: str) -> dg.AssetsDefinition:
                 "rows_waiting": result.rows_waiting,
                 "problems": problems or "none",
             },
+        )
+        yield dg.AssetCheckResult(
+            check_name=ACCEPTED_CHECK,
+            passed=refused is None,
+            description=refused or "no landing file refused",
         )
 
     return _asset
