@@ -9,13 +9,19 @@ was loaded before a crash and is only removed, which keeps reruns idempotent.
 A row quarantined only because its parent (say, an order's contact) has not arrived yet
 waits in core.quarantine and is retried on every ingest of its table: it loads once the
 parent is there. A quarantined row whose key a later delivery has loaded is dropped from
-the quarantine: the later row replaces it, as it would have replaced a loaded one."""
+the quarantine: the later row replaces it, as it would have replaced a loaded one.
+A file that cannot be used is refused as a whole and left in landing/, and so is every
+entry there that is not a table's file (`landing_leftovers`): both are reported, never
+silently kept, and never read through a symbolic link.
+"""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,14 +58,50 @@ class IngestResult:
         return self.rows_quarantined == 0 and self.rows_waiting == 0
 
 
+def landing_names(table: Table) -> tuple[str, str]:
+    """The names a table's landing file may have."""
+    return f"{table.name}.parquet", f"{table.name}.csv"
+
+
+def _entry_kind(mode: int) -> str | None:
+    """What a landing entry is, when it is not a regular file (links are never followed)."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link, never followed"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return None if stat.S_ISREG(mode) else "a special file"
+
+
 def landing_file(landing: Path, table: Table) -> Path | None:
     """The landing file of a table (`NAME.parquet` or `NAME.csv`), or None."""
-    found = [
-        p for p in (landing / f"{table.name}.parquet", landing / f"{table.name}.csv") if p.exists()
-    ]
+    found = [landing / n for n in landing_names(table) if os.path.lexists(landing / n)]
     if len(found) > 1:
         raise IngestError(f"{found[0]}: both {found[0].name} and {found[1].name} exist; keep one")
-    return found[0] if found else None
+    if not found:
+        return None
+    kind = _entry_kind(found[0].lstat().st_mode)
+    if kind:
+        raise IngestError(f"{found[0]}: is {kind} (file refused, nothing loaded)")
+    return found[0]
+
+
+def landing_leftovers(landing: Path) -> list[str]:
+    """Every entry of landing/ that is no table's file, each as `name (what it is)`.
+
+    A table's own file name is left to its ingest; anything else (a backup copy, a name in
+    the wrong case, a directory, a link) would otherwise sit under LETHE_HOME unnoticed.
+    """
+    expected = {n for table in TABLES.values() for n in landing_names(table)}
+    by_fold = {n.casefold(): n for n in expected}
+    out = []
+    for entry in sorted(landing.iterdir()) if landing.is_dir() else []:
+        if entry.name in expected:
+            continue
+        kind = _entry_kind(entry.lstat().st_mode) or "not a table's file"
+        if entry.name.casefold() in by_fold:
+            kind += f"; wrong case, the table file is {by_fold[entry.name.casefold()]}"
+        out.append(f"{entry.name} ({kind})")
+    return out
 
 
 def _sha256(path: Path) -> str:

@@ -10,15 +10,16 @@ import dagster as dg
 from dagster._utils.error import SerializableErrorInfo
 
 from assets.ingest import ACCEPTED_CHECK
+from assets.landing import LEFTOVERS_CHECK
 from lethe.compaction import remove_leftovers
 from lethe.home import Home
 from pipelines.definitions import defs
 from pipelines.instance import prepare_instance
 from pipelines.jobs import PIPELINE_JOB
 
-# Failed checks that fail the run: a refused landing file does not stop the run's other
-# steps, but the run must not look successful while the file stays there.
-REFUSALS = frozenset({ACCEPTED_CHECK})
+# Failed checks that fail the run: a refused landing file or a leftover in landing/ does not
+# stop the run's other steps, but the run must not look successful while it stays there.
+REFUSALS = frozenset({ACCEPTED_CHECK, LEFTOVERS_CHECK})
 
 
 @dataclass

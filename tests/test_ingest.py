@@ -18,7 +18,13 @@ from conftest import INGEST_ORDER, full_rows, ingest_all, write_landing, write_l
 from lethe.activity_logs import purge_logs
 from lethe.audit import verify
 from lethe.home import Home
-from lethe.ingest import IngestError, IngestResult, ingest_table, quarantine_summary
+from lethe.ingest import (
+    IngestError,
+    IngestResult,
+    ingest_table,
+    landing_leftovers,
+    quarantine_summary,
+)
 from lethe.policy import Policy
 from lethe.tables import TABLES
 from lethe.tagging import tag_all
@@ -670,3 +676,23 @@ def test_extra_column_type_change_is_carried_as_text(
     assert con.execute(
         "SELECT contact_id, points FROM core.contacts ORDER BY contact_id"
     ).fetchall() == [("C1", "5"), ("C2", "many")]
+
+
+def test_landing_links_and_directories_are_refused_and_leftovers_named(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy
+) -> None:
+    source = write_landing(home.landing, "contacts", [{"contact_id": "C1"}])
+    (home.landing / "contacts.csv.bak").write_bytes(source.read_bytes())
+    source.rename(home.landing / "contacts.CSV")
+    (home.landing / "consents.csv").symlink_to(home.landing / "contacts.CSV")
+    (home.landing / "orders.csv").mkdir()
+    for table, kind in (("consents", "a symbolic link"), ("orders", "a directory")):
+        with pytest.raises(IngestError, match=f"{table}.csv: is {kind}") as info:
+            ingest_table(con, home.landing, table, policy)
+        assert "file refused, nothing loaded" in str(info.value) and "Errno" not in str(info.value)
+    assert landing_leftovers(home.landing) == [
+        "contacts.CSV (not a table's file; wrong case, the table file is contacts.csv)",
+        "contacts.csv.bak (not a table's file)",
+    ]
+    assert len(list(home.landing.iterdir())) == 4  # nothing removed, nothing followed
+    _nothing_loaded(con, "consents")

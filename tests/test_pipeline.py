@@ -321,3 +321,35 @@ def test_a_refused_file_does_not_stop_the_run(
         home, f"SELECT status FROM requests.requests WHERE request_id = '{erasure.request_id}'"
     ) == [("done",)]
     assert len(list(home.backups.glob("*/manifest.json"))) == 2
+
+
+def test_landing_leftovers_are_reported_and_never_followed(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every entry in landing/ that is not a table's file is named in the run's one error;
+    nothing is loaded through it, nothing is left unreported, no raw OS error."""
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    landing_set(home)
+    contacts = home.landing / "contacts.csv"
+    (home.landing / "contacts.csv.bak").write_bytes(contacts.read_bytes())
+    write_landing(home.landing, "contacts", [{"contact_id": "C7"}]).rename(
+        home.landing / "contacts.CSV"
+    )
+    landing_set(home)
+    (home.landing / "orders.csv").unlink()
+    (home.landing / "orders.csv").mkdir()
+    (home.landing / "consents.csv").unlink()
+    (home.landing / "consents.csv").symlink_to(contacts)
+    outcome = run_pipeline(home, T, str(DEFAULT_POLICY))
+    assert not outcome.success
+    told = "; ".join(outcome.errors)
+    assert "\n" not in told and "Errno" not in told
+    for name in ("contacts.csv.bak", "contacts.CSV", "orders.csv", "consents.csv"):
+        assert f"{name}:" in told or f"{name} (" in told, told
+    assert "symbolic link" in told and "directory" in told
+    ids = {r[0] for r in query(home, "SELECT contact_id FROM core.contacts")}
+    assert "C1" in ids and "C7" not in ids  # contacts.csv loaded, never contacts.CSV
+    assert query(home, "SELECT count(*) FROM core.consents") == [(0,)]
+    left = sorted(p.name for p in home.landing.iterdir())
+    assert left == ["consents.csv", "contacts.CSV", "contacts.csv.bak", "orders.csv"]
+    assert query(home, "SELECT count(*) FROM core.contacts WHERE _purposes IS NULL") == [(0,)]
