@@ -97,7 +97,11 @@ def landing_leftovers(landing: Path) -> list[str]:
     for entry in sorted(landing.iterdir()) if landing.is_dir() else []:
         if entry.name in expected:
             continue
-        kind = _entry_kind(entry.lstat().st_mode) or "not a table's file"
+        try:
+            mode = entry.lstat().st_mode
+        except FileNotFoundError:
+            continue  # renamed or removed since the listing (a source system's drop)
+        kind = _entry_kind(mode) or "not a table's file"
         if entry.name.casefold() in by_fold:
             kind += f"; wrong case, the table file is {by_fold[entry.name.casefold()]}"
         out.append(f"{entry.name} ({kind})")
