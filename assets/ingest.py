@@ -1,14 +1,20 @@
-"""Ingest assets: one per landing table, loading validated rows into core.*."""
+"""Ingest assets: one per landing table, loading validated rows into core.*.
+
+A landing file that cannot be used does not fail the step: the refusal is reported by the
+`landing_file_accepted` check (the launcher turns it into the run's error) and every later
+step still runs, so one bad file never holds up tagging, enforcement or erasures.
+"""
 
 import dagster as dg
 
 from assets.metadata import OWNERS, landing_key, table_metadata, table_tags
-from lethe.ingest import IngestError, ingest_table
+from lethe.ingest import IngestError, IngestResult, ingest_table, waiting_rows
 from lethe.policy import load_policy
 from lethe.tables import TABLES
 from pipelines.resources import PolicyResource, WarehouseResource
 
 QUARANTINE_CHECK = "no_quarantined_rows"
+ACCEPTED_CHECK = "landing_file_accepted"
 
 
 def _build(table_name: str) -> dg.AssetsDefinition:
@@ -35,8 +41,15 @@ def _build(table_name: str) -> dg.AssetsDefinition:
             dg.AssetCheckSpec(
                 QUARANTINE_CHECK,
                 asset=dg.AssetKey(["core", table_name]),
-                description="Every row of the landing file passed validation (none quarantined).",
-            )
+                description="No row of the table waits in core.quarantine (every delivered row"
+                " passed validation, or loaded once its parent arrived).",
+            ),
+            dg.AssetCheckSpec(
+                ACCEPTED_CHECK,
+                asset=dg.AssetKey(["core", table_name]),
+                description="The landing file, if any, could be read (a refused file stays in"
+                " landing/ and is named here).",
+            ),
         ],
     )
     def _asset(
@@ -44,16 +57,20 @@ def _build(table_name: str) -> dg.AssetsDefinition:
         warehouse: WarehouseResource,
         policy: PolicyResource,
     ):
-        try:
-            with warehouse.connect() as con:
+        refused = None
+        with warehouse.connect() as con:
+            try:
                 result = ingest_table(con, warehouse.paths().landing, table_name, policy.load())
-                rows = con.execute(f"SELECT count(*) FROM core.{table_name}").fetchone()[0]
-        except IngestError as exc:
-            raise dg.Failure(description=str(exc)) from None
+            except IngestError as exc:
+                refused = str(exc)
+                waiting = waiting_rows(con, table_name)
+                result = IngestResult(table_name, None, note="file refused", rows_waiting=waiting)
+            rows = con.execute(f"SELECT count(*) FROM core.{table_name}").fetchone()[0]
         problems = "; ".join(f"{n} × {reason}" for reason, n in result.problems.items())
         context.log.info(
             f"{table_name}: read {result.rows_read}, loaded {result.rows_loaded},"
-            f" quarantined {result.rows_quarantined} {result.note}"
+            f" quarantined {result.rows_quarantined}, loaded from quarantine"
+            f" {result.rows_retried}, waiting {result.rows_waiting} {result.note}"
         )
         yield dg.MaterializeResult(
             metadata={
@@ -62,21 +79,40 @@ def _build(table_name: str) -> dg.AssetsDefinition:
                 "rows_read": result.rows_read,
                 "rows_loaded": result.rows_loaded,
                 "rows_quarantined": result.rows_quarantined,
+                "rows_loaded_from_quarantine": result.rows_retried,
+                "rows_waiting_in_quarantine": result.rows_waiting,
             }
         )
         yield dg.AssetCheckResult(
             check_name=QUARANTINE_CHECK,
             passed=result.ok,
-            description=(
-                f"{result.source_file}: {result.rows_quarantined} rows quarantined ({problems});"
-                f" e.g. {'; '.join(result.examples)}; see core.quarantine"
-                if not result.ok
-                else "no rows quarantined"
-            ),
-            metadata={"rows_quarantined": result.rows_quarantined, "problems": problems or "none"},
+            description=_quarantine_description(result, problems),
+            metadata={
+                "rows_quarantined": result.rows_quarantined,
+                "rows_waiting": result.rows_waiting,
+                "problems": problems or "none",
+            },
+        )
+        yield dg.AssetCheckResult(
+            check_name=ACCEPTED_CHECK,
+            passed=refused is None,
+            description=refused or "no landing file refused",
         )
 
     return _asset
+
+
+def _quarantine_description(result: IngestResult, problems: str) -> str:
+    """Why the quarantine check fails: this delivery's bad rows, and all rows still waiting."""
+    parts = []
+    if result.rows_quarantined:
+        parts.append(
+            f"{result.source_file}: {result.rows_quarantined} rows quarantined ({problems});"
+            f" e.g. {'; '.join(result.examples)}"
+        )
+    if result.rows_waiting:
+        parts.append(f"{result.rows_waiting} rows waiting in core.quarantine")
+    return "; ".join(parts) if parts else "no rows quarantined"
 
 
 ingest_assets = [_build(name) for name in TABLES]

@@ -27,12 +27,19 @@ def log_retention(
 ) -> dg.MaterializeResult:
     """Deletes access-log entries older than the policy's access-log retention (30 days) and,
     once a week, export-log entries older than 90 days when the log holds more than 1000;
-    deletes rejected input rows (core.quarantine) older than the quarantine retention.
+    deletes rejected input rows (core.quarantine) older than the quarantine retention,
+    recording each such purge in the audit ledger (table, columns, reason, row count).
     The enforcement rewrite that follows removes the deleted entries physically.
     """
     ops = policy.load().operations
     with warehouse.connect() as con:
-        purge = purge_logs(con, policy.load(), dt.datetime.now(dt.UTC))
+        purge = purge_logs(
+            con,
+            policy.load(),
+            dt.datetime.now(dt.UTC),
+            run_id=context.run.run_id,
+            as_of=policy.as_of_date(),
+        )
     context.log.info(f"access log: {purge.access_log} deleted; export log: {purge.export_log}")
     return dg.MaterializeResult(
         metadata={

@@ -5,6 +5,14 @@ good rows are upserted (by key) into `core.<table>` in one transaction together 
 its quarantined rows and an ingest-log entry; then the file is removed, so erased
 values do not linger in landing/. A file whose checksum is already in the ingest log
 was loaded before a crash and is only removed, which keeps reruns idempotent.
+
+A row quarantined only because its parent (say, an order's contact) has not arrived yet
+waits in core.quarantine and is retried on every ingest of its table: it loads once the
+parent is there. A quarantined row whose key a later delivery has loaded is dropped from
+the quarantine: the later row replaces it, as it would have replaced a loaded one.
+A file that cannot be used is refused as a whole and left in landing/, and so is every
+entry there that is not a table's file (`landing_leftovers`): both are reported, never
+silently kept, and never read through a symbolic link.
 """
 
 from __future__ import annotations
@@ -12,7 +20,10 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import json
+import os
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,20 +62,63 @@ class IngestResult:
     problems: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
     note: str = ""
+    rows_retried: int = 0  # waiting rows that loaded in this ingest
+    rows_waiting: int = 0  # rows of the table in core.quarantine afterwards
 
     @property
     def ok(self) -> bool:
-        return self.rows_quarantined == 0
+        return self.rows_quarantined == 0 and self.rows_waiting == 0
+
+
+def landing_names(table: Table) -> tuple[str, str]:
+    """The names a table's landing file may have (its source's declared file name)."""
+    return f"{table.source.file}.parquet", f"{table.source.file}.csv"
+
+
+def _entry_kind(mode: int) -> str | None:
+    """What a landing entry is, when it is not a regular file (links are never followed)."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link, never followed"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return None if stat.S_ISREG(mode) else "a special file"
 
 
 def landing_file(landing: Path, table: Table) -> Path | None:
     """The landing file of a table (`FILE.parquet` or `FILE.csv`, FILE as its source
     declares), or None."""
-    name = table.source.file
-    found = [p for p in (landing / f"{name}.parquet", landing / f"{name}.csv") if p.exists()]
+    found = [landing / n for n in landing_names(table) if os.path.lexists(landing / n)]
     if len(found) > 1:
         raise IngestError(f"{found[0]}: both {found[0].name} and {found[1].name} exist; keep one")
-    return found[0] if found else None
+    if not found:
+        return None
+    kind = _entry_kind(found[0].lstat().st_mode)
+    if kind:
+        raise IngestError(f"{found[0]}: is {kind} (file refused, nothing loaded)")
+    return found[0]
+
+
+def landing_leftovers(landing: Path, schema: Schema) -> list[str]:
+    """Every entry of landing/ that is no table's file, each as `name (what it is)`.
+
+    A table's own file name is left to its ingest; anything else (a backup copy, a name in
+    the wrong case, a directory, a link) would otherwise sit under LETHE_HOME unnoticed.
+    """
+    expected = {n for table in schema.tables.values() for n in landing_names(table)}
+    by_fold = {n.casefold(): n for n in expected}
+    out = []
+    for entry in sorted(landing.iterdir()) if landing.is_dir() else []:
+        if entry.name in expected:
+            continue
+        try:
+            mode = entry.lstat().st_mode
+        except FileNotFoundError:
+            continue  # renamed or removed since the listing (a source system's drop)
+        kind = _entry_kind(mode) or "not a table's file"
+        if entry.name.casefold() in by_fold:
+            kind += f"; wrong case, the table file is {by_fold[entry.name.casefold()]}"
+        out.append(f"{entry.name} ({kind})")
+    return out
 
 
 def _sha256(path: Path) -> str:
@@ -426,6 +480,7 @@ COUNTRY = "user.contact.address.country"
 # for ever and break the date types of exports.
 DATE_RANGE = ("1900-01-01", "2200-01-01")
 MAX_TEXT = 10_000  # characters in one value; no contact detail is longer
+ORPHAN = "orphan foreign key"  # the reason a row waits in quarantine for its parent
 # C0 controls except tab, newline and carriage return; DEL; bidirectional overrides.
 _CONTROL = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F\x{202A}-\x{202E}\x{2066}-\x{2069}]"
 # Unicode whitespace: exactly what Python's str.isspace() accepts, so a value is blank
@@ -500,7 +555,7 @@ def _problems_sql(
         column = table.column(fk.column)
         value = _typed(f"s.{quote(fk.column)}", column.type, staged[fk.column], fmt)
         parts.append(
-            f"SELECT _row, '{fk.column}', 'orphan foreign key: no {fk.ref_table}.{fk.ref_column}'"
+            f"SELECT _row, '{fk.column}', '{ORPHAN}: no {fk.ref_table}.{fk.ref_column}'"
             f" FROM _stage s WHERE s.{quote(fk.column)} IS NOT NULL AND NOT EXISTS"
             f" (SELECT 1 FROM {fk_sources[fk.ref_table]} r"
             f" WHERE r.{quote(fk.ref_column)} = {value})"
@@ -537,9 +592,32 @@ def _add_extra_columns(con: duckdb.DuckDBPyConnection, table: Table, extras: lis
 def ingest_table(
     con: duckdb.DuckDBPyConnection, landing: Path, table_name: str, policy: Policy
 ) -> IngestResult:
-    """Validate and load one landing file into core; see the module docstring."""
+    """Retry the table's waiting rows, then validate and load its landing file, if any.
+
+    See the module docstring. Raises IngestError for a file that cannot be used (or a
+    required table that never arrived); the waiting rows are retried all the same.
+    """
     table = policy.data_schema.tables[table_name]
     ensure_schemas(con, policy.data_schema)
+    retried = _retry_waiting(con, table, policy)
+    result = _ingest_file(con, landing, table, policy)
+    result.rows_retried = retried
+    result.rows_waiting = waiting_rows(con, table.name)
+    return result
+
+
+def waiting_rows(con: duckdb.DuckDBPyConnection, table_name: str) -> int:
+    """How many rows of a table are in core.quarantine (a row may have several problems)."""
+    return con.execute(
+        "SELECT count(*) FROM (SELECT DISTINCT source_file, row_number, quarantined_at"
+        " FROM core.quarantine WHERE table_name = ?)",
+        [table_name],
+    ).fetchone()[0]
+
+
+def _ingest_file(
+    con: duckdb.DuckDBPyConnection, landing: Path, table: Table, policy: Policy
+) -> IngestResult:
     path = landing_file(landing, table)
     if path is None:
         loaded_before = con.execute(
@@ -583,47 +661,21 @@ def ingest_table(
         raise IngestError(
             f"{path}: column {'; column '.join(nested)} (file refused, nothing loaded)"
         )
-    extras = [
-        c for c in staged if c != "_row" and c not in table.column_names and c not in TAG_COLUMNS
-    ]
+    extras = _extras(table, staged)
 
     # Foreign keys may point at rows already in core (earlier loads).
     fk_sources = {fk.ref_table: f"core.{quote(fk.ref_table)}" for fk in table.foreign_keys}
     fmt = ValueFormats.of(policy.data_schema, table)
     find_problems = _problems_sql(table, policy, fk_sources, staged, fmt)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _problems AS {find_problems}")
-    typed = ", ".join(
-        f"{_typed(quote(c.name), c.type, staged[c.name], fmt)} AS {quote(c.name)}"
-        for c in table.columns
-    )
-    extra_sql = "".join(f", CAST({quote(c)} AS VARCHAR) AS {quote(c)}" for c in extras)
-    now = "CAST(now() AS TIMESTAMP)"
     with transaction(con):
-        _add_extra_columns(con, table, extras)
         con.execute(
             "INSERT INTO core.quarantine SELECT ?, ?, p._row, p.col, p.reason,"
-            f" to_json(s), {now} FROM _problems p JOIN _stage s USING (_row)",
+            f" to_json(s), {_NOW} FROM _problems p JOIN _stage s USING (_row)",
             [table.name, path.name],
         )
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _good AS SELECT {typed}{extra_sql} FROM _stage"
-            " WHERE _row NOT IN (SELECT _row FROM _problems)"
-        )
-        key, target = quote(table.key), f"core.{quote(table.name)}"
-        # A re-delivered row stays restricted: only a request lifts a restriction.
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _restricted AS SELECT {key} FROM {target}"
-            f" WHERE _state = 'restricted' AND {key} IN (SELECT {key} FROM _good)"
-        )
-        con.execute(f"DELETE FROM {target} WHERE {key} IN (SELECT {key} FROM _good)")
-        cols = [*table.column_names, *extras]
-        col_list = ", ".join(quote(c) for c in cols)
-        con.execute(
-            f"INSERT INTO {target} ({col_list}, _state, _ingested_at)"
-            f" SELECT {', '.join('g.' + quote(c) for c in cols)},"
-            f" CASE WHEN r.{key} IS NULL THEN 'active' ELSE 'restricted' END, {now}"
-            f" FROM _good g LEFT JOIN _restricted r ON r.{key} = g.{key}"
-        )
+        _load_good(con, table, staged, extras, fmt)
+        _drop_replaced(con, table)
         rows_read = con.execute("SELECT count(*) FROM _stage").fetchone()[0]
         loaded = con.execute("SELECT count(*) FROM _good").fetchone()[0]
         problems = dict(
@@ -637,13 +689,138 @@ def ingest_table(
             ).fetchall()
         ]
         con.execute(
-            f"INSERT INTO core.ingest_log VALUES (?, ?, ?, ?, ?, ?, {now})",
+            f"INSERT INTO core.ingest_log VALUES (?, ?, ?, ?, ?, ?, {_NOW})",
             [table.name, path.name, digest, rows_read, loaded, bad_rows],
         )
-    for temp in ("_stage", "_problems", "_good", "_restricted"):
-        con.execute(f"DROP TABLE IF EXISTS {temp}")
+    _drop_temp(con)
     path.unlink()
     return IngestResult(table.name, path.name, rows_read, loaded, bad_rows, problems, examples)
+
+
+_NOW = "CAST(now() AS TIMESTAMP)"  # the transaction's start: one time for all its rows
+
+
+def _extras(table: Table, staged: dict[str, str]) -> list[str]:
+    """Staged columns the contract does not know (Lethe's own tag columns are ignored)."""
+    return [
+        c for c in staged if c != "_row" and c not in table.column_names and c not in TAG_COLUMNS
+    ]
+
+
+def _load_good(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    staged: dict[str, str],
+    extras: list[str],
+    fmt: ValueFormats,
+) -> None:
+    """Upsert by key the `_stage` rows without `_problems` (kept in `_good`)."""
+    typed = ", ".join(
+        f"{_typed(quote(c.name), c.type, staged[c.name], fmt)} AS {quote(c.name)}"
+        for c in table.columns
+    )
+    extra_sql = "".join(f", CAST({quote(c)} AS VARCHAR) AS {quote(c)}" for c in extras)
+    _add_extra_columns(con, table, extras)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _good AS SELECT {typed}{extra_sql} FROM _stage"
+        " WHERE _row NOT IN (SELECT _row FROM _problems)"
+    )
+    key, target = quote(table.key), f"core.{quote(table.name)}"
+    # A re-delivered row stays restricted: only a request lifts a restriction.
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _restricted AS SELECT {key} FROM {target}"
+        f" WHERE _state = 'restricted' AND {key} IN (SELECT {key} FROM _good)"
+    )
+    con.execute(f"DELETE FROM {target} WHERE {key} IN (SELECT {key} FROM _good)")
+    cols = [*table.column_names, *extras]
+    col_list = ", ".join(quote(c) for c in cols)
+    con.execute(
+        f"INSERT INTO {target} ({col_list}, _state, _ingested_at)"
+        f" SELECT {', '.join('g.' + quote(c) for c in cols)},"
+        f" CASE WHEN r.{key} IS NULL THEN 'active' ELSE 'restricted' END, {_NOW}"
+        f" FROM _good g LEFT JOIN _restricted r ON r.{key} = g.{key}"
+    )
+
+
+def _drop_temp(con: duckdb.DuckDBPyConnection) -> None:
+    for temp in ("_stage", "_problems", "_good", "_restricted", "_waiting"):
+        con.execute(f"DROP TABLE IF EXISTS {temp}")
+
+
+def _drop_replaced(con: duckdb.DuckDBPyConnection, table: Table) -> None:
+    """Drop quarantined rows whose key a later delivery has loaded: that row replaced them.
+
+    A row quarantined in the same delivery (same time) stays: it is a problem of that file.
+    """
+    if not waiting_rows(con, table.name):
+        return
+    key = "/" + table.key.replace("~", "~0").replace("/", "~1")  # a JSON pointer
+    con.execute(
+        "DELETE FROM core.quarantine q WHERE q.table_name = ? AND EXISTS (SELECT 1"
+        f" FROM core.{quote(table.name)} c WHERE CAST(c.{quote(table.key)} AS VARCHAR)"
+        " = json_extract_string(q.record, ?) AND c._ingested_at > q.quarantined_at)",
+        [table.name, key],
+    )
+
+
+def _retry_waiting(con: duckdb.DuckDBPyConnection, table: Table, policy: Policy) -> int:
+    """Load the table's rows that wait in quarantine for a parent that has arrived since.
+
+    Only rows whose every problem is an orphan foreign key are retried, revalidated in full;
+    the newest delivery of a key wins. Returns how many loaded.
+    """
+    waiting = con.execute(
+        "SELECT count(*) FROM core.quarantine WHERE table_name = ? AND starts_with(reason, ?)",
+        [table.name, ORPHAN],
+    ).fetchone()[0]
+    if not waiting:
+        return 0
+    with transaction(con):
+        _drop_replaced(con, table)  # never let an older waiting row overwrite a later one
+        # Numbered newest first: the duplicate-key rule keeps the first row of a key.
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _waiting AS SELECT row_number() OVER"
+            " (ORDER BY quarantined_at DESC, source_file, row_number) AS _row, source_file,"
+            " row_number, quarantined_at, any_value(record) AS record FROM core.quarantine"
+            " WHERE table_name = ? GROUP BY source_file, row_number, quarantined_at"
+            " HAVING bool_and(starts_with(reason, ?))",
+            [table.name, ORPHAN],
+        )
+        names = [
+            n
+            for (n,) in con.execute(
+                "SELECT DISTINCT unnest(json_keys(record)) FROM _waiting ORDER BY 1"
+            ).fetchall()
+            if n != "_row"
+        ]
+        if any(c not in names for c in table.column_names):
+            return 0  # kept from before a contract change: they wait for a new delivery
+        # Each record back as text columns, as a CSV delivery would stage them; the column
+        # names travel as a bound JSON value, never as SQL text.
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _stage AS SELECT _row, unnest(from_json(record, ?))"
+            " FROM _waiting",
+            [json.dumps(dict.fromkeys(names, "VARCHAR"))],
+        )
+        staged = {n: "VARCHAR" for n in names}
+        fk_sources = {fk.ref_table: f"core.{quote(fk.ref_table)}" for fk in table.foreign_keys}
+        fmt = ValueFormats.of(policy.data_schema, table)
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _problems AS"
+            f" {_problems_sql(table, policy, fk_sources, staged, fmt)}"
+        )
+        _load_good(con, table, staged, _extras(table, staged), fmt)
+        con.execute(
+            "DELETE FROM core.quarantine q USING _waiting w WHERE q.table_name = ?"
+            " AND q.source_file = w.source_file AND q.row_number = w.row_number"
+            " AND q.quarantined_at = w.quarantined_at"
+            " AND w._row NOT IN (SELECT _row FROM _problems)",
+            [table.name],
+        )
+        _drop_replaced(con, table)
+        loaded = con.execute("SELECT count(*) FROM _good").fetchone()[0]
+    _drop_temp(con)
+    return loaded
 
 
 def quarantine_summary(con: duckdb.DuckDBPyConnection, table_name: str) -> list[tuple]:

@@ -6,7 +6,7 @@ from assets.analytics import analytics_assets
 from assets.compliance import compliance_assets
 from assets.enforcement import retention_enforcement
 from assets.ingest import ingest_assets
-from assets.landing import landing_specs
+from assets.landing import landing_specs, leftovers
 from assets.operations import log_retention, warehouse_backup
 from assets.requests import request_answers, request_intake
 from assets.tagging import purpose_tags
@@ -18,6 +18,7 @@ from sensors.requests import pending_requests_sensor
 defs = dg.Definitions(
     assets=[
         *landing_specs,
+        leftovers,
         *ingest_assets,
         request_intake,
         purpose_tags,

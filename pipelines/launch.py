@@ -9,10 +9,16 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster._utils.error import SerializableErrorInfo
 
+from assets.ingest import ACCEPTED_CHECK
+from assets.landing import LEFTOVERS_CHECK
 from lethe.home import Home
 from pipelines.definitions import defs
 from pipelines.instance import prepare_instance
 from pipelines.jobs import PIPELINE_JOB
+
+# Failed checks that fail the run: a refused landing file or a leftover in landing/ does not
+# stop the run's other steps, but the run must not look successful while it stays there.
+REFUSALS = frozenset({ACCEPTED_CHECK, LEFTOVERS_CHECK})
 
 
 @dataclass
@@ -57,12 +63,14 @@ def run_pipeline(home: Home, as_of: dt.date, policy_path: str | None = None) -> 
         for ev in result.all_events
         if ev.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
     ]
+    failed = [c for c in checks if not c.passed]
+    errors += [c.description for c in failed if c.check_name in REFUSALS]
     failed_checks = [
         f"{'/'.join(c.asset_key.path)} {c.check_name}: {c.description}"
-        for c in checks
-        if not c.passed
+        for c in failed
+        if c.check_name not in REFUSALS
     ]
-    return RunOutcome(result.run_id, result.success, errors, failed_checks)
+    return RunOutcome(result.run_id, result.success and not errors, errors, failed_checks)
 
 
 def _failure_message(event: dg.DagsterEvent) -> str:

@@ -201,7 +201,7 @@ def stage_of(step: str) -> str:
     """The pipeline stage a Dagster step key belongs to."""
     if step in ("core__contacts", "core__consents", "core__orders", "core__shipments"):
         return "ingest"
-    if step == "core__holds":
+    if step in ("core__holds", "landing__leftovers"):
         return "ingest"
     prefixes = {
         "requests__intake": "request processing",

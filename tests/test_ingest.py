@@ -16,8 +16,16 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import INGEST_ORDER, full_rows, ingest_all, write_landing, write_landing_set
 
+from lethe.activity_logs import purge_logs
+from lethe.audit import verify
 from lethe.home import Home
-from lethe.ingest import IngestError, IngestResult, ingest_table, quarantine_summary
+from lethe.ingest import (
+    IngestError,
+    IngestResult,
+    ingest_table,
+    landing_leftovers,
+    quarantine_summary,
+)
 from lethe.policy import Policy
 from lethe.tables import TABLES
 from lethe.tagging import tag_all
@@ -226,6 +234,79 @@ def test_rejected_parent_makes_children_orphans(
     assert [r[2:4] for r in quarantined(con, "shipments")] == [(2, "order_id")]
     for name in ("contacts", "orders", "shipments"):
         assert_accounted(con, results[name])
+
+
+def test_orphans_wait_in_quarantine_and_load_when_their_parent_arrives(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy
+) -> None:
+    """An order (and its shipment) whose contact comes in a later delivery is retried on every
+    ingest and loads once the contact is there; nothing is left waiting."""
+    load_contacts(con, home, policy, n=1)
+    write_landing(
+        home.landing,
+        "orders",
+        [{"order_id": "O1", "contact_id": "C1"}, {"order_id": "O2", "contact_id": "C2"}],
+    )
+    ingest_table(con, home.landing, "orders", policy)
+    write_landing(home.landing, "shipments", [{"shipment_id": "S2", "order_id": "O2"}])
+    ingest_table(con, home.landing, "shipments", policy)
+    assert keys(con, "orders") == ["O1"] and keys(con, "shipments") == []
+    # A run without the parent: still waiting, still counted.
+    waiting = ingest_table(con, home.landing, "orders", policy)
+    assert (waiting.rows_waiting, waiting.rows_retried) == (1, 0) and not waiting.ok
+    load_contacts(con, home, policy, n=2)  # C2 arrives
+    orders = ingest_table(con, home.landing, "orders", policy)  # no new orders file
+    shipments = ingest_table(con, home.landing, "shipments", policy)
+    assert keys(con, "orders") == ["O1", "O2"] and keys(con, "shipments") == ["S2"]
+    assert (orders.rows_retried, orders.rows_waiting, orders.ok) == (1, 0, True)
+    assert (shipments.rows_retried, shipments.rows_waiting, shipments.ok) == (1, 0, True)
+    assert con.execute("SELECT count(*) FROM core.quarantine").fetchone()[0] == 0
+    row = con.execute("SELECT _state, total_amount FROM core.orders WHERE order_id = 'O2'")
+    assert row.fetchone() == ("active", Decimal("100.00"))
+
+
+def test_a_waiting_orphan_never_overwrites_a_later_delivery(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy
+) -> None:
+    load_contacts(con, home, policy, n=1)
+    write_landing(home.landing, "orders", [{"order_id": "O1", "contact_id": "C2"}])
+    ingest_table(con, home.landing, "orders", policy)  # waits for C2
+    write_landing(home.landing, "orders", [{"order_id": "O1", "contact_id": "C1"}])
+    later = ingest_table(con, home.landing, "orders", policy)  # a later delivery of O1
+    assert later.rows_waiting == 0  # the waiting copy is superseded
+    load_contacts(con, home, policy, n=2)
+    ingest_table(con, home.landing, "orders", policy)
+    assert con.execute("SELECT contact_id FROM core.orders").fetchall() == [("C1",)]
+
+
+def test_purged_quarantine_rows_are_recorded_in_the_ledger(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy
+) -> None:
+    load_contacts(con, home, policy, n=1)
+    write_landing(
+        home.landing,
+        "orders",
+        [
+            {"order_id": "O1", "contact_id": "C404"},
+            {"order_id": "O2", "contact_id": "C405"},
+            {"order_id": "O3", "contact_id": "C1", "total_amount": "abc"},
+        ],
+    )
+    ingest_table(con, home.landing, "orders", policy)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=31)
+    assert purge_logs(con, policy, later, run_id="r1").quarantine == 3
+    entries = con.execute(
+        "SELECT action, table_name, columns, key_count, reason, details FROM audit.ledger"
+        " ORDER BY reason"
+    ).fetchall()
+    assert [e[:4] for e in entries] == [
+        ("purge", "orders", ["contact_id"], 0),
+        ("purge", "orders", ["total_amount"], 0),
+    ]
+    assert "orphan foreign key: no contacts.contact_id" in entries[0][4]
+    assert json.loads(entries[0][5]) == {"rows": 2}
+    assert json.loads(entries[1][5]) == {"rows": 1}
+    assert verify(con).ok
 
 
 def test_unknown_purpose(con: duckdb.DuckDBPyConnection, home: Home, policy: Policy) -> None:
@@ -731,3 +812,23 @@ def test_extra_column_type_change_is_carried_as_text(
     assert con.execute(
         "SELECT contact_id, points FROM core.contacts ORDER BY contact_id"
     ).fetchall() == [("C1", "5"), ("C2", "many")]
+
+
+def test_landing_links_and_directories_are_refused_and_leftovers_named(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy
+) -> None:
+    source = write_landing(home.landing, "contacts", [{"contact_id": "C1"}])
+    (home.landing / "contacts.csv.bak").write_bytes(source.read_bytes())
+    source.rename(home.landing / "contacts.CSV")
+    (home.landing / "consents.csv").symlink_to(home.landing / "contacts.CSV")
+    (home.landing / "orders.csv").mkdir()
+    for table, kind in (("consents", "a symbolic link"), ("orders", "a directory")):
+        with pytest.raises(IngestError, match=f"{table}.csv: is {kind}") as info:
+            ingest_table(con, home.landing, table, policy)
+        assert "file refused, nothing loaded" in str(info.value) and "Errno" not in str(info.value)
+    assert landing_leftovers(home.landing, policy.data_schema) == [
+        "contacts.CSV (not a table's file; wrong case, the table file is contacts.csv)",
+        "contacts.csv.bak (not a table's file)",
+    ]
+    assert len(list(home.landing.iterdir())) == 4  # nothing removed, nothing followed
+    _nothing_loaded(con, "consents")
