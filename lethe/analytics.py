@@ -366,33 +366,25 @@ def _subjects(alias: str) -> str:
 def release_plan(policy: Policy, dataset: Dataset) -> Plan:
     """Statements that stage `_an_released` (the release) and `_an_suppressed` (left out).
 
-    `_an_pending` holds the records not yet released, with their labels at the current
-    level (and the coarser labels still to come); `_an_cells` the cells of that level with
-    at least k subjects.
+    `_an_all` holds the records (`_row` numbers them); `_an_pending` the records not yet
+    released, with their labels at the current level; `_an_cells` the cells of that level
+    with at least k subjects.
     """
     labels = dataset.labels
     index = {name: i for i, name in enumerate(labels)}
     reached = dict.fromkeys(labels, 0)  # ladder step of each dimension at this level
-    # the coarser labels of each dimension, carried along until they are needed
-    coarser = [
-        _label_column(index[d], step)
-        for d in labels
-        for step in range(1, dataset.generalize.count(d) + 1)
-    ]
 
     def cols(alias: str = "") -> str:
         return ", ".join(f"{alias}{quote(c)}" for c in labels)
 
     same = " AND ".join(f"c.{quote(c)} = p.{quote(c)}" for c in labels)
     in_cells = f"EXISTS (SELECT 1 FROM _an_cells c WHERE {same})"
-    first = ", ".join(f"{_label_column(index[c], 0)} AS {quote(c)}" for c in labels)
+    finest = ", ".join(f"{_label_column(index[c], 0)} AS {quote(c)}" for c in labels)
     statements = [
-        f"CREATE OR REPLACE TEMP TABLE _an_all AS {records(policy.data_schema, dataset)}",
-        "CREATE OR REPLACE TEMP TABLE _an_rec AS SELECT row_number() OVER () AS _row, *"
+        "CREATE OR REPLACE TEMP TABLE _an_all AS SELECT row_number() OVER () AS _row, *"
+        f" FROM ({records(policy.data_schema, dataset)}) _records",
+        f"CREATE OR REPLACE TEMP TABLE _an_pending AS SELECT _row, _subject, {finest}"
         " FROM _an_all WHERE _exclusion IS NULL",
-        f"CREATE OR REPLACE TEMP TABLE _an_pending AS SELECT _row, _subject, {first}"
-        + "".join(f", {c}" for c in coarser)
-        + " FROM _an_rec",
         f"CREATE OR REPLACE TEMP TABLE _an_assigned AS SELECT _row, 0 AS _level, {cols()}"
         " FROM _an_pending WHERE false",
     ]
@@ -401,14 +393,14 @@ def release_plan(policy: Policy, dataset: Dataset) -> Plan:
             step = dataset.generalize[level - 1]
             reached[step] += 1
             stepped = ", ".join(
-                f"p.{_label_column(index[c], reached[c])} AS {quote(c)}"
+                f"r.{_label_column(index[c], reached[c])} AS {quote(c)}"
                 if c == step
                 else f"p.{quote(c)}"
                 for c in labels
             )
             statements.append(
                 "CREATE OR REPLACE TEMP TABLE _an_pending AS SELECT p._row, p._subject,"
-                f" {stepped}{''.join(f', p.{c}' for c in coarser)} FROM _an_pending p"
+                f" {stepped} FROM _an_pending p JOIN _an_all r ON r._row = p._row"
                 f" WHERE NOT {in_cells}"
             )
         statements += [
@@ -424,11 +416,10 @@ def release_plan(policy: Policy, dataset: Dataset) -> Plan:
         for agg, m in zip(aggregates, dataset.measures, strict=True)
     )
     statements += [
-        f"CREATE OR REPLACE TEMP TABLE _an_suppressed AS SELECT p._row, p._subject, {cols('p.')}"
-        " FROM _an_pending p"
+        "CREATE OR REPLACE TEMP TABLE _an_suppressed AS SELECT * FROM _an_pending p"
         f" WHERE NOT {in_cells}",
         f"CREATE OR REPLACE TEMP TABLE _an_released AS SELECT {cols('a.')}, {measures}"
-        f" FROM _an_assigned a JOIN _an_rec r ON r._row = a._row GROUP BY {cols('a.')}",
+        f" FROM _an_assigned a JOIN _an_all r ON r._row = a._row GROUP BY {cols('a.')}",
     ]
     return Plan(f"release {dataset.name}", tuple(statements))
 
@@ -486,7 +477,7 @@ def release(
         ).fetchall():
             key = reason if reason in excluded else "other"
             excluded[key] += int(n)
-        records = _count(con, "SELECT count(*) FROM _an_rec")
+        records = _count(con, "SELECT count(*) FROM _an_all WHERE _exclusion IS NULL")
         generalized = _count(con, "SELECT count(*) FROM _an_assigned WHERE _level > 0")
         suppressed = _count(con, "SELECT count(*) FROM _an_suppressed")
         labels = ", ".join(quote(c) for c in dataset.labels)
@@ -523,7 +514,7 @@ def release(
             f"SELECT count(*), min({quote(SUBJECTS)}) FROM {table}"
         ).fetchall()[0]
     finally:
-        for temp in ("all", "rec", "pending", "cells", "assigned", "suppressed", "released"):
+        for temp in ("all", "pending", "cells", "assigned", "suppressed", "released"):
             con.execute(f"DROP TABLE IF EXISTS _an_{temp}")
     path = exports_dir(home) / f"{dataset.name}.parquet"
     with replacing(path) as temp_path:
