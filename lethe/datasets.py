@@ -292,7 +292,7 @@ def _step_problem(step: Step, data: dict[str, Any]) -> str | None:
         if column
         else "days"
         if days
-        else f"a first {first.type}"
+        else f"the first event ({first})"
     )
     kind = column.type if column else "days" if days else "first"
     allowed: dict[str, set[str]] = {

@@ -480,6 +480,11 @@ _DS = "analytics.datasets"
             "unknown table 'invoices'",
         ),
         (
+            lambda d: _CUS(d)["dimensions"]["first_order_year"].update(ladder=["value"]),
+            f"{_DS}.customers_by_cohort.dimensions.first_order_year.ladder",
+            "step 1 (value): cannot apply to the first event (orders.ordered_at)",
+        ),
+        (
             lambda d: _SHI(d)["dimensions"]["delivery_time"].update(
                 days=["carrier", "delivered_at"]
             ),
