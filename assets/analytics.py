@@ -1,4 +1,5 @@
-"""Analyst datasets: k-anonymous aggregates in analytics.* and exports/analytics/*.parquet."""
+"""Analyst datasets: k-anonymous aggregates in analytics.* and exports/analytics/*.parquet,
+one asset per dataset the policy declares (`analytics.datasets`)."""
 
 from typing import Any
 
@@ -11,7 +12,7 @@ from assets.metadata import (
     core_key,
     lineage_metadata,
 )
-from lethe.analytics import DATASETS, SCHEMA, Dataset, check_k_anonymity, release
+from lethe.analytics import SCHEMA, Dataset, check_k_anonymity, datasets, k_of, release
 from lethe.policy import Policy, load_policy
 from pipelines.resources import PolicyResource, WarehouseResource
 
@@ -36,7 +37,7 @@ def _metadata(policy: Policy, dataset: Dataset) -> dict[str, Any]:
     retention = (
         "Rebuilt on every run from the enforced warehouse, so a value erased or anonymized in"
         " core leaves this dataset with the next run; the Parquet extract is replaced at the"
-        f" same time. Every row aggregates at least k = {policy.k_anonymity} data subjects;"
+        f" same time. Every row aggregates at least k = {k_of(policy, dataset)} data subjects;"
         " smaller cells are generalized further or suppressed. Restricted rows, rows under"
         " litigation hold and pseudonymized (accounting-only) rows are left out. No"
         " identifiers and no tokens: anonymous information (GDPR Recital 26)."
@@ -50,7 +51,11 @@ def _metadata(policy: Policy, dataset: Dataset) -> dict[str, Any]:
         "purpose_description": an.description,
         "source_purposes": ", ".join(sources),
         "quasi_identifiers": ", ".join(dataset.labels),
-        "generalization_ladder": " → ".join(dataset.ladder) + " → suppressed",
+        "generalization_ladder": " → ".join(dataset.generalize) + " → suppressed",
+        "dimension_ladders": "; ".join(
+            f"{d.name}: " + " → ".join(str(s) for s in d.ladder)
+            for d in dataset.declaration.dimensions.values()
+        ),
         "dagster/table_name": f"{SCHEMA}.{dataset.name}",
         **_lineage(dataset),
     }
@@ -85,9 +90,13 @@ def _build(dataset: Dataset) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, policy: PolicyResource
     ):
         loaded = policy.load()
+        # The run's policy decides what is released (the UI shows the one loaded here).
+        declared = datasets(loaded).get(dataset.name)
+        if declared is None:
+            raise dg.Failure(f"{loaded.source}: analytics.datasets.{dataset.name}: not declared")
         with warehouse.connect() as con:
-            result = release(con, warehouse.paths(), loaded, dataset)
-            check = check_k_anonymity(con, dataset, loaded.k_anonymity)
+            result = release(con, warehouse.paths(), loaded, declared)
+            check = check_k_anonymity(con, declared, k_of(loaded, declared))
         suppressed = (
             f"{result.suppressed} of {result.records} records suppressed"
             f" ({result.suppressed_share:.2%}) in {result.suppressed_cells} cells"
@@ -106,7 +115,7 @@ def _build(dataset: Dataset) -> dg.AssetsDefinition:
                 "excluded_rows": result.excluded,
                 "min_subjects_per_row": result.min_subjects or 0,
                 "extract": dg.MetadataValue.path(str(result.path)),
-                **_lineage(dataset),
+                **_lineage(declared),
             }
         )
         yield dg.AssetCheckResult(
@@ -125,4 +134,4 @@ def _build(dataset: Dataset) -> dg.AssetsDefinition:
     return _asset
 
 
-analytics_assets = [_build(d) for d in DATASETS.values()]
+analytics_assets = [_build(d) for d in datasets(_POLICY).values()]

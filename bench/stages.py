@@ -288,7 +288,7 @@ def erasure_stage(ctx: Context) -> Timed:
 
 def analytics_stage(ctx: Context) -> Timed:
     """The analysts' anonymized datasets, with their k-anonymity check."""
-    from lethe.analytics import DATASETS, check_k_anonymity, release
+    from lethe.analytics import check_k_anonymity, datasets, release
 
     home = ctx.home_with_tagged_warehouse()
     policy = load_policy(POLICY)
@@ -296,7 +296,7 @@ def analytics_stage(ctx: Context) -> Timed:
     def run() -> StageResult:
         con = connect(home.warehouse)
         try:
-            for dataset in DATASETS.values():
+            for dataset in datasets(policy).values():
                 release(con, home, policy, dataset)
                 check_k_anonymity(con, dataset, policy.k_anonymity)
         finally:

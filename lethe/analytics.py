@@ -1,17 +1,21 @@
 """Anonymized analyst datasets: k-anonymous aggregates over generalized quasi-identifiers.
 
-Each dataset is a relational plan generated from the policy (DuckDB-dialect SQL, parsed
-by SQLGlot through `lethe.plan.Plan`), run after retention enforcement:
+The policy declares each dataset (`analytics.datasets`, see lethe.datasets): its source
+table, dimensions with their generalization ladders, and measures. Each becomes a
+relational plan (DuckDB-dialect SQL, parsed by SQLGlot through `lethe.plan.Plan`), run
+after retention enforcement:
 
-1. Records: one row per source row with its quasi-identifiers generalized to labels
-   (month, region = country + postal district, amount band, birth-year band, ...) and
-   `_subject`, the data subject where known (NULL for an anonymized row: a subject of its
-   own). Restricted rows, rows under litigation hold and pseudonymized rows (kept for
-   accounting only) are left out; anonymized rows stay in, so statistics stay complete.
-2. Generalization ladder: cells with at least k subjects (GROUP BY the labels, HAVING) are
-   released; the records of smaller cells move one step up the ladder (region → country,
-   month → quarter, ...) and are grouped again; what is still too small at the top is
-   suppressed.
+1. Records: one row per source row with each dimension's label at every ladder step it may
+   reach (month, quarter; region CZ-1, CZ-*; amount band CZK 500-1000, CZK any; ...)
+   and `_subject`, the data subject where known, reached along the schema's references
+   (NULL for an anonymized row: a subject of its own). Restricted rows, rows under
+   litigation hold (the row or a row on its way to its subject) and pseudonymized rows
+   (kept for accounting only) are left out; anonymized rows stay in, so statistics stay
+   complete.
+2. Generalization: cells with at least k subjects (GROUP BY the labels, HAVING) are
+   released; the records of smaller cells move one dimension one step up its ladder (in
+   the declared `generalize` order) and are grouped again; what is still too small at the
+   top is suppressed.
 3. Release: the released records grouped by their final labels. Every released row counts
    at least k distinct subjects, and no row holds an identifier or a token.
 
@@ -26,19 +30,20 @@ from pathlib import Path
 
 import duckdb
 
+from lethe.datasets import ANY, SUBJECTS, DatasetDeclaration, Days, Dimension, Measure, Ref, Step
 from lethe.errors import LetheError
 from lethe.files import replacing
 from lethe.home import Home
 from lethe.plan import Plan
-from lethe.policy import HOLD_PURPOSE, Analytics, Policy
+from lethe.policy import HOLD_PURPOSE, Policy
+from lethe.reach import reach
+from lethe.schema import Schema
 from lethe.strategies import literal, quote
-from lethe.warehouse import table_columns, transaction
+from lethe.warehouse import SQL_TYPES, table_columns, transaction
 
 SCHEMA = "analytics"
 RELEASES = f"{SCHEMA}.releases"
 RELEASED_STATES = ("active", "anonymized")
-SUBJECTS = "subjects"
-ANY = "*"
 
 
 def exports_dir(home: Home) -> Path:
@@ -54,20 +59,30 @@ class OutputColumn:
     sql_type: str
     category: str
     description: str
-    sources: tuple[str, ...] = ()  # "table.column" in core
+    sources: tuple[tuple[str, str], ...] = ()  # (core table, column)
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """An analyst dataset: quasi-identifier labels, measures and the generalization ladder."""
+    """A declared analyst dataset with its released columns: the quasi-identifier labels
+    (one per dimension) and the measures, `subjects` first."""
 
-    name: str
-    description: str
+    declaration: DatasetDeclaration
     quasi_identifiers: tuple[OutputColumn, ...]
-    measures: tuple[OutputColumn, ...]  # the first one is always `subjects`
-    records: Callable[[Analytics], str]  # SELECT _exclusion, _subject, labels, inputs
-    aggregates: dict[str, str]  # measure → aggregate over the records (alias `r`)
-    ladder: tuple[str, ...]  # quasi-identifiers generalized one step further, level by level
+    measures: tuple[OutputColumn, ...]
+
+    @property
+    def name(self) -> str:
+        return self.declaration.name
+
+    @property
+    def description(self) -> str:
+        return self.declaration.description
+
+    @property
+    def generalize(self) -> tuple[str, ...]:
+        """The dimension moved one step up its ladder at each level, in order."""
+        return self.declaration.generalize
 
     @property
     def columns(self) -> tuple[OutputColumn, ...]:
@@ -79,15 +94,68 @@ class Dataset:
 
     def lineage(self) -> dict[str, list[tuple[str, str]]]:
         """Released column → the (core table, column) pairs it is computed from."""
-        return {
-            c.name: [(t, col) for t, _, col in (s.partition(".") for s in c.sources)]
-            for c in self.columns
-        }
+        return {c.name: list(c.sources) for c in self.columns}
 
     @property
     def tables(self) -> list[str]:
         """The core tables the dataset reads, in first-use order."""
         return list(dict.fromkeys(t for pairs in self.lineage().values() for t, _ in pairs))
+
+
+def _subject_column(schema: Schema, table: str) -> tuple[str, str]:
+    """The (table, column) holding the subject's key for a row of `table`."""
+    path = schema.path_to_subject(table)
+    if not path:
+        return table, schema.tables[table].key
+    return (path[-2].ref_table if len(path) > 1 else table), path[-1].column
+
+
+def _measure_column(schema: Schema, source: str, m: Measure) -> OutputColumn:
+    if m.count:
+        key = schema.tables[source].key
+        return OutputColumn(m.name, "BIGINT", "statistic.count", m.description, ((source, key),))
+    value = m.value
+    mean = m.avg is not None
+    sql_type = "DOUBLE" if mean or not isinstance(value, Ref) else SQL_TYPES[value.type]
+    sources = tuple((r.table, r.column) for r in m.refs)
+    category = "statistic.mean" if mean else "statistic.sum"
+    return OutputColumn(m.name, sql_type, category, m.description, sources)
+
+
+def dataset(schema: Schema, declaration: DatasetDeclaration) -> Dataset:
+    """The released columns of a declared dataset, with their lineage in `schema`."""
+    source = declaration.source
+    who = f" ({declaration.subjects})" if declaration.subjects else ""
+    subjects = OutputColumn(
+        SUBJECTS,
+        "BIGINT",
+        "statistic.count",
+        f"Distinct data subjects{who} in the row: at least k (the k-anonymity class size).",
+        (_subject_column(schema, source),),
+    )
+    labels = tuple(
+        OutputColumn(
+            d.name,
+            "VARCHAR",
+            d.output_category,
+            d.description,
+            tuple((r.table, r.column) for r in d.refs)
+            + ((_subject_column(schema, d.first.table),) if d.first else ()),
+        )
+        for d in declaration.dimensions.values()
+    )
+    measures = tuple(_measure_column(schema, source, m) for m in declaration.measures.values())
+    return Dataset(declaration, labels, (subjects, *measures))
+
+
+def datasets(policy: Policy) -> dict[str, Dataset]:
+    """The analyst datasets the policy declares (`analytics.datasets`), by name."""
+    return {name: dataset(policy.data_schema, d) for name, d in policy.analytics.datasets.items()}
+
+
+def k_of(policy: Policy, dataset: Dataset) -> int:
+    """The dataset's k: its own where it asks for more than the policy's `k_anonymity`."""
+    return max(dataset.declaration.k or 0, policy.k_anonymity)
 
 
 # --- label expressions -----------------------------------------------------------------------
@@ -104,26 +172,32 @@ def _band_case(value: str, bounds: tuple[float, ...], label: Callable[[str], str
     return f"{whens} ELSE {literal(label(f'{bounds[-1]:g}+'))}"
 
 
-def region(country: str, postal_code: str, digits: int) -> str:
-    """`CZ-1`: the country and the postal district (first digits); `CZ-*` without one."""
-    code = f"regexp_replace(coalesce({postal_code}, ''), '[^0-9]', '', 'g')"
+def _characters(text: str) -> str:
+    """The letters and digits of `text` (a postal code without its spaces and dashes)."""
+    return f"regexp_replace(coalesce({text}, ''), '[^0-9A-Za-z]', '', 'g')"
+
+
+def qualified_prefix(within: str, code: str, length: int) -> str:
+    """`CZ-1`: `within` and the first characters of the code; `CZ-*` without them, `*`
+    without `within` (a region: CZ and its postal district 1)."""
+    chars = _characters(code)
     return (
-        f"CASE WHEN {country} IS NULL THEN '{ANY}'"
-        f" WHEN length({code}) < {digits} THEN {country} || '-{ANY}'"
-        f" ELSE {country} || '-' || left({code}, {digits}) END"
+        f"CASE WHEN {within} IS NULL THEN '{ANY}'"
+        f" WHEN length({chars}) < {length} THEN {within} || '-{ANY}'"
+        f" ELSE {within} || '-' || left({chars}, {length}) END"
     )
 
 
-def amount_band(amount: str, currency: str, bands: dict[str, tuple[float, ...]]) -> str:
-    """`CZK 500-1000` (lower bound included); a currency without bands gets `EUR any`."""
-    per_currency = " ".join(
-        f"WHEN {currency} = {literal(cur)} THEN CASE"
-        f" {_band_case(amount, bounds, lambda t, c=cur: f'{c} {t}')} END"
-        for cur, bounds in bands.items()
+def unit_bands(amount: str, unit: str, bands: dict[str, tuple[float, ...]]) -> str:
+    """`CZK 500-1000` (lower bound included); a unit without bands gets `EUR any`."""
+    per_unit = " ".join(
+        f"WHEN {unit} = {literal(u)} THEN CASE"
+        f" {_band_case(amount, bounds, lambda t, u=u: f'{u} {t}')} END"
+        for u, bounds in bands.items()
     )
     return (
-        f"CASE WHEN {amount} IS NULL OR {currency} IS NULL THEN 'unknown' {per_currency}"
-        f" ELSE {currency} || ' any' END"
+        f"CASE WHEN {amount} IS NULL OR {unit} IS NULL THEN 'unknown' {per_unit}"
+        f" ELSE {unit} || ' any' END"
     )
 
 
@@ -136,41 +210,72 @@ def year_band(year: str, width: int) -> str:
     )
 
 
-def delivery_band(shipped: str, delivered: str, bounds: tuple[float, ...]) -> str:
-    """Days from shipping to delivery in bands; `not delivered` while it is open."""
-    days = f"(date_diff('minute', {shipped}, {delivered}) / 1440.0)"
-    return (
-        f"CASE WHEN {shipped} IS NULL THEN 'unknown' WHEN {delivered} IS NULL THEN"
-        f" 'not delivered' {_band_case(days, bounds, lambda t: f'{t} days')} END"
-    )
+def days(start: str, end: str) -> str:
+    """Days from `start` to `end`, with their fraction (NULL while either is)."""
+    return f"(date_diff('minute', {start}, {end}) / 1440.0)"
 
 
-def _widen_years(label: str, width: int) -> str:
-    """`1980-1989` or `2019` → a band of `width` years; other labels stay."""
-    first = f"TRY_CAST(split_part({label}, '-', 1) AS INTEGER)"
-    return f"CASE WHEN {first} IS NULL THEN {label} ELSE {year_band(first, width)} END"
+def _date_label(value: str, step: Step) -> str:
+    """`2026-01` (month), `2026-Q1` (quarter), `2026` (year), `2025-2029` (years)."""
+    if step.kind == "years":
+        return year_band(f"year({value})", step.size)
+    if step.kind == "year":
+        return f"CAST(year({value}) AS VARCHAR)"
+    if step.kind == "quarter":
+        return f"strftime({value}, '%Y') || '-Q' || CAST(extract(quarter FROM {value}) AS VARCHAR)"
+    return f"strftime({value}, '%Y-%m')"
 
 
-# One generalization step per quasi-identifier: label SQL → a coarser label SQL.
-STEPS: dict[str, Callable[[str, Analytics], str]] = {
-    "region": lambda v, a: (
-        f"CASE WHEN {v} = '{ANY}' THEN {v} ELSE split_part({v}, '-', 1) || '-{ANY}' END"
-    ),
-    "period": lambda v, a: (
-        f"CASE WHEN regexp_matches({v}, '^[0-9]{{4}}-[0-9]{{2}}$') THEN left({v}, 4) || '-Q'"
-        f" || CAST(CAST(ceil(CAST(right({v}, 2) AS INTEGER) / 3.0) AS INTEGER) AS VARCHAR)"
-        f" ELSE {v} END"
-    ),
-    "amount_band": lambda v, a: (
-        f"CASE WHEN {v} = 'unknown' THEN {v} ELSE split_part({v}, ' ', 1) || ' any' END"
-    ),
-    "birth_years": lambda v, a: _widen_years(v, 2 * a.birth_year_band),
-    "first_order_year": lambda v, a: _widen_years(v, 5),
-    "carrier": lambda v, a: f"'{ANY}'",
-    "delivery_time": lambda v, a: (
-        f"CASE WHEN {v} IN ('unknown', 'not delivered') THEN {v} ELSE 'delivered' END"
-    ),
-}
+def _label(dim: Dimension, step: Step, col: Callable[[Ref], str], first: str, unlinked: str) -> str:
+    """The label of `dim` at one step of its ladder; `unknown` where its value is NULL.
+
+    `col` gives the SQL of a declared column; `first` is the subject's first event and
+    `unlinked` the condition of a row whose subject is unknown (for `first` dimensions).
+    """
+    if step.kind == "any":
+        return f"'{ANY}'"
+    if dim.days:
+        start, end = col(dim.days.start), col(dim.days.end)
+        scale = (
+            _band_case(days(start, end), step.bounds, lambda t: f"{t} days")
+            if step.kind == "bands"
+            else f"ELSE {literal(dim.ended)}"
+        )
+        return (
+            f"CASE WHEN {start} IS NULL THEN 'unknown' WHEN {end} IS NULL THEN"
+            f" {literal(dim.open)} {scale} END"
+        )
+    if dim.first:
+        return (
+            f"CASE WHEN {unlinked} THEN 'unknown' WHEN {first} IS NULL THEN 'none'"
+            f" ELSE {_date_label(first, step)} END"
+        )
+    assert dim.column is not None  # a dimension has one value (lethe.datasets)
+    value = col(dim.column)
+    if dim.within and step.kind in ("prefix", "within"):
+        within = col(dim.within)
+        if step.kind == "prefix":
+            return qualified_prefix(within, value, step.size)
+        return f"CASE WHEN {within} IS NULL THEN '{ANY}' ELSE {within} || '-{ANY}' END"
+    if dim.unit and step.kind in ("bands", "unit"):
+        unit = col(dim.unit)
+        if step.kind == "bands":
+            return unit_bands(value, unit, step.per_unit)
+        return (
+            f"CASE WHEN {value} IS NULL OR {unit} IS NULL THEN 'unknown' ELSE {unit} || ' any' END"
+        )
+    if step.kind == "bands":
+        return f"CASE WHEN {value} IS NULL THEN 'unknown' {_band_case(value, step.bounds, str)} END"
+    if step.kind == "prefix":
+        chars = _characters(value)
+        return (
+            f"CASE WHEN {value} IS NULL THEN 'unknown' WHEN length({chars}) < {step.size}"
+            f" THEN '{ANY}' ELSE left({chars}, {step.size}) END"
+        )
+    if step.kind == "value":
+        text = value if dim.column.type == "text" else f"CAST({value} AS VARCHAR)"
+        return f"coalesce({text}, 'unknown')"
+    return f"coalesce({_date_label(value, step)}, 'unknown')"
 
 
 # --- records ---------------------------------------------------------------------------------
@@ -179,8 +284,8 @@ STEPS: dict[str, Callable[[str, Analytics], str]] = {
 def _exclusion(main: str, *related: str) -> str:
     """Why a record is left out (NULL: it is released).
 
-    Held or restricted (the row itself or its subject's contact), pseudonymized (kept for
-    accounting only), or not enforced yet (`expired`).
+    Held or restricted (the row itself or a row on its way to its subject), pseudonymized
+    (kept for accounting only), or not enforced yet (`expired`).
     """
     aliases = (main, *related)
     held = " OR ".join(f"list_contains({a}._purposes, {literal(HOLD_PURPOSE)})" for a in aliases)
@@ -192,205 +297,62 @@ def _exclusion(main: str, *related: str) -> str:
     )
 
 
-def _order_records(a: Analytics) -> str:
+def _first_events(schema: Schema, ref: Ref, alias: str) -> str:
+    """Each subject's first `ref` among the rows analytics may use: active and not held
+    (a pseudonymized row carries a token, and the vault is never opened to link it)."""
+    r = reach(schema, ref.table, alias)
     return (
-        f"SELECT {_exclusion('o', 'c')} AS _exclusion, o.contact_id AS _subject,"
-        " coalesce(strftime(o.ordered_at, '%Y-%m'), 'unknown') AS period,"
-        f" {region('o.billing_country', 'o.billing_postal_code', a.region_postal_digits)}"
-        f" AS region, {amount_band('o.total_amount', 'o.currency', a.amount_bands)}"
-        " AS amount_band, coalesce(o.currency, 'unknown') AS currency,"
-        " o.total_amount AS _amount"
-        " FROM core.orders o LEFT JOIN core.contacts c ON c.contact_id = o.contact_id"
+        f"SELECT {r.subject} AS _subject, min({alias}.{quote(ref.column)}) AS _first"
+        f" FROM core.{quote(ref.table)} {alias}{r.joins} WHERE {alias}._state = 'active'"
+        f" AND NOT list_contains({alias}._purposes, {literal(HOLD_PURPOSE)}) GROUP BY 1"
     )
 
 
-def _customer_records(a: Analytics) -> str:
-    # First order among the orders analytics may use: pseudonymized orders carry a token,
-    # not the contact_id, and the vault is never opened to link them.
-    first_orders = (
-        "SELECT contact_id, min(ordered_at) AS first_at FROM core.orders o"
-        " WHERE o._state = 'active' AND NOT list_contains(o._purposes,"
-        f" {literal(HOLD_PURPOSE)}) GROUP BY contact_id"
-    )
-    return (
-        f"SELECT {_exclusion('c')} AS _exclusion, c.contact_id AS _subject,"
-        f" {year_band('year(c.birth_date)', a.birth_year_band)} AS birth_years,"
-        f" {region('c.country', 'c.postal_code', a.region_postal_digits)} AS region,"
-        " CASE WHEN c._state = 'anonymized' THEN 'unknown' WHEN f.first_at IS NULL THEN 'none'"
-        " ELSE CAST(year(f.first_at) AS VARCHAR) END AS first_order_year"
-        f" FROM core.contacts c LEFT JOIN ({first_orders}) f ON f.contact_id = c.contact_id"
-    )
+def _label_column(i: int, step: int) -> str:
+    return f"_l{i}_{step}"
 
 
-def _shipment_records(a: Analytics) -> str:
-    return (
-        f"SELECT {_exclusion('s', 'o', 'c')} AS _exclusion, o.contact_id AS _subject,"
-        " coalesce(s.carrier, 'unknown') AS carrier,"
-        f" {region('s.country', 's.postal_code', a.region_postal_digits)} AS region,"
-        f" {delivery_band('s.shipped_at', 's.delivered_at', a.delivery_day_bands)}"
-        " AS delivery_time,"
-        " date_diff('minute', s.shipped_at, s.delivered_at) / 1440.0 AS _days"
-        " FROM core.shipments s LEFT JOIN core.orders o ON o.order_id = s.order_id"
-        " LEFT JOIN core.contacts c ON c.contact_id = o.contact_id"
-    )
+def records(schema: Schema, dataset: Dataset) -> str:
+    """SELECT of one record per source row: `_exclusion`, `_subject`, the label of each
+    dimension at every step the dataset may reach, and the inputs of the measures."""
+    declared = dataset.declaration
+    source = declared.source
+    r = reach(schema, source, "s", subject_row=True)
+    path = schema.path_to_subject(source)
+    aliases = {source: "s", **{fk.ref_table: a for fk, a in zip(path, r.via, strict=True)}}
+
+    def col(ref: Ref) -> str:
+        return f"{aliases[ref.table]}.{quote(ref.column)}"
+
+    joins = [r.joins]
+    selects = [f"{_exclusion('s', *r.via)} AS _exclusion", f"{r.subject} AS _subject"]
+    unlinked = f"s._state = 'anonymized' OR {r.subject} IS NULL"
+    for i, dim in enumerate(declared.dimensions.values()):
+        first = ""
+        if dim.first:
+            first = f"_f{i}._first"
+            joins.append(
+                f" LEFT JOIN ({_first_events(schema, dim.first, f'_e{i}')}) _f{i}"
+                f" ON _f{i}._subject = {r.subject}"
+            )
+        for step in range(declared.generalize.count(dim.name) + 1):
+            label = _label(dim, dim.ladder[step], col, first, unlinked)
+            selects.append(f"{label} AS {_label_column(i, step)}")
+    for i, m in enumerate(declared.measures.values()):
+        value = m.value
+        if isinstance(value, Days):
+            selects.append(f"{days(col(value.start), col(value.end))} AS _m{i}")
+        elif value is not None:
+            selects.append(f"{col(value)} AS _m{i}")
+    return f"SELECT {', '.join(selects)} FROM core.{quote(source)} s{''.join(joins)}"
 
 
-def _subjects_column(what: str, source: str) -> OutputColumn:
-    return OutputColumn(
-        SUBJECTS,
-        "BIGINT",
-        "statistic.count",
-        f"Distinct data subjects ({what}) in the row: at least k (the k-anonymity class size).",
-        (source,),
-    )
-
-
-_REGION = (
-    "Country and postal district (first digit of the postal code), e.g. CZ-1; CZ-* when the"
-    " district is unknown or generalized away, * when the country is."
-)
-
-DATASETS: dict[str, Dataset] = {
-    d.name: d
-    for d in (
-        Dataset(
-            name="orders_by_month",
-            description=(
-                "Orders per month, billing region and amount band: counts and sums for sales"
-                " analysis. Anonymized orders count; restricted, held and pseudonymized"
-                " (accounting-only) orders do not."
-            ),
-            quasi_identifiers=(
-                OutputColumn(
-                    "period",
-                    "VARCHAR",
-                    "generalized.date",
-                    "Month ordered (YYYY-MM), or its quarter (YYYY-Qn) where generalized.",
-                    ("orders.ordered_at",),
-                ),
-                OutputColumn(
-                    "region",
-                    "VARCHAR",
-                    "generalized.location",
-                    _REGION,
-                    ("orders.billing_country", "orders.billing_postal_code"),
-                ),
-                OutputColumn(
-                    "amount_band",
-                    "VARCHAR",
-                    "generalized.amount",
-                    "Order total band, lower bound included (e.g. CZK 500-1000); 'CZK any'"
-                    " where generalized.",
-                    ("orders.total_amount", "orders.currency"),
-                ),
-                OutputColumn(
-                    "currency", "VARCHAR", "financial.currency", "Currency.", ("orders.currency",)
-                ),
-            ),
-            measures=(
-                _subjects_column(
-                    "buyers; each anonymized order counts as one", "orders.contact_id"
-                ),
-                OutputColumn(
-                    "orders", "BIGINT", "statistic.count", "Orders.", ("orders.order_id",)
-                ),
-                OutputColumn(
-                    "total_amount",
-                    "DECIMAL(18,2)",
-                    "statistic.sum",
-                    "Sum of the order totals, in the row's currency.",
-                    ("orders.total_amount",),
-                ),
-            ),
-            records=_order_records,
-            aggregates={"orders": "count(*)", "total_amount": "sum(r._amount)"},
-            ladder=("region", "amount_band", "period"),
-        ),
-        Dataset(
-            name="customers_by_cohort",
-            description=(
-                "Contacts per birth-year band, region and year of first order: customer"
-                " cohorts. Anonymized contacts count (their first order is unknown);"
-                " restricted and held contacts do not."
-            ),
-            quasi_identifiers=(
-                OutputColumn(
-                    "birth_years",
-                    "VARCHAR",
-                    "generalized.birth_year",
-                    "Birth-year band (e.g. 1980-1989), widened where generalized.",
-                    ("contacts.birth_date",),
-                ),
-                OutputColumn(
-                    "region",
-                    "VARCHAR",
-                    "generalized.location",
-                    _REGION,
-                    ("contacts.country", "contacts.postal_code"),
-                ),
-                OutputColumn(
-                    "first_order_year",
-                    "VARCHAR",
-                    "generalized.date",
-                    "Year of the contact's first order analytics may use (a 5-year band where"
-                    " generalized); 'none' without one, 'unknown' for anonymized contacts."
-                    " Orders kept for accounting only are pseudonymized and not linked.",
-                    ("orders.ordered_at", "orders.contact_id"),
-                ),
-            ),
-            measures=(_subjects_column("contacts", "contacts.contact_id"),),
-            records=_customer_records,
-            aggregates={},
-            ladder=("region", "birth_years", "first_order_year"),
-        ),
-        Dataset(
-            name="shipments_by_carrier",
-            description=(
-                "Shipments per carrier, delivery region and delivery-time band: carrier"
-                " performance. Restricted and held shipments do not count."
-            ),
-            quasi_identifiers=(
-                OutputColumn(
-                    "carrier", "VARCHAR", "logistics.carrier", "Carrier.", ("shipments.carrier",)
-                ),
-                OutputColumn(
-                    "region",
-                    "VARCHAR",
-                    "generalized.location",
-                    _REGION,
-                    ("shipments.country", "shipments.postal_code"),
-                ),
-                OutputColumn(
-                    "delivery_time",
-                    "VARCHAR",
-                    "generalized.duration",
-                    "Days from shipping to delivery, in bands (lower bound included).",
-                    ("shipments.shipped_at", "shipments.delivered_at"),
-                ),
-            ),
-            measures=(
-                _subjects_column("recipients' buyers", "orders.contact_id"),
-                OutputColumn(
-                    "shipments",
-                    "BIGINT",
-                    "statistic.count",
-                    "Shipments.",
-                    ("shipments.shipment_id",),
-                ),
-                OutputColumn(
-                    "avg_delivery_days",
-                    "DOUBLE",
-                    "statistic.mean",
-                    "Mean days from shipping to delivery of the delivered shipments.",
-                    ("shipments.shipped_at", "shipments.delivered_at"),
-                ),
-            ),
-            records=_shipment_records,
-            aggregates={"shipments": "count(*)", "avg_delivery_days": "round(avg(r._days), 1)"},
-            ladder=("region", "delivery_time", "carrier"),
-        ),
-    )
-}
+def _aggregate(i: int, m: Measure) -> str:
+    """A measure over the records of a released cell (alias `r`)."""
+    if m.count:
+        return "count(*)"
+    agg = f"{'avg' if m.avg is not None else 'sum'}(r._m{i})"
+    return agg if m.round is None else f"round({agg}, {m.round})"
 
 
 # --- the release plan ------------------------------------------------------------------------
@@ -404,53 +366,60 @@ def _subjects(alias: str) -> str:
 def release_plan(policy: Policy, dataset: Dataset) -> Plan:
     """Statements that stage `_an_released` (the release) and `_an_suppressed` (left out).
 
-    `_an_pending` holds the records not yet released, with their labels at the current
-    level; `_an_cells` the cells of that level with at least k subjects.
+    `_an_all` holds the records (`_row` numbers them); `_an_pending` the records not yet
+    released, with their labels at the current level; `_an_cells` the cells of that level
+    with at least k subjects.
     """
     labels = dataset.labels
+    index = {name: i for i, name in enumerate(labels)}
+    reached = dict.fromkeys(labels, 0)  # ladder step of each dimension at this level
 
     def cols(alias: str = "") -> str:
         return ", ".join(f"{alias}{quote(c)}" for c in labels)
 
     same = " AND ".join(f"c.{quote(c)} = p.{quote(c)}" for c in labels)
     in_cells = f"EXISTS (SELECT 1 FROM _an_cells c WHERE {same})"
+    finest = ", ".join(f"{_label_column(index[c], 0)} AS {quote(c)}" for c in labels)
     statements = [
-        f"CREATE OR REPLACE TEMP TABLE _an_all AS {dataset.records(policy.analytics)}",
-        "CREATE OR REPLACE TEMP TABLE _an_rec AS SELECT row_number() OVER () AS _row, *"
+        "CREATE OR REPLACE TEMP TABLE _an_all AS SELECT row_number() OVER () AS _row, *"
+        f" FROM ({records(policy.data_schema, dataset)}) _records",
+        f"CREATE OR REPLACE TEMP TABLE _an_pending AS SELECT _row, _subject, {finest}"
         " FROM _an_all WHERE _exclusion IS NULL",
-        f"CREATE OR REPLACE TEMP TABLE _an_pending AS SELECT _row, _subject, {cols()} FROM _an_rec",
         f"CREATE OR REPLACE TEMP TABLE _an_assigned AS SELECT _row, 0 AS _level, {cols()}"
         " FROM _an_pending WHERE false",
     ]
-    for level in range(len(dataset.ladder) + 1):
+    for level in range(len(dataset.generalize) + 1):
         if level:  # records not released yet: one quasi-identifier one step coarser
-            step = dataset.ladder[level - 1]
+            step = dataset.generalize[level - 1]
+            reached[step] += 1
             stepped = ", ".join(
-                f"{STEPS[c](f'p.{quote(c)}', policy.analytics)} AS {quote(c)}"
+                f"r.{_label_column(index[c], reached[c])} AS {quote(c)}"
                 if c == step
                 else f"p.{quote(c)}"
                 for c in labels
             )
             statements.append(
                 "CREATE OR REPLACE TEMP TABLE _an_pending AS SELECT p._row, p._subject,"
-                f" {stepped} FROM _an_pending p WHERE NOT {in_cells}"
+                f" {stepped} FROM _an_pending p JOIN _an_all r ON r._row = p._row"
+                f" WHERE NOT {in_cells}"
             )
         statements += [
             f"CREATE OR REPLACE TEMP TABLE _an_cells AS SELECT {cols()} FROM _an_pending"
-            f" GROUP BY {cols()} HAVING {_subjects('')} >= {policy.k_anonymity}",
+            f" GROUP BY {cols()} HAVING {_subjects('')} >= {k_of(policy, dataset)}",
             f"INSERT INTO _an_assigned SELECT p._row, {level}, {cols('p.')}"
             f" FROM _an_pending p WHERE {in_cells}",
         ]
+    declared = dataset.declaration.measures.values()
+    aggregates = [_subjects("r."), *(_aggregate(i, m) for i, m in enumerate(declared))]
     measures = ", ".join(
-        f"CAST({_subjects('r.') if m.name == SUBJECTS else dataset.aggregates[m.name]}"
-        f" AS {m.sql_type}) AS {quote(m.name)}"
-        for m in dataset.measures
+        f"CAST({agg} AS {m.sql_type}) AS {quote(m.name)}"
+        for agg, m in zip(aggregates, dataset.measures, strict=True)
     )
     statements += [
         "CREATE OR REPLACE TEMP TABLE _an_suppressed AS SELECT * FROM _an_pending p"
         f" WHERE NOT {in_cells}",
         f"CREATE OR REPLACE TEMP TABLE _an_released AS SELECT {cols('a.')}, {measures}"
-        f" FROM _an_assigned a JOIN _an_rec r ON r._row = a._row GROUP BY {cols('a.')}",
+        f" FROM _an_assigned a JOIN _an_all r ON r._row = a._row GROUP BY {cols('a.')}",
     ]
     return Plan(f"release {dataset.name}", tuple(statements))
 
@@ -498,6 +467,7 @@ def release(
     con: duckdb.DuckDBPyConnection, home: Home, policy: Policy, dataset: Dataset
 ) -> Release:
     """Build `analytics.<dataset>` and its Parquet extract from the enforced warehouse."""
+    k = k_of(policy, dataset)
     try:
         for sql in release_plan(policy, dataset).statements:
             con.execute(sql)
@@ -507,7 +477,7 @@ def release(
         ).fetchall():
             key = reason if reason in excluded else "other"
             excluded[key] += int(n)
-        records = _count(con, "SELECT count(*) FROM _an_rec")
+        records = _count(con, "SELECT count(*) FROM _an_all WHERE _exclusion IS NULL")
         generalized = _count(con, "SELECT count(*) FROM _an_assigned WHERE _level > 0")
         suppressed = _count(con, "SELECT count(*) FROM _an_suppressed")
         labels = ", ".join(quote(c) for c in dataset.labels)
@@ -529,7 +499,7 @@ def release(
                 f" ?, ?, ?, ? FROM {table}",
                 [
                     dataset.name,
-                    policy.k_anonymity,
+                    k,
                     records,
                     generalized,
                     suppressed,
@@ -544,14 +514,14 @@ def release(
             f"SELECT count(*), min({quote(SUBJECTS)}) FROM {table}"
         ).fetchall()[0]
     finally:
-        for temp in ("all", "rec", "pending", "cells", "assigned", "suppressed", "released"):
+        for temp in ("all", "pending", "cells", "assigned", "suppressed", "released"):
             con.execute(f"DROP TABLE IF EXISTS _an_{temp}")
     path = exports_dir(home) / f"{dataset.name}.parquet"
     with replacing(path) as temp_path:
         con.execute(f"COPY {table} TO {literal(str(temp_path))} (FORMAT parquet)")
     return Release(
         dataset=dataset.name,
-        k=policy.k_anonymity,
+        k=k,
         rows=int(rows),
         records=records,
         generalized=generalized,

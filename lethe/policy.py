@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from lethe.datasets import DatasetDeclaration, parse_datasets
 from lethe.duration import Duration, DurationError
 from lethe.errors import LetheError
 from lethe.schema import Schema, SchemaError, Table, default_schema, load_schema
@@ -270,14 +271,8 @@ class Controller(_Frozen):
     dpo: str | None = None  # the data protection officer's contact, if one is appointed
 
 
-def _bands(v: tuple[float, ...]) -> tuple[float, ...]:
-    if not v or any(b <= 0 for b in v) or list(v) != sorted(set(v)):
-        raise ValueError("expected strictly ascending positive band bounds")
-    return v
-
-
 class Analytics(_Frozen):
-    """The anonymized analyst datasets: why they exist and how they generalize."""
+    """The anonymized analyst datasets: why they exist and what each releases."""
 
     purpose: str = "statistics"
     legal_basis: LegalBasis = "legitimate_interest"
@@ -285,29 +280,19 @@ class Analytics(_Frozen):
         "Anonymized statistics for analysts: aggregates of at least k data subjects"
         " with generalized quasi-identifiers only."
     )
-    # Region = country + the first N digits of the postal code (the postal district).
-    region_postal_digits: int = Field(default=1, ge=1, le=3)
-    # Upper bounds of the amount bands per currency; other currencies get one band.
-    amount_bands: dict[str, tuple[float, ...]] = {
-        "CZK": (500, 1000, 2500, 5000, 10000),
-        "EUR": (20, 40, 100, 200, 400),
-    }
-    birth_year_band: int = Field(default=10, ge=1, le=100)
-    delivery_day_bands: tuple[float, ...] = (1, 2, 3, 5)
+    # Declared datasets (lethe.datasets), checked against the policy's schema.
+    datasets: dict[str, DatasetDeclaration] = {}
 
-    _b = field_validator("delivery_day_bands")(lambda cls, v: _bands(v))
+    _d = field_validator("datasets", mode="before")(lambda cls, v: parse_datasets(v))
 
-    @field_validator("amount_bands")
-    @classmethod
-    def _amounts(cls, v: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
-        for currency, bounds in v.items():
-            if not (len(currency) == 3 and currency.isalpha() and currency.isupper()):
-                raise ValueError(f"{currency!r} is not an ISO 4217 currency code")
-            try:
-                _bands(bounds)
-            except ValueError as exc:
-                raise ValueError(f"{currency}: {exc}") from None
-        return v
+    def check_k(self, k_anonymity: int) -> None:
+        """A dataset may ask for a larger k than the policy's, never a smaller one."""
+        for d in self.datasets.values():
+            if d.k is not None and d.k < k_anonymity:
+                raise ValueError(
+                    f"analytics.datasets.{d.name}.k: {d.k} is below the policy's"
+                    f" k_anonymity ({k_anonymity})"
+                )
 
 
 class BreachNotification(_Frozen):
@@ -418,6 +403,7 @@ class Policy(_Frozen):
                             f"processors.{p.name}.data_shared.{table}: {col!r} is not kept by"
                             f" its purpose {p.purpose!r}"
                         )
+        self.analytics.check_k(self.k_anonymity)
         return self
 
     def _durations(self) -> list[tuple[str, Duration]]:

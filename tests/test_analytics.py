@@ -3,7 +3,9 @@ pseudonymized, anonymized rows), lineage, and the release on generated data."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,13 +15,14 @@ import dagster as dg
 import duckdb
 import polars as pl
 import pytest
+import yaml
 from conftest import DEFAULT_POLICY, write_landing_set
 
 from assets.analytics import analytics_assets
 from lethe.analytics import (
-    DATASETS,
     SUBJECTS,
     check_k_anonymity,
+    datasets,
     exports_dir,
     release,
     release_plan,
@@ -28,12 +31,14 @@ from lethe.enforcement import enforce
 from lethe.generate import generate
 from lethe.home import Home
 from lethe.ingest import ingest_table
-from lethe.policy import Policy
+from lethe.policy import Policy, PolicyError, load_policy, parse_policy
 from lethe.tables import TABLES
 from lethe.warehouse import connect
+from lethe.yamldoc import parse_yaml
 from pipelines.definitions import defs
 
 T = dt.date(2026, 3, 1)
+DATASETS = datasets(load_policy(DEFAULT_POLICY))
 ORDERS = DATASETS["orders_by_month"]
 
 
@@ -294,8 +299,6 @@ def build_generated(root: Path, contacts: int, policy: Policy) -> Home:
 def generated(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[duckdb.DuckDBPyConnection, dict, Home]]:
-    from lethe.policy import load_policy
-
     policy = load_policy(DEFAULT_POLICY)
     home = build_generated(tmp_path_factory.mktemp("generated") / "home", request.param, policy)
     con = connect(home.warehouse)
@@ -380,3 +383,212 @@ def test_materialize_analytics_assets(home: Home) -> None:
     assert md["dagster/row_count"].value == 1
     assert md["suppressed_records"].value == 0
     assert "dagster/column_lineage" in md
+
+
+# --- declarations ----------------------------------------------------------------------------
+
+
+def _policy_text(change: Callable[[dict[str, Any]], Any]) -> str:
+    data = yaml.safe_load(DEFAULT_POLICY.read_text(encoding="utf-8"))
+    change(data)
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+
+
+def _declared(name: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda d: d["analytics"]["datasets"][name]
+
+
+_ORD = _declared("orders_by_month")
+_CUS = _declared("customers_by_cohort")
+_SHI = _declared("shipments_by_carrier")
+_DS = "analytics.datasets"
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "expected"),
+    [
+        (
+            lambda d: _ORD(d).update(source="invoices"),
+            f"{_DS}.orders_by_month.source",
+            "unknown table 'invoices'",
+        ),
+        (
+            lambda d: _ORD(d)["dimensions"]["period"].update(column="ordred_at"),
+            f"{_DS}.orders_by_month.dimensions.period.column",
+            "orders has no column 'ordred_at'",
+        ),
+        (
+            lambda d: _ORD(d)["dimensions"]["region"].update(column="shipments.postal_code"),
+            f"{_DS}.orders_by_month.dimensions.region.column",
+            "'shipments' is not on the way from 'orders' to its subject (orders, contacts)",
+        ),
+        (
+            lambda d: _ORD(d)["dimensions"]["currency"].update(ladder=["month"]),
+            f"{_DS}.orders_by_month.dimensions.currency.ladder",
+            "step 1 (month): cannot apply to a text column (currency)",
+        ),
+        (
+            lambda d: _ORD(d)["dimensions"]["currency"].update(ladder=["value", {"bands": [1]}]),
+            f"{_DS}.orders_by_month.dimensions.currency.ladder",
+            "step 2 (bands): cannot apply to a text column (currency)",
+        ),
+        (
+            lambda d: _ORD(d)["dimensions"]["period"].update(ladder=[{"prefix": 3}]),
+            f"{_DS}.orders_by_month.dimensions.period.ladder",
+            "step 1 ({prefix: 3}): cannot apply to a timestamp column (ordered_at)",
+        ),
+        (
+            lambda d: _SHI(d)["dimensions"]["carrier"].update(ladder=["value", "ended"]),
+            f"{_DS}.shipments_by_carrier.dimensions.carrier.ladder",
+            "step 2 (ended): cannot apply to a text column (carrier)",
+        ),
+        (
+            lambda d: _ORD(d)["dimensions"]["period"].update(ladder=["month", "week"]),
+            f"{_DS}.orders_by_month.dimensions.period.ladder",
+            "step 2: unknown step 'week' (known: value, month",
+        ),
+        (
+            lambda d: _ORD(d)["dimensions"]["amount_band"].update(
+                ladder=[{"bands": {"CZK": [1000, 500]}}, "unit"]
+            ),
+            f"{_DS}.orders_by_month.dimensions.amount_band.ladder",
+            "step 1: bands.CZK: expected strictly ascending positive band bounds",
+        ),
+        (
+            lambda d: _ORD(d)["dimensions"]["amount_band"].pop("unit"),
+            f"{_DS}.orders_by_month.dimensions.amount_band.ladder",
+            "step 1 (bands): bands per unit need `unit:`",
+        ),
+        (
+            lambda d: _ORD(d)["dimensions"]["region"].pop("within"),
+            f"{_DS}.orders_by_month.dimensions.region.ladder",
+            "step 2 (within): needs `within:`, the column it keeps",
+        ),
+        (
+            lambda d: _ORD(d)["dimensions"]["region"].update(within="total_amount"),
+            f"{_DS}.orders_by_month.dimensions.region.within",
+            "orders.total_amount is decimal, not text",
+        ),
+        (
+            lambda d: _CUS(d)["dimensions"]["first_order_year"].update(first="orders.currency"),
+            f"{_DS}.customers_by_cohort.dimensions.first_order_year.first",
+            "orders.currency is text, not a date or timestamp",
+        ),
+        (
+            lambda d: _CUS(d)["dimensions"]["first_order_year"].update(first="invoices.at"),
+            f"{_DS}.customers_by_cohort.dimensions.first_order_year.first",
+            "unknown table 'invoices'",
+        ),
+        (
+            lambda d: _CUS(d)["dimensions"]["first_order_year"].update(ladder=["value"]),
+            f"{_DS}.customers_by_cohort.dimensions.first_order_year.ladder",
+            "step 1 (value): cannot apply to the first event (orders.ordered_at)",
+        ),
+        (
+            lambda d: _SHI(d)["dimensions"]["delivery_time"].update(
+                days=["carrier", "delivered_at"]
+            ),
+            f"{_DS}.shipments_by_carrier.dimensions.delivery_time.days",
+            "shipments.carrier is text, not a date or timestamp",
+        ),
+        (
+            lambda d: _ORD(d)["dimensions"]["currency"].pop("column"),
+            f"{_DS}.orders_by_month.dimensions.currency",
+            "needs a value: column, days or first",
+        ),
+        (
+            lambda d: _ORD(d)["measures"]["total_amount"].update(sum="currency"),
+            f"{_DS}.orders_by_month.measures.total_amount.sum",
+            "sum applies to numbers or days, not text (orders.currency)",
+        ),
+        (
+            lambda d: _ORD(d)["measures"]["orders"].update(sum="total_amount"),
+            f"{_DS}.orders_by_month.measures.orders",
+            "expected one of count: rows, sum: VALUE or avg: VALUE",
+        ),
+        (
+            lambda d: _ORD(d)["measures"].update(subjects={"count": "rows"}),
+            f"{_DS}.orders_by_month.measures",
+            "subjects: `subjects` is always released",
+        ),
+        (
+            lambda d: _ORD(d).update(generalize=["region", "month"]),
+            f"{_DS}.orders_by_month.generalize",
+            "unknown dimension 'month'",
+        ),
+        (
+            lambda d: _ORD(d).update(generalize=["region", "region", "period"]),
+            f"{_DS}.orders_by_month.generalize",
+            "region is named 2 times but its ladder has 1 step(s) above the first",
+        ),
+        (
+            lambda d: _ORD(d).update(dimensions={}),
+            f"{_DS}.orders_by_month.dimensions",
+            "expected a mapping of dimension name",
+        ),
+        (
+            lambda d: _ORD(d).update(k=1),
+            f"{_DS}.orders_by_month.k",
+            "greater than or equal to 2",
+        ),
+        (
+            lambda d: _ORD(d).update(k=3),
+            f"{_DS}.orders_by_month.k",
+            "3 is below the policy's k_anonymity (5)",
+        ),
+        (
+            lambda d: d["analytics"]["datasets"].update({"Sales-2026": copy.deepcopy(_ORD(d))}),
+            f"{_DS}",
+            "Sales-2026: a dataset name is a-z, 0-9 and _",
+        ),
+    ],
+)
+def test_declaration_refused_naming_key_and_line(change, key: str, expected: str) -> None:
+    text = _policy_text(change)
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, "bad.yaml")
+    message = str(info.value)
+    assert "\n" not in message and "(and" not in message  # one error, no follow-ups
+    line = parse_yaml(text).line_of(key.split("."))
+    assert re.match(rf"bad\.yaml:{line}: ", message), message
+    assert key in message and expected in message, message
+
+
+def test_declared_dataset_drives_the_release(home: Home, warehouse) -> None:
+    """A dataset the e-shop never had: from the declaration alone, with its own k, a
+    column of the subject's table reached along the references, and a mean."""
+
+    def declare(d: dict[str, Any]) -> None:
+        d["analytics"]["datasets"] = {
+            "orders_by_year": {
+                "description": "Orders per year and buyer's district.",
+                "source": "orders",
+                "k": 6,
+                "dimensions": {
+                    "year": {"column": "ordered_at", "ladder": ["year", "any"]},
+                    "district": {
+                        "column": "contacts.postal_code",
+                        "within": "contacts.country",
+                        "ladder": [{"prefix": 2}, "within"],
+                    },
+                },
+                "measures": {"mean_amount": {"avg": "total_amount", "round": 0}},
+            }
+        }
+
+    policy = parse_policy(_policy_text(declare), "own.yaml")
+    (orders_by_year,) = datasets(policy).values()
+    assert orders_by_year.generalize == ("year", "district")  # each in turn by default
+    assert orders_by_year.lineage()["district"] == [
+        ("contacts", "country"),
+        ("contacts", "postal_code"),
+    ]
+    amounts = ["600.00", "700.00", "800.00", "700.00", "650.00", "750.00"]
+    order_set(home, [{"amount": a} for a in amounts])
+    con = warehouse(T)
+    result = release(con, home, policy, orders_by_year)
+    assert rows(con, "orders_by_year") == [("2026", "CZ-11", 6, 700.0)]
+    assert result.k == 6
+    # the larger of the dataset's and the policy's k applies
+    stricter = release(con, home, policy.model_copy(update={"k_anonymity": 7}), orders_by_year)
+    assert (stricter.k, stricter.rows, stricter.suppressed) == (7, 0, 6)

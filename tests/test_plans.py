@@ -12,7 +12,7 @@ import pytest
 import sqlglot
 from conftest import DEFAULT_POLICY
 
-from lethe.analytics import DATASETS, release_plan
+from lethe.analytics import datasets, release_plan
 from lethe.consent_health import consent_health_plan
 from lethe.plan import Plan
 from lethe.policy import load_policy
@@ -32,7 +32,7 @@ def plans() -> dict[str, Plan]:
         for t in TAGGED_TABLES
     }
     out["consent health"] = consent_health_plan(POLICY, AS_OF)
-    out.update({f"release {name}": release_plan(POLICY, d) for name, d in DATASETS.items()})
+    out.update({f"release {name}": release_plan(POLICY, d) for name, d in datasets(POLICY).items()})
     return out
 
 
