@@ -361,6 +361,11 @@ class Policy(_Frozen):
             if duration.years + duration.months / 12 + duration.days / 365.25 > MAX_YEARS:
                 raise ValueError(f"{where}: {duration} is longer than {MAX_YEARS} years")
         tables = self.data_schema.tables
+        if len(self.data_schema.path_to_subject(self.hold_table)) != 1:
+            raise ValueError(
+                f"litigation_hold.retention.from: the hold table {self.hold_table!r} must"
+                f" reference the subject table {self.data_schema.subject_table.name!r} directly"
+            )
         for table in tables:
             if table != self.hold_table and table not in self.when_unkept:
                 raise ValueError(f"when_unkept.{table}: missing (every table needs a rule)")

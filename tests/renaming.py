@@ -90,7 +90,29 @@ class Renaming:
         }
         for processor in out.get("processors", []):
             processor["data_shared"] = self._keeps(processor["data_shared"])
+        for dataset in out.get("analytics", {}).get("datasets", {}).values():
+            self._dataset(dataset)
         return out
+
+    def _in(self, source: str, ref: Any) -> Any:
+        """A column of the dataset's source (`name`) or of another table (`table.name`)."""
+        if isinstance(ref, list):
+            return [self._in(source, r) for r in ref]
+        if isinstance(ref, dict):
+            return {k: self._in(source, v) for k, v in ref.items()}
+        return self.ref(ref) if "." in ref else self.column(source, ref)
+
+    def _dataset(self, dataset: dict[str, Any]) -> None:
+        source = dataset["source"]
+        dataset["source"] = self.table(source)
+        for dimension in dataset.get("dimensions", {}).values():
+            for key in ("column", "within", "unit", "first", "days"):
+                if key in dimension:
+                    dimension[key] = self._in(source, dimension[key])
+        for measure in dataset.get("measures", {}).values():
+            for key in ("sum", "avg"):
+                if key in measure:
+                    measure[key] = self._in(source, measure[key])
 
 
 def suffixed(schema: dict[str, Any], suffix: str = "_x") -> Renaming:
