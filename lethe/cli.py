@@ -48,7 +48,7 @@ policy_app = typer.Typer(help="Validate retention policies.", no_args_is_help=Tr
 app.add_typer(policy_app, name="policy")
 schema_app = typer.Typer(help="Validate and export declared schemas.", no_args_is_help=True)
 app.add_typer(schema_app, name="schema")
-hold_app = typer.Typer(help="Place and release litigation holds.", no_args_is_help=True)
+hold_app = typer.Typer(help="Place and release a litigation hold.", no_args_is_help=True)
 app.add_typer(hold_app, name="hold")
 audit_app = typer.Typer(help="Inspect the audit ledger.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")

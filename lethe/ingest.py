@@ -653,7 +653,7 @@ def _ingest_file(
     # A nested value (Parquet) is no value of the contract: its text would load silently
     # (an e-mail as "{'local': ..., 'domain': ...}"), so the whole file is refused.
     nested = [
-        f"{c.name!r} holds {types[c.name].id.upper()} values, expected {c.type}"
+        f"{c.name!r} has {types[c.name].id.upper()} values, expected {c.type}"
         for c in table.columns
         if types[c.name].id in _NESTED
     ]
