@@ -32,6 +32,7 @@ from lethe.breaches import (
 )
 from lethe.consent_health import build_consent_health
 from lethe.enforcement import enforce
+from lethe.eshop import SCHEMA_FILE
 from lethe.exports import write_export
 from lethe.home import Home
 from lethe.ingest import ingest_table
@@ -397,6 +398,40 @@ def test_consent_health_segments(home: Home, warehouse, policy: Policy) -> None:
     ]  # C2 valid, C4 withdrew, C5 restricted, C6 held
     assert result.counts == {"consent_expiring": 1, "no_valid_consent": 2}
     assert result.path == home.exports / "compliance" / "consent_health.csv"
+
+
+def test_consent_health_lists_nobody_without_an_email_column(
+    tmp_path: Path, home: Home, policy: Policy
+) -> None:
+    """The list's columns come from the subject table's categories: a schema that declares
+    no e-mail address leaves nobody to ask."""
+    raw = yaml.safe_load(SCHEMA_FILE.read_text(encoding="utf-8"))
+    raw["tables"]["contacts"]["columns"]["email"]["category"] = "user.contact"
+    (tmp_path / "schema.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    text = DEFAULT_POLICY.read_text(encoding="utf-8")
+    (tmp_path / "policy.yaml").write_text(f"schema: schema.yaml\n{text}", encoding="utf-8")
+    no_email = load_policy(tmp_path / "policy.yaml")
+    listed = {}
+    for name, pol in (("default", policy), ("no_email", no_email)):
+        con = connect(tmp_path / f"{name}.duckdb")
+        try:
+            ensure_schemas(con, pol.data_schema)
+            con.execute(
+                "INSERT INTO core.contacts (contact_id, email, first_name, created_at,"
+                " _purposes, _state) VALUES ('C1', 'c1@example.com', 'Jan', ?, ['account'],"
+                " 'active')",
+                [NOW.replace(tzinfo=None)],
+            )
+            path = build_consent_health(con, home, pol, T).path
+        finally:
+            con.close()
+        with path.open(encoding="utf-8") as fh:
+            listed[name] = list(csv.reader(fh))
+    assert listed["default"] == [
+        ["email", "first_name", "purpose", "segment"],
+        ["c1@example.com", "Jan", "newsletter", "no_valid_consent"],
+    ]
+    assert listed["no_email"] == [["first_name", "purpose", "segment"]]
 
 
 def test_compliance_of_the_example_shop(tmp_path: Path) -> None:
