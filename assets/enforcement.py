@@ -52,15 +52,16 @@ def retention_enforcement(
     """
     home = warehouse.paths()
     as_of = policy.as_of_date()
-    result = enforce(home, policy.load(), as_of, context.run.run_id)
+    loaded = policy.load()
+    result = enforce(home, loaded, as_of, context.run.run_id)
     context.log.info(
         f"enforced as of {as_of}: {result.total('anonymize')} anonymized,"
         f" {result.total('pseudonymize')} pseudonymized, {result.total('delete')} deleted,"
         f" {result.total('retain')} rows with erased columns"
     )
     with warehouse.connect() as con:
-        past = rows_past_retention(con)
-        touched = held_rows_touched(con, context.run.run_id)
+        past = rows_past_retention(con, loaded)
+        touched = held_rows_touched(con, loaded, context.run.run_id)
         chain = verify(con)
     yield dg.MaterializeResult(
         metadata={

@@ -115,7 +115,7 @@ def table_compliance(policy: Policy, table: str) -> dict[str, Any]:
         "purposes": ", ".join(p.name for p in purposes),
         "legal_bases": ", ".join(sorted({p.legal_basis for p in purposes})),
         "retention": dg.MetadataValue.md(retention),
-        "data_categories": ", ".join(sorted(set(column_categories(table).values()))),
+        "data_categories": ", ".join(sorted(set(column_categories(policy, table).values()))),
     }
 
 

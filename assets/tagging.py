@@ -42,8 +42,9 @@ def purpose_tags(
     """
     as_of = policy.as_of_date()
     with warehouse.connect() as con:
-        tag_all(con, policy.load(), as_of)
-        summaries = summarize(con)
+        loaded = policy.load()
+        tag_all(con, loaded, as_of)
+        summaries = summarize(con, loaded)
     context.log.info(f"tagged {sum(s.rows for s in summaries)} rows as of {as_of}")
     return dg.MaterializeResult(
         metadata={

@@ -8,15 +8,15 @@ happens after.
 from __future__ import annotations
 
 from lethe.policy import LEGAL_BASIS_ARTICLE, Policy
-from lethe.tables import TABLES
 
 
 def retention_rules(policy: Policy, table: str) -> dict[str, str]:
     """Purpose name → one sentence: legal basis, columns kept and retention."""
     out = {}
+    width = len(policy.data_schema.tables[table].columns)
     for p in policy.purposes_for(table):
         cols = p.keeps[table]
-        scope = "all columns" if len(cols) == len(TABLES[table].columns) else ", ".join(cols)
+        scope = "all columns" if len(cols) == width else ", ".join(cols)
         out[p.name] = (
             f"{LEGAL_BASIS_ARTICLE[p.legal_basis]}; keeps {scope}; for {p.retention.describe()}"
         )
@@ -45,6 +45,7 @@ def after_retention(policy: Policy, table: str) -> str:
     )
 
 
-def column_categories(table: str) -> dict[str, str]:
-    """Column name → data category (e.g. `contact.email`)."""
-    return {c.name: c.category for c in TABLES[table].columns}
+def column_categories(policy: Policy, table: str) -> dict[str, str]:
+    """Column name → data category of a table of the policy's schema (a Fides taxonomy key,
+    e.g. `user.contact.email`)."""
+    return {c.name: c.category for c in policy.data_schema.tables[table].columns}

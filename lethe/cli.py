@@ -138,7 +138,7 @@ def _run_and_report(home: Home, when: dt.date, policy: Path | None) -> None:
             outcome = run_pipeline(home, when, str(policy) if policy else None)
         con = connect(home.warehouse, read_only=True)
         try:
-            summaries = summarize(con, outcome.run_id)
+            summaries = summarize(con, load_policy(policy), outcome.run_id)
         finally:
             con.close()
     _print_summary(summaries, when, outcome.run_id)

@@ -28,7 +28,7 @@ from lethe.retention import (
     wanted_tokens_select,
 )
 from lethe.strategies import quote
-from lethe.tables import TAGGED_TABLES
+from lethe.tagging import tagged_tables
 from lethe.vault import attach, ensure_tokens
 from lethe.warehouse import connect, ensure_schemas, table_columns
 
@@ -131,7 +131,7 @@ def enforce(
     def prepare(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], str]:
         ensure_schemas(con, policy.data_schema)
         plans = {}
-        for table in TAGGED_TABLES:
+        for table in tagged_tables(policy):
             columns = table_columns(con, "core", table)
             plans[table] = (columns, enforcement_plan(policy, table, columns, as_of))
         for _, plan in plans.values():
@@ -166,7 +166,7 @@ def forget_unused_tokens(warehouse: Path, home: Home, policy: Policy) -> int:
     used = " UNION ".join(
         f"SELECT CAST({quote(p.column)} AS VARCHAR) FROM core.{quote(table)}"
         f" WHERE {quote(p.column)} IS NOT NULL"
-        for table in TAGGED_TABLES
+        for table in tagged_tables(policy)
         for p in pseudonym_columns(policy, table)
     )
     con = connect(warehouse)

@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import duckdb
 
-from lethe.policy import HOLD_PURPOSE
+from lethe.policy import HOLD_PURPOSE, Policy
 from lethe.strategies import quote
-from lethe.tables import TABLES, TAGGED_TABLES
+from lethe.tagging import tagged_tables
 
 
-def rows_past_retention(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+def rows_past_retention(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[str, int]:
     """Rows per table that no purpose keeps and that are not anonymized (should be 0)."""
     return {
         t: con.execute(
             f"SELECT count(*) FROM core.{quote(t)}"
             " WHERE len(_purposes) = 0 AND _state <> 'anonymized'"
         ).fetchone()[0]
-        for t in TAGGED_TABLES
+        for t in tagged_tables(policy)
     }
 
 
-def held_rows_touched(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
+def held_rows_touched(con: duckdb.DuckDBPyConnection, policy: Policy, run_id: str) -> int:
     """Held rows whose key appears in a ledger entry of `run_id` (should be 0)."""
     total = 0
-    for t in TAGGED_TABLES:
-        key = quote(TABLES[t].key)
+    for t in tagged_tables(policy):
+        key = quote(policy.data_schema.tables[t].key)
         total += con.execute(
             f"SELECT count(*) FROM core.{quote(t)} x WHERE list_contains(x._purposes, ?)"
             f" AND EXISTS (SELECT 1 FROM audit.ledger l WHERE l.run_id = ?"

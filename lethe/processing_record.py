@@ -40,8 +40,8 @@ def record_dir(home: Home) -> Path:
     return home.exports / "compliance"
 
 
-def _categories(table: str, columns: tuple[str, ...]) -> list[str]:
-    categories = column_categories(table)
+def _categories(policy: Policy, table: str, columns: tuple[str, ...]) -> list[str]:
+    categories = column_categories(policy, table)
     return sorted({categories[c] for c in columns})
 
 
@@ -60,7 +60,7 @@ def build_record(
     con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, now: dt.datetime
 ) -> dict[str, Any]:
     """The record as a JSON-ready document."""
-    summaries = {s.table: s for s in summarize(con)}
+    summaries = {s.table: s for s in summarize(con, policy)}
     processors = processor_report(con, policy, now)
     access = {a.processor.name: a for a in processors.access}
     exports = processors.exports
@@ -76,7 +76,7 @@ def build_record(
                 "data_subjects": list(p.data_subjects),
                 "personal_data": {t: list(cols) for t, cols in p.keeps.items()},
                 "pseudonymized": {t: list(cols) for t, cols in p.pseudonymizes.items()},
-                "data_categories": {t: _categories(t, cols) for t, cols in p.keeps.items()},
+                "data_categories": {t: _categories(policy, t, cols) for t, cols in p.keeps.items()},
                 "recipients": recipients,
                 "retention": p.retention.describe(),
                 "live_rows": {
@@ -100,7 +100,9 @@ def build_record(
                 "description": x.description,
                 "purpose": x.purpose,
                 "data_shared": {t: list(cols) for t, cols in x.data_shared.items()},
-                "data_categories": {t: _categories(t, cols) for t, cols in x.data_shared.items()},
+                "data_categories": {
+                    t: _categories(policy, t, cols) for t, cols in x.data_shared.items()
+                },
                 "contract_end": x.contract_end.isoformat() if x.contract_end else None,
                 "export_access": access[x.name].allowed,
                 "access": access[x.name].reason,

@@ -33,7 +33,6 @@ from lethe.files import csv_bytes, replacing
 from lethe.home import Home
 from lethe.policy import Policy, Processor
 from lethe.strategies import literal, quote
-from lethe.tables import TABLES
 from lethe.warehouse import has_table, transaction
 
 EVENTS = "audit.processor_events"
@@ -144,8 +143,9 @@ def export_select(policy: Policy, processor: Processor, table: str) -> str:
     states = ["'restricted'", "'expired'"]
     if table not in purpose.pseudonymizes:
         states.append("'pseudonymized'")
+    key = policy.data_schema.tables[table].key
     return (
-        f"SELECT CAST({quote(TABLES[table].key)} AS VARCHAR) AS _key, {cols}"
+        f"SELECT CAST({quote(key)} AS VARCHAR) AS _key, {cols}"
         f" FROM core.{quote(table)} WHERE list_contains(_purposes, {literal(purpose.name)})"
         f" AND _state NOT IN ({', '.join(states)}) ORDER BY 1"
     )

@@ -1,7 +1,7 @@
 """Restore a backup without ever exposing what was erased after it.
 
 The backup is decompressed into a scratch file beside the warehouse; the live ledger,
-logs, holds and requests replace the backup's (they record every erasure, hold and
+logs, litigation holds and requests replace the backup's (they record every erasure, hold and
 request since); answered objections and restrictions are re-applied, retention (with
 the erasure register) as of the latest date any run enforced; only then is the file
 swapped in. Rectifications made after the backup are not re-applied: their new values
@@ -22,6 +22,7 @@ from lethe.enforcement import enforce
 from lethe.home import Home
 from lethe.policy import Policy
 from lethe.requests import reapply_done
+from lethe.strategies import quote
 from lethe.warehouse import connect, ensure_schemas, has_table
 
 
@@ -35,17 +36,22 @@ class RestoreResult:
 
 
 # Newer than any backup and authoritative: the ledger and logs (every erasure since), the
-# holds (a hold placed since must still freeze its rows) and the requests (erasures,
-# objections and restrictions are re-applied from them).
+# requests (erasures, objections and restrictions are re-applied from them) and, with them,
+# the policy's hold table (`carried_over`).
 CARRIED_OVER = (
     ("audit", "ledger"),
     ("audit", "access_log"),
     ("audit", "export_log"),
     ("audit", "log_purges"),
-    ("core", "holds"),
     ("requests", "requests"),
     ("requests", "erasures"),
 )
+
+
+def carried_over(policy: Policy) -> tuple[tuple[str, str], ...]:
+    """The tables a restore takes from the live warehouse: `CARRIED_OVER` and the litigation
+    holds (a hold placed since the backup must still freeze its rows)."""
+    return (*CARRIED_OVER, ("core", policy.hold_table))
 
 
 def scratch_path(home: Home) -> Path:
@@ -65,12 +71,11 @@ def restore(home: Home, backup_id: str, policy: Policy) -> RestoreResult:
         try:
             ensure_schemas(con, policy.data_schema)
             con.execute("ATTACH ? AS live (READ_ONLY)", [str(home.warehouse)])
-            for schema, table in CARRIED_OVER:
+            for schema, table in carried_over(policy):
                 if has_table(con, schema, table):
-                    con.execute(f"DELETE FROM {schema}.{table}")
-                    con.execute(
-                        f"INSERT INTO {schema}.{table} BY NAME SELECT * FROM live.{schema}.{table}"
-                    )
+                    name = f"{schema}.{quote(table)}"
+                    con.execute(f"DELETE FROM {name}")
+                    con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM live.{name}")
             con.execute("DETACH live")
             reapply_done(con, policy)
             last_as_of, since = con.execute(

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 from lethe.plan import Plan
 from lethe.policy import Policy, Purpose
+from lethe.reach import reach
 from lethe.strategies import Erase, Pseudonymize, literal, quote
-from lethe.tables import TABLES, TAGGED_TABLES
-from lethe.tagging import FRESH_TAGS, erasure_join, tag_select
+from lethe.tagging import FRESH_TAGS, erasure_join, tag_select, tagged_tables
 from lethe.warehouse import SQL_TYPES
 
 TOKENS = "_tokens"  # temp relation (kind, value, token) filled from the vault
@@ -58,7 +58,8 @@ def pseudonym_columns(policy: Policy, table: str) -> list[PseudonymColumn]:
     cols: list[str] = []
     for p in policy.all_purposes().values():
         cols += [c for c in p.pseudonymizes.get(table, ()) if c not in cols]
-    return [PseudonymColumn(c, TABLES[table].column(c).category) for c in cols]
+    spec = policy.data_schema.tables[table]
+    return [PseudonymColumn(c, spec.column(c).category) for c in cols]
 
 
 def _pseudonymizing(policy: Policy, table: str) -> list[Purpose]:
@@ -84,7 +85,7 @@ def action_sql(policy: Policy, table: str) -> str:
 
 def _keepers(policy: Policy, table: str, column: str | None) -> list[str]:
     """Purposes keeping `column` (None: an extra column, kept by purposes keeping all)."""
-    width = len(TABLES[table].columns)
+    width = len(policy.data_schema.tables[table].columns)
     return [
         p.name
         for p in policy.purposes_for(table)
@@ -94,7 +95,8 @@ def _keepers(policy: Policy, table: str, column: str | None) -> list[str]:
 
 def _column_keepers(policy: Policy, table: str, column: str) -> list[str]:
     """Purposes keeping `column`, a contract or carried column of `table`."""
-    return _keepers(policy, table, column if column in TABLES[table].column_names else None)
+    declared = policy.data_schema.tables[table].column_names
+    return _keepers(policy, table, column if column in declared else None)
 
 
 def keep_flag(keepers: list[str]) -> str:
@@ -180,13 +182,15 @@ def wanted_tokens_select(policy: Policy) -> str:
     """(subject, kind, value) of every value the staged actions pseudonymize and that has
     no token in the attached vault yet (a value that already is a token gets none)."""
     parts = []
-    for table in TAGGED_TABLES:
-        subject = "c.contact_id" if "contact_id" in TABLES[table].column_names else "NULL"
+    for table in tagged_tables(policy):
+        # The vault records whose value it is, so an erasure can forget it.
+        subject = reach(policy.data_schema, table, "c")
         for p in pseudonym_columns(policy, table):
             value = f"CAST(c.{quote(p.column)} AS VARCHAR)"
             parts.append(
-                f"SELECT CAST({subject} AS VARCHAR) AS subject, {literal(p.kind)} AS kind,"
-                f" {value} AS value FROM {_staged(table)} WHERE a._action = 'pseudonymize'"
+                f"SELECT CAST({subject.subject} AS VARCHAR) AS subject, {literal(p.kind)} AS kind,"
+                f" {value} AS value FROM {_staged(table)}{subject.joins}"
+                " WHERE a._action = 'pseudonymize'"
                 f" AND a._state <> 'pseudonymized' AND {value} IS NOT NULL"
                 f" AND {value} NOT IN (SELECT token FROM vault.tokens)"
             )
@@ -195,7 +199,7 @@ def wanted_tokens_select(policy: Policy) -> str:
 
 def _new_values(policy: Policy, table: str, columns: list[str]) -> list[tuple[str, str]]:
     """(column, SQL of its value after enforcement) over `x`, a row of `_acted`."""
-    spec = TABLES[table]
+    spec = policy.data_schema.tables[table]
     contract = set(spec.column_names)
     out = []
     for col in columns:
@@ -241,7 +245,7 @@ def ledger_select(policy: Policy, table: str, columns: list[str]) -> str:
     )
     kept = dict.fromkeys(_kept(_column_keepers(policy, table, col)) for col in data)
     unchanged = " AND ".join(["x._action = 'retain'", *kept])
-    key = quote(TABLES[table].key)
+    key = quote(policy.data_schema.tables[table].key)
     return (
         "SELECT _action, _request, _changed, list(_old_key ORDER BY _old_key), count(*)"
         f" FROM (SELECT x._action, x._request, CAST(x.{key} AS VARCHAR) AS _old_key,"
@@ -266,7 +270,7 @@ def action_select(
     Tagging is part of the same statement, so enforcement never acts on stale tags. Only
     what decides the action is staged; the values are read again when the rows are written.
     """
-    spec = TABLES[table]
+    spec = policy.data_schema.tables[table]
     # What the row's subject is reached by: its key and its references.
     links = [spec.key, *(fk.column for fk in spec.foreign_keys)]
     tagged = tag_select(policy, table, as_of, links, row_id=ROW_ID)

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from lethe.policy import HOLD_PURPOSE
+from lethe.policy import HOLD_PURPOSE, Policy
 from lethe.strategies import quote
-from lethe.tables import TAGGED_TABLES
+from lethe.tagging import tagged_tables
 from lethe.warehouse import has_table
 
 
@@ -44,11 +44,14 @@ def run_actions(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, dict[s
     return out
 
 
-def summarize(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> list[TableSummary]:
-    """Summaries of every tagged core table from its tags (and the run's ledger actions)."""
+def summarize(
+    con: duckdb.DuckDBPyConnection, policy: Policy, run_id: str | None = None
+) -> list[TableSummary]:
+    """Summaries of every tagged table of the policy's schema from its tags (and the run's
+    ledger actions)."""
     actions = run_actions(con, run_id) if run_id else {}
     out = []
-    for table in TAGGED_TABLES:
+    for table in tagged_tables(policy):
         t = f"core.{quote(table)}"
         rows, past, held = con.execute(
             f"SELECT count(*), count(*) FILTER (WHERE len(_purposes) = 0"

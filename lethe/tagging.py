@@ -19,7 +19,6 @@ from lethe.policy import HOLD_PURPOSE, Policy, Purpose
 from lethe.reach import reach
 from lethe.schema import Schema
 from lethe.strategies import literal, quote
-from lethe.tables import TABLES, TAGGED_TABLES
 from lethe.warehouse import table_columns, transaction
 
 # Row states (SPEC "Warehouse"); `expired` marks a row no purpose keeps, until
@@ -30,22 +29,29 @@ FRESH_TAGS = ("_purposes", "_legal_bases", "_retain_until", "_state")
 _EMPTY = "CAST([] AS VARCHAR[])"
 
 
-def _edges(table: str) -> list[tuple[str, str]]:
+def tagged_tables(policy: Policy) -> tuple[str, ...]:
+    """The tables tagged and enforced: every declared table except the litigation holds
+    (which say what is frozen, and are no one's data kept for a purpose), in load order."""
+    return tuple(t for t in policy.data_schema.tables if t != policy.hold_table)
+
+
+def _edges(schema: Schema, table: str) -> list[tuple[str, str]]:
     """Neighbours of a table along foreign keys: (neighbour, 'parent' | 'child')."""
-    out = [(fk.ref_table, "parent") for fk in TABLES[table].foreign_keys]
+    tables = schema.tables
+    out = [(fk.ref_table, "parent") for fk in tables[table].foreign_keys]
     out += [
-        (t.name, "child") for t in TABLES.values() for fk in t.foreign_keys if fk.ref_table == table
+        (t.name, "child") for t in tables.values() for fk in t.foreign_keys if fk.ref_table == table
     ]
     return out
 
 
-def _path(start: str, goal: str) -> list[tuple[str, str]]:
+def _path(schema: Schema, start: str, goal: str) -> list[tuple[str, str]]:
     """Shortest FK path from `start` to `goal` as steps (table, direction)."""
     prev: dict[str, tuple[str, str] | None] = {start: None}
     queue = deque([start])
     while queue:
         node = queue.popleft()
-        for nxt, direction in _edges(node):
+        for nxt, direction in _edges(schema, node):
             if nxt not in prev:
                 prev[nxt] = (node, direction)
                 queue.append(nxt)
@@ -60,10 +66,10 @@ def _path(start: str, goal: str) -> list[tuple[str, str]]:
     return list(reversed(steps))
 
 
-def _anchor_status(purpose: Purpose, as_of: str) -> str:
+def _anchor_status(schema: Schema, purpose: Purpose, as_of: str) -> str:
     """(_k, _end, _open, _active) for each row of the purpose's anchor table."""
     ret = purpose.retention
-    table = TABLES[ret.table]
+    table = schema.tables[ret.table]
     starts = [f"{quote(a.column)}" + (f" + {a.plus.sql()}" if a.plus else "") for a in ret.anchors]
     start = starts[0] if len(starts) == 1 else f"coalesce({', '.join(starts)})"
     end = f"{start} + {ret.keep.sql()}"
@@ -90,10 +96,13 @@ def _carried(fk_column: str) -> str:
     return quote("_fk_" + fk_column)
 
 
-def _step(status: str, src: str, dst: str, direction: str, from_anchor: bool) -> str:
+def _step(
+    schema: Schema, status: str, src: str, dst: str, direction: str, from_anchor: bool
+) -> str:
     """Carry a status relation from table `src` to its neighbour `dst`."""
+    tables = schema.tables
     if direction == "parent":  # dst is referenced by src: aggregate src's rows per dst key
-        fk = next(f for f in TABLES[src].foreign_keys if f.ref_table == dst)
+        fk = next(f for f in tables[src].foreign_keys if f.ref_table == dst)
         if from_anchor:
             return (
                 f"SELECT s.{_carried(fk.column)} AS _k, max(s._end) AS _end,"
@@ -103,25 +112,24 @@ def _step(status: str, src: str, dst: str, direction: str, from_anchor: bool) ->
         return (
             f"SELECT t.{quote(fk.column)} AS _k, max(s._end) AS _end, bool_or(s._open) AS _open,"
             f" bool_or(s._active) AS _active FROM ({status}) s"
-            f" JOIN core.{quote(src)} t ON t.{quote(TABLES[src].key)} = s._k"
+            f" JOIN core.{quote(src)} t ON t.{quote(tables[src].key)} = s._k"
             f" GROUP BY t.{quote(fk.column)}"
         )
-    fk = next(f for f in TABLES[dst].foreign_keys if f.ref_table == src)
+    fk = next(f for f in tables[dst].foreign_keys if f.ref_table == src)
     return (
-        f"SELECT t.{quote(TABLES[dst].key)} AS _k, s._end, s._open, s._active"
+        f"SELECT t.{quote(tables[dst].key)} AS _k, s._end, s._open, s._active"
         f" FROM core.{quote(dst)} t JOIN ({status}) s ON t.{quote(fk.column)} = s._k"
     )
 
 
-def purpose_status_sql(purpose: Purpose, table: str, as_of: str) -> str:
+def purpose_status_sql(schema: Schema, purpose: Purpose, table: str, as_of: str) -> str:
     """(_k, _end, _open, _active) of `purpose` for the rows of `table` it reaches."""
     anchor = purpose.retention.table
-    status = (
-        f"SELECT *, (_open OR {as_of} < _end) AS _active FROM ({_anchor_status(purpose, as_of)})"
-    )
+    anchored = _anchor_status(schema, purpose, as_of)
+    status = f"SELECT *, (_open OR {as_of} < _end) AS _active FROM ({anchored})"
     current = anchor
-    for nxt, direction in _path(anchor, table):
-        status = _step(status, current, nxt, direction, from_anchor=current == anchor)
+    for nxt, direction in _path(schema, anchor, table):
+        status = _step(schema, status, current, nxt, direction, from_anchor=current == anchor)
         current = nxt
     return status
 
@@ -156,12 +164,13 @@ def tag_select(
     is `restricted`.
     """
     t = timestamp_literal(as_of)
+    schema = policy.data_schema
     purposes = policy.purposes_for(table)
-    key = quote(TABLES[table].key)
+    key = quote(schema.tables[table].key)
     joins = "".join(
-        f" LEFT JOIN ({purpose_status_sql(p, table, t)}) p{i} ON p{i}._k = x.{key}"
+        f" LEFT JOIN ({purpose_status_sql(schema, p, table, t)}) p{i} ON p{i}._k = x.{key}"
         for i, p in enumerate(purposes)
-    ) + erasure_join(policy.data_schema, table)
+    ) + erasure_join(schema, table)
     allowed = {
         p.name: "true" if survives_erasure(p) else "_er.request_id IS NULL" for p in purposes
     }
@@ -222,8 +231,8 @@ def tag_plan(
 
 
 def tag_all(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date | dt.datetime) -> None:
-    """Re-tag every core table in one transaction."""
-    plans = [tag_plan(con, policy, table, as_of) for table in TAGGED_TABLES]
+    """Re-tag every tagged table (`tagged_tables`) in one transaction."""
+    plans = [tag_plan(con, policy, table, as_of) for table in tagged_tables(policy)]
     with transaction(con):
         for plan in plans:
             for sql in plan.statements:

@@ -5,8 +5,10 @@ from the warehouse, in its own owner-only DuckDB file. Table `vault.tokens` (in 
 file's main schema, so it reads `vault.tokens` both on a connection to vault.duckdb,
 whose catalog is named after the file, and where the file is attached AS vault):
 
-    subject     the data subject the value was first tokenized for (contact_id)
-    kind        values that should join share a kind: contact_id, name, street, ...
+    subject     the key of the data subject the value was first tokenized for (on the
+                default schema, a contact_id)
+    kind        values that should join share a kind: the data category of the column
+                they come from (user.unique_id, user.name, ...)
     value       the original value, as text
     token       'tok_' + 32 hex characters, random (128 bits: unique without an index,
                 whose upkeep would cost more than issuing the tokens)

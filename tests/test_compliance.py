@@ -19,7 +19,7 @@ import dagster as dg
 import duckdb
 import pytest
 import yaml
-from conftest import DEFAULT_POLICY, LETHE_BIN, write_landing_set
+from conftest import DEFAULT_POLICY, LETHE_BIN, REPO, write_landing_set
 
 from assets.compliance import compliance_assets
 from lethe.audit import LedgerEntry, append, entries
@@ -31,9 +31,13 @@ from lethe.breaches import (
     record_breach,
 )
 from lethe.consent_health import build_consent_health
+from lethe.enforcement import enforce
+from lethe.eshop import SCHEMA_FILE
 from lethe.exports import write_export
 from lethe.home import Home
-from lethe.policy import Policy, PolicyError, parse_policy
+from lethe.ingest import ingest_table
+from lethe.inspection import rows_past_retention
+from lethe.policy import Policy, PolicyError, load_policy, parse_policy
 from lethe.processing_record import build_record, publish_record
 from lethe.processors import (
     ExportRefusedError,
@@ -45,6 +49,8 @@ from lethe.processors import (
 )
 from lethe.schema import default_schema
 from lethe.summary import summarize
+from lethe.tagging import tag_all
+from lethe.vault import open_vault
 from lethe.warehouse import connect, ensure_schemas
 from pipelines.resources import PolicyResource, WarehouseResource
 
@@ -329,7 +335,7 @@ def test_record_of_processing(con, home, custom_policy) -> None:
     }
     assert "user.contact.email" in by_name["newsletter"]["data_categories"]["contacts"]
     assert by_name["newsletter"]["data_subjects"] == ["newsletter subscribers"]
-    summaries = {s.table: s for s in summarize(con)}
+    summaries = {s.table: s for s in summarize(con, custom_policy)}
     assert by_name["contract"]["live_rows"]["orders"] == summaries["orders"].by_purpose["contract"]
     processors = {p["name"]: p for p in record["processors"]}
     assert processors["mailer"]["exports"] == 1 and processors["mailer"]["export_access"]
@@ -392,6 +398,86 @@ def test_consent_health_segments(home: Home, warehouse, policy: Policy) -> None:
     ]  # C2 valid, C4 withdrew, C5 restricted, C6 held
     assert result.counts == {"consent_expiring": 1, "no_valid_consent": 2}
     assert result.path == home.exports / "compliance" / "consent_health.csv"
+
+
+def test_consent_health_lists_nobody_without_an_email_column(
+    tmp_path: Path, home: Home, policy: Policy
+) -> None:
+    """The list's columns come from the subject table's categories: a schema that declares
+    no e-mail address leaves nobody to ask."""
+    raw = yaml.safe_load(SCHEMA_FILE.read_text(encoding="utf-8"))
+    raw["tables"]["contacts"]["columns"]["email"]["category"] = "user.contact"
+    (tmp_path / "schema.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    text = DEFAULT_POLICY.read_text(encoding="utf-8")
+    (tmp_path / "policy.yaml").write_text(f"schema: schema.yaml\n{text}", encoding="utf-8")
+    no_email = load_policy(tmp_path / "policy.yaml")
+    listed = {}
+    for name, pol in (("default", policy), ("no_email", no_email)):
+        con = connect(tmp_path / f"{name}.duckdb")
+        try:
+            ensure_schemas(con, pol.data_schema)
+            con.execute(
+                "INSERT INTO core.contacts (contact_id, email, first_name, created_at,"
+                " _purposes, _state) VALUES ('C1', 'c1@example.com', 'Jan', ?, ['account'],"
+                " 'active')",
+                [NOW.replace(tzinfo=None)],
+            )
+            path = build_consent_health(con, home, pol, T).path
+        finally:
+            con.close()
+        with path.open(encoding="utf-8") as fh:
+            listed[name] = list(csv.reader(fh))
+    assert listed["default"] == [
+        ["email", "first_name", "purpose", "segment"],
+        ["c1@example.com", "Jan", "newsletter", "no_valid_consent"],
+    ]
+    assert listed["no_email"] == [["first_name", "purpose", "segment"]]
+
+
+def test_compliance_of_the_example_shop(tmp_path: Path) -> None:
+    """Another shop's tables (Czech names, the hold table `blokace`): tagging, enforcement,
+    the re-consent list, the summary and the record of processing all follow its schema."""
+    shop = REPO / "examples" / "shop"
+    policy = load_policy(shop / "policy.yaml")
+    home = Home(tmp_path / "home").ensure()
+    for f in (shop / "landing").glob("*.csv"):
+        (home.landing / f.name).write_bytes(f.read_bytes())
+    con = connect(home.warehouse)
+    try:
+        for table in policy.data_schema.tables:
+            ingest_table(con, home.landing, table, policy)
+        tag_all(con, policy, T)
+        customers = {
+            k for (k,) in con.execute("SELECT cislo_zakaznika FROM core.zakaznici").fetchall()
+        }
+    finally:
+        con.close()
+    result = enforce(home, policy, T, "run-shop")
+    tables = ["zakaznici", "souhlasy", "objednavky", "zasilky"]
+    assert list(result.counts) == tables  # every declared table but the holds, in load order
+    assert result.total("pseudonymize") and result.total("anonymize") and result.total("delete")
+    con = connect(home.warehouse)
+    try:
+        assert rows_past_retention(con, policy) == dict.fromkeys(tables, 0)
+        assert [s.table for s in summarize(con, policy)] == tables
+        listed = build_consent_health(con, home, policy, T)
+        record = build_record(con, policy, T, NOW)
+    finally:
+        con.close()
+    with listed.path.open(encoding="utf-8") as fh:
+        header, *rows = list(csv.reader(fh))
+    # the subject table's e-mail and first-name columns, found by their categories
+    assert header == ["email", "jmeno", "purpose", "segment"]
+    assert rows and sum(listed.counts.values()) == len(rows)
+    newsletter = next(a for a in record["activities"] if a["purpose"] == "newsletter")
+    assert "user.name.first" in newsletter["data_categories"]["zakaznici"]
+    assert set(record["warehouse"]) == set(tables)
+    vault = open_vault(home.vault)
+    try:
+        subjects = {s for (s,) in vault.execute("SELECT DISTINCT subject FROM tokens").fetchall()}
+    finally:
+        vault.close()
+    assert subjects and subjects <= customers  # each token knows whose value it is
 
 
 # --- CSV for people: formula injection --------------------------------------------------------

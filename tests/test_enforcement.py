@@ -8,21 +8,28 @@ checks included) is in test_forensic.py, which scans its files too.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import shutil
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import retention_cases as rc
-from conftest import write_landing
+import yaml
+from conftest import DEFAULT_POLICY, write_landing
+from renaming import Renaming, suffixed
 
 from lethe.audit import verify
+from lethe.consent_health import build_consent_health
 from lethe.enforcement import EnforcementResult, enforce
+from lethe.eshop import SCHEMA_FILE
 from lethe.home import Home
 from lethe.ingest import ingest_table
-from lethe.policy import Policy
+from lethe.policy import Policy, load_policy
+from lethe.tagging import tag_all, tagged_tables
 from lethe.vault import open_vault, reidentify
 from lethe.warehouse import connect
 
@@ -250,12 +257,12 @@ def test_consents_end_with_consent_evidence(enforced: Enforced, after) -> None:
     assert consents["k_ev_w_in"]["_purposes"] == ["consent_evidence"]
 
 
-def test_nothing_is_left_past_retention(enforced: Enforced) -> None:
+def test_nothing_is_left_past_retention(enforced: Enforced, policy: Policy) -> None:
     from lethe.inspection import rows_past_retention
 
     con = rc.read_only(enforced.home)
     try:
-        assert rows_past_retention(con) == dict.fromkeys(rc.TAGGED_TABLES, 0)
+        assert rows_past_retention(con, policy) == dict.fromkeys(rc.TAGGED_TABLES, 0)
     finally:
         con.close()
 
@@ -440,3 +447,121 @@ def test_same_value_keeps_its_token_across_runs(monotone: tuple[Home, Home]) -> 
     (_, *first), (_, *second) = got
     assert first == second  # o_run_1 pseudonymized at T, o_run_2 at T2: same tokens
     assert all(rc.TOKEN.fullmatch(t) for t in first)
+
+
+# --- a renamed schema: the same results, row for row -----------------------------------------
+
+
+def _renamed_landing(landing: Path, r: Renaming) -> None:
+    """Rename the landing files of the default schema and their headers as `r` does."""
+    for path in sorted(landing.glob("*.csv")):
+        table = path.stem
+        with path.open(newline="", encoding="utf-8") as fh:
+            header, *body = list(csv.reader(fh))
+        renamed = landing / f"{r.table(table)}.csv"
+        with renamed.open("w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerows([[r.column(table, c) for c in header], *body])
+        path.unlink()
+
+
+def _dump(path: Path, data: dict[str, Any]) -> None:
+    # In the original order: the policy's purpose order is the order of `_purposes`.
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def _renamed_policy(root: Path) -> tuple[Policy, Renaming]:
+    """The default policy and schema with every table and column renamed, written to `root`."""
+    raw_schema = yaml.safe_load(SCHEMA_FILE.read_text(encoding="utf-8"))
+    r = suffixed(raw_schema)
+    root.mkdir(parents=True)
+    _dump(root / "schema.yaml", r.schema(raw_schema))
+    raw_policy = yaml.safe_load(DEFAULT_POLICY.read_text(encoding="utf-8"))
+    _dump(root / "policy.yaml", r.policy(raw_policy, "schema.yaml"))
+    return load_policy(root / "policy.yaml"), r
+
+
+def _results(home: Home, policy: Policy, result: EnforcementResult, back: dict) -> dict[str, Any]:
+    """Core rows (tokens unmasked), ledger, counts and re-consent list of an enforced home,
+    with every table and column named as in the default schema (`back` maps renamed ones
+    back)."""
+    tables = {t: back.get(t, t) for t in tagged_tables(policy)}
+    tokens = rc.vault_values(home)
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, str) and rc.TOKEN.fullmatch(value):
+            return ("token", *tokens[value])
+        return "<surrogate>" if isinstance(value, str) and rc.SURROGATE.fullmatch(value) else value
+
+    con = connect(home.warehouse)
+    try:
+        rows = {
+            name: sorted(
+                (
+                    # `_ingested_at` says when each copy was loaded
+                    tuple(
+                        sorted(
+                            (back.get((t, k), k), plain(v))
+                            for k, v in row.items()
+                            if k != "_ingested_at"
+                        )
+                    )
+                    for row in rc.rows(con, t)
+                ),
+                key=repr,
+            )
+            for t, name in tables.items()
+        }
+        ledger = [
+            (action, back.get(t, t), [back.get((t, c), c) for c in cols], *rest)
+            for action, t, cols, *rest in con.execute(
+                "SELECT action, table_name, columns, keys, reason, strategy, details"
+                " FROM audit.ledger ORDER BY seq"
+            ).fetchall()
+        ]
+        listed = build_consent_health(con, home, policy, T)
+    finally:
+        con.close()
+    with listed.path.open(encoding="utf-8") as fh:
+        header, *consent_rows = list(csv.reader(fh))
+    subjects = policy.data_schema.subject_table.name
+    return {
+        "rows": rows,
+        "ledger": ledger,
+        "counts": {back.get(t, t): c for t, c in result.counts.items()},
+        "consent_health": ([back.get((subjects, c), c) for c in header], consent_rows),
+    }
+
+
+def test_renamed_schema_enforces_the_same_row_for_row(tmp_path: Path, policy: Policy) -> None:
+    """Every table and column renamed (schema, policy, landing files and headers): tagging
+    and enforcement give the same rows, ledger, counts and re-consent list as the default."""
+    renamed_policy, r = _renamed_policy(tmp_path / "renamed")
+    back: dict = {new: old for old, new in r.tables.items()}
+    back |= {(r.table(t), new): old for (t, old), new in r.columns.items()}
+    results = []
+    for name, pol in (("default", policy), ("renamed", renamed_policy)):
+        home = Home(tmp_path / name).ensure()
+        rc.write_cases(home.landing)
+        if pol is renamed_policy:
+            _renamed_landing(home.landing, r)
+        con = connect(home.warehouse)
+        try:
+            for table in pol.data_schema.tables:
+                ingest_table(con, home.landing, table, pol)
+            tag_all(con, pol, T)
+        finally:
+            con.close()
+        results.append(_results(home, pol, enforce(home, pol, T, "run-T"), back))
+    default, renamed = results
+    assert set(default["rows"]) == {"contacts", "consents", "orders", "shipments"}
+    for key in ("rows", "ledger", "counts", "consent_health"):
+        assert renamed[key] == default[key], key
+    # not vacuous: every kind of action happened, and someone is asked for consent
+    assert {a for c in default["counts"].values() for a in c} >= {
+        "anonymize",
+        "pseudonymize",
+        "delete",
+        "retain",
+    }
+    assert default["consent_health"][0] == ["email", "first_name", "purpose", "segment"]
+    assert default["consent_health"][1]

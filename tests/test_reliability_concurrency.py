@@ -180,7 +180,7 @@ def consistent(home: Home, enforced: bool = True) -> None:
     if enforced:
         con = connect(home.warehouse, read_only=True)
         try:
-            assert sum(rows_past_retention(con).values()) == 0
+            assert sum(rows_past_retention(con, POLICY).values()) == 0
         finally:
             con.close()
 
