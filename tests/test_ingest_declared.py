@@ -173,7 +173,18 @@ def test_integer_and_boolean_columns(tmp_path: Path) -> None:
                     "vip": {"type": "boolean", "category": "user.behavior"},
                     "joined": {"type": "timestamp", "category": "system.operations"},
                 },
-            }
+            },
+            "member_holds": {
+                "key": "hold_no",
+                "optional": True,
+                "references": {"member_no": "members"},
+                "columns": {
+                    "hold_no": {"type": "text", "category": "system.operations", "required": True},
+                    "member_no": {"type": "integer", "category": "user.unique_id"},
+                    "why": {"type": "text", "category": "user.content.private"},
+                    "lifted": {"type": "timestamp", "category": "system.operations"},
+                },
+            },
         },
     }
     (tmp_path / "members.schema.yaml").write_text(yaml.safe_dump(schema))
@@ -192,7 +203,7 @@ def test_integer_and_boolean_columns(tmp_path: Path) -> None:
                 "legal_basis": "legitimate_interest",
                 "description": "Holds.",
                 "keeps": {"members": "*"},
-                "retention": {"from": "members.joined", "keep": "0d"},
+                "retention": {"from": "member_holds.lifted", "keep": "0d", "open_while_null": True},
             },
             "when_unkept": {"members": {"row": "delete"}},
             "operations": {
