@@ -16,7 +16,8 @@ def retention_rules(policy: Policy, table: str) -> dict[str, str]:
     out = {}
     for p in policy.purposes_for(table):
         cols = p.keeps[table]
-        scope = "all columns" if len(cols) == len(TABLES[table].columns) else ", ".join(cols)
+        every = len(policy.data_schema.tables[table].columns)
+        scope = "all columns" if len(cols) == every else ", ".join(cols)
         out[p.name] = (
             f"{LEGAL_BASIS_ARTICLE[p.legal_basis]}; keeps {scope}; for {p.retention.describe()}"
         )

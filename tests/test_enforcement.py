@@ -250,12 +250,12 @@ def test_consents_end_with_consent_evidence(enforced: Enforced, after) -> None:
     assert consents["k_ev_w_in"]["_purposes"] == ["consent_evidence"]
 
 
-def test_nothing_is_left_past_retention(enforced: Enforced) -> None:
+def test_nothing_is_left_past_retention(enforced: Enforced, policy: Policy) -> None:
     from lethe.inspection import rows_past_retention
 
     con = rc.read_only(enforced.home)
     try:
-        assert rows_past_retention(con) == dict.fromkeys(rc.TAGGED_TABLES, 0)
+        assert rows_past_retention(con, policy) == dict.fromkeys(rc.TAGGED_TABLES, 0)
     finally:
         con.close()
 

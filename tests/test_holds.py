@@ -46,7 +46,7 @@ def test_open_holds_from_landing_freeze_every_row(tmp_path: Path, policy: Policy
         assert snapshot(home, cid) == before[cid], cid
     con = rc.read_only(home)
     try:
-        assert held_rows_touched(con, "run-T") == 0
+        assert held_rows_touched(con, policy, "run-T") == 0
         # released before T: enforced like any other
         assert rc.subject_rows(con, SUBJECT)["contacts"] == []
         assert rc.subject_rows(con, SUBJECT)["orders"] == []
@@ -106,7 +106,7 @@ def test_place_hold_then_run_keeps_then_release_then_run_enforces(
     assert snapshot(home, SUBJECT) == before
     con = connect(home.warehouse)
     try:
-        assert held_rows_touched(con, "run-held") == 0
+        assert held_rows_touched(con, policy, "run-held") == 0
         assert (
             con.execute(  # everyone else expired: enforcement did run
                 "SELECT count(*) FROM audit.ledger WHERE run_id = 'run-held'"

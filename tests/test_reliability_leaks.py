@@ -118,7 +118,8 @@ def leaks(tmp_path_factory: pytest.TempPathFactory) -> Leaks:
     try:
         with capture:
             instance = dg.DagsterInstance.get()
-            result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
+            job = defs().resolve_job_def(PIPELINE_JOB)
+            result = job.execute_in_process(
                 run_config={
                     "resources": {
                         "warehouse": {"config": {"home": str(home.root)}},
