@@ -9,8 +9,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import REPO
+import yaml
+from conftest import DEFAULT_POLICY, REPO
+from renaming import suffixed
 
+from lethe.eshop import SCHEMA_FILE
 from lethe.policy import PolicyError, load_policy
 from lethe.tables import TABLES
 from pipelines.definitions import build_definitions, defs
@@ -257,3 +260,44 @@ def test_a_broken_policy_is_a_load_error_not_an_import_crash(
     monkeypatch.setenv("LETHE_POLICY", str(broken))
     with pytest.raises(PolicyError, match=r"broken\.yaml:2: purposes\.account\.legal_basis"):
         defs()
+
+
+def test_renamed_schema_gives_the_same_definitions_renamed(tmp_path: Path) -> None:
+    raw_schema = yaml.safe_load(SCHEMA_FILE.read_text(encoding="utf-8"))
+    names = suffixed(raw_schema)
+    (tmp_path / "schema.yaml").write_text(yaml.safe_dump(names.schema(raw_schema), sort_keys=False))
+    raw_policy = yaml.safe_load(DEFAULT_POLICY.read_text(encoding="utf-8"))
+    (tmp_path / "policy.yaml").write_text(
+        yaml.safe_dump(names.policy(raw_policy, "schema.yaml"), sort_keys=False)
+    )
+    renamed = build_definitions(load_policy(tmp_path / "policy.yaml"))
+
+    def renamed_key(key: dg.AssetKey) -> dg.AssetKey:
+        head, last = key.path[:-1], key.path[-1]
+        return dg.AssetKey([*head, names.tables.get(last, last)])
+
+    default_graph, renamed_graph = DEFS.resolve_asset_graph(), renamed.resolve_asset_graph()
+    # The analyst datasets are declared for the default schema's tables only.
+    keys = {k for k in default_graph.get_all_asset_keys() if k.path[0] != "analytics"}
+    assert {renamed_key(k) for k in keys} == set(renamed_graph.get_all_asset_keys())
+    for key in keys:
+        if key.path[0] == "compliance":
+            continue  # the record of processing also follows the analyst datasets
+        assert {renamed_key(p) for p in default_graph.get(key).parent_keys} == (
+            renamed_graph.get(renamed_key(key)).parent_keys
+        ), key
+    checks = {
+        (renamed_key(k.asset_key), k.name)
+        for k in default_graph.asset_check_keys
+        if k.asset_key in keys
+    }
+    assert {(k.asset_key, k.name) for k in renamed_graph.asset_check_keys} == {
+        (key, name.replace("held_contacts_", "held_contacts_x_")) for key, name in checks
+    }
+    for table in TABLES:
+        key = dg.AssetKey(["core", table])
+        default = spec_of(key).metadata["dagster/column_schema"].columns
+        columns = spec_of(renamed_key(key), renamed).metadata["dagster/column_schema"].columns
+        assert [(names.column(table, c.name), c.type, c.tags) for c in default] == [
+            (c.name, c.type, c.tags) for c in columns
+        ]
