@@ -13,12 +13,11 @@ from assets.metadata import (
     lineage_metadata,
 )
 from lethe.analytics import SCHEMA, Dataset, check_k_anonymity, datasets, k_of, release
-from lethe.policy import Policy, load_policy
+from lethe.policy import Policy
 from pipelines.resources import PolicyResource, WarehouseResource
 
 K_ANONYMITY = "k_anonymity"
 ENFORCEMENT = dg.AssetKey(["core", "retention_enforcement"])
-_POLICY = load_policy()
 
 
 def analytics_key(dataset: Dataset) -> dg.AssetKey:
@@ -61,7 +60,7 @@ def _metadata(policy: Policy, dataset: Dataset) -> dict[str, Any]:
     }
 
 
-def _build(dataset: Dataset) -> dg.AssetsDefinition:
+def _build(policy: Policy, dataset: Dataset) -> dg.AssetsDefinition:
     key = analytics_key(dataset)
 
     @dg.asset(
@@ -75,8 +74,8 @@ def _build(dataset: Dataset) -> dg.AssetsDefinition:
             f" enforcement; the vault is never opened. Extract:"
             f" exports/analytics/{dataset.name}.parquet."
         ),
-        metadata=_metadata(_POLICY, dataset),
-        tags=compliance_tags({_POLICY.analytics.purpose: _POLICY.analytics.legal_basis}),
+        metadata=_metadata(policy, dataset),
+        tags=compliance_tags({policy.analytics.purpose: policy.analytics.legal_basis}),
         check_specs=[
             dg.AssetCheckSpec(
                 K_ANONYMITY,
@@ -134,4 +133,6 @@ def _build(dataset: Dataset) -> dg.AssetsDefinition:
     return _asset
 
 
-analytics_assets = [_build(d) for d in datasets(_POLICY).values()]
+def analytics_assets(policy: Policy) -> list[dg.AssetsDefinition]:
+    """One asset per analysts' dataset the policy declares."""
+    return [_build(policy, d) for d in datasets(policy).values()]

@@ -1,4 +1,4 @@
-"""Ingest assets: one per landing table, loading validated rows into core.*.
+"""Ingest assets: one per declared table, loading validated rows into core.*.
 
 A landing file that cannot be used does not fail the step: the refusal is reported by the
 `landing_file_accepted` check (the launcher turns it into the run's error) and every later
@@ -7,46 +7,50 @@ step still runs, so one bad file never holds up tagging, enforcement or erasures
 
 import dagster as dg
 
-from assets.metadata import OWNERS, landing_key, table_metadata, table_tags
+from assets.metadata import (
+    OWNERS,
+    column_schema,
+    core_key,
+    landing_key,
+    table_metadata,
+    table_tags,
+)
 from lethe.ingest import IngestError, IngestResult, ingest_table, waiting_rows
-from lethe.policy import load_policy
-from lethe.tables import TABLES
+from lethe.policy import Policy
+from lethe.strategies import quote
 from pipelines.resources import PolicyResource, WarehouseResource
 
 QUARANTINE_CHECK = "no_quarantined_rows"
 ACCEPTED_CHECK = "landing_file_accepted"
 
 
-def _build(table_name: str) -> dg.AssetsDefinition:
-    table = TABLES[table_name]
-    policy = load_policy()
-    deps = [landing_key(table_name)] + [
-        dg.AssetKey(["core", fk.ref_table]) for fk in table.foreign_keys
-    ]
+def _build(policy: Policy, table_name: str) -> dg.AssetsDefinition:
+    table = policy.data_schema.tables[table_name]
+    file = table.source.file
+    key = core_key(table_name)
 
     @dg.asset(
-        name=table_name,
-        key_prefix=["core"],
+        key=key,
         group_name="ingest",
-        deps=deps,
+        deps=[landing_key(table_name), *(core_key(fk.ref_table) for fk in table.foreign_keys)],
         owners=OWNERS,
         kinds={"duckdb"},
         description=(
-            f"core.{table_name}: {table.description} Loaded from landing/{table_name}.parquet"
-            f" or .csv; rows that break the contract go to core.quarantine."
+            f"core.{table_name}: {table.description} Loaded from landing/{file}.parquet"
+            f" or .csv; rows that break the schema go to core.quarantine."
         ),
         metadata=table_metadata(policy, table_name),
         tags=table_tags(policy, table_name),
         check_specs=[
             dg.AssetCheckSpec(
                 QUARANTINE_CHECK,
-                asset=dg.AssetKey(["core", table_name]),
+                asset=key,
                 description="No row of the table waits in core.quarantine (every delivered row"
                 " passed validation, or loaded once its parent arrived).",
             ),
             dg.AssetCheckSpec(
                 ACCEPTED_CHECK,
-                asset=dg.AssetKey(["core", table_name]),
+                asset=key,
                 description="The landing file, if any, could be read (a refused file stays in"
                 " landing/ and is named here).",
             ),
@@ -57,15 +61,22 @@ def _build(table_name: str) -> dg.AssetsDefinition:
         warehouse: WarehouseResource,
         policy: PolicyResource,
     ):
+        loaded = policy.load()
+        if loaded.data_schema.tables.get(table_name) != table:
+            # The definitions were loaded from another policy or an older version of it.
+            raise dg.Failure(
+                description=f"{loaded.source}: does not declare table {table_name!r} as the"
+                " loaded definitions do; reload the definitions"
+            )
         refused = None
         with warehouse.connect() as con:
             try:
-                result = ingest_table(con, warehouse.paths().landing, table_name, policy.load())
+                result = ingest_table(con, warehouse.paths().landing, table_name, loaded)
             except IngestError as exc:
                 refused = str(exc)
                 waiting = waiting_rows(con, table_name)
                 result = IngestResult(table_name, None, note="file refused", rows_waiting=waiting)
-            rows = con.execute(f"SELECT count(*) FROM core.{table_name}").fetchone()[0]
+            rows = con.execute(f"SELECT count(*) FROM core.{quote(table_name)}").fetchone()[0]
         problems = "; ".join(f"{n} × {reason}" for reason, n in result.problems.items())
         context.log.info(
             f"{table_name}: read {result.rows_read}, loaded {result.rows_loaded},"
@@ -81,6 +92,9 @@ def _build(table_name: str) -> dg.AssetsDefinition:
                 "rows_quarantined": result.rows_quarantined,
                 "rows_loaded_from_quarantine": result.rows_retried,
                 "rows_waiting_in_quarantine": result.rows_waiting,
+                # The run's own record of the policy and schema it applied.
+                "policy": loaded.source,
+                "dagster/column_schema": column_schema(table),
             }
         )
         yield dg.AssetCheckResult(
@@ -115,4 +129,6 @@ def _quarantine_description(result: IngestResult, problems: str) -> str:
     return "; ".join(parts) if parts else "no rows quarantined"
 
 
-ingest_assets = [_build(name) for name in TABLES]
+def ingest_assets(policy: Policy) -> list[dg.AssetsDefinition]:
+    """One ingest asset per table the policy's schema declares, in load order."""
+    return [_build(policy, name) for name in policy.data_schema.tables]

@@ -1,4 +1,4 @@
-"""Compliance metadata shown in the Dagster UI, derived from the policy and table contract."""
+"""Compliance metadata shown in the Dagster UI, derived from the policy and its schema."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import dagster as dg
 
-from lethe.catalog import after_retention, column_categories, retention_rules
+from lethe.catalog import after_retention, retention_rules
 from lethe.policy import LEGAL_BASIS_ARTICLE, Policy
-from lethe.tables import TABLES
+from lethe.schema import Table
 from lethe.warehouse import SQL_TYPES
 
 OWNERS = ["team:privacy"]
@@ -45,10 +45,12 @@ def schema_of(columns: Iterable[ColumnInfo]) -> dg.TableSchema:
     )
 
 
-def column_schema(table: str) -> dg.TableSchema:
-    """The table's contract columns with their data category as a column tag."""
+def column_schema(table: Table, headers: bool = False) -> dg.TableSchema:
+    """The table's declared columns (or their source file's headers) with their type, data
+    category as a column tag, and description."""
     return schema_of(
-        (c.name, SQL_TYPES[c.type], c.category, c.description) for c in TABLES[table].columns
+        (c.header if headers else c.name, SQL_TYPES[c.type], c.category, c.description)
+        for c in table.columns
     )
 
 
@@ -100,31 +102,35 @@ def compliance_tags(purposes: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def table_compliance(policy: Policy, table: str) -> dict[str, Any]:
-    """Purposes, legal bases, retention and the column schema of an input table."""
+def table_compliance(policy: Policy, table: str, headers: bool = False) -> dict[str, Any]:
+    """Purposes, legal bases, retention and the column schema of a declared table (of its
+    source file's headers with `headers`)."""
+    declared = policy.data_schema.tables[table]
     rules = retention_rules(policy, table)
     retention = "\n".join(f"- **{name}**: {text}" for name, text in rules.items())
     if table in policy.when_unkept:
         retention += f"\n\n{after_retention(policy, table)}"
     purposes = policy.purposes_for(table)
-    if not purposes:  # core.holds: no purpose keeps the hold records; they serve the hold
+    if not purposes:  # the hold table: no purpose keeps the hold records; they serve the hold
         purposes = [policy.litigation_hold]
         retention = "No retention rule in the policy: hold records are kept as its evidence."
     return {
-        "dagster/column_schema": column_schema(table),
+        "dagster/column_schema": column_schema(declared, headers),
         "purposes": ", ".join(p.name for p in purposes),
         "legal_bases": ", ".join(sorted({p.legal_basis for p in purposes})),
         "retention": dg.MetadataValue.md(retention),
-        "data_categories": ", ".join(sorted(set(column_categories(policy, table).values()))),
+        "data_categories": ", ".join(sorted({c.category for c in declared.columns})),
     }
 
 
 def table_metadata(policy: Policy, table: str) -> dict[str, Any]:
     """Static metadata of a core table: its compliance facts, and the lineage of each column
-    from the landing file's column of the same name."""
+    from the landing file's header it is read from."""
+    declared = policy.data_schema.tables[table]
     return {
         **table_compliance(policy, table),
-        **lineage_metadata({c: [(landing_key(table), c)] for c in TABLES[table].column_names}),
+        "dagster/table_name": f"core.{table}",
+        **lineage_metadata({c.name: [(landing_key(table), c.header)] for c in declared.columns}),
     }
 
 

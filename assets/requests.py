@@ -2,46 +2,20 @@
 
 import dagster as dg
 
-from assets.metadata import OWNERS
+from assets.enforcement import ENFORCEMENT
+from assets.metadata import OWNERS, core_key
 from lethe.answers import answer_pending
+from lethe.policy import Policy
 from lethe.requests import apply_pending, request_counts
-from lethe.tables import TABLES
 from pipelines.resources import PolicyResource, WarehouseResource
 
 NOTHING_OVERDUE = "no_overdue_requests"
 
 
 @dg.asset(
-    key=["requests", "intake"],
-    group_name="requests",
-    deps=[dg.AssetKey(["core", t]) for t in TABLES],
-    owners=OWNERS,
-    kinds={"duckdb"},
-)
-def request_intake(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, policy: PolicyResource
-) -> dg.MaterializeResult:
-    """Carries out every pending rectification (GDPR Art. 16: the value corrected in every
-    table where it appears), objection (Art. 21: marketing consent treated as withdrawn
-    now, evidence kept) and restriction (Art. 18: rows marked `restricted`), and registers
-    pending erasures (Art. 17) so that this run's tagging and enforcement erase the subject.
-    """
-    with warehouse.connect() as con:
-        done = apply_pending(
-            con,
-            policy.load(),
-            policy.as_of_date(),
-            context.run.run_id,
-            vault=warehouse.paths().vault,
-        )
-    context.log.info("requests carried out: " + ", ".join(f"{k} {v}" for k, v in done.items()))
-    return dg.MaterializeResult(metadata={f"{k}_requests": v for k, v in done.items()})
-
-
-@dg.asset(
     key=["requests", "answers"],
     group_name="requests",
-    deps=[dg.AssetKey(["core", "retention_enforcement"])],
+    deps=[ENFORCEMENT],
     owners=OWNERS,
     kinds={"duckdb", "polars"},
     check_specs=[
@@ -82,3 +56,35 @@ def request_answers(
         else "no overdue request",
         metadata=counts,
     )
+
+
+def request_assets(policy: Policy) -> list[dg.AssetsDefinition]:
+    """Request intake (after every declared table is loaded) and the answers."""
+
+    @dg.asset(
+        key=["requests", "intake"],
+        group_name="requests",
+        deps=[core_key(t) for t in policy.data_schema.tables],
+        owners=OWNERS,
+        kinds={"duckdb"},
+    )
+    def request_intake(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, policy: PolicyResource
+    ) -> dg.MaterializeResult:
+        """Carries out every pending rectification (GDPR Art. 16: the value corrected in every
+        table where it appears), objection (Art. 21: marketing consent treated as withdrawn
+        now, evidence kept) and restriction (Art. 18: rows marked `restricted`), and registers
+        pending erasures (Art. 17) so that this run's tagging and enforcement erase the subject.
+        """
+        with warehouse.connect() as con:
+            done = apply_pending(
+                con,
+                policy.load(),
+                policy.as_of_date(),
+                context.run.run_id,
+                vault=warehouse.paths().vault,
+            )
+        context.log.info("requests carried out: " + ", ".join(f"{k} {v}" for k, v in done.items()))
+        return dg.MaterializeResult(metadata={f"{k}_requests": v for k, v in done.items()})
+
+    return [request_intake, request_answers]

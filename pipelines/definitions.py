@@ -1,36 +1,47 @@
-"""The one Dagster entry point: assets, checks, jobs, schedules and resources."""
+"""The one Dagster entry point: assets, checks, jobs, schedules and resources, all built
+from one policy and its schema, loaded once when the code location loads."""
 
 import dagster as dg
 
 from assets.analytics import analytics_assets
 from assets.compliance import compliance_assets
-from assets.enforcement import retention_enforcement
+from assets.enforcement import enforcement_assets
 from assets.ingest import ingest_assets
-from assets.landing import landing_specs, leftovers
-from assets.operations import log_retention, warehouse_backup
-from assets.requests import request_answers, request_intake
-from assets.tagging import purpose_tags
+from assets.landing import landing_specs, leftovers_asset
+from assets.operations import operations_assets
+from assets.requests import request_assets
+from assets.tagging import tagging_assets
+from lethe.policy import Policy, load_policy
 from pipelines.jobs import pipeline_job
 from pipelines.resources import PolicyResource, WarehouseResource
 from pipelines.schedules import daily_retention
 from sensors.requests import pending_requests_sensor
 
-defs = dg.Definitions(
-    assets=[
-        *landing_specs,
-        leftovers,
-        *ingest_assets,
-        request_intake,
-        purpose_tags,
-        log_retention,
-        retention_enforcement,
-        request_answers,
-        warehouse_backup,
-        *analytics_assets,
-        *compliance_assets,
-    ],
-    jobs=[pipeline_job],
-    schedules=[daily_retention],
-    sensors=[pending_requests_sensor],
-    resources={"warehouse": WarehouseResource(), "policy": PolicyResource()},
-)
+
+def build_definitions(policy: Policy) -> dg.Definitions:
+    """The definitions describing `policy` and its schema; their runs apply that policy."""
+    analytics = analytics_assets(policy)
+    resource = PolicyResource.bound_to(policy)
+    return dg.Definitions(
+        assets=[
+            *landing_specs(policy),
+            leftovers_asset(policy),
+            *ingest_assets(policy),
+            *request_assets(policy),
+            *tagging_assets(policy),
+            *operations_assets(policy),
+            *enforcement_assets(policy),
+            *analytics,
+            *compliance_assets(policy, [a.key for a in analytics]),
+        ],
+        jobs=[pipeline_job],
+        schedules=[daily_retention(resource)],
+        sensors=[pending_requests_sensor],
+        resources={"warehouse": WarehouseResource(), "policy": resource},
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The definitions of the policy LETHE_POLICY names (else the default policy)."""
+    return build_definitions(load_policy())

@@ -12,7 +12,8 @@ from dagster._utils.error import SerializableErrorInfo
 from assets.ingest import ACCEPTED_CHECK
 from assets.landing import LEFTOVERS_CHECK
 from lethe.home import Home
-from pipelines.definitions import defs
+from lethe.policy import load_policy
+from pipelines.definitions import build_definitions
 from pipelines.instance import prepare_instance
 from pipelines.jobs import PIPELINE_JOB
 
@@ -32,12 +33,18 @@ class RunOutcome:
 
 
 def run_pipeline(home: Home, as_of: dt.date, policy_path: str | None = None) -> RunOutcome:
-    """Execute the pipeline job so that the run shows in `dagster dev` afterwards."""
+    """Execute the pipeline job of the definitions built from `policy_path` (default:
+    LETHE_POLICY, else the default policy), so that the run shows in `dagster dev` afterwards
+    as the run of that policy's assets."""
+    policy = load_policy(policy_path)
+    defs = build_definitions(policy)
     instance = prepare_instance(home)
+    policy_file = defs.resources["policy"].path
+    policy_config = {"as_of": as_of.isoformat(), "path": policy_file}
     run_config = {
         "resources": {
             "warehouse": {"config": {"home": str(home.root)}},
-            "policy": {"config": {"as_of": as_of.isoformat(), "path": policy_path or ""}},
+            "policy": {"config": policy_config},
         },
         # The CLI reports failures in one line; the full events stay in the instance.
         "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
@@ -46,7 +53,11 @@ def run_pipeline(home: Home, as_of: dt.date, policy_path: str | None = None) -> 
         run_config=run_config,
         instance=instance,
         raise_on_error=False,
-        tags={"lethe/as_of": as_of.isoformat(), "lethe/trigger": "cli"},
+        tags={
+            "lethe/as_of": as_of.isoformat(),
+            "lethe/trigger": "cli",
+            "lethe/policy": policy_file,
+        },
     )
     errors = [
         f"{ev.step_key}: {_failure_message(ev)}"

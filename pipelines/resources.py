@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -57,14 +58,30 @@ class WarehouseResource(dg.ConfigurableResource):
             con.close()
 
 
+# The policies that definitions in this process were built from, by file: a run of those
+# definitions uses the very policy they describe, loaded once.
+_BOUND: dict[str, Policy] = {}
+
+
 class PolicyResource(dg.ConfigurableResource):
-    """The retention policy file and the date it is evaluated at (empty = today, UTC)."""
+    """The retention policy file (empty = LETHE_POLICY, else the default) and the date it is
+    evaluated at (empty = today, UTC)."""
 
     path: str = ""
     as_of: str = ""
 
+    @classmethod
+    def bound_to(cls, policy: Policy) -> PolicyResource:
+        """The resource of definitions built from `policy`: its runs load no other policy."""
+        source = Path(policy.source)
+        path = str(source.resolve()) if source.is_file() else policy.source
+        _BOUND[path] = policy
+        return cls(path=path)
+
     def load(self) -> Policy:
-        return load_policy(self.path or None)
+        """The policy of the definitions this resource is bound to, else the file's."""
+        bound = _BOUND.get(self.path)
+        return bound if bound is not None else load_policy(self.path or None)
 
     def as_of_date(self) -> dt.date:
         if not self.as_of:

@@ -3,14 +3,27 @@
 import dagster as dg
 
 from pipelines.jobs import pipeline_job
+from pipelines.resources import PolicyResource
 
 
-@dg.schedule(job=pipeline_job, cron_schedule="0 2 * * *", execution_timezone="UTC")
-def daily_retention(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """Runs the whole pipeline every day at 02:00 UTC, as of that day."""
-    day = context.scheduled_execution_time.date().isoformat()
-    return dg.RunRequest(
-        run_key=day,
-        run_config={"resources": {"policy": {"config": {"as_of": day}}}},
-        tags={"lethe/as_of": day},
+def daily_retention(policy: PolicyResource) -> dg.ScheduleDefinition:
+    """Runs the whole pipeline every day at 02:00 UTC, as of that day, with `policy`'s file."""
+
+    @dg.schedule(
+        name="daily_retention",
+        job=pipeline_job,
+        cron_schedule="0 2 * * *",
+        execution_timezone="UTC",
     )
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        """Runs the whole pipeline every day at 02:00 UTC, as of that day."""
+        day = context.scheduled_execution_time.date().isoformat()
+        # Run config replaces the resource's whole config: the policy file goes along.
+        config = {"as_of": day, "path": policy.path}
+        return dg.RunRequest(
+            run_key=day,
+            run_config={"resources": {"policy": {"config": config}}},
+            tags={"lethe/as_of": day},
+        )
+
+    return _schedule

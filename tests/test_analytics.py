@@ -220,7 +220,7 @@ EXPECTED_LINEAGE = {
 
 
 def _spec(key: dg.AssetKey) -> dg.AssetSpec:
-    assets_def = defs.resolve_asset_graph().assets_def_for_key(key)
+    assets_def = defs().resolve_asset_graph().assets_def_for_key(key)
     return next(s for s in assets_def.specs if s.key == key)
 
 
@@ -236,7 +236,7 @@ def test_lineage_names_the_upstream_columns(name: str) -> None:
         assert got[col] == expected
     assert set(got) == {c.name for c in DATASETS[name].columns}
     # every upstream column exists in its core table, and the asset depends on that table
-    parents = defs.resolve_asset_graph().get(spec.key).parent_keys
+    parents = defs().resolve_asset_graph().get(spec.key).parent_keys
     for deps in lineage.deps_by_column.values():
         for d in deps:
             assert d.column_name in TABLES[d.asset_key.path[-1]].column_names
@@ -262,7 +262,7 @@ def test_compliance_metadata(name: str) -> None:
         assert category.split(".")[0] in ("generalized", "statistic", "financial", "logistics")
     assert "purpose/statistics" in spec.tags
     assert dg.AssetKey(["core", "retention_enforcement"]) in (
-        defs.resolve_asset_graph().get(spec.key).parent_keys
+        defs().resolve_asset_graph().get(spec.key).parent_keys
     )
 
 
@@ -360,11 +360,12 @@ def test_no_identifier_or_token_released(generated) -> None:
 def test_materialize_analytics_assets(home: Home) -> None:
     order_set(home, [{}] * 5)
     from assets.ingest import ingest_assets
-    from assets.tagging import purpose_tags
+    from assets.tagging import tagging_assets
     from pipelines.resources import PolicyResource, WarehouseResource
 
+    policy = load_policy(DEFAULT_POLICY)
     result = dg.materialize(
-        [*ingest_assets, purpose_tags, *analytics_assets],
+        [*ingest_assets(policy), *tagging_assets(policy), *analytics_assets(policy)],
         resources={
             "warehouse": WarehouseResource(home=str(home.root)),
             "policy": PolicyResource(path=str(DEFAULT_POLICY), as_of=T.isoformat()),

@@ -570,7 +570,7 @@ def test_compliance_assets_and_failing_checks(con, home: Home, custom_policy, tm
         yaml.safe_dump({**data, "processors": PROCESSORS}, sort_keys=False), encoding="utf-8"
     )
     result = dg.materialize(
-        compliance_assets,
+        compliance_assets(load_policy(policy_file)),
         resources={
             "warehouse": WarehouseResource(home=str(home.root)),
             "policy": PolicyResource(path=str(policy_file), as_of=T.isoformat()),
@@ -591,7 +591,7 @@ def test_compliance_assets_and_failing_checks(con, home: Home, custom_policy, tm
 def test_compliance_definitions() -> None:
     from pipelines.definitions import defs
 
-    graph = defs.resolve_asset_graph()
+    graph = defs().resolve_asset_graph()
     for name in ("processors", "breaches", "record_of_processing", "consent_health"):
         key = dg.AssetKey(["compliance", name])
         spec = next(s for s in graph.assets_def_for_key(key).specs if s.key == key)
@@ -605,7 +605,7 @@ def test_compliance_definitions() -> None:
     assert [(d.asset_key.path, d.column_name) for d in lineage["email"]] == [
         (["core", "contacts"], "email")
     ]
-    selected = defs.resolve_job_def("lethe_pipeline").asset_layer.executable_asset_keys
+    selected = defs().resolve_job_def("lethe_pipeline").asset_layer.executable_asset_keys
     assert dg.AssetKey(["compliance", "record_of_processing"]) in selected
     assert dg.AssetKey(["analytics", "orders_by_month"]) in selected
 
@@ -663,7 +663,7 @@ def test_cli_processor_and_breach(empty, home: Home) -> None:
 def test_every_asset_carries_compliance_metadata() -> None:
     from pipelines.definitions import defs
 
-    graph = defs.resolve_asset_graph()
+    graph = defs().resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         spec = next(s for s in graph.assets_def_for_key(key).specs if s.key == key)
         assert spec.owners == ["team:privacy"] and spec.description, key

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,17 +13,19 @@ from typing import Any
 import dagster as dg
 import pytest
 import yaml
-from conftest import DEFAULT_POLICY, LETHE_BIN, tags, write_landing, write_landing_set
+from conftest import DEFAULT_POLICY, LETHE_BIN, REPO, tags, write_landing, write_landing_set
 
 from assets.ingest import ingest_assets
-from assets.tagging import purpose_tags
+from assets.tagging import tagging_assets
 from lethe.home import Home
+from lethe.policy import load_policy
 from lethe.requests import record_request
 from lethe.warehouse import connect
 from pipelines.launch import run_pipeline
 from pipelines.resources import PolicyResource, WarehouseResource
 
 T = dt.date(2026, 3, 1)
+POLICY = load_policy(DEFAULT_POLICY)
 
 # Every row here is kept by some purpose at T, so enforcement (when it runs) leaves it as is.
 CONTACTS = [
@@ -82,7 +85,7 @@ def check_results(result: Any) -> dict[str, Any]:
 
 def materialize(home: Home) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [*ingest_assets, purpose_tags],
+        [*ingest_assets(POLICY), *tagging_assets(POLICY)],
         resources={
             "warehouse": WarehouseResource(home=str(home.root)),
             "policy": PolicyResource(path=str(DEFAULT_POLICY), as_of=T.isoformat()),
@@ -242,6 +245,42 @@ def test_cli_run_bad_policy_touches_nothing(tmp_path: Path) -> None:
         "orders.csv",
         "shipments.csv",
     ]
+
+
+def test_cli_run_records_the_run_of_the_policy_given(tmp_path: Path) -> None:
+    """`lethe run --policy F` runs the definitions built from F: the run's recorded job holds
+    F's assets (the example shop's tables), its tag names F, and each ingest records the
+    policy and the column schema it applied."""
+    shop = REPO / "examples" / "shop"
+    home = Home(tmp_path / "home").ensure()
+    for f in (shop / "landing").glob("*.csv"):
+        shutil.copy(f, home.landing / f.name)
+    policy = shop / "policy.yaml"
+    result = lethe(home.root, "run", "--as-of", "2026-03-01", "--policy", str(policy))
+    assert "Traceback" not in result.stderr
+    instance = dg.DagsterInstance.from_config(str(home.dagster))
+    try:
+        (run,) = instance.get_runs()
+        assert run.tags["lethe/policy"] == str(policy.resolve())
+        job = instance.get_job_snapshot(run.job_snapshot_id)
+        ops = {o.name: o for o in job.node_defs_snapshot.op_def_snaps}
+        tables = ("zakaznici", "souhlasy", "objednavky", "zasilky", "blokace")
+        assert {f"core__{t}" for t in tables} <= set(ops)
+        assert not {"core__contacts", "core__orders"} & set(ops)
+        assert ops["core__zakaznici"].description.startswith("core.zakaznici: Registrovaní")
+        done = {
+            e.step_key
+            for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)
+        }
+        assert {f"core__{t}" for t in tables} <= done
+        event = instance.get_latest_materialization_event(dg.AssetKey(["core", "zakaznici"]))
+        metadata = event.asset_materialization.metadata
+        assert metadata["policy"].value == str(policy)
+        columns = {c.name: c for c in metadata["dagster/column_schema"].schema.columns}
+        assert columns["email"].tags["data_category"] == "user.contact.email"
+        assert metadata["rows_loaded"].value > 0
+    finally:
+        instance.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ from pipelines.jobs import PIPELINE_JOB
 home = os.environ["LETHE_HOME"]
 os.environ["DAGSTER_HOME"] = os.path.join(home, "dagster")
 instance = dg.DagsterInstance.get()
-result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
+result = defs().resolve_job_def(PIPELINE_JOB).execute_in_process(
     instance=instance,
     raise_on_error=False,
     run_config={"resources": {"warehouse": {"config": {"home": home}},
@@ -247,7 +247,8 @@ def test_a_run_that_may_not_wait_refuses_before_its_first_step(tmp_path: Path) -
     fd = os.open(home.lock, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)  # as another process's run would
     try:
-        result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
+        job = defs().resolve_job_def(PIPELINE_JOB)
+        result = job.execute_in_process(
             instance=dg.DagsterInstance.ephemeral(),
             raise_on_error=False,
             run_config={

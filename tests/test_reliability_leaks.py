@@ -34,6 +34,7 @@ from reliability import ValueFinder, run_cli
 from assets.analytics import analytics_assets
 from lethe.generate import generate
 from lethe.home import Home
+from lethe.policy import load_policy
 from lethe.requests import record_request
 from lethe.warehouse import connect
 from pipelines.definitions import defs
@@ -118,7 +119,8 @@ def leaks(tmp_path_factory: pytest.TempPathFactory) -> Leaks:
     try:
         with capture:
             instance = dg.DagsterInstance.get()
-            result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
+            job = defs().resolve_job_def(PIPELINE_JOB)
+            result = job.execute_in_process(
                 run_config={
                     "resources": {
                         "warehouse": {"config": {"home": str(home.root)}},
@@ -276,7 +278,7 @@ def test_analytics_assets_never_open_the_vault(
     monkeypatch.setattr(duckdb, "connect", connect_spy)
     try:
         result = dg.materialize(
-            analytics_assets,
+            analytics_assets(load_policy(DEFAULT_POLICY)),
             resources={
                 "warehouse": WarehouseResource(home=str(leaks.home.root)),
                 "policy": PolicyResource(path=str(DEFAULT_POLICY)),

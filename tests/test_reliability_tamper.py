@@ -18,7 +18,7 @@ import pytest
 from conftest import DEFAULT_POLICY, ingest_all
 from reliability import copy_home, run_cli
 
-from assets.enforcement import LEDGER_CHAIN, retention_enforcement
+from assets.enforcement import LEDGER_CHAIN, enforcement_assets
 from lethe.audit import GENESIS, verify
 from lethe.enforcement import enforce
 from lethe.generate import generate
@@ -149,7 +149,7 @@ def test_ledger_chain_check_fails_and_names_the_entry(ran: Home, tmp_path: Path,
     statements, seq, word = TAMPERING[case]
     home = tampered(ran, tmp_path, statements)
     result = dg.materialize(
-        [retention_enforcement],
+        enforcement_assets(POLICY),
         resources={
             "warehouse": WarehouseResource(home=str(home.root)),
             "policy": PolicyResource(path=str(DEFAULT_POLICY), as_of=T.isoformat()),

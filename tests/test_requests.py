@@ -33,10 +33,10 @@ from request_cases import (
     scenario,
 )
 
-from assets.requests import NOTHING_OVERDUE, request_answers
+from assets.requests import NOTHING_OVERDUE, request_assets
 from lethe.holds import place_hold
 from lethe.home import Home
-from lethe.policy import Policy
+from lethe.policy import Policy, load_policy
 from lethe.requests import (
     RequestError,
     apply_pending,
@@ -368,8 +368,9 @@ def test_overdue_request_is_listed_and_fails_the_check(
 
     # The answers asset of a run (rectifications are carried out by intake, which this
     # run does not include, so the request stays pending and overdue).
+    answers = request_assets(load_policy(DEFAULT_POLICY))[-1]
     result = dg.materialize(
-        [request_answers],
+        [answers],
         resources={
             "warehouse": WarehouseResource(home=str(home.root)),
             "policy": PolicyResource(path=str(DEFAULT_POLICY), as_of=T.isoformat()),
