@@ -277,12 +277,9 @@ def test_renamed_schema_gives_the_same_definitions_renamed(tmp_path: Path) -> No
         return dg.AssetKey([*head, names.tables.get(last, last)])
 
     default_graph, renamed_graph = DEFS.resolve_asset_graph(), renamed.resolve_asset_graph()
-    # The analyst datasets are declared for the default schema's tables only.
-    keys = {k for k in default_graph.get_all_asset_keys() if k.path[0] != "analytics"}
+    keys = set(default_graph.get_all_asset_keys())
     assert {renamed_key(k) for k in keys} == set(renamed_graph.get_all_asset_keys())
     for key in keys:
-        if key.path[0] == "compliance":
-            continue  # the record of processing also follows the analyst datasets
         assert {renamed_key(p) for p in default_graph.get(key).parent_keys} == (
             renamed_graph.get(renamed_key(key)).parent_keys
         ), key
