@@ -32,8 +32,9 @@ from lethe.enforcement import enforce
 from lethe.generate import generate
 from lethe.home import Home
 from lethe.ingest import ingest_table
-from lethe.policy import load_policy
-from lethe.strategies import Strategy
+from lethe.policy import Policy, load_policy
+from lethe.schema import Column, Table
+from lethe.strategies import Strategy, literal, quote
 from lethe.tables import TABLES, TAGGED_TABLES
 from lethe.tagging import tag_all
 from lethe.vault import attach
@@ -180,6 +181,94 @@ def ingest_tag_stage(ctx: Context) -> Timed:
         )
 
     return run
+
+
+# The example shop declares the e-shop's tables column for column, under its own names,
+# written as Czech exports are: `;`-separated windows-1250, decimal commas, d.m.Y H:M
+# Prague times (examples/shop/shop.schema.yaml).
+SHOP_POLICY = POLICY.parent.parent / "examples" / "shop" / "policy.yaml"
+
+
+def _csv_value(column: Column, expr: str, table: Table, zone: str) -> str:
+    """SQL writing one UTC Parquet value as the table's declared source writes it."""
+    formats, dialect = table.source.formats, table.source.csv
+    if column.type == "timestamp" and formats.timestamp:
+        local = f"timezone({literal(zone)}, timezone('UTC', {expr}))"
+        return f"strftime({local}, {literal(formats.timestamp)})"
+    if column.type == "date" and formats.date:
+        return f"strftime({expr}, {literal(formats.date)})"
+    if column.type == "decimal" and dialect.decimal != ".":
+        return f"replace(CAST({expr} AS VARCHAR), '.', {literal(dialect.decimal)})"
+    return expr
+
+
+def _write_csvs(landing: Path, target: Path, policy: Policy) -> None:
+    """The Parquet landing files as CSV files the way `policy`'s schema declares them (its
+    tables match the e-shop's column for column, in order)."""
+    target.mkdir(parents=True, exist_ok=True)
+    schema = policy.data_schema
+    eshop = load_policy(POLICY).data_schema
+    con = duckdb.connect()
+    try:
+        for mine, table in zip(eshop.tables.values(), schema.tables.values(), strict=True):
+            source = landing / f"{mine.source.file}.parquet"
+            if not source.exists():
+                continue
+            pairs = zip(mine.columns, table.columns, strict=True)
+            columns = ", ".join(
+                f"{_csv_value(c, quote(m.name), table, schema.timezone)} AS {quote(c.header)}"
+                for m, c in pairs
+            )
+            dialect = table.source.csv
+            utf8 = target / f"{table.source.file}.utf8"
+            con.execute(
+                f"COPY (SELECT {columns} FROM read_parquet(?)) TO '{utf8}'"
+                f" (HEADER, DELIMITER {literal(dialect.delimiter)})",
+                [str(source)],
+            )
+            with (
+                utf8.open(encoding="utf-8", newline="") as src,
+                (target / f"{table.source.file}.csv").open(
+                    "w", encoding=dialect.encoding, newline=""
+                ) as dst,
+            ):
+                shutil.copyfileobj(src, dst, 1 << 20)
+            utf8.unlink()
+    finally:
+        con.close()
+
+
+def _csv_ingest(ctx: Context, policy_file: Path) -> Timed:
+    policy = load_policy(policy_file)
+    home = ctx.home()
+    _write_csvs(ctx.landing, home.landing, policy)
+
+    def run() -> StageResult:
+        con = connect(home.warehouse)
+        try:
+            results = [
+                ingest_table(con, home.landing, name, policy) for name in policy.data_schema.tables
+            ]
+        finally:
+            con.close()
+        return StageResult(
+            details={
+                "rows_loaded": sum(r.rows_loaded for r in results),
+                "rows_quarantined": sum(r.rows_quarantined for r in results),
+            }
+        )
+
+    return run
+
+
+def csv_plain_stage(ctx: Context) -> Timed:
+    """Ingest + validate of the landing data as plain comma-separated UTF-8 CSV files."""
+    return _csv_ingest(ctx, POLICY)
+
+
+def csv_declared_stage(ctx: Context) -> Timed:
+    """Ingest + validate of the same rows as the example shop's declared exports."""
+    return _csv_ingest(ctx, SHOP_POLICY)
 
 
 def enforce_stage(ctx: Context) -> Timed:
@@ -485,6 +574,8 @@ STAGES: dict[str, Stage] = {
             analytics_stage,
             requires=("lethe.analytics", "release"),
         ),
+        Stage("csv_plain", "ingest of plain UTF-8 CSV", "baseline", csv_plain_stage),
+        Stage("csv_declared", "ingest of declared-dialect CSV", "lethe", csv_declared_stage),
         Stage("per_subject", "per-subject erasure", "baseline", per_subject_stage),
         Stage("python_mask", "Python per-cell masking", "baseline", python_mask_stage),
     )
