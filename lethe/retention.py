@@ -58,7 +58,7 @@ def pseudonym_columns(policy: Policy, table: str) -> list[PseudonymColumn]:
     cols: list[str] = []
     for p in policy.all_purposes().values():
         cols += [c for c in p.pseudonymizes.get(table, ()) if c not in cols]
-    return [PseudonymColumn(c, TABLES[table].column(c).category) for c in cols]
+    return [PseudonymColumn(c, policy.data_schema.tables[table].column(c).category) for c in cols]
 
 
 def _pseudonymizing(policy: Policy, table: str) -> list[Purpose]:
