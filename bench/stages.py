@@ -301,7 +301,7 @@ def _record(home: Home, kind: str, subjects: list[str]) -> list:
     try:
         ensure_schemas(con)
         con.execute(
-            "INSERT INTO requests.requests (request_id, type, contact_id, received_at,"
+            "INSERT INTO requests.requests (request_id, type, subject_key, received_at,"
             " deadline, status) SELECT 'R-' || lower(lpad(to_hex(i), 12, '0')), ?, s, ?, ?,"
             " 'pending' FROM (SELECT unnest(?) AS s, unnest(range(len(?))) AS i)",
             [kind, now, deadline_for(now), subjects, subjects],
@@ -330,7 +330,7 @@ def access_export_stage(ctx: Context) -> Timed:
                 start = time.perf_counter()
                 now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
                 doc = build_documents(con, policy, [request], now)[request.request_id]
-                write_export(home, doc)
+                write_export(home, policy, doc)
                 timings.append(time.perf_counter() - start)
         finally:
             con.close()

@@ -30,7 +30,6 @@ from lethe.requests import (
     pending_requests,
     register_erasure_tokens,
 )
-from lethe.schema import Schema
 from lethe.vault import attach
 from lethe.warehouse import transaction
 
@@ -45,7 +44,7 @@ class Answers:
 
 
 def _kept(
-    con: duckdb.DuckDBPyConnection, schema: Schema, subjects: list[str]
+    con: duckdb.DuckDBPyConnection, policy: Policy, subjects: list[str]
 ) -> dict[str, list[dict]]:
     """Each row still kept about each erased subject: which, why and until when.
 
@@ -53,8 +52,8 @@ def _kept(
     only as a token are theirs too).
     """
     kept: dict[str, list[dict]] = {s: [] for s in subjects}
-    for table, frame in subject_rows(con, schema, subjects).items():
-        key = schema.tables[table].key
+    for table, frame in subject_rows(con, policy, subjects).items():
+        key = policy.data_schema.tables[table].key
         rows = frame.filter(pl.col("_state") != "anonymized").sort("_subject", key)
         for row in rows.select("_subject", key, "_state", "_purposes", "_retain_until").iter_rows():
             subject, row_key, state, purposes, until = row
@@ -83,7 +82,7 @@ def answer_pending(
     attach(con, home.vault)
     try:
         docs = build_documents(con, policy, exports, now) if exports else {}
-        paths = {r.request_id: write_export(home, docs[r.request_id]) for r in exports}
+        paths = {r.request_id: write_export(home, policy, docs[r.request_id]) for r in exports}
         result.files = [p.name for p in paths.values()]
         with transaction(con):
             for request in exports:
@@ -103,7 +102,7 @@ def answer_pending(
                     as_of=as_of,
                     action="export",
                     reason=f"{r.request_id}: {r.type} export",
-                    keys=[r.contact_id],
+                    keys=[r.subject_key],
                     details={"files": 1},
                 )
                 for r in exports
@@ -111,16 +110,16 @@ def answer_pending(
             append(con, exported)
         if erasures:
             with transaction(con):
-                register_erasure_tokens(con)  # tokens issued by this run's rewrite
-            subjects = [r.contact_id for r in erasures]
-            kept = _kept(con, policy.data_schema, subjects)
+                register_erasure_tokens(con, policy.data_schema)  # issued by this run's rewrite
+            subjects = [r.subject_key for r in erasures]
+            kept = _kept(con, policy, subjects)
             gone = delete_exports(
                 con, home, "subject_key IN (SELECT unnest(CAST(? AS VARCHAR[])))", [subjects]
             )
             answers = {
                 r.request_id: {
-                    "kept": kept[r.contact_id],
-                    "earlier_exports_deleted": gone.get(r.contact_id, 0),
+                    "kept": kept[r.subject_key],
+                    "earlier_exports_deleted": gone.get(r.subject_key, 0),
                 }
                 for r in erasures
             }
@@ -134,7 +133,7 @@ def answer_pending(
                             as_of=as_of,
                             action="request",
                             reason=f"{r.request_id}: erasure answered",
-                            keys=[r.contact_id],
+                            keys=[r.subject_key],
                             details={"kept_rows": len(answers[r.request_id]["kept"])},
                         )
                         for r in erasures

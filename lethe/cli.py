@@ -273,7 +273,7 @@ def _warehouse(write: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
 
 @hold_app.command("add")
 def hold_add(
-    subject: Annotated[str, typer.Option(help="contact_id or e-mail address.")],
+    subject: Annotated[str, typer.Option(help="The subject's key or e-mail address.")],
     reason: Annotated[str, typer.Option(help="Why the data must be kept (the case).")],
 ) -> None:
     """Freeze every row of a data subject until the hold is released."""
@@ -285,7 +285,7 @@ def hold_add(
 
 @hold_app.command("release")
 def hold_release(
-    subject: Annotated[str, typer.Option(help="contact_id or e-mail address.")],
+    subject: Annotated[str, typer.Option(help="The subject's key or e-mail address.")],
     reason: Annotated[str, typer.Option(help="Why the hold ends.")],
 ) -> None:
     """Release a subject's open holds; retention applies again from the next run."""
@@ -318,7 +318,9 @@ def request(
     request_id: Annotated[
         str | None, typer.Argument(metavar="[ID]", help="Request id (with `extend`).")
     ] = None,
-    subject: Annotated[str | None, typer.Option(help="contact_id or e-mail address.")] = None,
+    subject: Annotated[
+        str | None, typer.Option(help="The subject's key or e-mail address.")
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="column=value (rectification; repeatable).")
     ] = None,
@@ -334,12 +336,13 @@ def request(
         out.print(f"{extended.request_id}: deadline extended to {extended.deadline:%Y-%m-%d}")
         return
     if not subject:
-        _fail("--subject: required (a contact_id or an e-mail address)")
-    changes = parse_changes(set_ or []) if kind == "rectification" else None
+        _fail("--subject: required (the subject's key or an e-mail address)")
+    schema = load_policy().data_schema
+    changes = parse_changes(schema, set_ or []) if kind == "rectification" else None
     if set_ and kind != "rectification":
         _fail("--set applies to rectification requests only")
     with _warehouse() as con:
-        recorded = record_request(con, kind, subject, changes, reason)
+        recorded = record_request(con, schema, kind, subject, changes, reason)
     out.print(
         f"{recorded.request_id}: {recorded.type} request recorded;"
         f" due by {recorded.deadline:%Y-%m-%d}",
@@ -357,11 +360,11 @@ def list_requests_command(
     table = Table(title="Overdue requests" if overdue else "Data-subject requests")
     for col in ("id", "type", "subject", "received", "deadline", "status"):
         table.add_column(col, no_wrap=True)
-    for rid, kind, contact_id, received, deadline, status, late in rows:
+    for rid, kind, subject_key, received, deadline, status, late in rows:
         table.add_row(
             rid,
             kind,
-            contact_id,
+            subject_key,
             f"{received:%Y-%m-%d}",
             f"{deadline:%Y-%m-%d}",
             "[red]overdue[/]" if late else status,

@@ -25,11 +25,10 @@ from lethe.files import csv_bytes, replacing
 from lethe.home import Home
 from lethe.policy import Policy
 from lethe.reach import reach
-from lethe.requests import CONTACT_TOKEN_KIND, Request
+from lethe.requests import Request, subject_tables, subject_token_kinds
 from lethe.retention import pseudonym_columns
 from lethe.schema import Schema
-from lethe.strategies import quote
-from lethe.tables import TABLES, TAGGED_TABLES
+from lethe.strategies import literal, quote
 from lethe.vault import reidentify
 
 FORMAT = "lethe-subject-export/1"
@@ -38,10 +37,29 @@ TAGS = ("_purposes", "_legal_bases", "_retain_until", "_state")
 PORTABLE_BASES = ("consent", "contract")
 
 
-def schema() -> dict[str, Any]:
-    """The JSON schema every subject export is validated against."""
+def schema(policy: Policy | None = None) -> dict[str, Any]:
+    """The JSON schema every subject export is validated against; given a policy, one that
+    also requires exactly its subject's key and the tables a subject's rights reach."""
     text = resources.files("lethe").joinpath("schemas/subject_export.schema.json").read_text()
-    return json.loads(text)
+    shipped = json.loads(text)
+    if policy is None:
+        return shipped
+    props = shipped["properties"]
+    key = policy.data_schema.subject_table.key
+    props["subject"] = {
+        **props["subject"],
+        "required": [key],
+        "properties": {key: props["subject"]["additionalProperties"]},
+        "additionalProperties": False,
+    }
+    tables = subject_tables(policy)
+    props["tables"] = {
+        **props["tables"],
+        "required": tables,
+        "properties": {t: props["tables"]["additionalProperties"] for t in tables},
+        "additionalProperties": False,
+    }
+    return shipped
 
 
 def export_dir(home: Home) -> Path:
@@ -53,29 +71,32 @@ def _subject_select(schema: Schema, table: str) -> str:
     r = reach(schema, table, "t")
     return (
         f"SELECT m._subject, t.* FROM core.{quote(table)} t{r.joins}"
-        f" JOIN _export_owner m ON {r.subject} = m._match"
+        f" JOIN _export_owner m ON CAST({r.subject} AS VARCHAR) = m._match"
     )
 
 
 def subject_rows(
-    con: duckdb.DuckDBPyConnection, schema: Schema, subjects: list[str]
+    con: duckdb.DuckDBPyConnection, policy: Policy, subjects: list[str]
 ) -> dict[str, pl.DataFrame]:
     """Every row held about the subjects, per table, with a `_subject` column.
 
-    Needs the vault attached AS vault: orders kept for accounting carry the subject only
-    as a token, so a subject owns its contact_id and the tokens that stand for it.
+    Needs the vault attached AS vault: rows kept as pseudonyms (invoices kept for
+    accounting) carry the subject only as a token, so a subject owns its key and the
+    tokens that stand for it.
     """
-    con.execute("CREATE OR REPLACE TEMP TABLE _export_subjects (contact_id VARCHAR)")
+    schema = policy.data_schema
+    kinds = ", ".join(literal(k) for k in subject_token_kinds(schema))
+    con.execute("CREATE OR REPLACE TEMP TABLE _export_subjects (subject_key VARCHAR)")
     con.execute(
         "INSERT INTO _export_subjects SELECT unnest(CAST(? AS VARCHAR[]))", [list(subjects)]
     )
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _export_owner AS"
-        " SELECT contact_id AS _subject, contact_id AS _match FROM _export_subjects"
-        " UNION ALL SELECT s.contact_id, t.token FROM _export_subjects s JOIN vault.tokens t"
-        f" ON t.kind = '{CONTACT_TOKEN_KIND}' AND t.value = s.contact_id"
+        " SELECT subject_key AS _subject, subject_key AS _match FROM _export_subjects"
+        " UNION ALL SELECT s.subject_key, t.token FROM _export_subjects s JOIN vault.tokens t"
+        f" ON t.kind IN ({kinds}) AND t.value = s.subject_key"
     )
-    return {table: con.sql(_subject_select(schema, table)).pl() for table in TAGGED_TABLES}
+    return {table: con.sql(_subject_select(schema, table)).pl() for table in subject_tables(policy)}
 
 
 def _reidentify(
@@ -111,9 +132,7 @@ def build_documents(
     con: duckdb.DuckDBPyConnection, policy: Policy, requests: list[Request], now: dt.datetime
 ) -> dict[str, dict[str, Any]]:
     """Export documents for access/portability requests, keyed by request id."""
-    frames = _reidentify(
-        con, subject_rows(con, policy.data_schema, [r.contact_id for r in requests]), policy
-    )
+    frames = _reidentify(con, subject_rows(con, policy, [r.subject_key for r in requests]), policy)
     purposes = {
         p.name: {
             "legal_basis": p.legal_basis,
@@ -123,11 +142,12 @@ def build_documents(
         for p in policy.all_purposes().values()
     }
     processors = [p.model_dump(mode="json") for p in policy.processors]
+    key = policy.data_schema.subject_table.key
     docs = {}
     for request in requests:
         tables = {}
-        for table in TAGGED_TABLES:
-            mine = frames[table].filter(pl.col("_subject") == request.contact_id)
+        for table, frame in frames.items():
+            mine = frame.filter(pl.col("_subject") == request.subject_key)
             if request.type == "portability":
                 mine = _portable(mine)
             keep = [c for c in mine.columns if not c.startswith("_") or c in (*TAGS, "_subject")]
@@ -140,7 +160,7 @@ def build_documents(
                 "received_at": request.received_at.isoformat(),
                 "deadline": request.deadline.isoformat(),
             },
-            "subject": {"contact_id": request.contact_id},
+            "subject": {key: request.subject_key},
             "generated_at": now.isoformat(),
             "tables": tables,
             "purposes": purposes,
@@ -149,8 +169,7 @@ def build_documents(
     return docs
 
 
-def _csv(rows: list[dict[str, Any]], table: str) -> bytes:
-    contract = TABLES[table].column_names
+def _csv(rows: list[dict[str, Any]], contract: list[str]) -> bytes:
     extras = sorted({c for r in rows for c in r} - set(contract) - set(TAGS))
     columns = [*contract, *extras, *TAGS]
     present = [c for c in columns if any(c in r for r in rows)] or columns
@@ -199,14 +218,15 @@ def _html(doc: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def write_export(home: Home, doc: dict[str, Any]) -> Path:
+def write_export(home: Home, policy: Policy, doc: dict[str, Any]) -> Path:
     """Validate and write one export zip atomically (owner-only); returns its path."""
-    jsonschema.validate(doc, schema())
+    jsonschema.validate(doc, schema(policy))
+    tables = policy.data_schema.tables
     target = export_dir(home) / f"{doc['request']['id']}-{doc['kind']}.zip"
     with replacing(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("subject.json", json.dumps(doc, ensure_ascii=False, indent=2))
         for table, rows in doc["tables"].items():
-            zf.writestr(f"{table}.csv", _csv(rows, table))
+            zf.writestr(f"{table}.csv", _csv(rows, tables[table].column_names))
         zf.writestr("index.html", _html(doc))
     return target
 
@@ -221,7 +241,7 @@ def log_export(
     """Record an export in the export log (key and file name, never content)."""
     con.execute(
         "INSERT INTO audit.export_log VALUES (?, ?, ?, ?, 'data subject', ?, ?)",
-        [now, request.request_id, request.type, request.contact_id, path.name, expires_at],
+        [now, request.request_id, request.type, request.subject_key, path.name, expires_at],
     )
 
 

@@ -51,7 +51,7 @@ def place_hold(con: duckdb.DuckDBPyConnection, policy: Policy, subject: str, rea
         raise LetheError("--reason: a hold needs a reason")
     ensure_schemas(con, policy.data_schema)
     h = hold_columns(policy)
-    subject_key = resolve_subject(con, subject)
+    subject_key = resolve_subject(con, policy.data_schema, subject)
     hold_id = f"H-{uuid.uuid4().hex[:12]}"
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     columns = [h.key, h.subject, h.reason, *([h.placed] if h.placed else [])]
@@ -70,7 +70,7 @@ def release_hold(con: duckdb.DuckDBPyConnection, policy: Policy, subject: str, r
     """Release every open hold of a subject (the reason is added to the hold's reason)."""
     ensure_schemas(con, policy.data_schema)
     h = hold_columns(policy)
-    subject_key = resolve_subject(con, subject)
+    subject_key = resolve_subject(con, policy.data_schema, subject)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     released_at, why = quote(h.released), quote(h.reason)
     with transaction(con):

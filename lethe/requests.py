@@ -25,12 +25,13 @@ import duckdb
 from lethe.audit import LedgerEntry, append
 from lethe.duration import Duration
 from lethe.errors import LetheError
+from lethe.ingest import COUNTRY
 from lethe.plan import timestamp_literal
-from lethe.policy import Policy
-from lethe.schema import default_schema
-from lethe.strategies import quote
-from lethe.subjects import contacts_with_email, resolve_subject
-from lethe.tables import TABLES
+from lethe.policy import Policy, Purpose
+from lethe.reach import reach, subject_in
+from lethe.schema import Schema, Table
+from lethe.strategies import literal, quote
+from lethe.subjects import EMAIL, email_column, email_key, resolve_subject, subjects_with_email
 from lethe.vault import attach
 from lethe.warehouse import SQL_TYPES, ensure_schemas, has_table, transaction
 
@@ -41,26 +42,26 @@ REQUEST_TYPES: tuple[str, ...] = get_args(RequestType)
 DEADLINE = Duration.parse("1m")
 # Art. 12(3): "extended by two further months": three months from receipt in all.
 EXTENDED_DEADLINE = Duration.parse("1m + 2m")
-# Vault kind of contact ids: how a subject is found in rows that carry it only as a token.
-CONTACTS = default_schema().subject_table
-CONTACT_TOKEN_KIND = CONTACTS.column(CONTACTS.key).category
-# Columns a subject may have corrected; keys and Lethe's own timestamps are not theirs to set.
-RECTIFIABLE = (
-    "email",
-    "phone",
-    "first_name",
-    "last_name",
-    "street",
-    "city",
-    "postal_code",
-    "country",
-    "birth_date",
-)
+# Categories of the subject table's name parts, and of the columns holding a full name
+# ("first last") elsewhere, which a rectified name part must change too.
+FIRST_NAME, LAST_NAME, FULL_NAME = "user.name.first", "user.name.last", "user.name"
+# A subject corrects what is said about them, not what the system records (`system.*`) or
+# observes (`user.behavior*`); nor the key that identifies them.
+_NOT_RECTIFIABLE = ("system", "user.behavior")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CHECKS: dict[str, tuple[re.Pattern[str], str]] = {
-    "email": (re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+"), "an e-mail address"),
-    "country": (re.compile(r"[A-Z]{2}"), "an ISO 3166-1 alpha-2 code"),
-    "birth_date": (re.compile(r"\d{4}-\d{2}-\d{2}"), "a date YYYY-MM-DD"),
+_BY_CATEGORY: dict[str, tuple[re.Pattern[str], str]] = {
+    EMAIL: (re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+"), "an e-mail address"),
+    COUNTRY: (re.compile(r"[A-Z]{2}"), "an ISO 3166-1 alpha-2 code"),
+}
+_BY_TYPE: dict[str, tuple[re.Pattern[str], str]] = {
+    "date": (re.compile(r"\d{4}-\d{2}-\d{2}"), "a date YYYY-MM-DD"),
+    "timestamp": (
+        re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2})?"),
+        "a timestamp YYYY-MM-DD HH:MM[:SS]",
+    ),
+    "integer": (re.compile(r"-?\d{1,18}"), "an integer"),
+    "decimal": (re.compile(r"-?\d{1,16}(\.\d{1,2})?"), "a decimal number like 1234.50"),
+    "boolean": (re.compile(r"true|false"), "true or false"),
 }
 
 
@@ -68,30 +69,89 @@ class RequestError(LetheError):
     """A request that cannot be recorded or changed as asked."""
 
 
-def email_taken(con: duckdb.DuckDBPyConnection, contact_id: str, changes: dict[str, str]) -> bool:
-    """Whether the rectification gives the contact another contact's e-mail address.
+def subject_tables(policy: Policy) -> list[str]:
+    """The tables a subject's rights reach, in load order: every declared table except
+    the litigation-hold table (holds are the controller's, not the subject's data)."""
+    return [t for t in policy.data_schema.tables if t != policy.hold_table]
 
-    An e-mail finds its subject (`--subject`), so it must stay one contact's: compared
+
+def subject_token_kinds(schema: Schema) -> list[str]:
+    """Vault kinds of the tokens that can stand for a subject's key: the categories of the
+    columns holding it (the subject's key, and each table's last reference on its way)."""
+    subject = schema.subject_table
+    kinds = {subject.column(subject.key).category}
+    for name in schema.tables:
+        path = schema.path_to_subject(name)
+        if path:
+            holder = schema.tables[path[-2].ref_table if len(path) > 1 else name]
+            kinds.add(holder.column(path[-1].column).category)
+    return sorted(kinds)
+
+
+def _is(column_category: str, category: str) -> bool:
+    return column_category == category or column_category.startswith(category + ".")
+
+
+def rectifiable_columns(schema: Schema) -> list[str]:
+    """Columns of the subject table a subject may have corrected: all but the key and what
+    the system records or observes (categories `system.*`, `user.behavior*`)."""
+    subject = schema.subject_table
+    return [
+        c.name
+        for c in subject.columns
+        if c.name != subject.key and not any(_is(c.category, n) for n in _NOT_RECTIFIABLE)
+    ]
+
+
+def _check_change(schema: Schema, column: str, value: str) -> None:
+    """Refuse a correction of `column` to `value`; the message never echoes the value."""
+    allowed = rectifiable_columns(schema)
+    if column not in allowed:
+        raise RequestError(
+            f"--set {column!r}: not a column that can be rectified (one of {', '.join(allowed)})"
+        )
+    if not value or len(value) > 1000 or _CONTROL.search(value):
+        raise RequestError(f"--set {column}: empty, too long or with control characters")
+    declared = schema.subject_table.column(column)
+    for check in (_BY_CATEGORY.get(declared.category), _BY_TYPE.get(declared.type)):
+        if check and not check[0].fullmatch(value):
+            raise RequestError(f"--set {column}: the value is not {check[1]}")
+    parse = {"date": dt.date.fromisoformat, "timestamp": dt.datetime.fromisoformat}
+    try:
+        parse.get(declared.type, str)(value)
+    except ValueError:
+        raise RequestError(f"--set {column}: not a valid calendar date") from None
+
+
+def email_taken(
+    con: duckdb.DuckDBPyConnection, schema: Schema, subject_key: str, changes: dict[str, str]
+) -> bool:
+    """Whether the rectification gives the subject another subject's e-mail address.
+
+    An e-mail finds its subject (`--subject`), so it must stay one subject's: compared
     with the same key as that lookup (any normalization and letter case).
     """
-    email = changes.get("email")
-    return email is not None and bool(contacts_with_email(con, email, other_than=contact_id))
+    column = email_column(schema)
+    address = changes.get(column) if column else None
+    return address is not None and bool(
+        subjects_with_email(con, schema, address, other_than=subject_key)
+    )
 
 
 @dataclass(frozen=True)
 class Request:
-    """A recorded request (no personal values: the subject is its contact_id)."""
+    """A recorded request (no personal values: the subject is its key)."""
 
     request_id: str
     type: str
-    contact_id: str
+    subject_key: str
     received_at: dt.datetime
     deadline: dt.datetime
     status: str
     extended: bool
 
 
-def parse_changes(pairs: list[str]) -> dict[str, str]:
+def parse_changes(schema: Schema, pairs: list[str]) -> dict[str, str]:
     """`col=value` pairs of a rectification, validated; the message never echoes a value."""
     if not pairs:
         raise RequestError("rectification needs at least one --set column=value")
@@ -101,22 +161,8 @@ def parse_changes(pairs: list[str]) -> dict[str, str]:
         column = column.strip()
         if not sep:
             raise RequestError(f"--set {column!r}: expected column=value")
-        if column not in RECTIFIABLE:
-            raise RequestError(
-                f"--set {column!r}: not a column that can be rectified"
-                f" (one of {', '.join(RECTIFIABLE)})"
-            )
         value = value.strip()
-        if not value or len(value) > 1000 or _CONTROL.search(value):
-            raise RequestError(f"--set {column}: empty, too long or with control characters")
-        check = _CHECKS.get(column)
-        if check and not check[0].fullmatch(value):
-            raise RequestError(f"--set {column}: the value is not {check[1]}")
-        if column == "birth_date":
-            try:
-                dt.date.fromisoformat(value)
-            except ValueError:
-                raise RequestError("--set birth_date: not a valid calendar date") from None
+        _check_change(schema, column, value)
         changes[column] = value
     return changes
 
@@ -128,6 +174,7 @@ def deadline_for(received_at: dt.datetime) -> dt.datetime:
 
 def record_request(
     con: duckdb.DuckDBPyConnection,
+    schema: Schema,
     type_: str,
     subject: str,
     changes: dict[str, str] | None = None,
@@ -141,18 +188,20 @@ def record_request(
         raise RequestError("rectification needs at least one --set column=value")
     if changes and type_ != "rectification":
         raise RequestError("--set applies to rectification requests only")
+    for column, value in (changes or {}).items():
+        _check_change(schema, column, value)
     ensure_schemas(con)
-    contact_id = resolve_subject(con, subject)
-    if changes and email_taken(con, contact_id, changes):
+    subject_key = resolve_subject(con, schema, subject)
+    if changes and email_taken(con, schema, subject_key, changes):
         raise RequestError(
-            "--set email: another contact has that e-mail address; an e-mail must identify"
-            " one contact"
+            f"--set {email_column(schema)}: another subject has that e-mail address;"
+            " an e-mail must identify one subject"
         )
     received = (now or dt.datetime.now(dt.UTC)).replace(tzinfo=None)
     request = Request(
         f"R-{uuid.uuid4().hex[:12]}",
         type_,
-        contact_id,
+        subject_key,
         received,
         deadline_for(received),
         "pending",
@@ -160,12 +209,12 @@ def record_request(
     )
     with transaction(con):
         con.execute(
-            "INSERT INTO requests.requests (request_id, type, contact_id, received_at, deadline,"
-            " status, reason, changes) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+            "INSERT INTO requests.requests (request_id, type, subject_key, received_at,"
+            " deadline, status, reason, changes) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
             [
                 request.request_id,
                 type_,
-                contact_id,
+                subject_key,
                 received,
                 request.deadline,
                 reason,
@@ -199,7 +248,7 @@ def extend_request(con: duckdb.DuckDBPyConnection, request_id: str, reason: str)
 def get_request(con: duckdb.DuckDBPyConnection, request_id: str) -> Request:
     """One request by id; RequestError if unknown."""
     row = con.execute(
-        "SELECT request_id, type, contact_id, received_at, deadline, status, extended"
+        "SELECT request_id, type, subject_key, received_at, deadline, status, extended"
         " FROM requests.requests WHERE request_id = ?",
         [request_id],
     ).fetchall()
@@ -211,12 +260,12 @@ def get_request(con: duckdb.DuckDBPyConnection, request_id: str) -> Request:
 def list_requests(
     con: duckdb.DuckDBPyConnection, overdue_only: bool = False, now: dt.datetime | None = None
 ) -> list[tuple]:
-    """(id, type, contact_id, received_at, deadline, status, overdue) for every request."""
+    """(id, type, subject_key, received_at, deadline, status, overdue) for every request."""
     if not has_table(con, "requests", "requests"):
         return []
     now = (now or dt.datetime.now(dt.UTC)).replace(tzinfo=None)
     rows = con.execute(
-        "SELECT request_id, type, contact_id, received_at, deadline, status,"
+        "SELECT request_id, type, subject_key, received_at, deadline, status,"
         " status = 'pending' AND deadline < ? AS overdue FROM requests.requests"
         " ORDER BY received_at, request_id",
         [now],
@@ -241,14 +290,14 @@ def _entry(request: Request, action: str, reason: str, **kw) -> LedgerEntry:
         as_of=kw.pop("as_of", request.received_at.date()),
         action=action,
         reason=f"{request.request_id}: {reason}",
-        keys=kw.pop("keys", [request.contact_id]),
+        keys=kw.pop("keys", [request.subject_key]),
         **kw,
     )
 
 
 def pending_requests(con: duckdb.DuckDBPyConnection, type_: str) -> list[Request]:
     rows = con.execute(
-        "SELECT request_id, type, contact_id, received_at, deadline, status, extended"
+        "SELECT request_id, type, subject_key, received_at, deadline, status, extended"
         " FROM requests.requests WHERE status = 'pending' AND type = ? ORDER BY received_at",
         [type_],
     ).fetchall()
@@ -267,72 +316,105 @@ def pending_request_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
     ]
 
 
-def _subject_rows(table: str) -> str:
-    """WHERE clause selecting the rows of `table` whose subject is in temp `_subjects`."""
-    if table == "shipments":
-        return (
-            "order_id IN (SELECT order_id FROM core.orders WHERE contact_id IN"
-            " (SELECT contact_id FROM _subjects))"
-        )
-    return "contact_id IN (SELECT contact_id FROM _subjects)"
+def _subject_keys(schema: Schema, table: str) -> str:
+    """SELECT of the keys (as text) of `table`'s rows whose subject is in temp `_subjects`."""
+    if table == schema.subject_table.name:
+        return "SELECT subject_key FROM _subjects"
+    key = quote(schema.tables[table].key)
+    return (
+        f"SELECT CAST({key} AS VARCHAR) FROM core.{quote(table)}"
+        f" WHERE {_of_subjects(schema, table)}"
+    )
+
+
+def _of_subjects(schema: Schema, table: str) -> str:
+    """WHERE condition on `core.<table>` selecting the rows whose subject is in `_subjects`."""
+    subject = schema.subject_table
+    key_type = SQL_TYPES[subject.column(subject.key).type]
+    return subject_in(schema, table, f"SELECT TRY_CAST(subject_key AS {key_type}) FROM _subjects")
+
+
+def _full_name(subject: Table, old: dict, changes: dict[str, str]) -> tuple[str, str] | None:
+    """("first last" before, after) when a name part of the subject changes, else None."""
+    first = next((c.name for c in subject.columns if c.category == FIRST_NAME), None)
+    last = next((c.name for c in subject.columns if c.category == LAST_NAME), None)
+    if first is None or last is None or not {first, last} & set(changes):
+        return None
+    if old[first] is None or old[last] is None:
+        return None  # no full name was written from it
+    new = {**old, **changes}
+    return f"{old[first]} {old[last]}", f"{new[first]} {new[last]}"
 
 
 def _rectify(
-    con: duckdb.DuckDBPyConnection, request: Request, changes: dict[str, str]
-) -> list[str]:
-    """Correct the contact's columns and every copy of the old value in the subject's rows."""
-    old = dict(
-        zip(
-            CONTACTS.column_names,
-            con.execute(
-                f"SELECT {', '.join(quote(c) for c in CONTACTS.column_names)} FROM core.contacts"
-                " WHERE contact_id = ?",
-                [request.contact_id],
-            ).fetchone(),
-            strict=True,
-        )
-    )
+    con: duckdb.DuckDBPyConnection, policy: Policy, request: Request, changes: dict[str, str]
+) -> list[str] | None:
+    """Correct the subject's columns and every copy of the old value in the subject's rows
+    of the other tables (any text column, carried extras included; the full name in their
+    name columns); None when the subject's row is gone."""
+    schema = policy.data_schema
+    subject = schema.subject_table
+    names, key = subject.column_names, f"CAST({quote(subject.key)} AS VARCHAR)"
+    row = con.execute(
+        f"SELECT {', '.join(quote(c) for c in names)} FROM core.{quote(subject.name)}"
+        f" WHERE {key} = ?",
+        [request.subject_key],
+    ).fetchone()
+    if row is None:
+        return None
+    old = dict(zip(names, row, strict=True))
     touched = []
     for column, value in changes.items():
-        sql_type = SQL_TYPES[CONTACTS.column(column).type]
+        sql_type = SQL_TYPES[subject.column(column).type]
         con.execute(
-            f"UPDATE core.contacts SET {quote(column)} = CAST(? AS {sql_type})"
-            " WHERE contact_id = ?",
-            [value, request.contact_id],
+            f"UPDATE core.{quote(subject.name)} SET {quote(column)} = CAST(? AS {sql_type})"
+            f" WHERE {key} = ?",
+            [value, request.subject_key],
         )
-        touched.append(f"contacts.{column}")
+        touched.append(f"{subject.name}.{column}")
     copies = {str(old[c]): v for c, v in changes.items() if old.get(c) is not None}
-    if "first_name" in changes or "last_name" in changes:
-        new = {**old, **changes}
-        copies[f"{old['first_name']} {old['last_name']}"] = (
-            f"{new['first_name']} {new['last_name']}"
-        )
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _subjects AS SELECT ? AS contact_id", [request.contact_id]
-    )
-    for table in ("consents", "orders", "shipments"):
+    full_name = _full_name(subject, old, changes)
+    _subjects(con, [request])
+    for table in subject_tables(policy):
+        spec = schema.tables[table]
+        if table == subject.name:
+            continue
+        links = {spec.key, *(fk.column for fk in spec.foreign_keys)}
         # Every text column, carried extras included: a copy may sit in any of them.
         text_cols = [
             name
             for name, type_ in con.execute(
                 "SELECT column_name, data_type FROM information_schema.columns"
-                " WHERE table_schema = 'core' AND table_name = ?",
+                " WHERE table_schema = 'core' AND table_name = ? ORDER BY ordinal_position",
                 [table],
             ).fetchall()
-            if type_ == "VARCHAR"
-            and not name.startswith("_")
-            and name not in (TABLES[table].key, "contact_id", "order_id")
+            if type_ == "VARCHAR" and not name.startswith("_") and name not in links
         ]
-        for old_value, new_value in copies.items():
-            for col in text_cols:
-                n = con.execute(
-                    f"UPDATE core.{quote(table)} SET {quote(col)} = ? WHERE {quote(col)} = ?"
-                    f" AND {_subject_rows(table)}",
-                    [new_value, old_value],
-                ).fetchone()[0]
-                if n:
-                    touched.append(f"{table}.{col}")
+        updates = [(col, o, n) for o, n in copies.items() for col in text_cols]
+        if full_name:
+            name_cols = {c.name for c in spec.columns if c.category == FULL_NAME}
+            updates += [(col, *full_name) for col in text_cols if col in name_cols]
+        for col, old_value, new_value in updates:
+            n = con.execute(
+                f"UPDATE core.{quote(table)} SET {quote(col)} = ? WHERE {quote(col)} = ?"
+                f" AND {_of_subjects(schema, table)}",
+                [new_value, old_value],
+            ).fetchone()[0]
+            if n:
+                touched.append(f"{table}.{col}")
     return sorted(set(touched))
+
+
+def _refuse(
+    con: duckdb.DuckDBPyConnection, request: Request, reason: str, now: dt.datetime, **kw
+) -> LedgerEntry:
+    """Mark a rectification refused as a whole (its changes dropped); its ledger entry."""
+    con.execute(
+        "UPDATE requests.requests SET status = 'refused', completed_at = ?,"
+        " changes = NULL, answer = ? WHERE request_id = ?",
+        [now, json.dumps({"refused": reason}), request.request_id],
+    )
+    return _entry(request, "request", f"rectification refused: {reason}", **kw)
 
 
 def apply_pending(
@@ -348,10 +430,10 @@ def apply_pending(
     With the `vault` file, erased subjects' pseudonyms are registered too, so rows that
     carry the subject only as a token (invoices kept for accounting) are found.
     """
-    ensure_schemas(con, policy.data_schema)
+    schema = policy.data_schema
+    ensure_schemas(con, schema)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     stop_at = timestamp_literal(as_of)
-    marketing = [p.name for p in policy.purposes.values() if p.legal_basis == "consent"]
     entries: list[LedgerEntry] = []
     with transaction(con):
         rectifications = pending_requests(con, "rectification")
@@ -362,26 +444,17 @@ def apply_pending(
                     [request.request_id],
                 ).fetchone()[0]
             )
-            if email_taken(con, request.contact_id, changes):
+            if email_taken(con, schema, request.subject_key, changes):
                 # Another row got the address since intake (a load, an earlier request):
                 # refuse the whole request rather than apply part of it.
-                reason = "another contact has had that e-mail address since the request"
-                con.execute(
-                    "UPDATE requests.requests SET status = 'refused', completed_at = ?,"
-                    " changes = NULL, answer = ? WHERE request_id = ?",
-                    [now, json.dumps({"refused": reason}), request.request_id],
-                )
-                entries.append(
-                    _entry(
-                        request,
-                        "request",
-                        f"rectification refused: {reason}",
-                        run_id=run_id,
-                        as_of=as_of,
-                    )
-                )
+                reason = "another subject has had that e-mail address since the request"
+                entries.append(_refuse(con, request, reason, now, run_id=run_id, as_of=as_of))
                 continue
-            touched = _rectify(con, request, changes)
+            touched = _rectify(con, policy, request, changes)
+            if touched is None:
+                reason = "the subject's row is no longer held (anonymized or erased)"
+                entries.append(_refuse(con, request, reason, now, run_id=run_id, as_of=as_of))
+                continue
             con.execute(
                 "UPDATE requests.requests SET status = 'done', completed_at = ?, changes = NULL,"
                 " answer = ? WHERE request_id = ?",
@@ -400,9 +473,12 @@ def apply_pending(
         objections = pending_requests(con, "objection")
         if objections:
             _subjects(con, objections)
-            _withdraw_marketing(con, marketing, stop_at)
-            answer = {"stopped_purposes": marketing, "consent_evidence": "kept"}
+            stopped = _withdraw_consents(
+                con, policy, f"SELECT subject_key, {stop_at} AS stop_at FROM _subjects"
+            )
+            answer = {"stopped_purposes": [p.name for p in stopped], "consent_evidence": "kept"}
             complete_requests(con, {r.request_id: answer for r in objections}, now)
+            tables = ", ".join(dict.fromkeys(p.retention.table for p in stopped)) or None
             for request in objections:
                 entries.append(
                     _entry(
@@ -411,14 +487,14 @@ def apply_pending(
                         "objection: marketing consent treated as withdrawn",
                         run_id=run_id,
                         as_of=as_of,
-                        table_name="consents",
+                        table_name=tables,
                     )
                 )
         restrictions = pending_requests(con, "restriction")
         if restrictions:
             _subjects(con, restrictions)
-            _restrict_subjects(con)
-            answer = {"restricted": ["contacts", "consents", "orders", "shipments"]}
+            _restrict_subjects(con, policy)
+            answer = {"restricted": subject_tables(policy)}
             complete_requests(con, {r.request_id: answer for r in restrictions}, now)
             for request in restrictions:
                 entries.append(
@@ -432,22 +508,14 @@ def apply_pending(
                 r[0] for r in con.execute("SELECT request_id FROM requests.erasures").fetchall()
             }
             con.execute(
-                "INSERT INTO requests.erasures SELECT r.request_id, r.contact_id, ? FROM"
+                "INSERT INTO requests.erasures SELECT r.request_id, r.subject_key, ? FROM"
                 " requests.requests r WHERE r.status = 'pending' AND r.type = 'erasure'"
                 " AND NOT EXISTS (SELECT 1 FROM requests.erasures e"
                 " WHERE e.request_id = r.request_id)",
                 [now],
             )
             _subjects(con, erasures)
-            # Rejected input rows hold raw copies of the subject's values.
-            con.execute(
-                "DELETE FROM core.quarantine WHERE"
-                " json_extract_string(record, '$.contact_id') IN (SELECT contact_id FROM _subjects)"
-                " OR lower(json_extract_string(record, '$.email')) IN (SELECT lower(email)"
-                " FROM core.contacts WHERE contact_id IN (SELECT contact_id FROM _subjects))"
-                " OR json_extract_string(record, '$.order_id') IN (SELECT order_id"
-                " FROM core.orders WHERE contact_id IN (SELECT contact_id FROM _subjects))"
-            )
+            _forget_quarantined(con, schema)
             for request in (r for r in erasures if r.request_id not in registered):
                 entries.append(
                     _entry(
@@ -462,7 +530,7 @@ def apply_pending(
     if vault is not None and vault.exists():
         attach(con, vault)
         try:
-            register_erasure_tokens(con)
+            register_erasure_tokens(con, schema)
         finally:
             con.execute("DETACH vault")
     return {
@@ -473,35 +541,92 @@ def apply_pending(
     }
 
 
-def _withdraw_marketing(con: duckdb.DuckDBPyConnection, marketing: list[str], stop_at: str) -> None:
-    """Consents of `_subjects` for consent-based purposes end at `stop_at` (evidence kept)."""
-    placeholders = ", ".join("?" for _ in marketing) or "NULL"
-    con.execute(
-        f"UPDATE core.consents SET withdrawn_at = least(coalesce(withdrawn_at, {stop_at}),"
-        f" {stop_at}) WHERE {_subject_rows('consents')} AND purpose IN ({placeholders})",
-        marketing,
-    )
+def _forget_quarantined(con: duckdb.DuckDBPyConnection, schema: Schema) -> None:
+    """Delete the rejected input rows of `_subjects`: they hold raw copies of their values.
+
+    A quarantined row of a table is theirs when its key is one of their rows' keys, when a
+    reference holds the key of one of their rows, or (subject table) when it has the
+    e-mail address of one of them.
+    """
+    subject = schema.subject_table
+    address = email_column(schema)
+    conditions = []
+    for table in schema.tables.values():
+        mine = [f"{_field(table.key)} IN ({_subject_keys(schema, table.name)})"]
+        mine += [
+            f"{_field(fk.column)} IN ({_subject_keys(schema, fk.ref_table)})"
+            for fk in table.foreign_keys
+        ]
+        if table.name == subject.name and address:
+            mine.append(
+                f"{email_key(_field(address))} IN (SELECT {email_key(quote(address))}"
+                f" FROM core.{quote(subject.name)} WHERE {_of_subjects(schema, subject.name)})"
+            )
+        conditions.append(f"(table_name = {literal(table.name)} AND ({' OR '.join(mine)}))")
+    con.execute(f"DELETE FROM core.quarantine WHERE {' OR '.join(conditions)}")
 
 
-def _restrict_subjects(con: duckdb.DuckDBPyConnection) -> None:
+def _field(column: str) -> str:
+    """A column's value in a quarantined row's JSON record."""
+    return f"json_extract_string(record, {literal('$.' + column)})"
+
+
+def _consent_purposes(policy: Policy) -> list[Purpose]:
+    """Purposes based on consent whose retention ends early when the consent is withdrawn."""
+    return [
+        p
+        for p in policy.purposes.values()
+        if p.legal_basis == "consent" and p.retention.ends_early_at is not None
+    ]
+
+
+def _withdraw_consents(con: duckdb.DuckDBPyConnection, policy: Policy, stops: str) -> list[Purpose]:
+    """Treat the consents of the subjects of `stops` (a SELECT of subject_key, stop_at) as
+    withdrawn at their stop time, for every purpose based on consent: the withdrawal column
+    of the rows its retention runs from, where still later or unset (evidence kept).
+    Returns those purposes."""
+    schema = policy.data_schema
+    purposes = _consent_purposes(policy)
+    for p in purposes:
+        ret, table = p.retention, schema.tables[p.retention.table]
+        key, ends = quote(table.key), quote(ret.ends_early_at.column)  # type: ignore[union-attr]
+        r = reach(schema, table.name, "_own")
+        rows = [f"_t.{key} = s._k"] + [
+            f"CAST(_t.{quote(ref.split('.', 1)[1])} AS VARCHAR) = {literal(value)}"
+            for ref, value in ret.only_where.items()
+        ]
+        con.execute(
+            f"UPDATE core.{quote(table.name)} _t"
+            f" SET {ends} = least(coalesce(_t.{ends}, s.stop_at), s.stop_at)"
+            f" FROM (SELECT _own.{key} AS _k, min(st.stop_at) AS stop_at"
+            f" FROM core.{quote(table.name)} _own{r.joins} JOIN ({stops}) st"
+            f" ON CAST({r.subject} AS VARCHAR) = st.subject_key GROUP BY _own.{key}) s"
+            f" WHERE {' AND '.join(rows)}"
+        )
+    return purposes
+
+
+def _restrict_subjects(con: duckdb.DuckDBPyConnection, policy: Policy) -> None:
     """Mark every row of `_subjects` restricted (anonymized rows are no one's any more)."""
-    for table in ("contacts", "consents", "orders", "shipments"):
+    for table in subject_tables(policy):
         con.execute(
             f"UPDATE core.{quote(table)} SET _state = 'restricted'"
-            f" WHERE {_subject_rows(table)} AND _state <> 'anonymized'"
+            f" WHERE {_of_subjects(policy.data_schema, table)} AND _state <> 'anonymized'"
         )
 
 
-def register_erasure_tokens(con: duckdb.DuckDBPyConnection) -> int:
-    """Add erased subjects' contact tokens to the erasure register (vault attached AS vault).
+def register_erasure_tokens(con: duckdb.DuckDBPyConnection, schema: Schema) -> int:
+    """Add erased subjects' key tokens to the erasure register (vault attached AS vault).
 
     Idempotent; returns how many tokens were added.
     """
+    kinds = subject_token_kinds(schema)
     return con.execute(
         "INSERT INTO requests.erasures SELECT e.request_id, t.token, now()"
-        " FROM requests.erasures e JOIN vault.tokens t ON t.kind = ? AND t.value = e.contact_id"
-        " WHERE NOT EXISTS (SELECT 1 FROM requests.erasures x WHERE x.contact_id = t.token)",
-        [CONTACT_TOKEN_KIND],
+        " FROM requests.erasures e JOIN vault.tokens t"
+        f" ON t.kind IN ({', '.join('?' for _ in kinds)}) AND t.value = e.subject_key"
+        " WHERE NOT EXISTS (SELECT 1 FROM requests.erasures x WHERE x.subject_key = t.token)",
+        kinds,
     ).fetchone()[0]
 
 
@@ -511,20 +636,17 @@ def reapply_done(con: duckdb.DuckDBPyConnection, policy: Policy) -> int:
     Erasures need nothing here: `requests.erasures` makes every later tagging erase again.
     Returns the number of requests re-applied.
     """
-    marketing = [p.name for p in policy.purposes.values() if p.legal_basis == "consent"]
-    placeholders = ", ".join("?" for _ in marketing) or "NULL"
-    con.execute(
-        "UPDATE core.consents c SET withdrawn_at = least(coalesce(c.withdrawn_at, r.stop_at),"
-        " r.stop_at) FROM (SELECT contact_id, min(completed_at) AS stop_at FROM requests.requests"
-        " WHERE type = 'objection' AND status = 'done' GROUP BY contact_id) r"
-        f" WHERE c.contact_id = r.contact_id AND c.purpose IN ({placeholders})",
-        marketing,
+    _withdraw_consents(
+        con,
+        policy,
+        "SELECT subject_key, completed_at AS stop_at FROM requests.requests"
+        " WHERE type = 'objection' AND status = 'done'",
     )
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE _subjects AS SELECT DISTINCT contact_id"
+        "CREATE OR REPLACE TEMP TABLE _subjects AS SELECT DISTINCT subject_key"
         " FROM requests.requests WHERE type = 'restriction' AND status = 'done'"
     )
-    _restrict_subjects(con)
+    _restrict_subjects(con, policy)
     return con.execute(
         "SELECT count(*) FROM requests.requests WHERE status = 'done'"
         " AND type IN ('objection', 'restriction')"
@@ -532,10 +654,10 @@ def reapply_done(con: duckdb.DuckDBPyConnection, policy: Policy) -> int:
 
 
 def _subjects(con: duckdb.DuckDBPyConnection, requests: list[Request]) -> None:
-    con.execute("CREATE OR REPLACE TEMP TABLE _subjects (contact_id VARCHAR)")
+    con.execute("CREATE OR REPLACE TEMP TABLE _subjects (subject_key VARCHAR)")
     con.execute(
         "INSERT INTO _subjects SELECT unnest(CAST(? AS VARCHAR[]))",
-        [[r.contact_id for r in requests]],
+        [[r.subject_key for r in requests]],
     )
 
 

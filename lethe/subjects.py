@@ -1,11 +1,18 @@
-"""Data subjects: resolve `--subject` (a contact_id or an e-mail address) to a contact_id."""
+"""Data subjects: resolve `--subject` (a subject's key or e-mail address) to its key.
+
+The subject table is the declared one (`subject: true`); its e-mail column is the one of
+category `user.contact.email`.
+"""
 
 from __future__ import annotations
 
 import duckdb
 
 from lethe.errors import LetheError
+from lethe.schema import Schema
+from lethe.strategies import quote
 
+EMAIL = "user.contact.email"
 # Characters that NFC maps onto ASCII (the Kelvin sign to K, the Greek question mark to ;,
 # the Greek varia to `): an address holding one is a look-alike of an ASCII address, so it
 # keeps its own raw spelling as its key and matches only exactly as stored.
@@ -13,7 +20,12 @@ _ONTO_ASCII = "\u212a\u037e\u1fef"
 
 
 class UnknownSubjectError(LetheError):
-    """No contact (or more than one) matches the given subject."""
+    """No subject (or more than one) matches the given subject."""
+
+
+def email_column(schema: Schema) -> str | None:
+    """The subject table's e-mail column (category `user.contact.email`), if it has one."""
+    return next((c.name for c in schema.subject_table.columns if c.category == EMAIL), None)
 
 
 def email_key(expr: str) -> str:
@@ -33,47 +45,60 @@ def email_key(expr: str) -> str:
     )
 
 
-def contacts_with_email(
-    con: duckdb.DuckDBPyConnection, email: str, other_than: str | None = None
+def subjects_with_email(
+    con: duckdb.DuckDBPyConnection, schema: Schema, address: str, other_than: str | None = None
 ) -> list[str]:
-    """contact_ids of the contacts (not anonymized) whose e-mail has the key of `email`,
-    leaving out `other_than`; one set-based scan."""
+    """Keys of the subjects (not anonymized) whose e-mail has the key of `address`, leaving
+    out `other_than`; one set-based scan. None without an e-mail column."""
+    column = email_column(schema)
+    if column is None:
+        return []
+    table = schema.subject_table
+    key = f"CAST(c.{quote(table.key)} AS VARCHAR)"
     return [
         r[0]
         for r in con.execute(
-            f"WITH given AS (SELECT CAST(? AS VARCHAR) AS email) SELECT c.contact_id"
-            f" FROM core.contacts c, given g WHERE {email_key('c.email')} = {email_key('g.email')}"
-            " AND c._state <> 'anonymized' AND c.contact_id IS DISTINCT FROM ?"
-            " ORDER BY c.contact_id",
-            [email.strip(), other_than],
+            f"WITH given AS (SELECT CAST(? AS VARCHAR) AS address) SELECT {key}"
+            f" FROM core.{quote(table.name)} c, given g"
+            f" WHERE {email_key('c.' + quote(column))} = {email_key('g.address')}"
+            f" AND c._state <> 'anonymized' AND {key} IS DISTINCT FROM ? ORDER BY 1",
+            [address.strip(), other_than],
         ).fetchall()
     ]
 
 
-def resolve_subject(con: duckdb.DuckDBPyConnection, subject: str) -> str:
-    """The contact_id for a contact_id or e-mail; the message never echoes the e-mail.
+def resolve_subject(con: duckdb.DuckDBPyConnection, schema: Schema, subject: str) -> str:
+    """The subject's key for a key or e-mail; the message never echoes the e-mail.
 
     Whitespace around the subject is ignored (str.strip(): the same Unicode whitespace
-    that makes a key blank at ingest), except that a contact_id matching exactly as given
-    wins: ingest keeps a non-blank key as delivered, so every loaded contact can be named.
+    that makes a key blank at ingest), except that a key matching exactly as given wins:
+    ingest keeps a non-blank key as delivered, so every loaded subject can be named.
     """
+    table = schema.subject_table
     stripped = subject.strip()
     if not stripped:
         raise UnknownSubjectError("--subject: empty subject")
     if "@" in stripped:
-        rows = contacts_with_email(con, stripped)
+        if email_column(schema) is None:
+            raise UnknownSubjectError(
+                f"--subject: {table.name} has no e-mail column (category {EMAIL});"
+                f" give the {table.key}"
+            )
+        rows = subjects_with_email(con, schema, stripped)
         if len(rows) > 1:
             raise UnknownSubjectError(
-                f"--subject: {len(rows)} contacts share that e-mail address; give a contact_id"
+                f"--subject: {len(rows)} {table.name} rows share that e-mail address;"
+                f" give the {table.key}"
             )
         if not rows:
-            raise UnknownSubjectError("--subject: no contact has that e-mail address")
+            raise UnknownSubjectError(f"--subject: no {table.name} row has that e-mail address")
         return rows[0]
+    key = f"CAST({quote(table.key)} AS VARCHAR)"
     found = con.execute(
-        "SELECT contact_id FROM core.contacts WHERE contact_id IN (?, ?)"
-        " ORDER BY contact_id <> ? LIMIT 1",
+        f"SELECT {key} FROM core.{quote(table.name)} WHERE {key} IN (?, ?)"
+        f" ORDER BY {key} <> ? LIMIT 1",
         [subject, stripped, subject],
     ).fetchone()
     if not found:
-        raise UnknownSubjectError("--subject: no contact with that contact_id")
+        raise UnknownSubjectError(f"--subject: no {table.name} row has that {table.key}")
     return found[0]

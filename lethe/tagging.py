@@ -139,8 +139,9 @@ def erasure_join(schema: Schema, table: str) -> str:
     (alias `x`), reached along the table's references."""
     r = reach(schema, table, "x")
     return (
-        f"{r.joins} LEFT JOIN (SELECT contact_id, min(request_id) AS request_id"
-        f" FROM requests.erasures GROUP BY contact_id) _er ON _er.contact_id = {r.subject}"
+        f"{r.joins} LEFT JOIN (SELECT subject_key, min(request_id) AS request_id"
+        f" FROM requests.erasures GROUP BY subject_key) _er"
+        f" ON _er.subject_key = CAST({r.subject} AS VARCHAR)"
     )
 
 

@@ -134,7 +134,7 @@ def ensure_schemas(con: duckdb.DuckDBPyConnection, schema: Schema | None = None)
     )
     con.execute(
         """CREATE TABLE IF NOT EXISTS requests.requests (
-            request_id VARCHAR PRIMARY KEY, type VARCHAR NOT NULL, contact_id VARCHAR NOT NULL,
+            request_id VARCHAR PRIMARY KEY, type VARCHAR NOT NULL, subject_key VARCHAR NOT NULL,
             received_at TIMESTAMP NOT NULL, deadline TIMESTAMP NOT NULL,
             extended BOOLEAN NOT NULL DEFAULT false, extension_reason VARCHAR,
             status VARCHAR NOT NULL, completed_at TIMESTAMP, reason VARCHAR,
@@ -142,13 +142,29 @@ def ensure_schemas(con: duckdb.DuckDBPyConnection, schema: Schema | None = None)
     )
     con.execute(
         """CREATE TABLE IF NOT EXISTS requests.erasures (
-            request_id VARCHAR NOT NULL, contact_id VARCHAR NOT NULL, registered_at TIMESTAMP)"""
+            request_id VARCHAR NOT NULL, subject_key VARCHAR NOT NULL, registered_at TIMESTAMP)"""
     )
+    _name_request_subjects(con)
     con.execute(
         """CREATE TABLE IF NOT EXISTS core.ingest_log (
             table_name VARCHAR, source_file VARCHAR, sha256 VARCHAR, rows_read BIGINT,
             rows_loaded BIGINT, rows_quarantined BIGINT, ingested_at TIMESTAMP)"""
     )
+
+
+# The subject column of Lethe's request tables before subjects were named by their
+# declared key (warehouses written by earlier versions).
+_OLD_SUBJECT_COLUMN = "contact_id"
+
+
+def _name_request_subjects(con: duckdb.DuckDBPyConnection) -> None:
+    """Rename the old subject column of `requests.requests` and `requests.erasures` to
+    `subject_key` (idempotent: a warehouse migrated or created since has none)."""
+    for table in ("requests", "erasures"):
+        if _OLD_SUBJECT_COLUMN in table_columns(con, "requests", table):
+            con.execute(
+                f"ALTER TABLE requests.{table} RENAME COLUMN {_OLD_SUBJECT_COLUMN} TO subject_key"
+            )
 
 
 def has_table(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:

@@ -112,13 +112,13 @@ def snapshot(warehouse: Path, tables: tuple[str, ...] = CORE_TABLES) -> dict[str
 
 
 def requests_state(warehouse: Path) -> list[tuple]:
-    """(type, contact_id, status) of every data-subject request, sorted."""
+    """(type, subject_key, status) of every data-subject request, sorted."""
     con = connect(warehouse, read_only=True)
     try:
         if not has_table(con, "requests", "requests"):
             return []
         return sorted(
-            con.execute("SELECT type, contact_id, status FROM requests.requests").fetchall()
+            con.execute("SELECT type, subject_key, status FROM requests.requests").fetchall()
         )
     finally:
         con.close()

@@ -157,7 +157,8 @@ def record(home: Home, *requests: tuple[str, str, dict[str, Any]]) -> list[Reque
     """Record (type, subject, kwargs) requests on the home's warehouse."""
     con = connect(home.warehouse)
     try:
-        return [record_request(con, t, s, **kw) for t, s, kw in requests]
+        schema = policy().data_schema
+        return [record_request(con, schema, t, s, **kw) for t, s, kw in requests]
     finally:
         con.close()
 
@@ -438,7 +439,7 @@ def build_scenario(root: Path) -> Scenario:
     s.erasure_subjects = {p["contact_id"]: p["contact_id"] for p in ERASED}
     s.erasure_subjects[ERIN["contact_id"]] = ERIN["email"]
     made = record(home, *(("erasure", subj, {}) for subj in s.erasure_subjects.values()))
-    s.erasures = {r.contact_id: r.request_id for r in made}
+    s.erasures = {r.subject_key: r.request_id for r in made}
     redeliver(home, **{t: rows_of(t, RESTR["contact_id"]) for t in TAGGED_TABLES})
     s.runs.append(run(home))
     s.snapshots.append(snapshot(home))

@@ -541,7 +541,7 @@ def test_every_csv_for_people_neutralizes_formulas_and_json_stays_exact(
         "purposes": {},
         "processors": [],
     }
-    with zipfile.ZipFile(write_export(home, doc)) as archive:
+    with zipfile.ZipFile(write_export(home, custom_policy, doc)) as archive:
         assert json.loads(archive.read("subject.json")) == doc
         text = archive.read("contacts.csv").decode("utf-8")
     (written,) = list(csv.DictReader(io.StringIO(text, newline="")))

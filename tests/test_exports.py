@@ -14,7 +14,17 @@ from typing import Any
 
 import jsonschema
 import pytest
-from request_cases import ACC, PORT, Scenario, answer, dicts, full_name, rows_of, scenario
+from request_cases import (
+    ACC,
+    PORT,
+    Scenario,
+    answer,
+    dicts,
+    full_name,
+    policy,
+    rows_of,
+    scenario,
+)
 
 import lethe
 from lethe.exports import expire_exports, schema
@@ -67,13 +77,16 @@ def test_zip_holds_json_one_csv_per_table_and_html(sc: Scenario, name: str) -> N
 
 def test_schema_rejects_incomplete_documents(sc: Scenario) -> None:
     document = doc(sc, "access")
+    declared = schema(policy())  # the shipped schema, requiring the policy's tables
+    jsonschema.validate(document, declared)
     for broken in (
         {k: v for k, v in document.items() if k != "processors"},
         {**document, "kind": "erasure"},
         {**document, "tables": {k: v for k, v in document["tables"].items() if k != "orders"}},
+        {**document, "subject": {"order_id": "c-acc"}},
     ):
         with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate(broken, schema())
+            jsonschema.validate(broken, declared)
     untagged = copy.deepcopy(document)
     del untagged["tables"]["contacts"][0]["_legal_bases"]
     with pytest.raises(jsonschema.ValidationError):

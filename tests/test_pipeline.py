@@ -341,7 +341,7 @@ def test_a_refused_file_does_not_stop_the_run(
     assert run_pipeline(home, T, str(DEFAULT_POLICY)).success
     con = connect(home.warehouse)
     try:
-        erasure = record_request(con, "erasure", "C1")
+        erasure = record_request(con, POLICY.data_schema, "erasure", "C1")
     finally:
         con.close()
     write_landing(home.landing, "contacts", [{**CONTACTS[0], "contact_id": "C3"}])

@@ -159,7 +159,7 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenario]:
     enforce(base, POLICY, T0, "before")
     con = connect(base.warehouse)
     try:
-        record_request(con, "access", "C00000001")
+        record_request(con, POLICY.data_schema, "access", "C00000001")
     finally:
         con.close()
     jobs = {"two runs": two_runs, "sensor": sensor_during_run, "launched": launched_during_run}

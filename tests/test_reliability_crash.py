@@ -183,13 +183,15 @@ def prepare(root: Path, contacts: int) -> Home:
     con = connect(home.warehouse)
     try:
         for subject in [*erase, active[0]]:
-            record_request(con, "erasure", subject)
+            record_request(con, POLICY.data_schema, "erasure", subject)
         for subject in active[1:4]:
-            record_request(con, "access", subject)
-        record_request(con, "portability", active[4])
-        record_request(con, "rectification", active[5], {"email": "rectified@example.test"})
-        record_request(con, "restriction", active[6])
-        record_request(con, "objection", active[7])
+            record_request(con, POLICY.data_schema, "access", subject)
+        record_request(con, POLICY.data_schema, "portability", active[4])
+        record_request(
+            con, POLICY.data_schema, "rectification", active[5], {"email": "rectified@example.test"}
+        )
+        record_request(con, POLICY.data_schema, "restriction", active[6])
+        record_request(con, POLICY.data_schema, "objection", active[7])
         place_hold(con, POLICY, active[3], "court case 1/2027")
     finally:
         con.close()
@@ -595,7 +597,7 @@ def test_restore_does_not_bring_back_a_subject_erased_after_the_backup(tmp_path:
         subject = con.execute(
             "SELECT contact_id FROM core.contacts WHERE _state = 'active' ORDER BY 1 LIMIT 1"
         ).fetchone()[0]
-        record_request(con, "erasure", subject)
+        record_request(con, POLICY.data_schema, "erasure", subject)
     finally:
         con.close()
     run(T0, "run-2")

@@ -411,11 +411,15 @@ def test_hostile_strings_reach_sql_only_as_bound_parameters(
     try:
         results = ingest_all(con, home.landing, POLICY)
         assert all(r.ok for r in results.values()), {t: r.problems for t, r in results.items()}
-        record_request(con, "access", "../../etc/passwd")
-        record_request(con, "portability", "exports/../../../tmp/x")
-        record_request(con, "erasure", "'; DROP TABLE core.contacts; --")
+        record_request(con, POLICY.data_schema, "access", "../../etc/passwd")
+        record_request(con, POLICY.data_schema, "portability", "exports/../../../tmp/x")
+        record_request(con, POLICY.data_schema, "erasure", "'; DROP TABLE core.contacts; --")
         record_request(
-            con, "rectification", "/etc/shadow", {"first_name": "'; DROP TABLE core.contacts; --"}
+            con,
+            POLICY.data_schema,
+            "rectification",
+            "/etc/shadow",
+            {"first_name": "'; DROP TABLE core.contacts; --"},
         )
     finally:
         con.close()
@@ -496,10 +500,10 @@ def test_lookalike_emails_resolve_only_to_their_own_contact(
     try:
         if contact is None:
             with pytest.raises(UnknownSubjectError) as info:
-                resolve_subject(con, subject)
+                resolve_subject(con, POLICY.data_schema, subject)
             assert subject not in str(info.value)  # never echoed
         else:
-            assert resolve_subject(con, subject) == contact
+            assert resolve_subject(con, POLICY.data_schema, subject) == contact
     finally:
         con.close()
 
@@ -568,7 +572,7 @@ def test_cli_request_for_a_lookalike_records_the_right_subject(
     assert result.returncode == 0, result.stderr
     con = connect(work.warehouse, read_only=True)
     try:
-        assert con.execute("SELECT contact_id FROM requests.requests").fetchall() == [("L3",)]
+        assert con.execute("SELECT subject_key FROM requests.requests").fetchall() == [("L3",)]
     finally:
         con.close()
 
@@ -682,7 +686,7 @@ def test_subject_and_backup_ids_never_become_paths(tmp_path: Path) -> None:
         try:
             ingest_all(con, home.landing, POLICY)
             with pytest.raises(LetheError):
-                record_request(con, "access", "../../etc/passwd")
+                record_request(con, POLICY.data_schema, "access", "../../etc/passwd")
         finally:
             con.close()
         for args in (

@@ -36,6 +36,7 @@ from lethe.generate import generate
 from lethe.home import Home
 from lethe.policy import load_policy
 from lethe.requests import record_request
+from lethe.schema import default_schema
 from lethe.warehouse import connect
 from pipelines.definitions import defs
 from pipelines.jobs import PIPELINE_JOB
@@ -96,10 +97,16 @@ def leaks(tmp_path_factory: pytest.TempPathFactory) -> Leaks:
                 "SELECT contact_id FROM core.contacts WHERE _state = 'active' ORDER BY 1 LIMIT 4"
             ).fetchall()
         ]
-        record_request(con, "access", active[0])
-        record_request(con, "portability", active[1])
-        record_request(con, "erasure", active[2])
-        record_request(con, "rectification", active[3], {"email": "fixed-address@example.test"})
+        record_request(con, default_schema(), "access", active[0])
+        record_request(con, default_schema(), "portability", active[1])
+        record_request(con, default_schema(), "erasure", active[2])
+        record_request(
+            con,
+            default_schema(),
+            "rectification",
+            active[3],
+            {"email": "fixed-address@example.test"},
+        )
     finally:
         con.close()
     generate(home.landing, CONTACTS // 10, seed=1, reference=today)

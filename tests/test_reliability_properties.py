@@ -688,7 +688,7 @@ def apply_operation(home: Home, op: tuple, step: int) -> str:
     try:
         if kind == "request":
             changes = {"email": f"fixed-{step}@example.test"} if op[1] == "rectification" else None
-            record_request(con, op[1], f"C{op[2]}", changes)
+            record_request(con, POLICY.data_schema, op[1], f"C{op[2]}", changes)
         elif kind == "hold":
             place_hold(con, POLICY, f"C{op[1]}", "court case")
         else:

@@ -93,7 +93,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Home:
         subject = con.execute(
             "SELECT min(contact_id) FROM core.contacts WHERE _state = 'active'"
         ).fetchone()[0]
-        record_request(con, "access", subject)
+        record_request(con, POLICY.data_schema, "access", subject)
     finally:
         con.close()
     con = connect(home.warehouse, read_only=True)

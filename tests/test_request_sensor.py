@@ -10,6 +10,7 @@ from request_cases import T, person
 
 from lethe.home import Home
 from lethe.requests import record_request
+from lethe.schema import default_schema
 from lethe.warehouse import connect
 from sensors.requests import pending_requests_sensor
 
@@ -44,7 +45,7 @@ def test_no_pending_request_skips(home_with_contacts: Home) -> None:
 
 def test_pending_request_launches_once(home_with_contacts: Home) -> None:
     con = connect(home_with_contacts.warehouse)
-    first = record_request(con, "access", "c-one")
+    first = record_request(con, default_schema(), "access", "c-one")
     con.close()
 
     result, cursor = evaluate()
@@ -61,7 +62,7 @@ def test_pending_request_launches_once(home_with_contacts: Home) -> None:
 
     # a new request changes the pending set: launched again
     con = connect(home_with_contacts.warehouse)
-    second = record_request(con, "erasure", person("c-two")["email"])
+    second = record_request(con, default_schema(), "erasure", person("c-two")["email"])
     con.close()
     result, new_cursor = evaluate(cursor)
     assert isinstance(result, dg.RunRequest)
@@ -80,7 +81,7 @@ def test_pending_request_launches_once(home_with_contacts: Home) -> None:
 def test_busy_warehouse_skips(home_with_contacts: Home) -> None:
     con = connect(home_with_contacts.warehouse)
     try:
-        record_request(con, "access", "c-one")
+        record_request(con, default_schema(), "access", "c-one")
         result, cursor = evaluate()  # a writer holds the file in this process
     finally:
         con.close()

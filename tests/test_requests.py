@@ -3,39 +3,60 @@ carried out by the real pipeline on the hand-made scenario of `request_cases`.""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
 import os
+import re
 import subprocess
 import unicodedata
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import duckdb
 import pytest
-from conftest import DEFAULT_POLICY, LETHE_BIN, write_landing_set
+import yaml
+from conftest import DEFAULT_POLICY, LETHE_BIN, REPO, write_landing_set
+from renaming import Renaming, suffixed
 from request_cases import (
+    ACC,
+    BAD_CONTACTS,
+    BAD_ORDERS,
+    BAD_SHIPMENTS,
+    CONSENTS,
     ERIN,
     GONE,
     HELD,
+    HOLDS,
     OBJ,
+    ORDERS,
+    OTHER,
     RECT,
     RECT_NEW,
+    RESTR,
+    SHIPMENTS,
     XTRA,
     Scenario,
     T,
     answer,
+    dicts,
     full_name,
     ledger,
     person,
     query,
+    read_zip,
     rows_of,
     scenario,
 )
 
 from assets.requests import NOTHING_OVERDUE, request_assets
+from lethe.answers import answer_pending
+from lethe.eshop import SCHEMA_FILE
 from lethe.holds import place_hold
 from lethe.home import Home
+from lethe.ingest import ingest_table
 from lethe.policy import Policy, load_policy
 from lethe.requests import (
     RequestError,
@@ -44,12 +65,16 @@ from lethe.requests import (
     list_requests,
     parse_changes,
     record_request,
+    rectifiable_columns,
 )
+from lethe.schema import default_schema, load_schema
 from lethe.subjects import UnknownSubjectError, resolve_subject
 from lethe.tables import TABLES, TAGGED_TABLES
-from lethe.warehouse import connect
+from lethe.tagging import tag_all
+from lethe.warehouse import connect, ensure_schemas, table_columns
 from pipelines.resources import PolicyResource, WarehouseResource
 
+SCHEMA = default_schema()
 ONE = person("c-one")
 TWO = person("c-two")
 TAGS = ("_purposes", "_legal_bases", "_retain_until", "_state", "_ingested_at")
@@ -70,7 +95,7 @@ def small(home: Home, warehouse) -> duckdb.DuckDBPyConnection:
 
 def requests_rows(con: duckdb.DuckDBPyConnection) -> list[tuple]:
     return con.execute(
-        "SELECT request_id, type, contact_id, received_at, deadline, status, extended,"
+        "SELECT request_id, type, subject_key, received_at, deadline, status, extended,"
         " extension_reason, reason FROM requests.requests ORDER BY received_at"
     ).fetchall()
 
@@ -114,7 +139,7 @@ def test_deadline_is_one_calendar_month(small: duckdb.DuckDBPyConnection) -> Non
     }
     made = {}
     for received, expected in cases.items():
-        request = record_request(small, "access", "c-one", now=received)
+        request = record_request(small, SCHEMA, "access", "c-one", now=received)
         assert request.deadline == expected
         assert request.status == "pending" and not request.extended
         made[request.request_id] = (received, expected)
@@ -124,7 +149,7 @@ def test_deadline_is_one_calendar_month(small: duckdb.DuckDBPyConnection) -> Non
 
 
 def test_extension_adds_two_months_once_with_the_reason(small: duckdb.DuckDBPyConnection) -> None:
-    request = record_request(small, "access", "c-one", now=dt.datetime(2026, 3, 15, 8, 0))
+    request = record_request(small, SCHEMA, "access", "c-one", now=dt.datetime(2026, 3, 15, 8, 0))
     extended = extend_request(small, request.request_id, "many requests this month")
     assert extended.deadline == dt.datetime(2026, 6, 15, 8, 0)
     assert extended.extended
@@ -148,7 +173,7 @@ def test_extension_adds_two_months_once_with_the_reason(small: duckdb.DuckDBPyCo
 
 
 def test_extension_needs_a_reason(small: duckdb.DuckDBPyConnection) -> None:
-    request = record_request(small, "erasure", "c-one")
+    request = record_request(small, SCHEMA, "erasure", "c-one")
     for reason in ("", "   "):
         with pytest.raises(RequestError, match="needs a reason"):
             extend_request(small, request.request_id, reason)
@@ -162,7 +187,7 @@ def test_unknown_subject_is_refused_and_nothing_recorded(
     small: duckdb.DuckDBPyConnection, subject: str
 ) -> None:
     with pytest.raises(UnknownSubjectError) as err:
-        record_request(small, "erasure", subject)
+        record_request(small, SCHEMA, "erasure", subject)
     message = str(err.value)
     assert message.startswith("--subject: no contact")
     assert "\n" not in message
@@ -172,8 +197,8 @@ def test_unknown_subject_is_refused_and_nothing_recorded(
 
 
 def test_subject_given_by_email_is_resolved(small: duckdb.DuckDBPyConnection) -> None:
-    request = record_request(small, "access", "  " + TWO["email"].upper() + " ")
-    assert request.contact_id == "c-two"
+    request = record_request(small, SCHEMA, "access", "  " + TWO["email"].upper() + " ")
+    assert request.subject_key == "c-two"
     assert [r[2] for r in requests_rows(small)] == ["c-two"]
 
 
@@ -205,8 +230,8 @@ def test_subject_email_matches_across_normalization_and_case(
 ) -> None:
     write_landing_set(home.landing, contacts=[ONE, CZECH, GREEK])
     con = warehouse(T)
-    assert resolve_subject(con, subject) == contact
-    assert record_request(con, "access", subject).contact_id == contact
+    assert resolve_subject(con, SCHEMA, subject) == contact
+    assert record_request(con, SCHEMA, "access", subject).subject_key == contact
     place_hold(con, policy, subject, "pending lawsuit")
     assert con.execute("SELECT contact_id FROM core.holds").fetchall() == [(contact,)]
 
@@ -216,13 +241,15 @@ def test_rectification_to_another_contacts_email_is_refused(
 ) -> None:
     taken = nfd(TWO["email"].upper())
     with pytest.raises(RequestError) as err:
-        record_request(small, "rectification", "c-one", changes={"email": taken})
+        record_request(small, SCHEMA, "rectification", "c-one", changes={"email": taken})
     message = str(err.value)
     assert "e-mail" in message and "\n" not in message
     assert TWO["email"] not in message.lower() and taken not in message
     assert requests_rows(small) == []
     # a new spelling of one's own address is no conflict
-    own = record_request(small, "rectification", "c-one", changes={"email": ONE["email"].upper()})
+    own = record_request(
+        small, SCHEMA, "rectification", "c-one", changes={"email": ONE["email"].upper()}
+    )
     assert [r[0] for r in requests_rows(small)] == [own.request_id]
     small.close()
     result = lethe(
@@ -237,9 +264,9 @@ def test_rectification_refused_when_another_contact_took_the_email_meanwhile(
     small: duckdb.DuckDBPyConnection, policy
 ) -> None:
     new = "shared.new@example.test"
-    first = record_request(small, "rectification", "c-one", changes={"email": new})
+    first = record_request(small, SCHEMA, "rectification", "c-one", changes={"email": new})
     second = record_request(
-        small, "rectification", "c-two", changes={"email": new.upper(), "city": "Brno"}
+        small, SCHEMA, "rectification", "c-two", changes={"email": new.upper(), "city": "Brno"}
     )
     done = apply_pending(small, policy, T, "run-1")
     assert done["rectification"] == 2
@@ -249,8 +276,8 @@ def test_rectification_refused_when_another_contact_took_the_email_meanwhile(
     assert small.execute(
         "SELECT email, city FROM core.contacts WHERE contact_id = 'c-two'"
     ).fetchone() == (TWO["email"], TWO["city"])
-    assert resolve_subject(small, new) == "c-one"
-    assert resolve_subject(small, TWO["email"]) == "c-two"
+    assert resolve_subject(small, SCHEMA, new) == "c-one"
+    assert resolve_subject(small, SCHEMA, TWO["email"]) == "c-two"
     (changes, ans) = small.execute(
         "SELECT changes, answer FROM requests.requests WHERE request_id = ?", [second.request_id]
     ).fetchone()
@@ -268,10 +295,10 @@ def test_every_loaded_contact_id_can_be_given_as_subject(home: Home, warehouse) 
     # still forgive whitespace typed around an id that has none.
     write_landing_set(home.landing, contacts=[ONE, person(" c-pad\t")])
     con = warehouse(T)
-    assert resolve_subject(con, " c-pad\t") == " c-pad\t"
-    assert resolve_subject(con, "\u3000c-one\n") == "c-one"
+    assert resolve_subject(con, SCHEMA, " c-pad\t") == " c-pad\t"
+    assert resolve_subject(con, SCHEMA, "\u3000c-one\n") == "c-one"
     with pytest.raises(UnknownSubjectError, match="empty subject"):
-        resolve_subject(con, " \t\u00a0")
+        resolve_subject(con, SCHEMA, " \t\u00a0")
 
 
 @pytest.mark.parametrize(
@@ -289,7 +316,7 @@ def test_every_loaded_contact_id_can_be_given_as_subject(home: Home, warehouse) 
 )
 def test_invalid_rectification_is_refused_without_echo(pair: str, names: str) -> None:
     with pytest.raises(RequestError) as err:
-        parse_changes([pair])
+        parse_changes(SCHEMA, [pair])
     message = str(err.value)
     assert names in message
     assert "\n" not in message
@@ -297,22 +324,100 @@ def test_invalid_rectification_is_refused_without_echo(pair: str, names: str) ->
 
 
 def test_valid_rectification_is_parsed() -> None:
-    assert parse_changes(["email=new@example.test", "country=SK", "birth_date=1980-02-29"]) == {
+    assert parse_changes(
+        SCHEMA, ["email=new@example.test", "country=SK", "birth_date=1980-02-29"]
+    ) == {
         "email": "new@example.test",
         "country": "SK",
         "birth_date": "1980-02-29",
     }
     with pytest.raises(RequestError, match="at least one"):
-        parse_changes([])
+        parse_changes(SCHEMA, [])
+
+
+def test_rectifiable_columns_and_checks_follow_the_declared_schema() -> None:
+    """The example shop's subject table: its own column names, the checks by category."""
+    shop = load_schema(REPO / "examples" / "shop" / "shop.schema.yaml")
+    assert rectifiable_columns(SCHEMA) == [
+        "email",
+        "phone",
+        "first_name",
+        "last_name",
+        "street",
+        "city",
+        "postal_code",
+        "country",
+        "birth_date",
+    ]
+    assert rectifiable_columns(shop) == [
+        "email",
+        "telefon",
+        "jmeno",
+        "prijmeni",
+        "ulice",
+        "mesto",
+        "psc",
+        "zeme",
+        "datum_narozeni",
+    ]
+    assert parse_changes(shop, ["prijmeni=Dvořák", "zeme=SK"]) == {
+        "prijmeni": "Dvořák",
+        "zeme": "SK",
+    }
+    for pair, names in (
+        ("zeme=cz", "ISO 3166-1"),  # a country by its category
+        ("email=nobody", "e-mail address"),
+        ("datum_narozeni=1980-02-30", "datum_narozeni"),
+        ("cislo_zakaznika=Z1", "'cislo_zakaznika'"),  # the key
+        ("zalozeno=2024-01-01", "'zalozeno'"),  # system.operations
+        ("posledni_aktivita=2024-01-01", "'posledni_aktivita'"),  # user.behavior
+        ("first_name=Jan", "'first_name'"),  # the default schema's name
+    ):
+        with pytest.raises(RequestError, match=re.escape(names)):
+            parse_changes(shop, [pair])
+
+
+def test_old_request_tables_get_the_subject_key_column(tmp_path: Path) -> None:
+    """A warehouse written before subjects were named by their key: its requests keep
+    their subjects under the new column name, and the migration runs once."""
+    con = connect(tmp_path / "old.duckdb")
+    try:
+        con.execute("CREATE SCHEMA requests")
+        con.execute(
+            "CREATE TABLE requests.requests (request_id VARCHAR PRIMARY KEY, type VARCHAR NOT"
+            " NULL, contact_id VARCHAR NOT NULL, received_at TIMESTAMP NOT NULL, deadline"
+            " TIMESTAMP NOT NULL, extended BOOLEAN NOT NULL DEFAULT false, extension_reason"
+            " VARCHAR, status VARCHAR NOT NULL, completed_at TIMESTAMP, reason VARCHAR,"
+            " changes JSON, answer JSON)"
+        )
+        con.execute(
+            "CREATE TABLE requests.erasures (request_id VARCHAR NOT NULL,"
+            " contact_id VARCHAR NOT NULL, registered_at TIMESTAMP)"
+        )
+        con.execute(
+            "INSERT INTO requests.requests (request_id, type, contact_id, received_at,"
+            " deadline, status) VALUES ('R-000000000001', 'erasure', 'c-one', TIMESTAMP"
+            " '2026-01-01', TIMESTAMP '2026-02-01', 'pending')"
+        )
+        con.execute("INSERT INTO requests.erasures VALUES ('R-000000000001', 'c-one', NULL)")
+        for _ in range(2):
+            ensure_schemas(con)
+        for table in ("requests", "erasures"):
+            assert "subject_key" in table_columns(con, "requests", table)
+            assert "contact_id" not in table_columns(con, "requests", table)
+        assert [r[:3] for r in list_requests(con)] == [("R-000000000001", "erasure", "c-one")]
+        assert con.execute("SELECT subject_key FROM requests.erasures").fetchall() == [("c-one",)]
+    finally:
+        con.close()
 
 
 def test_set_only_with_rectification(small: duckdb.DuckDBPyConnection) -> None:
     with pytest.raises(RequestError, match="rectification requests only"):
-        record_request(small, "erasure", "c-one", changes={"email": "a@example.test"})
+        record_request(small, SCHEMA, "erasure", "c-one", changes={"email": "a@example.test"})
     with pytest.raises(RequestError, match="at least one"):
-        record_request(small, "rectification", "c-one")
+        record_request(small, SCHEMA, "rectification", "c-one")
     with pytest.raises(RequestError, match="unknown request type"):
-        record_request(small, "forget-me", "c-one")
+        record_request(small, SCHEMA, "forget-me", "c-one")
     assert requests_rows(small) == []
 
 
@@ -346,9 +451,14 @@ def test_overdue_request_is_listed_and_fails_the_check(
     home: Home, small: duckdb.DuckDBPyConnection
 ) -> None:
     old = record_request(
-        small, "rectification", "c-one", changes={"city": "Brno"}, now=dt.datetime(2025, 1, 10)
+        small,
+        SCHEMA,
+        "rectification",
+        "c-one",
+        changes={"city": "Brno"},
+        now=dt.datetime(2025, 1, 10),
     )
-    fresh = record_request(small, "objection", "c-two")
+    fresh = record_request(small, SCHEMA, "objection", "c-two")
     overdue = list_requests(small, overdue_only=True)
     assert [r[0] for r in overdue] == [old.request_id]
     assert {r[0]: r[6] for r in list_requests(small)} == {
@@ -535,7 +645,7 @@ def test_erasure_subject_given_by_email(sc: Scenario) -> None:
     rid = sc.erasures["c-erin"]
     assert sc.erasure_subjects["c-erin"] == ERIN["email"]
     assert query(
-        sc.home, "SELECT contact_id, type FROM requests.requests WHERE request_id = ?", [rid]
+        sc.home, "SELECT subject_key, type FROM requests.requests WHERE request_id = ?", [rid]
     ) == [("c-erin", "erasure")]
 
 
@@ -743,6 +853,183 @@ def test_redelivered_erased_contact_does_not_come_back(sc: Scenario) -> None:
     con = connect(sc.home.warehouse, read_only=True)
     try:
         with pytest.raises(UnknownSubjectError):
-            resolve_subject(con, ERIN["email"])
+            resolve_subject(con, SCHEMA, ERIN["email"])
     finally:
         con.close()
+
+
+# --- the same requests on a renamed schema ------------------------------------------------------
+
+RENAMED_PEOPLE = [ACC, RECT, OBJ, RESTR, ERIN, HELD, OTHER]
+
+
+def _renamed_policy(root: Path) -> tuple[Policy, Renaming]:
+    """The default policy and schema with every table and column renamed (`_x`)."""
+    raw_schema = yaml.safe_load(SCHEMA_FILE.read_text(encoding="utf-8"))
+    renaming = suffixed(raw_schema)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "schema.yaml").write_text(yaml.safe_dump(renaming.schema(raw_schema), sort_keys=False))
+    raw_policy = yaml.safe_load(DEFAULT_POLICY.read_text(encoding="utf-8"))
+    policy_file = root / "policy.yaml"
+    policy_file.write_text(
+        yaml.safe_dump(renaming.policy(raw_policy, "schema.yaml"), sort_keys=False)
+    )
+    return load_policy(policy_file), renaming
+
+
+def _write_people(landing: Path, renaming: Renaming | None) -> None:
+    """The landing set of RENAMED_PEOPLE (with rejected rows), headers renamed if asked."""
+    mine = {p["contact_id"] for p in RENAMED_PEOPLE}
+    orders = [o for o in [*ORDERS, *BAD_ORDERS] if o["contact_id"] in mine]
+    ids = {o["order_id"] for o in orders}
+    tables = {
+        "contacts": [*RENAMED_PEOPLE, *BAD_CONTACTS],
+        "consents": [c for c in CONSENTS if c["contact_id"] in mine],
+        "orders": orders,
+        "shipments": [s for s in [*SHIPMENTS, *BAD_SHIPMENTS] if s["order_id"] in ids],
+        "holds": HOLDS,
+    }
+    if renaming is None:
+        write_landing_set(landing, **tables)
+        return
+    staged = landing.parent / "default-landing"
+    write_landing_set(staged, **tables)
+    for name in tables:
+        with (staged / f"{name}.csv").open(encoding="utf-8", newline="") as fh:
+            rows = list(csv.reader(fh))
+        header = [renaming.columns.get((name, c), c) for c in rows[0]]  # extras keep theirs
+        with (landing / f"{renaming.table(name)}.csv").open(
+            "w", encoding="utf-8", newline=""
+        ) as fh:
+            csv.writer(fh).writerows([header, *rows[1:]])
+
+
+def _requests_on(
+    root: Path, policy: Policy, renaming: Renaming | None, tagged_from: Path | None
+) -> Home:
+    """Ingest RENAMED_PEOPLE, tag them, record every kind of request and carry them out
+    and answer them (no enforcement between: the answers see the rows as they were).
+
+    Tagging the renamed tables is not what is tested here: they get the tags of the
+    default warehouse `tagged_from`, row by row.
+    """
+    home = Home(root).ensure()
+    _write_people(home.landing, renaming)
+    schema = policy.data_schema
+    col = (lambda t, c: c) if renaming is None else renaming.column
+    con = connect(home.warehouse)
+    try:
+        for table in schema.tables:
+            assert ingest_table(con, home.landing, table, policy).rows_loaded, table
+        if renaming is None:
+            tag_all(con, policy, T)
+        else:
+            con.execute("ATTACH ? AS d (READ_ONLY)", [str(tagged_from)])
+            for table in TAGGED_TABLES:
+                new, key = renaming.table(table), TABLES[table].key
+                con.execute(
+                    f"UPDATE core.{new} r SET _purposes = x._purposes, _legal_bases ="
+                    " x._legal_bases, _retain_until = x._retain_until, _state = x._state"
+                    f" FROM d.core.{table} x WHERE x.{key} = r.{col(table, key)}"
+                )
+            con.execute("DETACH d")
+        changes = {col("contacts", c): v for c, v in RECT_NEW.items()}
+        for kind, subject, kw in (
+            ("rectification", RECT["contact_id"], {"changes": changes}),
+            ("objection", OBJ["email"], {}),
+            ("restriction", RESTR["contact_id"], {}),
+            ("access", ACC["email"].upper(), {}),
+            ("erasure", ERIN["email"], {}),
+            ("erasure", HELD["contact_id"], {}),
+        ):
+            record_request(con, schema, kind, subject, **kw)
+        apply_pending(con, policy, T, "run-1", vault=home.vault)
+        answer_pending(con, home, policy, T, "run-1")
+    finally:
+        con.close()
+    return home
+
+
+def _outcome(home: Home, renaming: Renaming | None) -> dict[str, Any]:
+    """Everything the requests changed or answered, in the default schema's names."""
+    tables = {t: t for t in TABLES} if renaming is None else renaming.tables
+    back = {new: old for old, new in tables.items()}
+    columns = {} if renaming is None else {(t, new): c for (t, c), new in renaming.columns.items()}
+
+    def name(table: str, column: str) -> str:
+        return columns.get((table, column), column)
+
+    def dotted(ref: str) -> str:
+        table, column = ref.split(".")
+        return f"{back[table]}.{name(back[table], column)}"
+
+    out: dict[str, Any] = {}
+    for table, new in tables.items():
+        rows = dicts(home, f"SELECT * EXCLUDE (_ingested_at) FROM core.{new}")
+        renamed = ({name(table, k): v for k, v in r.items()} for r in rows)
+        out[table] = sorted(renamed, key=lambda r: repr(sorted(r.items())))
+    answers = {}
+    for kind, subject, status, text in query(
+        home, "SELECT type, subject_key, status, answer FROM requests.requests"
+    ):
+        ans = json.loads(text)
+        if "rectified" in ans:
+            ans["rectified"] = [dotted(ref) for ref in ans["rectified"]]
+        if "restricted" in ans:
+            ans["restricted"] = [back[t] for t in ans["restricted"]]
+        for kept in ans.get("kept", []):
+            kept["table"] = back[kept["table"]]
+        ans.pop("export", None)  # named by the request id
+        answers[kind, subject] = (status, ans)
+    out["answers"] = answers
+    out["erasures"] = sorted(query(home, "SELECT subject_key FROM requests.erasures"))
+    out["quarantine"] = sorted(
+        (back[t], row, name(back[t], c))
+        for t, row, c in query(
+            home, "SELECT table_name, row_number, column_name FROM core.quarantine"
+        )
+    )
+    (export,) = (home.exports / "requests").glob("*-access.zip")
+    files = read_zip(export)
+    doc = json.loads(files["subject.json"])
+    out["subject"] = {name("contacts", k): v for k, v in doc["subject"].items()}
+    out["exported"] = {
+        back[t]: [{name(back[t], k): v for k, v in row.items()} for row in rows]
+        for t, rows in doc["tables"].items()
+    }
+    out["csv"] = {}
+    for t in doc["tables"]:
+        reader = csv.DictReader(io.StringIO(files[f"{t}.csv"].decode("utf-8")))
+        out["csv"][back[t]] = [{name(back[t], k): v for k, v in r.items()} for r in reader]
+    return out
+
+
+def test_requests_on_a_renamed_schema_give_the_same_results(tmp_path: Path, policy) -> None:
+    default = _requests_on(tmp_path / "default", policy, None, None)
+    renamed_policy, renaming = _renamed_policy(tmp_path / "renamed-policy")
+    renamed = _requests_on(tmp_path / "renamed", renamed_policy, renaming, default.warehouse)
+    expected, got = _outcome(default, None), _outcome(renamed, renaming)
+    # the requests did something: a rectified copy, a withdrawn consent, a restricted row,
+    # an exported invoice, kept rows named in the erasure answers, forgotten rejected rows
+    assert expected["answers"]["rectification", "c-rect"][1]["rectified"] == [
+        "contacts.email",
+        "contacts.last_name",
+        "contacts.street",
+        "orders.billing_email",
+        "orders.billing_name",
+        "orders.billing_street",
+        "shipments.recipient_name",
+        "shipments.street",
+    ]
+    assert expected["answers"]["objection", "c-obj"][1]["stopped_purposes"] == ["newsletter"]
+    assert {r["_state"] for r in expected["shipments"] if r["shipment_id"] == "s-restr-1"} == {
+        "restricted"
+    }
+    assert expected["subject"] == {"contact_id": "c-acc"}
+    assert {o["order_id"] for o in expected["exported"]["orders"]} == {"o-acc-1", "o-acc-2"}
+    assert expected["answers"]["erasure", "c-held"][1]["kept"]
+    # of four rejected rows, only OTHER's order stays: the others copy ERIN's values
+    assert [(t, c) for t, _, c in expected["quarantine"]] == [("orders", "total_amount")]
+    assert expected["erasures"] == [("c-erin",), ("c-held",)]
+    for part, value in expected.items():
+        assert got[part] == value, part
