@@ -35,8 +35,7 @@ from lethe.ingest import ingest_table
 from lethe.policy import Policy, load_policy
 from lethe.schema import Column, Table
 from lethe.strategies import Strategy, literal, quote
-from lethe.tables import TABLES, TAGGED_TABLES
-from lethe.tagging import tag_all
+from lethe.tagging import tag_all, tagged_tables
 from lethe.vault import attach
 from lethe.warehouse import connect, ensure_schemas
 
@@ -169,7 +168,9 @@ def ingest_tag_stage(ctx: Context) -> Timed:
     def run() -> StageResult:
         con = connect(home.warehouse)
         try:
-            results = [ingest_table(con, home.landing, name, policy) for name in TABLES]
+            results = [
+                ingest_table(con, home.landing, name, policy) for name in policy.data_schema.tables
+            ]
             tag_all(con, policy, REFERENCE)
         finally:
             con.close()
@@ -407,13 +408,14 @@ def floor_stage(ctx: Context) -> Timed:
     source, target = ctx.work / "source.duckdb", ctx.work / "floor.duckdb"
     # Read a private copy, as enforcement does, so both start from the same cache state.
     shutil.copyfile(ctx.tagged, source)
+    tables = tagged_tables(load_policy(POLICY))
 
     def run() -> StageResult:
         con = duckdb.connect(str(source))
         try:
             con.execute("ATTACH ? AS fresh", [str(target)])
             con.execute("CREATE SCHEMA fresh.core")
-            for table in TAGGED_TABLES:
+            for table in tables:
                 con.execute(f"CREATE TABLE fresh.core.{table} AS SELECT * FROM core.{table}")
             con.execute("CHECKPOINT fresh")
             con.execute("DETACH fresh")
@@ -508,7 +510,7 @@ def python_mask_stage(ctx: Context) -> Timed:
     total = 0
     try:
         for table in MASKED_TABLES:
-            spec = TABLES[table]
+            spec = policy.data_schema.tables[table]
             rows_in_table = con.execute(f"SELECT count(*) FROM core.{table}").fetchone()[0]
             sample = con.execute(
                 f"SELECT {', '.join(spec.column_names)} FROM core.{table}"

@@ -74,7 +74,7 @@ def _date(value: str | None) -> dt.date:
 
 @app.command()
 def generate(
-    contacts: Annotated[int, typer.Option(min=1, help="Number of contacts to generate.")],
+    contacts: Annotated[int, typer.Option(min=1, help="Number of customers to generate.")],
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
 ) -> None:
     """Generate realistic Czech synthetic data into LETHE_HOME/landing."""
@@ -98,7 +98,7 @@ def _generate(run_generate, home: Home, contacts: int, seed: int) -> dict[str, i
         console=err,
         transient=True,
     ) as progress:
-        task = progress.add_task(f"Generating {contacts:,} contacts", total=4)
+        task = progress.add_task(f"Generating {contacts:,} customers", total=4)
 
         def step(name: str, rows: int) -> None:
             progress.update(task, advance=1, description=f"Wrote {name} ({rows:,} rows)")
@@ -188,7 +188,7 @@ def _print_summary(summaries: list[TableSummary], when: dt.date, run_id: str) ->
 
 @app.command()
 def demo(
-    contacts: Annotated[int, typer.Option(min=1, help="Number of contacts.")] = 10_000,
+    contacts: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Generate synthetic data, run the pipeline as of today and print a summary."""

@@ -21,11 +21,11 @@ import pyarrow as pa
 from faker import Faker
 
 from lethe.files import replacing
-from lethe.tables import TABLES, Table
+from lethe.schema import Table, default_schema
 
 # The e-shop's tables, as the default schema declares them.
 CONTACTS, CONSENTS, ORDERS, SHIPMENTS = (
-    TABLES[name] for name in ("contacts", "consents", "orders", "shipments")
+    default_schema().tables[name] for name in ("contacts", "consents", "orders", "shipments")
 )
 HOUR = 3_600_000_000  # microseconds
 DAY = 24 * HOUR

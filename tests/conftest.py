@@ -18,12 +18,15 @@ import pytest
 from lethe.home import Home
 from lethe.ingest import IngestResult, ingest_table
 from lethe.policy import Policy, load_policy
-from lethe.tables import TABLES
-from lethe.tagging import tag_all
+from lethe.schema import default_schema
+from lethe.tagging import tag_all, tagged_tables
 from lethe.warehouse import connect
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_POLICY = REPO / "policies" / "default.yaml"
+# The default schema's tables, and those the default policy tags (all but the holds).
+TABLES = default_schema().tables
+TAGGED_TABLES = tagged_tables(load_policy(DEFAULT_POLICY))
 # The `lethe` script of the environment running the tests (a venv, CI or a user's own).
 LETHE_BIN = Path(sys.executable).with_name("lethe")
 INGEST_ORDER = ("contacts", "consents", "orders", "shipments", "holds")

@@ -16,12 +16,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import LETHE_BIN, REPO
+from conftest import LETHE_BIN, REPO, TABLES
 
 from lethe.audit import verify
 from lethe.home import Home
 from lethe.strategies import quote
-from lethe.tables import TABLES
 from lethe.warehouse import connect, has_table
 
 CORE_TABLES = ("contacts", "consents", "orders", "shipments", "holds")

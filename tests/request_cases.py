@@ -23,12 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from conftest import DEFAULT_POLICY, ingest_all, write_landing, write_landing_set
+from conftest import (
+    DEFAULT_POLICY,
+    TABLES,
+    TAGGED_TABLES,
+    ingest_all,
+    write_landing,
+    write_landing_set,
+)
 
 from lethe.home import Home
 from lethe.policy import Policy, load_policy
 from lethe.requests import Request, record_request
-from lethe.tables import TABLES, TAGGED_TABLES
 from lethe.tagging import tag_all
 from lethe.warehouse import connect
 from pipelines.launch import RunOutcome, run_pipeline

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from conftest import ingest_and_tag, write_landing_set
+from conftest import TABLES, TAGGED_TABLES, ingest_and_tag, write_landing_set
 
 from lethe.home import Home
 from lethe.policy import Policy
-from lethe.tables import TABLES, TAGGED_TABLES
 from lethe.warehouse import connect
 
 T = dt.date(2026, 3, 1)

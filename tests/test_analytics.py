@@ -16,7 +16,7 @@ import duckdb
 import polars as pl
 import pytest
 import yaml
-from conftest import DEFAULT_POLICY, write_landing_set
+from conftest import DEFAULT_POLICY, TABLES, write_landing_set
 
 from assets.analytics import analytics_assets
 from lethe.analytics import (
@@ -32,7 +32,6 @@ from lethe.generate import generate
 from lethe.home import Home
 from lethe.ingest import ingest_table
 from lethe.policy import Policy, PolicyError, load_policy, parse_policy
-from lethe.tables import TABLES
 from lethe.warehouse import connect
 from lethe.yamldoc import parse_yaml
 from pipelines.definitions import defs

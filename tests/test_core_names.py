@@ -14,7 +14,7 @@ from conftest import REPO
 from lethe.schema import default_schema
 
 CORE = REPO / "lethe"
-EXEMPT = {CORE / "generate.py", CORE / "tables.py"}
+EXEMPT = {CORE / "generate.py"}
 # Column names that are also words of Lethe's own vocabulary: plain English in messages (a
 # purpose, a reason, a country...) and columns of Lethe's own tables (a backup's or a vault
 # token's created_at, a request's completed_at, a release's released_at).
@@ -31,6 +31,11 @@ PLAIN_WORDS = {
     "completed_at",
     "released_at",
 }
+
+
+# Names a file may hold, with why: the old name of a column of Lethe's own request tables,
+# kept to migrate warehouses written by earlier versions.
+LEGACY = {("lethe/warehouse.py", "contact_id")}
 
 
 def _names() -> set[str]:
@@ -84,6 +89,7 @@ def test_core_code_names_no_table_or_column_of_the_default_schema() -> None:
         f"{path.relative_to(REPO)}:{line}: {name}"
         for path in files
         for line, name in hits(path, pattern)
+        if (str(path.relative_to(REPO)), name) not in LEGACY
     ]
     assert found == [], "\n".join(found)
 

@@ -10,12 +10,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from conftest import DEFAULT_POLICY, REPO
+from conftest import DEFAULT_POLICY, REPO, TABLES
 from renaming import suffixed
 
 from lethe.eshop import SCHEMA_FILE
 from lethe.policy import PolicyError, load_policy
-from lethe.tables import TABLES
 from pipelines.definitions import build_definitions, defs
 from pipelines.resources import PolicyResource, WarehouseResource
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from conftest import TAGGED_TABLES
 from request_cases import (
     ACC,
     PORT,
@@ -29,7 +30,6 @@ from request_cases import (
 import lethe
 from lethe.exports import expire_exports, schema
 from lethe.home import Home
-from lethe.tables import TAGGED_TABLES
 from lethe.warehouse import connect
 
 MEMBERS = {"subject.json", "index.html", *(f"{t}.csv" for t in TAGGED_TABLES)}

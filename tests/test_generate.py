@@ -7,9 +7,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import TABLES, TAGGED_TABLES
 
 from lethe.generate import generate
-from lethe.tables import TABLES, TAGGED_TABLES
 
 REFERENCE = dt.date(2026, 5, 1)
 T = dt.datetime(2026, 5, 1)

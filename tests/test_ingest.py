@@ -14,7 +14,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import INGEST_ORDER, full_rows, ingest_all, write_landing, write_landing_set
+from conftest import INGEST_ORDER, TABLES, full_rows, ingest_all, write_landing, write_landing_set
 
 from lethe.activity_logs import purge_logs
 from lethe.audit import verify
@@ -27,7 +27,6 @@ from lethe.ingest import (
     quarantine_summary,
 )
 from lethe.policy import Policy
-from lethe.tables import TABLES
 from lethe.tagging import tag_all
 from lethe.warehouse import connect
 

@@ -10,14 +10,13 @@ import datetime as dt
 
 import pytest
 import sqlglot
-from conftest import DEFAULT_POLICY
+from conftest import DEFAULT_POLICY, TABLES, TAGGED_TABLES
 
 from lethe.analytics import datasets, release_plan
 from lethe.consent_health import consent_health_plan
 from lethe.plan import Plan
 from lethe.policy import load_policy
 from lethe.retention import enforcement_plan
-from lethe.tables import TABLES, TAGGED_TABLES
 from lethe.warehouse import TAG_COLUMNS
 
 POLICY = load_policy(DEFAULT_POLICY)

@@ -25,7 +25,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import DEFAULT_POLICY, ingest_all, write_landing_set
+from conftest import DEFAULT_POLICY, TABLES, ingest_all, write_landing_set
 from reliability import copy_home, ledger_ok, run_cli, scratch_home
 
 from lethe.errors import LetheError
@@ -34,7 +34,6 @@ from lethe.ingest import MAX_TEXT, IngestError, ingest_table
 from lethe.policy import PolicyError, load_policy, parse_policy
 from lethe.requests import record_request
 from lethe.subjects import UnknownSubjectError, email_key, resolve_subject
-from lethe.tables import TABLES
 from lethe.warehouse import connect
 from pipelines.launch import run_pipeline
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DEFAULT_POLICY, ingest_all, write_landing
+from conftest import DEFAULT_POLICY, TABLES, TAGGED_TABLES, ingest_all, write_landing
 from dateutil.relativedelta import relativedelta
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
@@ -44,7 +44,6 @@ from lethe.home import Home
 from lethe.policy import load_policy
 from lethe.requests import REQUEST_TYPES, apply_pending, record_request
 from lethe.restore import restore
-from lethe.tables import TABLES, TAGGED_TABLES
 from lethe.tagging import tag_all
 from lethe.vault import open_vault
 from lethe.warehouse import connect

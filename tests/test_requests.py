@@ -18,7 +18,7 @@ import dagster as dg
 import duckdb
 import pytest
 import yaml
-from conftest import DEFAULT_POLICY, LETHE_BIN, REPO, write_landing_set
+from conftest import DEFAULT_POLICY, LETHE_BIN, REPO, TABLES, TAGGED_TABLES, write_landing_set
 from renaming import Renaming, suffixed
 from request_cases import (
     ACC,
@@ -69,7 +69,6 @@ from lethe.requests import (
 )
 from lethe.schema import default_schema, load_schema
 from lethe.subjects import UnknownSubjectError, resolve_subject
-from lethe.tables import TABLES, TAGGED_TABLES
 from lethe.tagging import tag_all
 from lethe.warehouse import connect, ensure_schemas, table_columns
 from pipelines.resources import PolicyResource, WarehouseResource

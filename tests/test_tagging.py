@@ -14,10 +14,9 @@ from typing import Any
 import duckdb
 import pytest
 import sqlglot
-from conftest import ingest_all, tags, write_landing
+from conftest import TABLES, TAGGED_TABLES, ingest_all, tags, write_landing
 
 from lethe.policy import HOLD_PURPOSE, Policy
-from lethe.tables import TABLES, TAGGED_TABLES
 from lethe.tagging import tag_all, tag_plan
 from lethe.warehouse import connect
 
