@@ -12,8 +12,8 @@ from assets.metadata import (
     core_key,
     lineage_metadata,
 )
-from lethe.analytics import SCHEMA, Dataset, check_k_anonymity, datasets, k_of, release
-from lethe.policy import Policy
+from lethe.compliance.analytics import SCHEMA, Dataset, check_k_anonymity, datasets, k_of, release
+from lethe.declaration.policy import Policy
 from pipelines.resources import PolicyResource, WarehouseResource
 
 K_ANONYMITY = "k_anonymity"

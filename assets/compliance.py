@@ -15,11 +15,11 @@ from assets.metadata import (
     core_key,
     lineage_metadata,
 )
-from lethe.breaches import list_breaches
-from lethe.consent_health import build_consent_health, consent_purposes
-from lethe.policy import Policy
-from lethe.processing_record import publish_record, render_markdown
-from lethe.processors import review_processors
+from lethe.compliance.breaches import list_breaches
+from lethe.compliance.consent_health import build_consent_health, consent_purposes
+from lethe.compliance.processing_record import publish_record, render_markdown
+from lethe.compliance.processors import review_processors
+from lethe.declaration.policy import Policy
 from pipelines.resources import PolicyResource, WarehouseResource
 
 REFUSED_EXPORTS = "no_unassessed_refused_export"

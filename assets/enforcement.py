@@ -4,10 +4,10 @@ held data subjects untouched, ledger chain intact."""
 import dagster as dg
 
 from assets.metadata import OWNERS, all_purposes_metadata, core_key
-from lethe.audit import verify
-from lethe.enforcement import enforce
-from lethe.inspection import held_rows_touched, rows_past_retention
-from lethe.policy import Policy
+from lethe.compliance.inspection import held_rows_touched, rows_past_retention
+from lethe.declaration.policy import Policy
+from lethe.engine.audit import verify
+from lethe.engine.enforcement import enforce
 from pipelines.resources import PolicyResource, WarehouseResource
 
 ENFORCEMENT = core_key("retention_enforcement")

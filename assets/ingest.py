@@ -15,9 +15,9 @@ from assets.metadata import (
     table_metadata,
     table_tags,
 )
-from lethe.ingest import IngestError, IngestResult, ingest_table, waiting_rows
-from lethe.policy import Policy
-from lethe.strategies import quote
+from lethe.declaration.policy import Policy
+from lethe.declaration.strategies import quote
+from lethe.engine.ingest import IngestError, IngestResult, ingest_table, waiting_rows
 from pipelines.resources import PolicyResource, WarehouseResource
 
 QUARANTINE_CHECK = "no_quarantined_rows"

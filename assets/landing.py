@@ -9,9 +9,9 @@ One per declared table, named by the table, described by its declared source;
 import dagster as dg
 
 from assets.metadata import OWNERS, compliance_metadata, landing_key, table_compliance
-from lethe.ingest import landing_leftovers
-from lethe.policy import Policy
-from lethe.schema import Source
+from lethe.declaration.policy import Policy
+from lethe.declaration.schema import Source
+from lethe.engine.ingest import landing_leftovers
 from pipelines.resources import PolicyResource, WarehouseResource
 
 LEFTOVERS_CHECK = "no_landing_leftovers"

@@ -7,10 +7,10 @@ from typing import Any
 
 import dagster as dg
 
-from lethe.catalog import after_retention, retention_rules
-from lethe.policy import LEGAL_BASIS_ARTICLE, Policy
-from lethe.schema import Table
-from lethe.warehouse import SQL_TYPES
+from lethe.compliance.catalog import after_retention, retention_rules
+from lethe.declaration.policy import LEGAL_BASIS_ARTICLE, Policy
+from lethe.declaration.schema import Table
+from lethe.engine.warehouse import SQL_TYPES
 
 OWNERS = ["team:privacy"]
 

@@ -5,9 +5,9 @@ import datetime as dt
 import dagster as dg
 
 from assets.metadata import OWNERS, own_data_metadata
-from lethe.activity_logs import purge_logs
-from lethe.backup import create_backup, expire_backups, list_backups
-from lethe.policy import Policy
+from lethe.declaration.policy import Policy
+from lethe.operations.activity_logs import purge_logs
+from lethe.operations.backup import create_backup, expire_backups, list_backups
 from pipelines.resources import PolicyResource, WarehouseResource
 
 BACKUPS_EXPIRED = "no_backup_past_retention"

@@ -4,9 +4,9 @@ import dagster as dg
 
 from assets.enforcement import ENFORCEMENT
 from assets.metadata import OWNERS, core_key
-from lethe.answers import answer_pending
-from lethe.policy import Policy
-from lethe.requests import apply_pending, request_counts
+from lethe.declaration.policy import Policy
+from lethe.rights.answers import answer_pending
+from lethe.rights.requests import apply_pending, request_counts
 from pipelines.resources import PolicyResource, WarehouseResource
 
 NOTHING_OVERDUE = "no_overdue_requests"

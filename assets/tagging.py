@@ -3,10 +3,10 @@
 import dagster as dg
 
 from assets.metadata import OWNERS, all_purposes_metadata, core_key
-from lethe.catalog import retention_rules
-from lethe.policy import LEGAL_BASIS_ARTICLE, Policy
-from lethe.summary import summarize
-from lethe.tagging import tag_all, tagged_tables
+from lethe.compliance.catalog import retention_rules
+from lethe.compliance.summary import summarize
+from lethe.declaration.policy import LEGAL_BASIS_ARTICLE, Policy
+from lethe.engine.tagging import tag_all, tagged_tables
 from pipelines.resources import PolicyResource, WarehouseResource
 
 TAGS_KEY = core_key("purpose_tags")

@@ -27,17 +27,17 @@ from typing import Any, Literal
 import duckdb
 import pyarrow as pa
 
-from lethe.compaction import fsync
-from lethe.enforcement import enforce
-from lethe.generate import generate
-from lethe.home import Home
-from lethe.ingest import ingest_table
-from lethe.policy import Policy, load_policy
-from lethe.schema import Column, Table
-from lethe.strategies import Strategy, literal, quote
-from lethe.tagging import tag_all, tagged_tables
-from lethe.vault import attach
-from lethe.warehouse import connect, ensure_schemas
+from lethe.declaration.policy import Policy, load_policy
+from lethe.declaration.schema import Column, Table
+from lethe.declaration.strategies import Strategy, literal, quote
+from lethe.engine.compaction import fsync
+from lethe.engine.enforcement import enforce
+from lethe.engine.ingest import ingest_table
+from lethe.engine.tagging import tag_all, tagged_tables
+from lethe.engine.vault import attach
+from lethe.engine.warehouse import connect, ensure_schemas
+from lethe.eshop.generate import generate
+from lethe.operations.home import Home
 
 # Generator reference date and enforcement as-of date: fixed, so every run sees the same data.
 REFERENCE = dt.date(2026, 1, 1)
@@ -149,7 +149,7 @@ def _subjects_from(path: Path, n: int) -> list[str]:
 
 
 def generate_stage(ctx: Context) -> Timed:
-    """Synthetic landing data (`lethe.generate.generate`), written as Parquet."""
+    """Synthetic landing data (`lethe.eshop.generate.generate`), written as Parquet."""
     landing = ctx.work / LANDING
 
     def run() -> StageResult:
@@ -295,7 +295,7 @@ def enforce_stage(ctx: Context) -> Timed:
 
 def _record(home: Home, kind: str, subjects: list[str]) -> list:
     """Pending requests for `subjects`, inserted set-based (set-up, not timed)."""
-    from lethe.requests import deadline_for, pending_requests
+    from lethe.rights.requests import deadline_for, pending_requests
 
     now = dt.datetime(REFERENCE.year, REFERENCE.month, REFERENCE.day)
     con = connect(home.warehouse)
@@ -314,7 +314,7 @@ def _record(home: Home, kind: str, subjects: list[str]) -> list:
 
 def access_export_stage(ctx: Context) -> Timed:
     """Access export of one subject; the figure is the median over 100 random subjects."""
-    from lethe.exports import build_documents, write_export
+    from lethe.rights.exports import build_documents, write_export
 
     home = ctx.home_with_tagged_warehouse()
     policy = load_policy(POLICY)
@@ -350,8 +350,8 @@ def erasure_stage(ctx: Context) -> Timed:
     The warehouse is enforced as of the same day first (untimed), as the daily run leaves
     it, so the timed run does the erasures and not a first retention run besides.
     """
-    from lethe.answers import answer_pending
-    from lethe.requests import apply_pending
+    from lethe.rights.answers import answer_pending
+    from lethe.rights.requests import apply_pending
 
     home = ctx.home_with_tagged_warehouse()
     policy = load_policy(POLICY)
@@ -378,7 +378,7 @@ def erasure_stage(ctx: Context) -> Timed:
 
 def analytics_stage(ctx: Context) -> Timed:
     """The analysts' anonymized datasets, with their k-anonymity check."""
-    from lethe.analytics import check_k_anonymity, datasets, release
+    from lethe.compliance.analytics import check_k_anonymity, datasets, release
 
     home = ctx.home_with_tagged_warehouse()
     policy = load_policy(POLICY)
@@ -560,21 +560,21 @@ STAGES: dict[str, Stage] = {
             "access export (1 subject)",
             "lethe",
             access_export_stage,
-            requires=("lethe.exports", "build_documents"),
+            requires=("lethe.rights.exports", "build_documents"),
         ),
         Stage(
             "erasure",
             "erasure batch",
             "lethe",
             erasure_stage,
-            requires=("lethe.answers", "answer_pending"),
+            requires=("lethe.rights.answers", "answer_pending"),
         ),
         Stage(
             "analytics",
             "analytics datasets + k-anonymity",
             "lethe",
             analytics_stage,
-            requires=("lethe.analytics", "release"),
+            requires=("lethe.compliance.analytics", "release"),
         ),
         Stage("csv_plain", "ingest of plain UTF-8 CSV", "baseline", csv_plain_stage),
         Stage("csv_declared", "ingest of declared-dialect CSV", "lethe", csv_declared_stage),

@@ -21,22 +21,23 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lethe.audit import verify
-from lethe.backup import create_backup
-from lethe.breaches import close_breach, list_breaches, mark_notified, record_breach
+from lethe.compliance.breaches import close_breach, list_breaches, mark_notified, record_breach
+from lethe.compliance.processors import export_to_processor, processor_access, revoke
+from lethe.compliance.summary import TableSummary, summarize
+from lethe.declaration.fides import fides_yaml
+from lethe.declaration.policy import load_policy
+from lethe.declaration.schema import Schema, load_schema
+from lethe.engine.audit import verify
+from lethe.engine.states import STORED_STATES
+from lethe.engine.warehouse import connect
 from lethe.errors import LetheError
-from lethe.fides import fides_yaml
-from lethe.files import owner_only_umask
-from lethe.holds import place_hold, release_hold
-from lethe.home import Home
-from lethe.lock import exclusive
-from lethe.policy import load_policy
-from lethe.processors import export_to_processor, processor_access, revoke
-from lethe.requests import extend_request, list_requests, parse_changes, record_request
-from lethe.restore import restore as restore_backup
-from lethe.schema import Schema, load_schema
-from lethe.summary import TableSummary, summarize
-from lethe.warehouse import connect
+from lethe.operations.backup import create_backup
+from lethe.operations.files import owner_only_umask
+from lethe.operations.home import Home
+from lethe.operations.lock import exclusive
+from lethe.operations.restore import restore as restore_backup
+from lethe.rights.holds import place_hold, release_hold
+from lethe.rights.requests import extend_request, list_requests, parse_changes, record_request
 
 app = typer.Typer(
     help="Lethe: GDPR retention and anonymization as scheduled Dagster pipelines.",
@@ -78,7 +79,7 @@ def generate(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
 ) -> None:
     """Generate realistic Czech synthetic data into LETHE_HOME/landing."""
-    from lethe.generate import generate as run_generate
+    from lethe.eshop.generate import generate as run_generate
 
     home = Home.from_env().ensure()
     counts = _generate(run_generate, home, contacts, seed)
@@ -149,7 +150,7 @@ def _run_and_report(home: Home, when: dt.date, policy: Path | None) -> None:
 
 
 def _print_summary(summaries: list[TableSummary], when: dt.date, run_id: str) -> None:
-    states = ("active", "restricted", "pseudonymized", "anonymized")
+    states = STORED_STATES
     table = Table(title=f"Lethe warehouse as of {when} (run {run_id[:8]})")
     table.add_column("table")
     for col in ("rows", "past retention", *states, "held"):
@@ -192,7 +193,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Generate synthetic data, run the pipeline as of today and print a summary."""
-    from lethe.generate import generate as run_generate
+    from lethe.eshop.generate import generate as run_generate
 
     home = Home.from_env().ensure()
     _generate(run_generate, home, contacts, seed)

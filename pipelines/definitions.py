@@ -11,7 +11,7 @@ from assets.landing import landing_specs, leftovers_asset
 from assets.operations import operations_assets
 from assets.requests import request_assets
 from assets.tagging import tagging_assets
-from lethe.policy import Policy, load_policy
+from lethe.declaration.policy import Policy, load_policy
 from pipelines.jobs import pipeline_job
 from pipelines.resources import PolicyResource, WarehouseResource
 from pipelines.schedules import daily_retention

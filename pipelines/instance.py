@@ -7,8 +7,8 @@ import sys
 
 import dagster as dg
 
-from lethe.files import owner_only_umask, write_text
-from lethe.home import Home
+from lethe.operations.files import owner_only_umask, write_text
+from lethe.operations.home import Home
 
 # One run at a time: runs the daemon launches (schedule, sensor, UI) queue behind each
 # other, and the LETHE_HOME lock makes any run wait for a `lethe run` in progress.

@@ -11,8 +11,8 @@ from dagster._utils.error import SerializableErrorInfo
 
 from assets.ingest import ACCEPTED_CHECK
 from assets.landing import LEFTOVERS_CHECK
-from lethe.home import Home
-from lethe.policy import load_policy
+from lethe.declaration.policy import load_policy
+from lethe.operations.home import Home
 from pipelines.definitions import build_definitions
 from pipelines.instance import prepare_instance
 from pipelines.jobs import PIPELINE_JOB

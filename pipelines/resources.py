@@ -11,11 +11,11 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
-from lethe.files import owner_only_umask, restrict_tree
-from lethe.home import Home
-from lethe.lock import exclusive
-from lethe.policy import Policy, load_policy
-from lethe.warehouse import connect, ensure_schemas
+from lethe.declaration.policy import Policy, load_policy
+from lethe.engine.warehouse import connect, ensure_schemas
+from lethe.operations.files import owner_only_umask, restrict_tree
+from lethe.operations.home import Home
+from lethe.operations.lock import exclusive
 
 
 class WarehouseResource(dg.ConfigurableResource):

@@ -3,10 +3,10 @@
 import dagster as dg
 import duckdb
 
-from lethe.home import Home
-from lethe.lock import LockedError, exclusive
-from lethe.requests import pending_request_ids
-from lethe.warehouse import connect
+from lethe.engine.warehouse import connect
+from lethe.operations.home import Home
+from lethe.operations.lock import LockedError, exclusive
+from lethe.rights.requests import pending_request_ids
 from pipelines.jobs import pipeline_job
 
 

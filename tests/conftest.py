@@ -15,12 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lethe.home import Home
-from lethe.ingest import IngestResult, ingest_table
-from lethe.policy import Policy, load_policy
-from lethe.schema import default_schema
-from lethe.tagging import tag_all, tagged_tables
-from lethe.warehouse import connect
+from lethe.declaration.policy import Policy, load_policy
+from lethe.declaration.schema import default_schema
+from lethe.engine.ingest import IngestResult, ingest_table
+from lethe.engine.tagging import tag_all, tagged_tables
+from lethe.engine.warehouse import connect
+from lethe.operations.home import Home
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_POLICY = REPO / "policies" / "default.yaml"

@@ -12,9 +12,9 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-from lethe.enforcement import enforce
-from lethe.home import Home
-from lethe.policy import load_policy
+from lethe.declaration.policy import load_policy
+from lethe.engine.enforcement import enforce
+from lethe.operations.home import Home
 
 
 def main() -> None:

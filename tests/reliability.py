@@ -18,10 +18,10 @@ from pathlib import Path
 
 from conftest import LETHE_BIN, REPO, TABLES
 
-from lethe.audit import verify
-from lethe.home import Home
-from lethe.strategies import quote
-from lethe.warehouse import connect, has_table
+from lethe.declaration.strategies import quote
+from lethe.engine.audit import verify
+from lethe.engine.warehouse import connect, has_table
+from lethe.operations.home import Home
 
 CORE_TABLES = ("contacts", "consents", "orders", "shipments", "holds")
 # Random values: anonymization surrogates and vault tokens differ from run to run.

@@ -43,7 +43,7 @@ def patch(point: str) -> None:
     if point == "compaction-file-too-large":
         # Not a kill: the warehouse rewrite's fresh file cannot grow past half the size of
         # the warehouse (a write that fails, as on a full disk), the process goes on.
-        from lethe import enforcement
+        from lethe.engine import enforcement
 
         compact = enforcement.compact
 
@@ -58,7 +58,7 @@ def patch(point: str) -> None:
         return
     if point == "backup-file-too-large":
         # Not a kill: from the backup step on, no file can grow past 64 KiB (a full disk).
-        from lethe import backup
+        from lethe.operations import backup
 
         create_backup = backup.create_backup
 

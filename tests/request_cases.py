@@ -32,11 +32,11 @@ from conftest import (
     write_landing_set,
 )
 
-from lethe.home import Home
-from lethe.policy import Policy, load_policy
-from lethe.requests import Request, record_request
-from lethe.tagging import tag_all
-from lethe.warehouse import connect
+from lethe.declaration.policy import Policy, load_policy
+from lethe.engine.tagging import tag_all
+from lethe.engine.warehouse import connect
+from lethe.operations.home import Home
+from lethe.rights.requests import Request, record_request
 from pipelines.launch import RunOutcome, run_pipeline
 
 T = dt.date(2026, 3, 1)  # the as-of date of every run

@@ -19,9 +19,9 @@ from typing import Any
 import duckdb
 from conftest import TABLES, TAGGED_TABLES, ingest_and_tag, write_landing_set
 
-from lethe.home import Home
-from lethe.policy import Policy
-from lethe.warehouse import connect
+from lethe.declaration.policy import Policy
+from lethe.engine.warehouse import connect
+from lethe.operations.home import Home
 
 T = dt.date(2026, 3, 1)
 T2 = dt.date(2026, 7, 1)  # o_run_2's contract (completed 2022-06-01) has ended by then

@@ -19,7 +19,7 @@ import yaml
 from conftest import DEFAULT_POLICY, TABLES, write_landing_set
 
 from assets.analytics import analytics_assets
-from lethe.analytics import (
+from lethe.compliance.analytics import (
     SUBJECTS,
     check_k_anonymity,
     datasets,
@@ -27,13 +27,13 @@ from lethe.analytics import (
     release,
     release_plan,
 )
-from lethe.enforcement import enforce
-from lethe.generate import generate
-from lethe.home import Home
-from lethe.ingest import ingest_table
-from lethe.policy import Policy, PolicyError, load_policy, parse_policy
-from lethe.warehouse import connect
-from lethe.yamldoc import parse_yaml
+from lethe.declaration.policy import Policy, PolicyError, load_policy, parse_policy
+from lethe.declaration.yamldoc import parse_yaml
+from lethe.engine.enforcement import enforce
+from lethe.engine.ingest import ingest_table
+from lethe.engine.warehouse import connect
+from lethe.eshop.generate import generate
+from lethe.operations.home import Home
 from pipelines.definitions import defs
 
 T = dt.date(2026, 3, 1)

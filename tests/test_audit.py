@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lethe.audit import (
+from lethe.engine.audit import (
     GENESIS,
     LedgerEntry,
     LedgerError,
@@ -26,7 +26,7 @@ from lethe.audit import (
     head,
     verify,
 )
-from lethe.warehouse import connect, ensure_schemas, transaction
+from lethe.engine.warehouse import connect, ensure_schemas, transaction
 
 AS_OF = dt.date(2026, 5, 1)
 
@@ -110,7 +110,7 @@ def document_hash(record: LedgerRecord, **changes: object) -> str:
 
 
 def test_hash_is_sha256_of_documented_canonical_json(con: duckdb.DuckDBPyConnection) -> None:
-    """An auditor can recompute every hash with json.dumps alone (see lethe.audit)."""
+    """An auditor can recompute every hash with json.dumps alone (see lethe.engine.audit)."""
     when = dt.datetime(2026, 5, 1, 12, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     odd_keys = ['č/"x\n', "\\", "tab\there", "", "😀", "\x7f"]
     append(con, [entry(1, recorded_at=when, keys=odd_keys, table_name=None, strategy=None)])

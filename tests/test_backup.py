@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import retention_cases as rc
 
-from lethe.audit import verify
-from lethe.backup import create_backup, decompress, expire_backups, list_backups
-from lethe.duration import Duration
-from lethe.enforcement import enforce
-from lethe.holds import place_hold
-from lethe.home import Home
-from lethe.policy import Policy
-from lethe.restore import restore
-from lethe.warehouse import connect
+from lethe.declaration.duration import Duration
+from lethe.declaration.policy import Policy
+from lethe.engine.audit import verify
+from lethe.engine.enforcement import enforce
+from lethe.engine.warehouse import connect
+from lethe.operations.backup import create_backup, decompress, expire_backups, list_backups
+from lethe.operations.home import Home
+from lethe.operations.restore import restore
+from lethe.rights.holds import place_hold
 
 T, T2 = rc.T, rc.T2
 NOW = dt.datetime(2026, 11, 20, 2, 0, tzinfo=dt.UTC)

@@ -74,10 +74,14 @@ def test_ladder_spans_three_decades_up_to_the_scale() -> None:
 
 def test_a_stage_whose_core_function_is_missing_is_not_available() -> None:
     absent_module = Stage("x", "x", "lethe", generate_stage, requires=("lethe.nowhere", "f"))
-    absent_function = Stage("x", "x", "lethe", generate_stage, requires=("lethe.generate", "f"))
-    present = Stage("x", "x", "lethe", generate_stage, requires=("lethe.generate", "generate"))
+    absent_function = Stage(
+        "x", "x", "lethe", generate_stage, requires=("lethe.eshop.generate", "f")
+    )
+    present = Stage(
+        "x", "x", "lethe", generate_stage, requires=("lethe.eshop.generate", "generate")
+    )
     assert absent_module.missing() == "lethe.nowhere is not there yet"
-    assert absent_function.missing() == "lethe.generate.f is not there yet"
+    assert absent_function.missing() == "lethe.eshop.generate.f is not there yet"
     assert present.missing() is None
 
 

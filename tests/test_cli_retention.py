@@ -13,10 +13,10 @@ import pytest
 import retention_cases as rc
 from conftest import LETHE_BIN
 
-from lethe.audit import verify
-from lethe.home import Home
-from lethe.policy import Policy
-from lethe.warehouse import connect
+from lethe.declaration.policy import Policy
+from lethe.engine.audit import verify
+from lethe.engine.warehouse import connect
+from lethe.operations.home import Home
 
 SUBJECT = "held_released"  # everything about it has long expired
 EMAIL = "zx-held_released@example.test"

@@ -22,24 +22,17 @@ import yaml
 from conftest import DEFAULT_POLICY, LETHE_BIN, REPO, write_landing_set
 
 from assets.compliance import compliance_assets
-from lethe.audit import LedgerEntry, append, entries
-from lethe.breaches import (
+from lethe.compliance.breaches import (
     BreachError,
     close_breach,
     list_breaches,
     mark_notified,
     record_breach,
 )
-from lethe.consent_health import build_consent_health
-from lethe.enforcement import enforce
-from lethe.eshop import SCHEMA_FILE
-from lethe.exports import write_export
-from lethe.home import Home
-from lethe.ingest import ingest_table
-from lethe.inspection import rows_past_retention
-from lethe.policy import Policy, PolicyError, load_policy, parse_policy
-from lethe.processing_record import build_record, publish_record
-from lethe.processors import (
+from lethe.compliance.consent_health import build_consent_health
+from lethe.compliance.inspection import rows_past_retention
+from lethe.compliance.processing_record import build_record, publish_record
+from lethe.compliance.processors import (
     ExportRefusedError,
     UnknownProcessorError,
     expire_processor_exports,
@@ -47,11 +40,18 @@ from lethe.processors import (
     processor_report,
     revoke,
 )
-from lethe.schema import default_schema
-from lethe.summary import summarize
-from lethe.tagging import tag_all
-from lethe.vault import open_vault
-from lethe.warehouse import connect, ensure_schemas
+from lethe.compliance.summary import summarize
+from lethe.declaration.policy import Policy, PolicyError, load_policy, parse_policy
+from lethe.declaration.schema import default_schema
+from lethe.engine.audit import LedgerEntry, append, entries
+from lethe.engine.enforcement import enforce
+from lethe.engine.ingest import ingest_table
+from lethe.engine.tagging import tag_all
+from lethe.engine.vault import open_vault
+from lethe.engine.warehouse import connect, ensure_schemas
+from lethe.eshop import SCHEMA_FILE
+from lethe.operations.home import Home
+from lethe.rights.exports import write_export
 from pipelines.resources import PolicyResource, WarehouseResource
 
 T = dt.date(2026, 3, 1)
@@ -359,7 +359,7 @@ def test_record_without_controller(empty, policy: Policy) -> None:
     bare = parse_policy(yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
     record = build_record(empty, bare, T, NOW)
     assert record["controller"] is None
-    from lethe.processing_record import render_markdown
+    from lethe.compliance.processing_record import render_markdown
 
     assert "Not stated: add `controller`" in render_markdown(record)
 

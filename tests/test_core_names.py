@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import REPO
 
-from lethe.schema import default_schema
+from lethe.declaration.schema import default_schema
 
 CORE = REPO / "lethe"
 EXEMPT = {CORE / "generate.py"}
@@ -35,7 +35,7 @@ PLAIN_WORDS = {
 
 # Names a file may hold, with why: the old name of a column of Lethe's own request tables,
 # kept to migrate warehouses written by earlier versions.
-LEGACY = {("lethe/warehouse.py", "contact_id")}
+LEGACY = {("lethe/engine/warehouse.py", "contact_id")}
 
 
 def _names() -> set[str]:

@@ -29,14 +29,14 @@ import duckdb
 import pytest
 from conftest import DEFAULT_POLICY, ingest_all
 
-from lethe.audit import verify
-from lethe.compaction import remove_leftovers, rewrite_path
-from lethe.enforcement import enforce
-from lethe.generate import generate
-from lethe.home import Home
-from lethe.policy import Policy
-from lethe.tagging import tag_all
-from lethe.warehouse import connect
+from lethe.declaration.policy import Policy
+from lethe.engine.audit import verify
+from lethe.engine.compaction import remove_leftovers, rewrite_path
+from lethe.engine.enforcement import enforce
+from lethe.engine.tagging import tag_all
+from lethe.engine.warehouse import connect
+from lethe.eshop.generate import generate
+from lethe.operations.home import Home
 
 T = dt.date(2026, 3, 1)
 CONTACTS = 20_000  # enough for enforcement to last over 0.5 s, so timed kills land mid-run

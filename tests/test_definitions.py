@@ -13,8 +13,8 @@ import yaml
 from conftest import DEFAULT_POLICY, REPO, TABLES
 from renaming import suffixed
 
+from lethe.declaration.policy import PolicyError, load_policy
 from lethe.eshop import SCHEMA_FILE
-from lethe.policy import PolicyError, load_policy
 from pipelines.definitions import build_definitions, defs
 from pipelines.resources import PolicyResource, WarehouseResource
 

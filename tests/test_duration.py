@@ -7,7 +7,7 @@ import datetime as dt
 import duckdb
 import pytest
 
-from lethe.duration import Duration, DurationError
+from lethe.declaration.duration import Duration, DurationError
 
 
 @pytest.mark.parametrize(

@@ -22,16 +22,16 @@ import yaml
 from conftest import DEFAULT_POLICY, write_landing
 from renaming import Renaming, suffixed
 
-from lethe.audit import verify
-from lethe.consent_health import build_consent_health
-from lethe.enforcement import EnforcementResult, enforce
+from lethe.compliance.consent_health import build_consent_health
+from lethe.declaration.policy import Policy, load_policy
+from lethe.engine.audit import verify
+from lethe.engine.enforcement import EnforcementResult, enforce
+from lethe.engine.ingest import ingest_table
+from lethe.engine.tagging import tag_all, tagged_tables
+from lethe.engine.vault import open_vault, reidentify
+from lethe.engine.warehouse import connect
 from lethe.eshop import SCHEMA_FILE
-from lethe.home import Home
-from lethe.ingest import ingest_table
-from lethe.policy import Policy, load_policy
-from lethe.tagging import tag_all, tagged_tables
-from lethe.vault import open_vault, reidentify
-from lethe.warehouse import connect
+from lethe.operations.home import Home
 
 T, T2 = rc.T, rc.T2
 CONTACT_IDENTIFIERS = ("email", "phone", "first_name", "last_name", "street", "city")
@@ -258,7 +258,7 @@ def test_consents_end_with_consent_evidence(enforced: Enforced, after) -> None:
 
 
 def test_nothing_is_left_past_retention(enforced: Enforced, policy: Policy) -> None:
-    from lethe.inspection import rows_past_retention
+    from lethe.compliance.inspection import rows_past_retention
 
     con = rc.read_only(enforced.home)
     try:

@@ -10,9 +10,9 @@ import pytest
 from conftest import REPO
 from reliability import run_cli
 
-from lethe.home import Home
-from lethe.policy import load_policy
-from lethe.warehouse import connect
+from lethe.declaration.policy import load_policy
+from lethe.engine.warehouse import connect
+from lethe.operations.home import Home
 
 SHOP = REPO / "examples" / "shop"
 POLICY = SHOP / "policy.yaml"

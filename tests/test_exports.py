@@ -28,9 +28,9 @@ from request_cases import (
 )
 
 import lethe
-from lethe.exports import expire_exports, schema
-from lethe.home import Home
-from lethe.warehouse import connect
+from lethe.engine.warehouse import connect
+from lethe.operations.home import Home
+from lethe.rights.exports import expire_exports, schema
 
 MEMBERS = {"subject.json", "index.html", *(f"{t}.csv" for t in TAGGED_TABLES)}
 PROCESSORS = {"monkeydata", "balikobot", "smartemailing"}

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from lethe.engine.warehouse import connect
 from lethe.errors import LetheError
-from lethe.files import replacing, write_text
-from lethe.generate import generate
-from lethe.warehouse import connect
+from lethe.eshop.generate import generate
+from lethe.operations.files import replacing, write_text
 
 
 def test_write_is_atomic_and_owner_only(tmp_path: Path) -> None:

@@ -17,11 +17,11 @@ import pytest
 import retention_cases as rc
 from conftest import DEFAULT_POLICY, ingest_all
 
-from lethe.enforcement import enforce
-from lethe.home import Home
-from lethe.policy import Policy
-from lethe.tagging import tag_all
-from lethe.warehouse import connect
+from lethe.declaration.policy import Policy
+from lethe.engine.enforcement import enforce
+from lethe.engine.tagging import tag_all
+from lethe.engine.warehouse import connect
+from lethe.operations.home import Home
 from pipelines.launch import run_pipeline
 
 T = rc.T

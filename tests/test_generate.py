@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from conftest import TABLES, TAGGED_TABLES
 
-from lethe.generate import generate
+from lethe.eshop.generate import generate
 
 REFERENCE = dt.date(2026, 5, 1)
 T = dt.datetime(2026, 5, 1)

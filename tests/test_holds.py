@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import retention_cases as rc
 
-from lethe.enforcement import enforce
+from lethe.compliance.inspection import held_rows_touched
+from lethe.declaration.policy import Policy
+from lethe.engine.enforcement import enforce
+from lethe.engine.tagging import tag_all
+from lethe.engine.warehouse import connect
 from lethe.errors import LetheError
-from lethe.holds import place_hold, release_hold
-from lethe.inspection import held_rows_touched
-from lethe.policy import Policy
-from lethe.tagging import tag_all
-from lethe.warehouse import connect
+from lethe.rights.holds import place_hold, release_hold
 
 T = rc.T
 SUBJECT = "held_released"  # its landing hold ended before T; everything of it has expired

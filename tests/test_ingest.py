@@ -16,19 +16,19 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import INGEST_ORDER, TABLES, full_rows, ingest_all, write_landing, write_landing_set
 
-from lethe.activity_logs import purge_logs
-from lethe.audit import verify
-from lethe.home import Home
-from lethe.ingest import (
+from lethe.declaration.policy import Policy
+from lethe.engine.audit import verify
+from lethe.engine.ingest import (
     IngestError,
     IngestResult,
     ingest_table,
     landing_leftovers,
     quarantine_summary,
 )
-from lethe.policy import Policy
-from lethe.tagging import tag_all
-from lethe.warehouse import connect
+from lethe.engine.tagging import tag_all
+from lethe.engine.warehouse import connect
+from lethe.operations.activity_logs import purge_logs
+from lethe.operations.home import Home
 
 # Every character str.strip() removes (as --subject does): each makes a value blank.
 PYTHON_SPACE = [chr(i) for i in range(0x3001) if chr(i).isspace()]

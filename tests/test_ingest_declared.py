@@ -15,10 +15,10 @@ import pytest
 import yaml
 from conftest import REPO
 
-from lethe.home import Home
-from lethe.ingest import IngestError, ingest_table
-from lethe.policy import Policy, load_policy, parse_policy
-from lethe.warehouse import connect
+from lethe.declaration.policy import Policy, load_policy, parse_policy
+from lethe.engine.ingest import IngestError, ingest_table
+from lethe.engine.warehouse import connect
+from lethe.operations.home import Home
 
 SHOP = REPO / "examples" / "shop"
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from reliability import lock_held
 
-from lethe.home import Home
-from lethe.lock import LockedError, exclusive
+from lethe.operations.home import Home
+from lethe.operations.lock import LockedError, exclusive
 
 HOLDER = """
 import sys, time
 from pathlib import Path
-from lethe.lock import exclusive
+from lethe.operations.lock import exclusive
 with exclusive(Path(sys.argv[1]), shared=sys.argv[3] == "shared"):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))

@@ -10,9 +10,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from lethe.activity_logs import ensure_logs, purge_logs
-from lethe.policy import Policy
-from lethe.warehouse import connect, ensure_schemas
+from lethe.declaration.policy import Policy
+from lethe.engine.warehouse import connect, ensure_schemas
+from lethe.operations.activity_logs import ensure_logs, purge_logs
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 SECOND = dt.timedelta(seconds=1)

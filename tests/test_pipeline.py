@@ -17,10 +17,10 @@ from conftest import DEFAULT_POLICY, LETHE_BIN, REPO, tags, write_landing, write
 
 from assets.ingest import ingest_assets
 from assets.tagging import tagging_assets
-from lethe.home import Home
-from lethe.policy import load_policy
-from lethe.requests import record_request
-from lethe.warehouse import connect
+from lethe.declaration.policy import load_policy
+from lethe.engine.warehouse import connect
+from lethe.operations.home import Home
+from lethe.rights.requests import record_request
 from pipelines.launch import run_pipeline
 from pipelines.resources import PolicyResource, WarehouseResource
 

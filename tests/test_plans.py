@@ -12,12 +12,12 @@ import pytest
 import sqlglot
 from conftest import DEFAULT_POLICY, TABLES, TAGGED_TABLES
 
-from lethe.analytics import datasets, release_plan
-from lethe.consent_health import consent_health_plan
-from lethe.plan import Plan
-from lethe.policy import load_policy
-from lethe.retention import enforcement_plan
-from lethe.warehouse import TAG_COLUMNS
+from lethe.compliance.analytics import datasets, release_plan
+from lethe.compliance.consent_health import consent_health_plan
+from lethe.declaration.policy import load_policy
+from lethe.engine.plan import Plan
+from lethe.engine.retention import enforcement_plan
+from lethe.engine.warehouse import TAG_COLUMNS
 
 POLICY = load_policy(DEFAULT_POLICY)
 AS_OF = dt.date(2026, 3, 1)

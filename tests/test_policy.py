@@ -16,9 +16,9 @@ from conftest import DEFAULT_POLICY, LETHE_BIN, REPO, TABLES
 from typer.testing import CliRunner
 
 from lethe.cli import app
-from lethe.duration import Duration
-from lethe.policy import HOLD_PURPOSE, Policy, PolicyError, load_policy, parse_policy
-from lethe.strategies import Erase, Keep, Prefix, Surrogate, Truncate
+from lethe.declaration.duration import Duration
+from lethe.declaration.policy import HOLD_PURPOSE, Policy, PolicyError, load_policy, parse_policy
+from lethe.declaration.strategies import Erase, Keep, Prefix, Surrogate, Truncate
 
 ALL = {name: tuple(t.column_names) for name, t in TABLES.items()}
 BILLING = (

@@ -29,14 +29,14 @@ import pytest
 from conftest import DEFAULT_POLICY, ingest_all
 from reliability import PYTHON, cli_env, copy_home, ledger_ok, leftovers, lock_held
 
-from lethe.enforcement import enforce
-from lethe.generate import generate
-from lethe.home import Home
-from lethe.inspection import rows_past_retention
-from lethe.policy import load_policy
-from lethe.requests import record_request
-from lethe.tagging import tag_all
-from lethe.warehouse import connect
+from lethe.compliance.inspection import rows_past_retention
+from lethe.declaration.policy import load_policy
+from lethe.engine.enforcement import enforce
+from lethe.engine.tagging import tag_all
+from lethe.engine.warehouse import connect
+from lethe.eshop.generate import generate
+from lethe.operations.home import Home
+from lethe.rights.requests import record_request
 
 T0, T = dt.date(2026, 3, 1), dt.date(2026, 3, 2)
 LETHE = str(Path(PYTHON).with_name("lethe"))

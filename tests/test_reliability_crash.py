@@ -59,14 +59,14 @@ from reliability import (
     untracked_exports,
 )
 
-from lethe.enforcement import enforce
-from lethe.generate import generate
-from lethe.holds import place_hold
-from lethe.home import Home
-from lethe.policy import load_policy
-from lethe.requests import record_request
-from lethe.tagging import tag_all
-from lethe.warehouse import connect
+from lethe.declaration.policy import load_policy
+from lethe.engine.enforcement import enforce
+from lethe.engine.tagging import tag_all
+from lethe.engine.warehouse import connect
+from lethe.eshop.generate import generate
+from lethe.operations.home import Home
+from lethe.rights.holds import place_hold
+from lethe.rights.requests import record_request
 
 POLICY = load_policy(DEFAULT_POLICY)
 REFERENCE_DAY = dt.date(2026, 1, 15)  # the generator's "today"
@@ -82,24 +82,24 @@ WORKERS = 3
 POINTS = {
     "run-db-created": "start-up: the run's event database exists, without its tables",
     "landing-unlink": "ingest: rows committed, landing file not yet removed",
-    "lethe.requests:_rectify:after:1": "request intake: inside its transaction",
-    "lethe.compaction:fsync:before:1": "compaction: fresh file written, not swapped in",
-    "lethe.enforcement:compact:before:2": "enforcement: vault entries forgotten, not compacted",
+    "lethe.rights.requests:_rectify:after:1": "request intake: inside its transaction",
+    "lethe.engine.compaction:fsync:before:1": "compaction: fresh file written, not swapped in",
+    "lethe.engine.enforcement:compact:before:2": "enforcement: vault forgotten, not compacted",
     "backup-partial": "backup: compressed copy written, not renamed into place",
 }
 SLOW_POINTS = {
     **POINTS,
-    "lethe.enforcement:ensure_tokens:after:1": "enforcement: vault tokens issued, no rewrite",
-    "lethe.compaction:fsync:before:2": "compaction: swapped in, directory not synced",
-    "lethe.ingest:_stage:before:2": "ingest: contacts committed, consents not read",
-    "lethe.ingest:_stage:before:4": "ingest: contacts, consents, orders committed",
-    "lethe.requests:append:before:1": "request intake: ledger entries about to be added",
-    "lethe.tagging:tag_plan:before:3": "tagging: plans being built",
-    "lethe.enforcement:append:before:1": "compaction: fresh file built, ledger not appended",
-    "lethe.enforcement:forget_unused_tokens:before:1": "enforcement: swapped, vault untouched",
-    "lethe.answers:write_export:after:1": "answers: export zip written, request not done",
-    "lethe.answers:write_export:after:3": "answers: third export written",
-    "lethe.exports:_html:before:1": "answers: export zip half written",
+    "lethe.engine.enforcement:ensure_tokens:after:1": "enforcement: tokens issued, no rewrite",
+    "lethe.engine.compaction:fsync:before:2": "compaction: swapped in, directory not synced",
+    "lethe.engine.ingest:_stage:before:2": "ingest: contacts committed, consents not read",
+    "lethe.engine.ingest:_stage:before:4": "ingest: contacts, consents, orders committed",
+    "lethe.rights.requests:append:before:1": "request intake: ledger entries about to be added",
+    "lethe.engine.tagging:tag_plan:before:3": "tagging: plans being built",
+    "lethe.engine.enforcement:append:before:1": "compaction: fresh file built, no ledger yet",
+    "lethe.engine.enforcement:forget_unused_tokens:before:1": "enforcement: swapped, vault as is",
+    "lethe.rights.answers:write_export:after:1": "answers: export zip written, request not done",
+    "lethe.rights.answers:write_export:after:3": "answers: third export written",
+    "lethe.rights.exports:_html:before:1": "answers: export zip half written",
 }
 RANDOM_KILLS = 1
 SLOW_RANDOM_KILLS = 24
@@ -567,10 +567,10 @@ def _failed(home: Home) -> str:
 
 
 def test_restore_does_not_bring_back_a_subject_erased_after_the_backup(tmp_path: Path) -> None:
-    from lethe.answers import answer_pending
-    from lethe.backup import create_backup
-    from lethe.requests import apply_pending
-    from lethe.restore import restore
+    from lethe.operations.backup import create_backup
+    from lethe.operations.restore import restore
+    from lethe.rights.answers import answer_pending
+    from lethe.rights.requests import apply_pending
 
     home = Home(tmp_path / "home").ensure()
     generate(home.landing, 200, seed=5, reference=REFERENCE_DAY)

@@ -28,13 +28,13 @@ import pytest
 from conftest import DEFAULT_POLICY, TABLES, ingest_all, write_landing_set
 from reliability import copy_home, ledger_ok, run_cli, scratch_home
 
+from lethe.declaration.policy import PolicyError, load_policy, parse_policy
+from lethe.engine.ingest import MAX_TEXT, IngestError, ingest_table
+from lethe.engine.warehouse import connect
 from lethe.errors import LetheError
-from lethe.home import Home
-from lethe.ingest import MAX_TEXT, IngestError, ingest_table
-from lethe.policy import PolicyError, load_policy, parse_policy
-from lethe.requests import record_request
-from lethe.subjects import UnknownSubjectError, email_key, resolve_subject
-from lethe.warehouse import connect
+from lethe.operations.home import Home
+from lethe.rights.requests import record_request
+from lethe.rights.subjects import UnknownSubjectError, email_key, resolve_subject
 from pipelines.launch import run_pipeline
 
 CORPUS = Path(__file__).parent / "data" / "hostile"

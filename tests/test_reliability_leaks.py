@@ -32,12 +32,12 @@ from conftest import DEFAULT_POLICY
 from reliability import ValueFinder, run_cli
 
 from assets.analytics import analytics_assets
-from lethe.generate import generate
-from lethe.home import Home
-from lethe.policy import load_policy
-from lethe.requests import record_request
-from lethe.schema import default_schema
-from lethe.warehouse import connect
+from lethe.declaration.policy import load_policy
+from lethe.declaration.schema import default_schema
+from lethe.engine.warehouse import connect
+from lethe.eshop.generate import generate
+from lethe.operations.home import Home
+from lethe.rights.requests import record_request
 from pipelines.definitions import defs
 from pipelines.jobs import PIPELINE_JOB
 from pipelines.resources import PolicyResource, WarehouseResource

@@ -34,19 +34,19 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from reliability import RANDOM_VALUE, scratch_home
 
-from lethe.answers import answer_pending
-from lethe.audit import verify
-from lethe.backup import create_backup, list_backups
-from lethe.enforcement import enforce
+from lethe.declaration.policy import load_policy
+from lethe.engine.audit import verify
+from lethe.engine.enforcement import enforce
+from lethe.engine.tagging import tag_all
+from lethe.engine.vault import open_vault
+from lethe.engine.warehouse import connect
 from lethe.errors import LetheError
-from lethe.holds import place_hold, release_hold
-from lethe.home import Home
-from lethe.policy import load_policy
-from lethe.requests import REQUEST_TYPES, apply_pending, record_request
-from lethe.restore import restore
-from lethe.tagging import tag_all
-from lethe.vault import open_vault
-from lethe.warehouse import connect
+from lethe.operations.backup import create_backup, list_backups
+from lethe.operations.home import Home
+from lethe.operations.restore import restore
+from lethe.rights.answers import answer_pending
+from lethe.rights.holds import place_hold, release_hold
+from lethe.rights.requests import REQUEST_TYPES, apply_pending, record_request
 
 POLICY = load_policy(DEFAULT_POLICY)
 TOKEN = "tok_"

@@ -19,14 +19,14 @@ from conftest import DEFAULT_POLICY, ingest_all
 from reliability import copy_home, run_cli
 
 from assets.enforcement import LEDGER_CHAIN, enforcement_assets
-from lethe.audit import GENESIS, verify
-from lethe.enforcement import enforce
-from lethe.generate import generate
-from lethe.home import Home
-from lethe.policy import load_policy
-from lethe.requests import record_request
-from lethe.tagging import tag_all
-from lethe.warehouse import connect
+from lethe.declaration.policy import load_policy
+from lethe.engine.audit import GENESIS, verify
+from lethe.engine.enforcement import enforce
+from lethe.engine.tagging import tag_all
+from lethe.engine.warehouse import connect
+from lethe.eshop.generate import generate
+from lethe.operations.home import Home
+from lethe.rights.requests import record_request
 from pipelines.resources import PolicyResource, WarehouseResource
 
 T = dt.date(2026, 3, 1)

@@ -18,7 +18,7 @@ from request_cases import (
     values_of,
 )
 
-from lethe.warehouse import connect
+from lethe.engine.warehouse import connect
 
 ERIN_VALUES = values_of(ERIN)
 GONE_VALUES = values_of(GONE)

@@ -8,10 +8,10 @@ import pytest
 from conftest import write_landing_set
 from request_cases import T, person
 
-from lethe.home import Home
-from lethe.requests import record_request
-from lethe.schema import default_schema
-from lethe.warehouse import connect
+from lethe.declaration.schema import default_schema
+from lethe.engine.warehouse import connect
+from lethe.operations.home import Home
+from lethe.rights.requests import record_request
 from sensors.requests import pending_requests_sensor
 
 

@@ -52,13 +52,16 @@ from request_cases import (
 )
 
 from assets.requests import NOTHING_OVERDUE, request_assets
-from lethe.answers import answer_pending
+from lethe.declaration.policy import Policy, load_policy
+from lethe.declaration.schema import default_schema, load_schema
+from lethe.engine.ingest import ingest_table
+from lethe.engine.tagging import tag_all
+from lethe.engine.warehouse import connect, ensure_schemas, table_columns
 from lethe.eshop import SCHEMA_FILE
-from lethe.holds import place_hold
-from lethe.home import Home
-from lethe.ingest import ingest_table
-from lethe.policy import Policy, load_policy
-from lethe.requests import (
+from lethe.operations.home import Home
+from lethe.rights.answers import answer_pending
+from lethe.rights.holds import place_hold
+from lethe.rights.requests import (
     RequestError,
     apply_pending,
     extend_request,
@@ -67,10 +70,7 @@ from lethe.requests import (
     record_request,
     rectifiable_columns,
 )
-from lethe.schema import default_schema, load_schema
-from lethe.subjects import UnknownSubjectError, resolve_subject
-from lethe.tagging import tag_all
-from lethe.warehouse import connect, ensure_schemas, table_columns
+from lethe.rights.subjects import UnknownSubjectError, resolve_subject
 from pipelines.resources import PolicyResource, WarehouseResource
 
 SCHEMA = default_schema()

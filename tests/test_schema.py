@@ -15,10 +15,10 @@ import yaml
 from conftest import DEFAULT_POLICY, LETHE_BIN
 from fideslang.models import Dataset
 
+from lethe.declaration.fides import fides_yaml
+from lethe.declaration.policy import PolicyError, load_policy
+from lethe.declaration.schema import SchemaError, default_schema, load_schema, parse_schema
 from lethe.eshop import SCHEMA_FILE
-from lethe.fides import fides_yaml
-from lethe.policy import PolicyError, load_policy
-from lethe.schema import SchemaError, default_schema, load_schema, parse_schema
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import pytest
 import sqlglot
 from conftest import TABLES, TAGGED_TABLES, ingest_all, tags, write_landing
 
-from lethe.policy import HOLD_PURPOSE, Policy
-from lethe.tagging import tag_all, tag_plan
-from lethe.warehouse import connect
+from lethe.declaration.policy import HOLD_PURPOSE, Policy
+from lethe.engine.tagging import tag_all, tag_plan
+from lethe.engine.warehouse import connect
 
 T = dt.date(2026, 3, 1)
 OLD = "2015-01-01T00:00:00"  # long expired for every purpose

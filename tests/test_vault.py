@@ -15,9 +15,8 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from lethe import vault
-from lethe.home import Home
-from lethe.vault import (
+from lethe.engine import vault
+from lethe.engine.vault import (
     VaultError,
     attach,
     ensure_tokens,
@@ -26,7 +25,8 @@ from lethe.vault import (
     reidentify,
     tokens_for,
 )
-from lethe.warehouse import connect, transaction
+from lethe.engine.warehouse import connect, transaction
+from lethe.operations.home import Home
 
 TOKEN = re.compile(r"tok_[0-9a-f]{32}")
 

@@ -20,8 +20,8 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from lethe.generate import generate
-from lethe.schema import Table, default_schema, load_schema
+from lethe.declaration.schema import Table, default_schema, load_schema
+from lethe.eshop.generate import generate
 
 HERE = Path(__file__).resolve().parent
 SCHEMA = HERE / "shop.schema.yaml"

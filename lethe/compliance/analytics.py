@@ -1,0 +1,605 @@
+"""Anonymized analyst datasets: k-anonymous aggregates over generalized quasi-identifiers.
+
+The policy declares each dataset (`analytics.datasets`, see lethe.declaration.datasets): its source
+table, dimensions with their generalization ladders, and measures. Each becomes a
+relational plan (DuckDB-dialect SQL, parsed by SQLGlot through `lethe.engine.plan.Plan`), run
+after retention enforcement:
+
+1. Records: one row per source row with each dimension's label at every ladder step it may
+   reach (month, quarter; region CZ-1, CZ-*; amount band CZK 500-1000, CZK any; ...)
+   and `_subject`, the data subject where known, reached along the schema's references
+   (NULL for an anonymized row: a subject of its own). Restricted rows, rows under
+   litigation hold (the row or a row on its way to its subject) and pseudonymized rows
+   (kept for accounting only) are left out; anonymized rows stay in, so statistics stay
+   complete.
+2. Generalization: cells with at least k subjects (GROUP BY the labels, HAVING) are
+   released; the records of smaller cells move one dimension one step up its ladder (in
+   the declared `generalize` order) and are grouped again; what is still too small at the
+   top is suppressed.
+3. Release: the released records grouped by their final labels. Every released row counts
+   at least k distinct subjects, and no row holds an identifier or a token.
+
+Only the warehouse is read: the vault is never opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from lethe.declaration.datasets import (
+    ANY,
+    SUBJECTS,
+    DatasetDeclaration,
+    Days,
+    Dimension,
+    Measure,
+    Ref,
+    Step,
+)
+from lethe.declaration.policy import HOLD_PURPOSE, Policy
+from lethe.declaration.schema import Schema
+from lethe.declaration.strategies import literal, quote
+from lethe.engine.plan import Plan
+from lethe.engine.reach import reach
+from lethe.engine.states import RowState
+from lethe.engine.warehouse import SQL_TYPES, table_columns, transaction
+from lethe.errors import LetheError
+from lethe.operations.files import replacing
+from lethe.operations.home import Home
+
+SCHEMA = "analytics"
+RELEASES = f"{SCHEMA}.releases"
+RELEASED_STATES = (RowState.ACTIVE, RowState.ANONYMIZED)
+
+
+def exports_dir(home: Home) -> Path:
+    """Where the Parquet extracts of the analyst datasets go."""
+    return home.exports / "analytics"
+
+
+@dataclass(frozen=True)
+class OutputColumn:
+    """A released column: its SQL type, data category, and the core columns it derives from."""
+
+    name: str
+    sql_type: str
+    category: str
+    description: str
+    sources: tuple[tuple[str, str], ...] = ()  # (core table, column)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A declared analyst dataset with its released columns: the quasi-identifier labels
+    (one per dimension) and the measures, `subjects` first."""
+
+    declaration: DatasetDeclaration
+    quasi_identifiers: tuple[OutputColumn, ...]
+    measures: tuple[OutputColumn, ...]
+
+    @property
+    def name(self) -> str:
+        return self.declaration.name
+
+    @property
+    def description(self) -> str:
+        return self.declaration.description
+
+    @property
+    def generalize(self) -> tuple[str, ...]:
+        """The dimension moved one step up its ladder at each level, in order."""
+        return self.declaration.generalize
+
+    @property
+    def columns(self) -> tuple[OutputColumn, ...]:
+        return (*self.quasi_identifiers, *self.measures)
+
+    @property
+    def labels(self) -> list[str]:
+        return [c.name for c in self.quasi_identifiers]
+
+    def lineage(self) -> dict[str, list[tuple[str, str]]]:
+        """Released column → the (core table, column) pairs it is computed from."""
+        return {c.name: list(c.sources) for c in self.columns}
+
+    @property
+    def tables(self) -> list[str]:
+        """The core tables the dataset reads, in first-use order."""
+        return list(dict.fromkeys(t for pairs in self.lineage().values() for t, _ in pairs))
+
+
+def _subject_column(schema: Schema, table: str) -> tuple[str, str]:
+    """The (table, column) holding the subject's key for a row of `table`."""
+    path = schema.path_to_subject(table)
+    if not path:
+        return table, schema.tables[table].key
+    return (path[-2].ref_table if len(path) > 1 else table), path[-1].column
+
+
+def _measure_column(schema: Schema, source: str, m: Measure) -> OutputColumn:
+    if m.count:
+        key = schema.tables[source].key
+        return OutputColumn(m.name, "BIGINT", "statistic.count", m.description, ((source, key),))
+    value = m.value
+    mean = m.avg is not None
+    sql_type = "DOUBLE" if mean or not isinstance(value, Ref) else SQL_TYPES[value.type]
+    sources = tuple((r.table, r.column) for r in m.refs)
+    category = "statistic.mean" if mean else "statistic.sum"
+    return OutputColumn(m.name, sql_type, category, m.description, sources)
+
+
+def dataset(schema: Schema, declaration: DatasetDeclaration) -> Dataset:
+    """The released columns of a declared dataset, with their lineage in `schema`."""
+    source = declaration.source
+    who = f" ({declaration.subjects})" if declaration.subjects else ""
+    subjects = OutputColumn(
+        SUBJECTS,
+        "BIGINT",
+        "statistic.count",
+        f"Distinct data subjects{who} in the row: at least k (the k-anonymity class size).",
+        (_subject_column(schema, source),),
+    )
+    labels = tuple(
+        OutputColumn(
+            d.name,
+            "VARCHAR",
+            d.output_category,
+            d.description,
+            tuple((r.table, r.column) for r in d.refs)
+            + ((_subject_column(schema, d.first.table),) if d.first else ()),
+        )
+        for d in declaration.dimensions.values()
+    )
+    measures = tuple(_measure_column(schema, source, m) for m in declaration.measures.values())
+    return Dataset(declaration, labels, (subjects, *measures))
+
+
+def datasets(policy: Policy) -> dict[str, Dataset]:
+    """The analyst datasets the policy declares (`analytics.datasets`), by name."""
+    return {name: dataset(policy.data_schema, d) for name, d in policy.analytics.datasets.items()}
+
+
+def k_of(policy: Policy, dataset: Dataset) -> int:
+    """The dataset's k: its own where it asks for more than the policy's `k_anonymity`."""
+    return max(dataset.declaration.k or 0, policy.k_anonymity)
+
+
+# --- label expressions -----------------------------------------------------------------------
+
+
+def _band_case(value: str, bounds: tuple[float, ...], label: Callable[[str], str]) -> str:
+    """WHEN clauses putting `value` into half-open bands `<b0`, `b0-b1`, ..., `bn+`."""
+    pairs = zip(bounds, bounds[1:], strict=False)
+    edges = [f"<{bounds[0]:g}"] + [f"{lo:g}-{hi:g}" for lo, hi in pairs]
+    whens = " ".join(
+        f"WHEN {value} < {hi!r} THEN {literal(label(text))}"
+        for hi, text in zip(bounds, edges, strict=True)
+    )
+    return f"{whens} ELSE {literal(label(f'{bounds[-1]:g}+'))}"
+
+
+def _characters(text: str) -> str:
+    """The letters and digits of `text` (a postal code without its spaces and dashes)."""
+    return f"regexp_replace(coalesce({text}, ''), '[^0-9A-Za-z]', '', 'g')"
+
+
+def qualified_prefix(within: str, code: str, length: int) -> str:
+    """`CZ-1`: `within` and the first characters of the code; `CZ-*` without them, `*`
+    without `within` (a region: CZ and its postal district 1)."""
+    chars = _characters(code)
+    return (
+        f"CASE WHEN {within} IS NULL THEN '{ANY}'"
+        f" WHEN length({chars}) < {length} THEN {within} || '-{ANY}'"
+        f" ELSE {within} || '-' || left({chars}, {length}) END"
+    )
+
+
+def unit_bands(amount: str, unit: str, bands: dict[str, tuple[float, ...]]) -> str:
+    """`CZK 500-1000` (lower bound included); a unit without bands gets `EUR any`."""
+    per_unit = " ".join(
+        f"WHEN {unit} = {literal(u)} THEN CASE"
+        f" {_band_case(amount, bounds, lambda t, u=u: f'{u} {t}')} END"
+        for u, bounds in bands.items()
+    )
+    return (
+        f"CASE WHEN {amount} IS NULL OR {unit} IS NULL THEN 'unknown' {per_unit}"
+        f" ELSE {unit} || ' any' END"
+    )
+
+
+def year_band(year: str, width: int) -> str:
+    """`1980-1989` for a band of `width` years; `unknown` for NULL."""
+    lo = f"({year} - {year} % {width})"
+    return (
+        f"CASE WHEN {year} IS NULL THEN 'unknown' ELSE CAST({lo} AS VARCHAR) || '-'"
+        f" || CAST({lo} + {width - 1} AS VARCHAR) END"
+    )
+
+
+def days(start: str, end: str) -> str:
+    """Days from `start` to `end`, with their fraction (NULL while either is)."""
+    return f"(date_diff('minute', {start}, {end}) / 1440.0)"
+
+
+def _date_label(value: str, step: Step) -> str:
+    """`2026-01` (month), `2026-Q1` (quarter), `2026` (year), `2025-2029` (years)."""
+    if step.kind == "years":
+        return year_band(f"year({value})", step.size)
+    if step.kind == "year":
+        return f"CAST(year({value}) AS VARCHAR)"
+    if step.kind == "quarter":
+        return f"strftime({value}, '%Y') || '-Q' || CAST(extract(quarter FROM {value}) AS VARCHAR)"
+    return f"strftime({value}, '%Y-%m')"
+
+
+def _label(dim: Dimension, step: Step, col: Callable[[Ref], str], first: str, unlinked: str) -> str:
+    """The label of `dim` at one step of its ladder; `unknown` where its value is NULL.
+
+    `col` gives the SQL of a declared column; `first` is the subject's first event and
+    `unlinked` the condition of a row whose subject is unknown (for `first` dimensions).
+    """
+    if step.kind == "any":
+        return f"'{ANY}'"
+    if dim.days:
+        start, end = col(dim.days.start), col(dim.days.end)
+        scale = (
+            _band_case(days(start, end), step.bounds, lambda t: f"{t} days")
+            if step.kind == "bands"
+            else f"ELSE {literal(dim.ended)}"
+        )
+        return (
+            f"CASE WHEN {start} IS NULL THEN 'unknown' WHEN {end} IS NULL THEN"
+            f" {literal(dim.open)} {scale} END"
+        )
+    if dim.first:
+        return (
+            f"CASE WHEN {unlinked} THEN 'unknown' WHEN {first} IS NULL THEN 'none'"
+            f" ELSE {_date_label(first, step)} END"
+        )
+    assert dim.column is not None  # a dimension has one value (lethe.declaration.datasets)
+    value = col(dim.column)
+    if dim.within and step.kind in ("prefix", "within"):
+        within = col(dim.within)
+        if step.kind == "prefix":
+            return qualified_prefix(within, value, step.size)
+        return f"CASE WHEN {within} IS NULL THEN '{ANY}' ELSE {within} || '-{ANY}' END"
+    if dim.unit and step.kind in ("bands", "unit"):
+        unit = col(dim.unit)
+        if step.kind == "bands":
+            return unit_bands(value, unit, step.per_unit)
+        return (
+            f"CASE WHEN {value} IS NULL OR {unit} IS NULL THEN 'unknown' ELSE {unit} || ' any' END"
+        )
+    if step.kind == "bands":
+        return f"CASE WHEN {value} IS NULL THEN 'unknown' {_band_case(value, step.bounds, str)} END"
+    if step.kind == "prefix":
+        chars = _characters(value)
+        return (
+            f"CASE WHEN {value} IS NULL THEN 'unknown' WHEN length({chars}) < {step.size}"
+            f" THEN '{ANY}' ELSE left({chars}, {step.size}) END"
+        )
+    if step.kind == "value":
+        text = value if dim.column.type == "text" else f"CAST({value} AS VARCHAR)"
+        return f"coalesce({text}, 'unknown')"
+    return f"coalesce({_date_label(value, step)}, 'unknown')"
+
+
+# --- records ---------------------------------------------------------------------------------
+
+
+def _exclusion(main: str, *related: str) -> str:
+    """Why a record is left out (NULL: it is released).
+
+    Held or restricted (the row itself or a row on its way to its subject), pseudonymized
+    (kept for accounting only), or not enforced yet (`expired`).
+    """
+    aliases = (main, *related)
+    held = " OR ".join(f"list_contains({a}._purposes, {literal(HOLD_PURPOSE)})" for a in aliases)
+    restricted = " OR ".join(f"{a}._state = {RowState.RESTRICTED.sql}" for a in aliases)
+    released = ", ".join(literal(s) for s in RELEASED_STATES)
+    return (
+        f"CASE WHEN {held} THEN 'held' WHEN {restricted} THEN 'restricted'"
+        f" WHEN {main}._state NOT IN ({released}) THEN {main}._state END"
+    )
+
+
+def _first_events(schema: Schema, ref: Ref, alias: str) -> str:
+    """Each subject's first `ref` among the rows analytics may use: active and not held
+    (a pseudonymized row carries a token, and the vault is never opened to link it)."""
+    r = reach(schema, ref.table, alias)
+    return (
+        f"SELECT {r.subject} AS _subject, min({alias}.{quote(ref.column)}) AS _first"
+        f" FROM core.{quote(ref.table)} {alias}{r.joins}"
+        f" WHERE {alias}._state = {RowState.ACTIVE.sql}"
+        f" AND NOT list_contains({alias}._purposes, {literal(HOLD_PURPOSE)}) GROUP BY 1"
+    )
+
+
+def _label_column(i: int, step: int) -> str:
+    return f"_l{i}_{step}"
+
+
+def records(schema: Schema, dataset: Dataset) -> str:
+    """SELECT of one record per source row: `_exclusion`, `_subject`, the label of each
+    dimension at every step the dataset may reach, and the inputs of the measures."""
+    declared = dataset.declaration
+    source = declared.source
+    r = reach(schema, source, "s", subject_row=True)
+    path = schema.path_to_subject(source)
+    aliases = {source: "s", **{fk.ref_table: a for fk, a in zip(path, r.via, strict=True)}}
+
+    def col(ref: Ref) -> str:
+        return f"{aliases[ref.table]}.{quote(ref.column)}"
+
+    joins = [r.joins]
+    selects = [f"{_exclusion('s', *r.via)} AS _exclusion", f"{r.subject} AS _subject"]
+    unlinked = f"s._state = {RowState.ANONYMIZED.sql} OR {r.subject} IS NULL"
+    for i, dim in enumerate(declared.dimensions.values()):
+        first = ""
+        if dim.first:
+            first = f"_f{i}._first"
+            joins.append(
+                f" LEFT JOIN ({_first_events(schema, dim.first, f'_e{i}')}) _f{i}"
+                f" ON _f{i}._subject = {r.subject}"
+            )
+        for step in range(declared.generalize.count(dim.name) + 1):
+            label = _label(dim, dim.ladder[step], col, first, unlinked)
+            selects.append(f"{label} AS {_label_column(i, step)}")
+    for i, m in enumerate(declared.measures.values()):
+        value = m.value
+        if isinstance(value, Days):
+            selects.append(f"{days(col(value.start), col(value.end))} AS _m{i}")
+        elif value is not None:
+            selects.append(f"{col(value)} AS _m{i}")
+    return f"SELECT {', '.join(selects)} FROM core.{quote(source)} s{''.join(joins)}"
+
+
+def _aggregate(i: int, m: Measure) -> str:
+    """A measure over the records of a released cell (alias `r`)."""
+    if m.count:
+        return "count(*)"
+    agg = f"{'avg' if m.avg is not None else 'sum'}(r._m{i})"
+    return agg if m.round is None else f"round({agg}, {m.round})"
+
+
+# --- the release plan ------------------------------------------------------------------------
+
+
+def _subjects(alias: str) -> str:
+    """Distinct subjects; a record without one (anonymized) is a subject of its own."""
+    return f"count(DISTINCT {alias}_subject) + count(*) FILTER (WHERE {alias}_subject IS NULL)"
+
+
+def release_plan(policy: Policy, dataset: Dataset) -> Plan:
+    """Statements that stage `_an_released` (the release) and `_an_suppressed` (left out).
+
+    `_an_all` holds the records (`_row` numbers them); `_an_pending` the records not yet
+    released, with their labels at the current level; `_an_cells` the cells of that level
+    with at least k subjects.
+    """
+    labels = dataset.labels
+    index = {name: i for i, name in enumerate(labels)}
+    reached = dict.fromkeys(labels, 0)  # ladder step of each dimension at this level
+
+    def cols(alias: str = "") -> str:
+        return ", ".join(f"{alias}{quote(c)}" for c in labels)
+
+    same = " AND ".join(f"c.{quote(c)} = p.{quote(c)}" for c in labels)
+    in_cells = f"EXISTS (SELECT 1 FROM _an_cells c WHERE {same})"
+    finest = ", ".join(f"{_label_column(index[c], 0)} AS {quote(c)}" for c in labels)
+    statements = [
+        "CREATE OR REPLACE TEMP TABLE _an_all AS SELECT row_number() OVER () AS _row, *"
+        f" FROM ({records(policy.data_schema, dataset)}) _records",
+        f"CREATE OR REPLACE TEMP TABLE _an_pending AS SELECT _row, _subject, {finest}"
+        " FROM _an_all WHERE _exclusion IS NULL",
+        f"CREATE OR REPLACE TEMP TABLE _an_assigned AS SELECT _row, 0 AS _level, {cols()}"
+        " FROM _an_pending WHERE false",
+    ]
+    for level in range(len(dataset.generalize) + 1):
+        if level:  # records not released yet: one quasi-identifier one step coarser
+            step = dataset.generalize[level - 1]
+            reached[step] += 1
+            stepped = ", ".join(
+                f"r.{_label_column(index[c], reached[c])} AS {quote(c)}"
+                if c == step
+                else f"p.{quote(c)}"
+                for c in labels
+            )
+            statements.append(
+                "CREATE OR REPLACE TEMP TABLE _an_pending AS SELECT p._row, p._subject,"
+                f" {stepped} FROM _an_pending p JOIN _an_all r ON r._row = p._row"
+                f" WHERE NOT {in_cells}"
+            )
+        statements += [
+            f"CREATE OR REPLACE TEMP TABLE _an_cells AS SELECT {cols()} FROM _an_pending"
+            f" GROUP BY {cols()} HAVING {_subjects('')} >= {k_of(policy, dataset)}",
+            f"INSERT INTO _an_assigned SELECT p._row, {level}, {cols('p.')}"
+            f" FROM _an_pending p WHERE {in_cells}",
+        ]
+    declared = dataset.declaration.measures.values()
+    aggregates = [_subjects("r."), *(_aggregate(i, m) for i, m in enumerate(declared))]
+    measures = ", ".join(
+        f"CAST({agg} AS {m.sql_type}) AS {quote(m.name)}"
+        for agg, m in zip(aggregates, dataset.measures, strict=True)
+    )
+    statements += [
+        "CREATE OR REPLACE TEMP TABLE _an_suppressed AS SELECT * FROM _an_pending p"
+        f" WHERE NOT {in_cells}",
+        f"CREATE OR REPLACE TEMP TABLE _an_released AS SELECT {cols('a.')}, {measures}"
+        f" FROM _an_assigned a JOIN _an_all r ON r._row = a._row GROUP BY {cols('a.')}",
+    ]
+    return Plan(f"release {dataset.name}", tuple(statements))
+
+
+@dataclass(frozen=True)
+class Release:
+    """What one release of a dataset contains and left out (counts only)."""
+
+    dataset: str
+    k: int
+    rows: int  # released rows (cells)
+    records: int  # source rows in scope
+    generalized: int  # records released at a coarser level than their own
+    suppressed: int  # records in cells still smaller than k at the top of the ladder
+    suppressed_cells: int
+    excluded: dict[str, int]  # source rows out of scope, by reason
+    min_subjects: int | None
+    path: Path
+
+    @property
+    def suppressed_share(self) -> float:
+        return self.suppressed / self.records if self.records else 0.0
+
+    @property
+    def generalized_share(self) -> float:
+        return self.generalized / self.records if self.records else 0.0
+
+
+def _ensure_releases(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    con.execute(
+        f"""CREATE TABLE IF NOT EXISTS {RELEASES} (
+            dataset VARCHAR NOT NULL, released_at TIMESTAMP NOT NULL, k INTEGER NOT NULL,
+            rows BIGINT, records BIGINT, generalized BIGINT, suppressed BIGINT,
+            suppressed_cells BIGINT, excluded_restricted BIGINT, excluded_held BIGINT,
+            excluded_pseudonymized BIGINT, excluded_other BIGINT)"""
+    )
+
+
+def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    return int(con.execute(sql).fetchall()[0][0])
+
+
+def release(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy, dataset: Dataset
+) -> Release:
+    """Build `analytics.<dataset>` and its Parquet extract from the enforced warehouse."""
+    k = k_of(policy, dataset)
+    try:
+        for sql in release_plan(policy, dataset).statements:
+            con.execute(sql)
+        excluded = {"restricted": 0, "held": 0, "pseudonymized": 0, "other": 0}
+        for reason, n in con.execute(
+            "SELECT _exclusion, count(*) FROM _an_all WHERE _exclusion IS NOT NULL GROUP BY 1"
+        ).fetchall():
+            key = reason if reason in excluded else "other"
+            excluded[key] += int(n)
+        records = _count(con, "SELECT count(*) FROM _an_all WHERE _exclusion IS NULL")
+        generalized = _count(con, "SELECT count(*) FROM _an_assigned WHERE _level > 0")
+        suppressed = _count(con, "SELECT count(*) FROM _an_suppressed")
+        labels = ", ".join(quote(c) for c in dataset.labels)
+        suppressed_cells = _count(
+            con, f"SELECT count(*) FROM (SELECT DISTINCT {labels} FROM _an_suppressed)"
+        )
+        columns = ", ".join(quote(c.name) for c in dataset.columns)
+        table = f"{SCHEMA}.{quote(dataset.name)}"
+        with transaction(con):
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            con.execute(
+                f"CREATE OR REPLACE TABLE {table} AS SELECT {columns} FROM _an_released"
+                f" ORDER BY {labels}"
+            )
+            _ensure_releases(con)
+            con.execute(f"DELETE FROM {RELEASES} WHERE dataset = ?", [dataset.name])
+            con.execute(
+                f"INSERT INTO {RELEASES} SELECT ?, now()::TIMESTAMP, ?, count(*), ?, ?, ?, ?,"
+                f" ?, ?, ?, ? FROM {table}",
+                [
+                    dataset.name,
+                    k,
+                    records,
+                    generalized,
+                    suppressed,
+                    suppressed_cells,
+                    excluded["restricted"],
+                    excluded["held"],
+                    excluded["pseudonymized"],
+                    excluded["other"],
+                ],
+            )
+        rows, min_subjects = con.execute(
+            f"SELECT count(*), min({quote(SUBJECTS)}) FROM {table}"
+        ).fetchall()[0]
+    finally:
+        for temp in ("all", "pending", "cells", "assigned", "suppressed", "released"):
+            con.execute(f"DROP TABLE IF EXISTS _an_{temp}")
+    path = exports_dir(home) / f"{dataset.name}.parquet"
+    with replacing(path) as temp_path:
+        con.execute(f"COPY {table} TO {literal(str(temp_path))} (FORMAT parquet)")
+    return Release(
+        dataset=dataset.name,
+        k=k,
+        rows=int(rows),
+        records=records,
+        generalized=generalized,
+        suppressed=suppressed,
+        suppressed_cells=suppressed_cells,
+        excluded=excluded,
+        min_subjects=None if min_subjects is None else int(min_subjects),
+        path=path,
+    )
+
+
+@dataclass(frozen=True)
+class KCheck:
+    """The k-anonymity check of a released table."""
+
+    k: int
+    rows: int
+    violations: int  # rows with fewer than k subjects
+    duplicates: int  # quasi-identifier combinations released more than once
+    unexpected_columns: tuple[str, ...]  # columns the dataset does not declare
+    min_subjects: int | None
+
+    @property
+    def passed(self) -> bool:
+        return not (self.violations or self.duplicates or self.unexpected_columns)
+
+    def describe(self) -> str:
+        if self.passed:
+            return f"{self.rows} rows, each with at least {self.k} subjects"
+        problems = []
+        if self.violations:
+            problems.append(f"{self.violations} rows with fewer than {self.k} subjects")
+        if self.duplicates:
+            problems.append(f"{self.duplicates} quasi-identifier combinations repeated")
+        if self.unexpected_columns:
+            problems.append("undeclared columns: " + ", ".join(self.unexpected_columns))
+        return "; ".join(problems)
+
+
+class MissingReleaseError(LetheError):
+    """The dataset was never released (no analytics table)."""
+
+
+def check_k_anonymity(con: duckdb.DuckDBPyConnection, dataset: Dataset, k: int) -> KCheck:
+    """Check the released table: every quasi-identifier combination appears once and counts
+    at least k subjects, and the table holds only the declared columns."""
+    present = table_columns(con, SCHEMA, dataset.name)
+    if not present:
+        raise MissingReleaseError(f"{SCHEMA}.{dataset.name} does not exist")
+    declared = {c.name for c in dataset.columns}
+    table = f"{SCHEMA}.{quote(dataset.name)}"
+    labels = ", ".join(quote(c) for c in dataset.labels if c in present)
+    rows, violations, min_subjects = con.execute(
+        f"SELECT count(*), count(*) FILTER (WHERE {quote(SUBJECTS)} IS NULL"
+        f" OR {quote(SUBJECTS)} < ?), min({quote(SUBJECTS)}) FROM {table}",
+        [k],
+    ).fetchall()[0]
+    duplicates = _count(
+        con,
+        f"SELECT count(*) FROM (SELECT {labels} FROM {table} GROUP BY {labels}"
+        " HAVING count(*) > 1)",
+    )
+    return KCheck(
+        k=k,
+        rows=int(rows),
+        violations=int(violations),
+        duplicates=duplicates,
+        unexpected_columns=tuple(c for c in present if c not in declared),
+        min_subjects=None if min_subjects is None else int(min_subjects),
+    )

@@ -1,0 +1,117 @@
+"""Physical erasure for DuckDB files: rewrite into a fresh file, then swap atomically.
+
+DuckDB keeps deleted or overwritten values in freed blocks of its file (and in the
+WAL) until they happen to be reused, so DELETE/UPDATE alone does not erase. Copying
+the live tables into a new file writes only live data; `os.replace` then swaps it in
+atomically. A crash before the swap leaves the old file intact (the half-written new
+file is removed on the next start), a crash after it leaves the new one: never a mix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+
+from lethe.declaration.strategies import quote
+from lethe.engine.warehouse import connect
+
+FRESH = "fresh"
+
+
+def rewrite_path(path: Path) -> Path:
+    """Where the fresh copy of `path` is built before the swap."""
+    return path.with_name(path.name + ".rewrite")
+
+
+SCRATCH_SUFFIXES = (".rewrite", ".rewrite.wal", ".restore", ".restore.wal")
+
+
+def remove_leftovers(directory: Path) -> list[str]:
+    """Delete half-written rewrites/restores a killed process left (they hold personal data)."""
+    gone = []
+    for leftover in directory.glob("*.duckdb.*"):
+        if leftover.name.endswith(SCRATCH_SUFFIXES):
+            leftover.unlink(missing_ok=True)
+            gone.append(leftover.name)
+    return gone
+
+
+def user_tables(con: duckdb.DuckDBPyConnection, catalog: str) -> list[tuple[str, str]]:
+    """(schema, table) of every base table in an attached database."""
+    return con.execute(
+        "SELECT schema_name, table_name FROM duckdb_tables()"
+        " WHERE database_name = ? AND NOT temporary ORDER BY 1, 2",
+        [catalog],
+    ).fetchall()
+
+
+def fsync(path: Path) -> None:
+    """Flush a file (or a directory's entries) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+Replacements = dict[tuple[str, str], str]
+
+
+def compact(
+    path: Path,
+    prepare: Callable[[duckdb.DuckDBPyConnection], Replacements] | None = None,
+    finish: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+) -> None:
+    """Rewrite the DuckDB file at `path` with only live data, optionally transforming it.
+
+    `prepare(con)` runs first on the old database (e.g. staging temp tables) and returns
+    replacements: `{(schema, table): SELECT}` whose rows become that table in the new
+    file; every other table is copied as is. `finish(con)` runs with the new file as the
+    default catalog (e.g. appending ledger entries), before the atomic swap.
+    """
+    fresh = rewrite_path(path)
+    for leftover in (fresh, Path(str(fresh) + ".wal")):
+        leftover.unlink(missing_ok=True)
+    con = connect(path)
+    try:
+        replace = prepare(con) if prepare else {}
+        old_catalog = con.execute("SELECT current_database()").fetchone()[0]
+        con.execute(f"ATTACH ? AS {FRESH}", [str(fresh)])
+        os.chmod(fresh, 0o600)
+        for schema in {s for s, _ in user_tables(con, old_catalog)} | {s for s, _ in replace}:
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {FRESH}.{quote(schema)}")
+        for schema, table in user_tables(con, old_catalog):
+            target = f"{FRESH}.{quote(schema)}.{quote(table)}"
+            if (schema, table) in replace:
+                con.execute(f"CREATE TABLE {target} AS {replace[(schema, table)]}")
+                continue
+            # Same DDL (constraints, defaults) as the original, then its live rows.
+            ddl = con.execute(
+                "SELECT sql FROM duckdb_tables() WHERE database_name = ? AND schema_name = ?"
+                " AND table_name = ?",
+                [old_catalog, schema, table],
+            ).fetchone()[0]
+            con.execute(f"USE {FRESH}")
+            con.execute(ddl)
+            con.execute(f"USE {quote(old_catalog)}")
+            source = f"{quote(old_catalog)}.{quote(schema)}.{quote(table)}"
+            con.execute(f"INSERT INTO {target} SELECT * FROM {source}")
+        if finish:
+            con.execute(f"USE {FRESH}")
+            finish(con)
+            con.execute(f"USE {quote(old_catalog)}")
+        con.execute(f"CHECKPOINT {FRESH}")
+        con.execute(f"DETACH {FRESH}")
+    except BaseException:
+        con.close()
+        for leftover in (fresh, Path(str(fresh) + ".wal")):
+            leftover.unlink(missing_ok=True)
+        raise
+    con.close()
+    fsync(fresh)
+    os.replace(fresh, path)
+    Path(str(path) + ".wal").unlink(missing_ok=True)
+    fsync(path.parent)

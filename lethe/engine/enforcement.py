@@ -1,0 +1,190 @@
+"""Run retention enforcement: stage actions, issue vault tokens, rewrite, record.
+
+One run = one atomic rewrite of the warehouse file (`lethe.engine.compaction`): every tagged
+table is written from its enforcement SELECT, every other table copied, the ledger
+entries appended, and the new file swapped in. So the warehouse is either entirely
+before or entirely after a run, and no erased value survives in free blocks.
+Running the same as-of date again finds nothing to do and changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from lethe.declaration.policy import Policy
+from lethe.declaration.strategies import quote
+from lethe.engine.audit import LedgerEntry, append
+from lethe.engine.compaction import compact
+from lethe.engine.plan import Plan
+from lethe.engine.retention import (
+    TOKENS,
+    changed_columns,
+    enforcement_plan,
+    pseudonym_columns,
+    wanted_tokens_select,
+)
+from lethe.engine.tagging import tagged_tables
+from lethe.engine.vault import attach, ensure_tokens
+from lethe.engine.warehouse import connect, ensure_schemas, table_columns
+from lethe.operations.home import Home
+
+REASONS = {
+    "anonymize": "retention ended: no purpose keeps the row; anonymized",
+    "delete": "retention ended: no purpose keeps the row; deleted",
+    "pseudonymize": "only {purposes} keeps the row: identifiers pseudonymized",
+    "retain": "columns no remaining purpose keeps",
+}
+
+
+@dataclass
+class EnforcementResult:
+    """Rows per table and action (`retain` counts only rows with changed columns)."""
+
+    as_of: dt.date
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    ledger_entries: int = 0
+    forgotten_tokens: int = 0
+
+    def total(self, action: str) -> int:
+        return sum(c.get(action, 0) for c in self.counts.values())
+
+
+def _stage_tokens(con: duckdb.DuckDBPyConnection, policy: Policy) -> None:
+    """Issue vault tokens for every value about to be pseudonymized; expose them as _tokens.
+
+    The vault is attached to the warehouse connection, so values never leave DuckDB.
+    """
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _wanted AS {wanted_tokens_select(policy)}")
+    ensure_tokens(con, con.table("_wanted"))
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {TOKENS} AS SELECT t.kind, t.value, t.token"
+        " FROM vault.tokens t JOIN (SELECT DISTINCT kind, value FROM _wanted) w"
+        " ON t.kind = w.kind AND t.value = w.value"
+    )
+    con.execute("DROP TABLE _wanted")
+
+
+def _ledger_entries(
+    con: duckdb.DuckDBPyConnection,
+    policy: Policy,
+    plans: dict[str, tuple[list[str], Plan]],
+    as_of: dt.date,
+    run_id: str,
+) -> tuple[list[LedgerEntry], dict[str, dict[str, int]]]:
+    entries, counts = [], {}
+    pseudo_names = ", ".join(p.name for p in policy.all_purposes().values() if p.pseudonymizes)
+    for table, (columns, plan) in plans.items():
+        rows = con.execute(plan.statements[1]).fetchall()
+        counts[table] = {}
+        rules = policy.when_unkept[table].column
+        # Few distinct marks, however many requests: decode each once.
+        decoded = {m: changed_columns(columns, m) for m in {row[2] for row in rows}}
+        for action, request, marks, keys, n in rows:
+            changed = decoded[marks]
+            counts[table][action] = counts[table].get(action, 0) + n
+            if action == "retain":
+                # One entry per strategy: the ledger names a single strategy per batch.
+                by_strategy: dict[str, list[str]] = {}
+                for col in changed:
+                    by_strategy.setdefault(rules.for_column(col).name, []).append(col)
+                batches = [("erase", name, cols) for name, cols in sorted(by_strategy.items())]
+            else:
+                batches = [(action, action, changed)]
+            for ledger_action, strategy, cols in batches:
+                entries.append(
+                    LedgerEntry(
+                        run_id=run_id,
+                        as_of=as_of,
+                        action=ledger_action,
+                        table_name=table,
+                        columns=cols,
+                        keys=list(keys),
+                        reason=f"erasure request {request}"
+                        if request
+                        else REASONS[action].format(purposes=pseudo_names),
+                        strategy=strategy,
+                        details={"rows": n},
+                    )
+                )
+    return entries, counts
+
+
+def enforce(
+    home: Home,
+    policy: Policy,
+    as_of: dt.date,
+    run_id: str,
+    warehouse: Path | None = None,
+) -> EnforcementResult:
+    """Enforce `policy` as of `as_of` on the warehouse under `home`, atomically.
+
+    `warehouse` overrides the file (restore enforces a decompressed backup before it is
+    swapped in); the vault is always the one under `home`.
+    """
+    result = EnforcementResult(as_of)
+    staged: list[LedgerEntry] = []
+
+    def prepare(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], str]:
+        ensure_schemas(con, policy.data_schema)
+        plans = {}
+        for table in tagged_tables(policy):
+            columns = table_columns(con, "core", table)
+            plans[table] = (columns, enforcement_plan(policy, table, columns, as_of))
+        for _, plan in plans.values():
+            con.execute(plan.statements[0])
+        attach(con, home.vault)
+        try:
+            _stage_tokens(con, policy)
+        finally:
+            con.execute("DETACH vault")
+        entries, counts = _ledger_entries(con, policy, plans, as_of, run_id)
+        staged.extend(entries)
+        result.counts = counts
+        return {("core", table): plan.statements[2] for table, (_, plan) in plans.items()}
+
+    def finish(con: duckdb.DuckDBPyConnection) -> None:
+        append(con, staged)
+        result.ledger_entries = len(staged)
+
+    target = warehouse or home.warehouse
+    compact(target, prepare=prepare, finish=finish)
+    result.forgotten_tokens = forget_unused_tokens(target, home, policy)
+    return result
+
+
+def forget_unused_tokens(warehouse: Path, home: Home, policy: Policy) -> int:
+    """Forget vault entries no row of the (already swapped-in) warehouse refers to any more.
+
+    Runs after the swap, so a crash in between only delays it to the next run; the vault
+    file is then compacted so the forgotten values leave no trace in it.
+    """
+    # NULLs excluded: one NULL would make every `NOT IN` unknown and forget nothing.
+    used = " UNION ".join(
+        f"SELECT CAST({quote(p.column)} AS VARCHAR) FROM core.{quote(table)}"
+        f" WHERE {quote(p.column)} IS NOT NULL"
+        for table in tagged_tables(policy)
+        for p in pseudonym_columns(policy, table)
+    )
+    con = connect(warehouse)
+    try:
+        attach(con, home.vault)
+        try:
+            forgotten = con.execute(
+                f"DELETE FROM vault.tokens WHERE token NOT IN ({used or 'SELECT NULL'})"
+            ).fetchone()[0]
+            con.execute("CHECKPOINT vault")
+            # Free blocks also remain after a crash between a delete and its compaction.
+            free = con.execute(
+                "SELECT free_blocks FROM pragma_database_size() WHERE database_name = 'vault'"
+            ).fetchone()[0]
+        finally:
+            con.execute("DETACH vault")
+    finally:
+        con.close()
+    if forgotten or free:
+        compact(home.vault)
+    return forgotten

@@ -1,0 +1,111 @@
+"""Restore a backup without ever exposing what was erased after it.
+
+The backup is decompressed into a scratch file beside the warehouse; the live ledger,
+logs, litigation holds and requests replace the backup's (they record every erasure, hold and
+request since); answered objections and restrictions are re-applied, retention (with
+the erasure register) as of the latest date any run enforced; only then is the file
+swapped in. Rectifications made after the backup are not re-applied: their new values
+are not kept once carried out (a known limit, reported in the answer's ledger entry).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from lethe.declaration.policy import Policy
+from lethe.declaration.strategies import quote
+from lethe.engine.audit import LedgerEntry, append
+from lethe.engine.enforcement import enforce
+from lethe.engine.warehouse import connect, ensure_schemas, has_table
+from lethe.operations.backup import decompress, load_backup
+from lethe.operations.home import Home
+from lethe.rights.requests import reapply_done
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What a restore did (counts only)."""
+
+    backup_id: str
+    reapplied_as_of: dt.date | None
+    erasures_since_backup: int
+
+
+# Newer than any backup and authoritative: the ledger and logs (every erasure since), the
+# requests (erasures, objections and restrictions are re-applied from them) and, with them,
+# the policy's hold table (`carried_over`).
+CARRIED_OVER = (
+    ("audit", "ledger"),
+    ("audit", "access_log"),
+    ("audit", "export_log"),
+    ("audit", "log_purges"),
+    ("requests", "requests"),
+    ("requests", "erasures"),
+)
+
+
+def carried_over(policy: Policy) -> tuple[tuple[str, str], ...]:
+    """The tables a restore takes from the live warehouse: `CARRIED_OVER` and the litigation
+    holds (a hold placed since the backup must still freeze its rows)."""
+    return (*CARRIED_OVER, ("core", policy.hold_table))
+
+
+def scratch_path(home: Home) -> Path:
+    """Where a restore is prepared; removed on the next start if a restore was killed."""
+    return home.warehouse.with_name(home.warehouse.name + ".restore")
+
+
+def restore(home: Home, backup_id: str, policy: Policy) -> RestoreResult:
+    """Restore `backup_id`, re-apply every later erasure, then swap it in atomically."""
+    backup = load_backup(home, backup_id)
+    scratch = scratch_path(home)
+    scratch.unlink(missing_ok=True)
+    decompress(backup, scratch)
+    run_id = f"restore-{uuid.uuid4()}"
+    try:
+        con = connect(scratch)
+        try:
+            ensure_schemas(con, policy.data_schema)
+            con.execute("ATTACH ? AS live (READ_ONLY)", [str(home.warehouse)])
+            for schema, table in carried_over(policy):
+                if has_table(con, schema, table):
+                    name = f"{schema}.{quote(table)}"
+                    con.execute(f"DELETE FROM {name}")
+                    con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM live.{name}")
+            con.execute("DETACH live")
+            reapply_done(con, policy)
+            last_as_of, since = con.execute(
+                "SELECT max(as_of), count(*) FILTER (WHERE seq > ? AND action IN"
+                " ('erase', 'anonymize', 'delete', 'pseudonymize')) FROM audit.ledger",
+                [backup.ledger_seq],
+            ).fetchone()
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        if last_as_of is not None:
+            enforce(home, policy, last_as_of, run_id, warehouse=scratch)
+        con = connect(scratch)
+        try:
+            append(
+                con,
+                [
+                    LedgerEntry(
+                        run_id=run_id,
+                        as_of=last_as_of or dt.datetime.now(dt.UTC).date(),
+                        action="restore",
+                        reason=f"restored backup {backup_id}; retention re-applied",
+                        details={"erasures_since_backup": since},
+                    )
+                ],
+            )
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        os.replace(scratch, home.warehouse)
+    finally:
+        scratch.unlink(missing_ok=True)
+    return RestoreResult(backup_id, last_as_of, since)
