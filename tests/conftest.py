@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +31,44 @@ TABLES = default_schema().tables
 TAGGED_TABLES = tagged_tables(load_policy(DEFAULT_POLICY))
 # The `lethe` script of the environment running the tests (a venv, CI or a user's own).
 LETHE_BIN = Path(sys.executable).with_name("lethe")
+# What the tests' own environment must not pass on to a `lethe` they start.
+_NOT_INHERITED = ("LETHE_POLICY", "DAGSTER_HOME", "LETHE_HOME")
+
+
+def lethe_env(home: Path | None = None, **env: str) -> dict[str, str]:
+    """The environment of a `lethe` the tests start: on LETHE_HOME `home`, plain 200-column
+    output, `env` added to a copy of this process's environment (less LETHE_POLICY,
+    DAGSTER_HOME and LETHE_HOME)."""
+    environ = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+    environ.update(COLUMNS="200", NO_COLOR="1", TERM="dumb")
+    if home is not None:
+        environ["LETHE_HOME"] = str(home)
+    environ.update(env)
+    return environ
+
+
+def lethe_cli(
+    *args: str,
+    home: Path | None = None,
+    cwd: Path | None = None,
+    timeout: float = 300,
+    umask: int = -1,
+    **env: str,
+) -> subprocess.CompletedProcess[str]:
+    """`lethe ARGS` as a user runs it, in `cwd` (default: beside the home, else the
+    repository), in `lethe_env(home, **env)`; `umask` the command starts with (-1: this
+    process's)."""
+    return subprocess.run(
+        [str(LETHE_BIN), *args],
+        cwd=cwd or (home.parent if home else REPO),
+        env=lethe_env(home, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        umask=umask,
+    )
+
+
 INGEST_ORDER = ("contacts", "consents", "orders", "shipments", "holds")
 
 # Defaults are long in the past (2012), so no purpose keeps a row at a 2026 as-of date

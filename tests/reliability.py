@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import LETHE_BIN, REPO, TABLES
+from conftest import REPO, TABLES, lethe_cli, lethe_env
 
 from lethe.declaration.strategies import quote
 from lethe.engine.audit import verify
@@ -61,9 +61,8 @@ def copy_home(src: Home, dst: Path) -> Home:
 
 
 def cli_env(home: Home, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LETHE_POLICY", "DAGSTER_HOME")}
-    env.update(LETHE_HOME=str(home.root), COLUMNS="200", **extra)
-    return env
+    """The environment of a `lethe` process on `home` (see conftest.lethe_env)."""
+    return lethe_env(home.root, **extra)
 
 
 def run_cli(
@@ -71,15 +70,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """`lethe ARGS` on `home` (cwd: the repository, so the default policy is found);
     `umask` the command starts with (-1: this process's)."""
-    return subprocess.run(
-        [str(LETHE_BIN), *args],
-        cwd=REPO,
-        env=cli_env(home, **env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        umask=umask,
-    )
+    return lethe_cli(*args, home=home.root, cwd=REPO, timeout=timeout, umask=umask, **env)
 
 
 def masked(value: object) -> str:

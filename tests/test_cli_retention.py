@@ -5,13 +5,12 @@ through the steps in order."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import subprocess
 
 import pytest
 import retention_cases as rc
-from conftest import LETHE_BIN
+from conftest import lethe_cli
 
 from lethe.declaration.policy import Policy
 from lethe.engine.audit import verify
@@ -26,16 +25,7 @@ LATER = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=2)).isoformat()
 
 
 def lethe(home: Home, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LETHE_POLICY", "DAGSTER_HOME")}
-    env.update(LETHE_HOME=str(home.root), COLUMNS="200", NO_COLOR="1", TERM="dumb")
-    return subprocess.run(
-        [str(LETHE_BIN), *args],
-        cwd=home.root.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return lethe_cli(*args, home=home.root, timeout=180)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

@@ -19,7 +19,7 @@ import dagster as dg
 import duckdb
 import pytest
 import yaml
-from conftest import DEFAULT_POLICY, LETHE_BIN, REPO, write_landing_set
+from conftest import DEFAULT_POLICY, REPO, lethe_cli, write_landing_set
 
 from assets.compliance import compliance_assets
 from lethe.compliance.breaches import (
@@ -614,16 +614,7 @@ def test_compliance_definitions() -> None:
 
 
 def lethe(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LETHE_POLICY", "DAGSTER_HOME")}
-    env.update(LETHE_HOME=str(home), COLUMNS="200", NO_COLOR="1", TERM="dumb")
-    return subprocess.run(
-        [str(LETHE_BIN), *args],
-        cwd=home.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return lethe_cli(*args, home=home, timeout=60)
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:

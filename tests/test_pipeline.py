@@ -4,7 +4,6 @@ on small hand-made landing sets in a temporary LETHE_HOME."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +12,14 @@ from typing import Any
 import dagster as dg
 import pytest
 import yaml
-from conftest import DEFAULT_POLICY, LETHE_BIN, REPO, tags, write_landing, write_landing_set
+from conftest import (
+    DEFAULT_POLICY,
+    REPO,
+    lethe_cli,
+    tags,
+    write_landing,
+    write_landing_set,
+)
 
 from assets.ingest import ingest_assets
 from assets.tagging import tagging_assets
@@ -189,16 +195,7 @@ def test_run_pipeline_in_tmp_home(home: Home, monkeypatch: pytest.MonkeyPatch) -
 
 
 def lethe(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LETHE_POLICY", "DAGSTER_HOME")}
-    env.update(LETHE_HOME=str(home), COLUMNS="200", NO_COLOR="1", TERM="dumb")
-    return subprocess.run(
-        [str(LETHE_BIN), *args],
-        cwd=home.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return lethe_cli(*args, home=home, timeout=120)
 
 
 def test_cli_run(tmp_path: Path) -> None:

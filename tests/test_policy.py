@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import re
 import subprocess
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import DEFAULT_POLICY, LETHE_BIN, REPO, TABLES
+from conftest import DEFAULT_POLICY, REPO, TABLES, lethe_cli
 from typer.testing import CliRunner
 
 from lethe.cli import app
@@ -389,16 +388,7 @@ def test_cli_policy_check_lists_purposes() -> None:
 
 
 def _lethe(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k not in ("LETHE_POLICY", "LETHE_HOME")}
-    environ.update(env, COLUMNS="200", NO_COLOR="1")
-    return subprocess.run(
-        [str(LETHE_BIN), *args],
-        cwd=cwd,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return lethe_cli(*args, cwd=cwd, timeout=60, **env)
 
 
 def test_cli_policy_check_default_from_anywhere(tmp_path: Path) -> None:

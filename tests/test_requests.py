@@ -7,7 +7,6 @@ import csv
 import datetime as dt
 import io
 import json
-import os
 import re
 import subprocess
 import unicodedata
@@ -18,7 +17,14 @@ import dagster as dg
 import duckdb
 import pytest
 import yaml
-from conftest import DEFAULT_POLICY, LETHE_BIN, REPO, TABLES, TAGGED_TABLES, write_landing_set
+from conftest import (
+    DEFAULT_POLICY,
+    REPO,
+    TABLES,
+    TAGGED_TABLES,
+    lethe_cli,
+    write_landing_set,
+)
 from renaming import Renaming, suffixed
 from request_cases import (
     ACC,
@@ -106,16 +112,7 @@ def request_ledger(con: duckdb.DuckDBPyConnection) -> list[tuple]:
 
 
 def lethe(home: Home, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LETHE_POLICY", "DAGSTER_HOME")}
-    env.update(LETHE_HOME=str(home.root), COLUMNS="200", NO_COLOR="1", TERM="dumb")
-    return subprocess.run(
-        [str(LETHE_BIN), *args],
-        cwd=home.root.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return lethe_cli(*args, home=home.root, timeout=120)
 
 
 def plain(row: dict[str, Any]) -> dict[str, Any]:

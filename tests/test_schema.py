@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import DEFAULT_POLICY, LETHE_BIN
+from conftest import DEFAULT_POLICY, lethe_cli
 from fideslang.models import Dataset
 
 from lethe.declaration.fides import fides_yaml
@@ -238,14 +238,7 @@ def test_fides_export_is_a_valid_fides_dataset() -> None:
 
 
 def _lethe(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(LETHE_BIN), *args],
-        cwd=tmp_path,
-        env={"LETHE_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "COLUMNS": "80"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return lethe_cli(*args, home=tmp_path / "home", cwd=tmp_path, timeout=120, COLUMNS="80")
 
 
 def test_cli_schema_check_and_export(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from lethe.declaration.datasets import DatasetDeclaration, parse_datasets
 from lethe.declaration.duration import Duration, DurationError
 from lethe.declaration.schema import Schema, SchemaError, Table, default_schema, load_schema
 from lethe.declaration.strategies import ColumnRules, Pseudonymize, type_problem
-from lethe.declaration.yamldoc import parse_yaml, validation_message, yaml_problem
+from lethe.declaration.yamldoc import parse_yaml, read_document, validation_message, yaml_problem
 from lethe.errors import LetheError
 
 LegalBasis = Literal[
@@ -505,10 +505,4 @@ def default_policy_path() -> Path:
 def load_policy(path: str | Path | None = None) -> Policy:
     """Load and validate a policy file (default: `default_policy_path()`)."""
     file = Path(path) if path else default_policy_path()
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(f"{file}: cannot read policy ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise PolicyError(f"{file}: policy is not UTF-8 text") from None
-    return parse_policy(text, str(file), file.parent)
+    return parse_policy(read_document(file, "policy", PolicyError), str(file), file.parent)

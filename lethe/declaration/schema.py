@@ -27,7 +27,13 @@ from pydantic import (
     model_validator,
 )
 
-from lethe.declaration.yamldoc import Document, parse_yaml, validation_message, yaml_problem
+from lethe.declaration.yamldoc import (
+    Document,
+    parse_yaml,
+    read_document,
+    validation_message,
+    yaml_problem,
+)
 from lethe.errors import LetheError
 from lethe.eshop import SCHEMA_FILE as DEFAULT_SCHEMA_FILE
 
@@ -336,13 +342,7 @@ def _validate(doc: Document, source: str) -> Schema:
 def load_schema(path: str | Path | None = None) -> Schema:
     """Load and validate a schema file (default: the e-shop schema shipped with Lethe)."""
     file = Path(path) if path else DEFAULT_SCHEMA_FILE
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SchemaError(f"{file}: cannot read schema ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise SchemaError(f"{file}: schema is not UTF-8 text") from None
-    return parse_schema(text, str(file))
+    return parse_schema(read_document(file, "schema", SchemaError), str(file))
 
 
 @cache

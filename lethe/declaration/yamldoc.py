@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -73,6 +74,17 @@ def parse_yaml(text: str, what: str = "document") -> Document:
     if node is not None:
         _lines(node, (), lines)
     return Document(data, lines)
+
+
+def read_document(file: Path, what: str, error: type[Exception]) -> str:
+    """The text of a YAML file a person wrote; `error` (naming the file) when it cannot be
+    read or is not UTF-8 text."""
+    try:
+        return file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{file}: cannot read {what} ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise error(f"{file}: {what} is not UTF-8 text") from None
 
 
 def yaml_problem(exc: BaseException) -> str:
