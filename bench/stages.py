@@ -31,11 +31,12 @@ from lethe.declaration.policy import Policy, load_policy
 from lethe.declaration.schema import Column, Table
 from lethe.declaration.strategies import Strategy, literal, quote
 from lethe.engine.compaction import fsync
+from lethe.engine.ddl import ensure_schemas
 from lethe.engine.enforcement import enforce
 from lethe.engine.ingest import ingest_table
 from lethe.engine.tagging import tag_all, tagged_tables
 from lethe.engine.vault import attach
-from lethe.engine.warehouse import connect, ensure_schemas
+from lethe.engine.warehouse import connect
 from lethe.eshop.generate import generate
 from lethe.operations.home import Home
 

@@ -12,7 +12,8 @@ import duckdb
 from pydantic import Field
 
 from lethe.declaration.policy import Policy, load_policy
-from lethe.engine.warehouse import connect, ensure_schemas
+from lethe.engine.ddl import ensure_schemas
+from lethe.engine.warehouse import connect
 from lethe.operations.files import owner_only_umask, restrict_tree
 from lethe.operations.home import Home
 from lethe.operations.lock import exclusive

@@ -21,12 +21,12 @@ from lethe.engine.audit import (
     LedgerRecord,
     VerifyResult,
     append,
-    ensure_ledger,
     entries,
     head,
     verify,
 )
-from lethe.engine.warehouse import connect, ensure_schemas, transaction
+from lethe.engine.ddl import ensure_ledger, ensure_schemas
+from lethe.engine.warehouse import connect, transaction
 
 AS_OF = dt.date(2026, 5, 1)
 

@@ -44,11 +44,12 @@ from lethe.compliance.summary import summarize
 from lethe.declaration.policy import Policy, PolicyError, load_policy, parse_policy
 from lethe.declaration.schema import default_schema
 from lethe.engine.audit import LedgerEntry, append, entries
+from lethe.engine.ddl import ensure_schemas
 from lethe.engine.enforcement import enforce
 from lethe.engine.ingest import ingest_table
 from lethe.engine.tagging import tag_all
 from lethe.engine.vault import open_vault
-from lethe.engine.warehouse import connect, ensure_schemas
+from lethe.engine.warehouse import connect
 from lethe.eshop import SCHEMA_FILE
 from lethe.operations.home import Home
 from lethe.rights.exports import write_export

@@ -11,8 +11,9 @@ import duckdb
 import pytest
 
 from lethe.declaration.policy import Policy
-from lethe.engine.warehouse import connect, ensure_schemas
-from lethe.operations.activity_logs import ensure_logs, purge_logs
+from lethe.engine.ddl import ensure_logs, ensure_schemas
+from lethe.engine.warehouse import connect
+from lethe.operations.activity_logs import purge_logs
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 SECOND = dt.timedelta(seconds=1)

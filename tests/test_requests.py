@@ -60,9 +60,10 @@ from request_cases import (
 from assets.requests import NOTHING_OVERDUE, request_assets
 from lethe.declaration.policy import Policy, load_policy
 from lethe.declaration.schema import default_schema, load_schema
+from lethe.engine.ddl import ensure_schemas
 from lethe.engine.ingest import ingest_table
 from lethe.engine.tagging import tag_all
-from lethe.engine.warehouse import connect, ensure_schemas, table_columns
+from lethe.engine.warehouse import connect, table_columns
 from lethe.eshop import SCHEMA_FILE
 from lethe.operations.home import Home
 from lethe.rights.answers import answer_pending

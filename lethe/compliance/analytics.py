@@ -43,6 +43,7 @@ from lethe.declaration.datasets import (
 from lethe.declaration.policy import HOLD_PURPOSE, Policy
 from lethe.declaration.schema import Schema
 from lethe.declaration.strategies import literal, quote
+from lethe.engine.ddl import RELEASES, ensure_releases
 from lethe.engine.plan import Plan
 from lethe.engine.reach import reach
 from lethe.engine.states import RowState
@@ -52,7 +53,6 @@ from lethe.operations.files import replacing
 from lethe.operations.home import Home
 
 SCHEMA = "analytics"
-RELEASES = f"{SCHEMA}.releases"
 RELEASED_STATES = (RowState.ACTIVE, RowState.ANONYMIZED)
 
 
@@ -459,17 +459,6 @@ class Release:
         return self.generalized / self.records if self.records else 0.0
 
 
-def _ensure_releases(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-    con.execute(
-        f"""CREATE TABLE IF NOT EXISTS {RELEASES} (
-            dataset VARCHAR NOT NULL, released_at TIMESTAMP NOT NULL, k INTEGER NOT NULL,
-            rows BIGINT, records BIGINT, generalized BIGINT, suppressed BIGINT,
-            suppressed_cells BIGINT, excluded_restricted BIGINT, excluded_held BIGINT,
-            excluded_pseudonymized BIGINT, excluded_other BIGINT)"""
-    )
-
-
 def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
     return int(con.execute(sql).fetchall()[0][0])
 
@@ -503,7 +492,7 @@ def release(
                 f"CREATE OR REPLACE TABLE {table} AS SELECT {columns} FROM _an_released"
                 f" ORDER BY {labels}"
             )
-            _ensure_releases(con)
+            ensure_releases(con)
             con.execute(f"DELETE FROM {RELEASES} WHERE dataset = ?", [dataset.name])
             con.execute(
                 f"INSERT INTO {RELEASES} SELECT ?, now()::TIMESTAMP, ?, count(*), ?, ?, ?, ?,"

@@ -21,10 +21,10 @@ from typing import Literal
 import duckdb
 
 from lethe.declaration.policy import Policy
+from lethe.engine.ddl import BREACHES, ensure_breaches
 from lethe.engine.warehouse import has_table
 from lethe.errors import LetheError
 
-BREACHES = "audit.breaches"
 _COLUMNS = (
     "breach_id",
     "recorded_at",
@@ -88,20 +88,6 @@ class Breach:
                 f" {self.processor_deadline:%Y-%m-%d %H:%M} UTC"
             )
         return late
-
-
-def ensure_breaches(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the breach register if it does not exist."""
-    con.execute("CREATE SCHEMA IF NOT EXISTS audit")
-    con.execute(
-        f"""CREATE TABLE IF NOT EXISTS {BREACHES} (
-            breach_id VARCHAR PRIMARY KEY, recorded_at TIMESTAMP NOT NULL,
-            aware_at TIMESTAMP NOT NULL, source VARCHAR NOT NULL, processor VARCHAR,
-            processor_aware_at TIMESTAMP, subjects_affected BIGINT,
-            authority_deadline TIMESTAMP NOT NULL, processor_deadline TIMESTAMP,
-            authority_notified_at TIMESTAMP, controller_notified_at TIMESTAMP,
-            closed_at TIMESTAMP, description VARCHAR NOT NULL, closed_reason VARCHAR)"""
-    )
 
 
 def _naive(when: dt.datetime) -> dt.datetime:

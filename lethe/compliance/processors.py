@@ -30,13 +30,12 @@ from lethe.compliance.breaches import BREACHES, record_breach
 from lethe.declaration.policy import Policy, Processor
 from lethe.declaration.strategies import literal, quote
 from lethe.engine.audit import LedgerEntry, append
+from lethe.engine.ddl import EVENTS, ensure_events
 from lethe.engine.states import RowState
 from lethe.engine.warehouse import has_table, transaction
 from lethe.errors import LetheError
 from lethe.operations.files import csv_bytes, replacing
 from lethe.operations.home import Home
-
-EVENTS = "audit.processor_events"
 
 
 class UnknownProcessorError(LetheError):
@@ -65,16 +64,6 @@ class ProcessorExport:
     export_id: str
     path: Path
     rows: dict[str, int]
-
-
-def ensure_events(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the processor event log (exports, refusals, revocations) if missing."""
-    con.execute("CREATE SCHEMA IF NOT EXISTS audit")
-    con.execute(
-        f"""CREATE TABLE IF NOT EXISTS {EVENTS} (
-            event_at TIMESTAMP NOT NULL, processor VARCHAR NOT NULL, event VARCHAR NOT NULL,
-            reason VARCHAR, rows BIGINT, file_name VARCHAR, breach_id VARCHAR)"""
-    )
 
 
 def _naive(when: dt.datetime) -> dt.datetime:

@@ -143,28 +143,6 @@ class VerifyResult:
     seq: int | None = None
 
 
-def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
-    """Create `audit.ledger` if it does not exist yet."""
-    con.execute("CREATE SCHEMA IF NOT EXISTS audit")
-    con.execute(
-        """CREATE TABLE IF NOT EXISTS audit.ledger (
-            "seq" BIGINT PRIMARY KEY,
-            "recorded_at" TIMESTAMP NOT NULL,
-            "run_id" VARCHAR NOT NULL,
-            "as_of" DATE NOT NULL,
-            "action" VARCHAR NOT NULL,
-            "table_name" VARCHAR,
-            "columns" VARCHAR[] NOT NULL,
-            "keys" VARCHAR[] NOT NULL,
-            "key_count" BIGINT NOT NULL,
-            "reason" VARCHAR NOT NULL,
-            "strategy" VARCHAR,
-            "details" JSON NOT NULL,
-            "prev_hash" VARCHAR NOT NULL,
-            "hash" VARCHAR NOT NULL)"""
-    )
-
-
 def head(con: duckdb.DuckDBPyConnection) -> tuple[int, str]:
     """The last entry's (seq, hash), or (0, 64 zeros) for an empty ledger.
 

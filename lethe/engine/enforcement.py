@@ -19,6 +19,7 @@ from lethe.declaration.policy import Policy
 from lethe.declaration.strategies import quote
 from lethe.engine.audit import LedgerEntry, append
 from lethe.engine.compaction import compact
+from lethe.engine.ddl import ensure_schemas
 from lethe.engine.plan import Plan
 from lethe.engine.retention import (
     TOKENS,
@@ -29,7 +30,7 @@ from lethe.engine.retention import (
 )
 from lethe.engine.tagging import tagged_tables
 from lethe.engine.vault import attach, ensure_tokens
-from lethe.engine.warehouse import connect, ensure_schemas, table_columns
+from lethe.engine.warehouse import connect, table_columns
 from lethe.operations.home import Home
 
 REASONS = {

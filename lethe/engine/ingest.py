@@ -35,11 +35,11 @@ import pyarrow as pa
 from lethe.declaration.policy import Policy
 from lethe.declaration.schema import CsvDialect, Schema, Table
 from lethe.declaration.strategies import literal, quote
+from lethe.engine.ddl import ensure_schemas
 from lethe.engine.states import RowState
 from lethe.engine.warehouse import (
     SQL_TYPES,
     TAG_COLUMNS,
-    ensure_schemas,
     spill_directory,
     table_columns,
     transaction,

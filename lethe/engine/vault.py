@@ -50,6 +50,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from lethe.engine.ddl import ensure_vault
 from lethe.engine.warehouse import connect as connect_file
 from lethe.errors import LetheError
 
@@ -74,19 +75,6 @@ def open_vault(path: Path | str) -> duckdb.DuckDBPyConnection:
     con = connect_file(path)
     ensure_vault(con)
     return con
-
-
-def ensure_vault(con: duckdb.DuckDBPyConnection) -> None:
-    """Create `vault.tokens` and its (kind, value) unique index if they do not exist."""
-    con.execute(
-        """CREATE TABLE IF NOT EXISTS vault.tokens (
-            subject VARCHAR,
-            kind VARCHAR NOT NULL,
-            value VARCHAR NOT NULL,
-            token VARCHAR NOT NULL,
-            created_at TIMESTAMP NOT NULL)"""
-    )
-    con.execute("CREATE UNIQUE INDEX IF NOT EXISTS tokens_kind_value ON vault.tokens (kind, value)")
 
 
 def attach_sql(path: Path | str, *, read_only: bool = False) -> tuple[str, list[str]]:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from lethe.declaration.schema import Schema, Table
-from lethe.declaration.strategies import quote
+from lethe.declaration.schema import Table
 from lethe.errors import LetheError
 
 SQL_TYPES: dict[str, str] = {
@@ -105,66 +104,6 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
         con.execute("ROLLBACK")
         raise
     con.execute("COMMIT")
-
-
-def core_table_ddl(table: Table) -> str:
-    """CREATE TABLE for a core table: contract columns plus Lethe's tag columns."""
-    cols = [f"{quote(c.name)} {SQL_TYPES[c.type]}" for c in table.columns]
-    cols += [f"{quote(n)} {t}" for n, t in TAG_COLUMNS.items()]
-    return f"CREATE TABLE IF NOT EXISTS core.{quote(table.name)} ({', '.join(cols)})"
-
-
-def ensure_schemas(con: duckdb.DuckDBPyConnection, schema: Schema | None = None) -> None:
-    """Create Lethe's schemas and own tables (quarantine, requests, ledger, activity logs)
-    and, given a declared schema, its core tables, where missing."""
-    # Imported here: those modules use this one's helpers.
-    from lethe.engine.audit import ensure_ledger
-    from lethe.operations.activity_logs import ensure_logs
-
-    for name in SCHEMAS:
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {name}")
-    ensure_ledger(con)
-    ensure_logs(con)
-    for table in schema.tables.values() if schema else ():
-        con.execute(core_table_ddl(table))
-    con.execute(
-        """CREATE TABLE IF NOT EXISTS core.quarantine (
-            table_name VARCHAR, source_file VARCHAR, row_number BIGINT, column_name VARCHAR,
-            reason VARCHAR, record JSON, quarantined_at TIMESTAMP)"""
-    )
-    con.execute(
-        """CREATE TABLE IF NOT EXISTS requests.requests (
-            request_id VARCHAR PRIMARY KEY, type VARCHAR NOT NULL, subject_key VARCHAR NOT NULL,
-            received_at TIMESTAMP NOT NULL, deadline TIMESTAMP NOT NULL,
-            extended BOOLEAN NOT NULL DEFAULT false, extension_reason VARCHAR,
-            status VARCHAR NOT NULL, completed_at TIMESTAMP, reason VARCHAR,
-            changes JSON, answer JSON)"""
-    )
-    con.execute(
-        """CREATE TABLE IF NOT EXISTS requests.erasures (
-            request_id VARCHAR NOT NULL, subject_key VARCHAR NOT NULL, registered_at TIMESTAMP)"""
-    )
-    _name_request_subjects(con)
-    con.execute(
-        """CREATE TABLE IF NOT EXISTS core.ingest_log (
-            table_name VARCHAR, source_file VARCHAR, sha256 VARCHAR, rows_read BIGINT,
-            rows_loaded BIGINT, rows_quarantined BIGINT, ingested_at TIMESTAMP)"""
-    )
-
-
-# The subject column of Lethe's request tables before subjects were named by their
-# declared key (warehouses written by earlier versions).
-_OLD_SUBJECT_COLUMN = "contact_id"
-
-
-def _name_request_subjects(con: duckdb.DuckDBPyConnection) -> None:
-    """Rename the old subject column of `requests.requests` and `requests.erasures` to
-    `subject_key` (idempotent: a warehouse migrated or created since has none)."""
-    for table in ("requests", "erasures"):
-        if _OLD_SUBJECT_COLUMN in table_columns(con, "requests", table):
-            con.execute(
-                f"ALTER TABLE requests.{table} RENAME COLUMN {_OLD_SUBJECT_COLUMN} TO subject_key"
-            )
 
 
 def has_table(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:

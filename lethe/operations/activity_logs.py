@@ -12,6 +12,7 @@ import duckdb
 
 from lethe.declaration.policy import Policy
 from lethe.engine.audit import LedgerEntry, append
+from lethe.engine.ddl import ensure_logs
 from lethe.engine.warehouse import has_table, transaction
 
 
@@ -23,22 +24,6 @@ class LogPurge:
     export_log: int
     export_log_purged: bool
     quarantine: int = 0
-
-
-def ensure_logs(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the access and export logs (keys and paths only, never personal values)."""
-    con.execute("CREATE SCHEMA IF NOT EXISTS audit")
-    con.execute(
-        """CREATE TABLE IF NOT EXISTS audit.access_log (
-            accessed_at TIMESTAMP NOT NULL, actor VARCHAR, action VARCHAR NOT NULL,
-            subject_key VARCHAR, detail VARCHAR)"""
-    )
-    con.execute(
-        """CREATE TABLE IF NOT EXISTS audit.export_log (
-            exported_at TIMESTAMP NOT NULL, export_id VARCHAR NOT NULL, kind VARCHAR NOT NULL,
-            subject_key VARCHAR, recipient VARCHAR, file_name VARCHAR, expires_at TIMESTAMP)"""
-    )
-    con.execute("CREATE TABLE IF NOT EXISTS audit.log_purges (log VARCHAR, purged_at TIMESTAMP)")
 
 
 def purge_logs(

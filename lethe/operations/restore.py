@@ -19,8 +19,9 @@ from pathlib import Path
 from lethe.declaration.policy import Policy
 from lethe.declaration.strategies import quote
 from lethe.engine.audit import LedgerEntry, append
+from lethe.engine.ddl import ensure_schemas
 from lethe.engine.enforcement import enforce
-from lethe.engine.warehouse import connect, ensure_schemas, has_table
+from lethe.engine.warehouse import connect, has_table
 from lethe.operations.backup import decompress, load_backup
 from lethe.operations.home import Home
 from lethe.rights.requests import reapply_done

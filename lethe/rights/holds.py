@@ -16,8 +16,9 @@ import duckdb
 from lethe.declaration.policy import Policy
 from lethe.declaration.strategies import quote
 from lethe.engine.audit import LedgerEntry, append
+from lethe.engine.ddl import ensure_schemas
 from lethe.engine.states import RowState
-from lethe.engine.warehouse import ensure_schemas, transaction
+from lethe.engine.warehouse import transaction
 from lethe.errors import LetheError
 from lethe.rights.subjects import resolve_subject
 

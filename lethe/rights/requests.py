@@ -27,12 +27,13 @@ from lethe.declaration.policy import Policy, Purpose
 from lethe.declaration.schema import Schema, Table
 from lethe.declaration.strategies import literal, quote
 from lethe.engine.audit import LedgerEntry, append
+from lethe.engine.ddl import ensure_schemas
 from lethe.engine.ingest import COUNTRY
 from lethe.engine.plan import timestamp_literal
 from lethe.engine.reach import reach, subject_in
 from lethe.engine.states import RowState
 from lethe.engine.vault import attach
-from lethe.engine.warehouse import SQL_TYPES, ensure_schemas, has_table, transaction
+from lethe.engine.warehouse import SQL_TYPES, has_table, transaction
 from lethe.errors import LetheError
 from lethe.rights.subjects import (
     EMAIL,
