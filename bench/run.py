@@ -207,9 +207,17 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(STAGES),
         help="also profile this stage once at the largest scale (pyinstrument)",
     )
+    parser.add_argument(
+        "--stages",
+        type=lambda t: t.split(","),
+        help="run only these comma-separated stages (the later stages need generate and"
+        " ingest_tag for their fixtures); the others are reported as not run",
+    )
     args = parser.parse_args(argv)
     if args.reps is not None and args.reps < 1:
         parser.error("--reps must be at least 1")
+    if args.stages and (unknown := set(args.stages) - set(STAGES)):
+        parser.error(f"--stages: unknown stage(s) {', '.join(sorted(unknown))}")
 
     scales = args.scales or ladder(args.scale)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -235,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Detected once, before any work: a module that lands broken fails the run at once.
     unavailable = {s.name: why for s in STAGES.values() if (why := s.missing())}
+    for name in STAGES if args.stages else ():
+        if name not in args.stages:
+            unavailable.setdefault(name, "not selected (--stages)")
     results = []
     try:
         for contacts in scales:
