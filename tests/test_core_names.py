@@ -35,7 +35,7 @@ PLAIN_WORDS = {
 
 # Names a file may hold, with why: the old name of a column of Lethe's own request tables,
 # kept to migrate warehouses written by earlier versions.
-LEGACY = {("lethe/engine/warehouse.py", "contact_id")}
+LEGACY = {("lethe/engine/ddl.py", "contact_id")}
 
 
 def _names() -> set[str]:
