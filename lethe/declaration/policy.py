@@ -27,6 +27,7 @@ from pydantic import (
 
 from lethe.declaration.datasets import DatasetDeclaration, parse_datasets
 from lethe.declaration.duration import Duration, DurationError
+from lethe.declaration.letters import Letters, Wordings
 from lethe.declaration.schema import Schema, SchemaError, Table, default_schema, load_schema
 from lethe.declaration.strategies import ColumnRules, Pseudonymize, type_problem
 from lethe.declaration.yamldoc import parse_yaml, read_document, validation_message, yaml_problem
@@ -194,6 +195,8 @@ class Purpose(_Frozen):
     retention: Retention
     # Categories of data subjects, as the record of processing (Art. 30(1)(c)) lists them.
     data_subjects: tuple[str, ...] = ()
+    # The purpose as a data subject's letter names and explains it, per language.
+    letter: Wordings = {}
 
     _parse_keeps = field_validator("keeps", "pseudonymizes", mode="before")(
         lambda cls, v, info: _parse_keeps(v, info) if v else {}
@@ -259,6 +262,8 @@ class Processor(_Frozen):
     contract_end: dt.date | None = None
     export_access: bool = True
     transfers: str = "none outside the EU/EEA"
+    # The recipient as a data subject's letter names it, per language.
+    letter: Wordings = {}
 
     _k = field_validator("data_shared", mode="before")(lambda cls, v, info: _parse_keeps(v, info))
 
@@ -328,6 +333,7 @@ class Policy(_Frozen):
     analytics: Analytics = Analytics()
     breach_notification: BreachNotification = BreachNotification()
     consent_health: ConsentHealth = ConsentHealth()
+    letters: Letters = Letters()
     # The declared tables this policy applies to (its `schema:` file, or the default).
     data_schema: Schema = Field(default_factory=default_schema)
     source: str = ""

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from lethe.declaration.letters import Labels
 from lethe.declaration.yamldoc import (
     Document,
     parse_yaml,
@@ -67,6 +68,7 @@ class Column(_Frozen):
     category: str
     required: bool = False
     description: str = ""
+    label: Labels = {}  # what a data subject's letter calls it, per language
 
     @field_validator("category")
     @classmethod
@@ -146,6 +148,7 @@ class Table(_Frozen):
 
     name: str
     description: str = ""
+    label: Labels = {}  # what a data subject's letter calls it, per language
     key: str
     subject: bool = False
     optional: bool = False

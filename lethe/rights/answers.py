@@ -3,7 +3,8 @@
 Access and portability: one export zip per request (documents read set-based).
 Erasure: the rewrite has erased the subject (and forgotten the vault entries no kept row
 refers to); the answer lists what is still kept, why and until when (accounting invoices
-as pseudonyms, a litigation hold), and the subject's earlier exports are deleted.
+as pseudonyms, a litigation hold), with a letter to the subject in Czech and English, and
+the subject's earlier exports are deleted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lethe.engine.states import RowState
 from lethe.engine.vault import attach
 from lethe.engine.warehouse import transaction
 from lethe.operations.home import Home
+from lethe.rights import letter
 from lethe.rights.exports import (
     build_documents,
     delete_exports,
@@ -121,6 +123,14 @@ def answer_pending(
                 r.request_id: {
                     "kept": kept[r.subject_key],
                     "earlier_exports_deleted": gone.get(r.subject_key, 0),
+                    # The answer as the subject reads it, in Czech and English.
+                    "letter": letter.erasure(
+                        policy,
+                        r.request_id,
+                        r.received_at,
+                        kept[r.subject_key],
+                        gone.get(r.subject_key, 0),
+                    ),
                 }
                 for r in erasures
             }

@@ -2,7 +2,8 @@
 
 The documents of all pending subjects are read with one query per table (set-based);
 only writing the zips is per subject. Each zip holds `subject.json` (validated against
-`lethe/schemas/subject_export.schema.json`), one CSV per table and `index.html`.
+`lethe/schemas/subject_export.schema.json`), one CSV per table and `index.html`, a letter
+to the subject in Czech and English (lethe.rights.letter).
 Exports live under `exports/requests/`, are logged in `audit.export_log` and expire
 after the policy's export retention (30 days).
 """
@@ -10,7 +11,6 @@ after the policy's export retention (30 days).
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 import zipfile
 from importlib import resources
@@ -29,6 +29,7 @@ from lethe.engine.retention import pseudonym_columns
 from lethe.engine.vault import reidentify
 from lethe.operations.files import csv_bytes, replacing
 from lethe.operations.home import Home
+from lethe.rights import letter
 from lethe.rights.requests import Request, subject_tables, subject_token_kinds
 
 FORMAT = "lethe-subject-export/1"
@@ -183,41 +184,6 @@ def _csv(rows: list[dict[str, Any]], contract: list[str]) -> bytes:
     return csv_bytes(frame)
 
 
-def _html(doc: dict[str, Any]) -> str:
-    e = html.escape
-    parts = [
-        "<!doctype html><html lang='en'><meta charset='utf-8'>",
-        f"<title>Your data held by us ({e(doc['kind'])})</title>",
-        "<style>body{font-family:sans-serif;max-width:60em;margin:auto}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style>",
-        f"<h1>Your data ({e(doc['kind'])} request {e(doc['request']['id'])})</h1>",
-        f"<p>Generated {e(doc['generated_at'])}."
-        f" Answer due by {e(doc['request']['deadline'])}.</p>",
-    ]
-    for table, rows in doc["tables"].items():
-        parts.append(f"<h2>{e(table)} ({len(rows)} rows)</h2>")
-        if rows:
-            cols = list(rows[0])
-            parts.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
-            for row in rows:
-                parts.append(
-                    "<tr>" + "".join(f"<td>{e(str(row.get(c, '')))}</td>" for c in cols) + "</tr>"
-                )
-            parts.append("</table>")
-    parts.append("<h2>Why we keep it</h2><ul>")
-    for name, p in doc["purposes"].items():
-        parts.append(
-            f"<li><b>{e(name)}</b> ({e(p['legal_basis'])}): {e(p['description'])}"
-            f" Retention: {e(p['retention'])}.</li>"
-        )
-    parts.append("</ul><h2>Who receives it</h2><ul>")
-    parts += [f"<li>{e(p['name'])}: {e(p['purpose'])}</li>" for p in doc["processors"]] or [
-        "<li>No processor receives your data.</li>"
-    ]
-    parts.append("</ul></html>")
-    return "\n".join(parts)
-
-
 def write_export(home: Home, policy: Policy, doc: dict[str, Any]) -> Path:
     """Validate and write one export zip atomically (owner-only); returns its path."""
     jsonschema.validate(doc, schema(policy))
@@ -227,7 +193,7 @@ def write_export(home: Home, policy: Policy, doc: dict[str, Any]) -> Path:
         zf.writestr("subject.json", json.dumps(doc, ensure_ascii=False, indent=2))
         for table, rows in doc["tables"].items():
             zf.writestr(f"{table}.csv", _csv(rows, tables[table].column_names))
-        zf.writestr("index.html", _html(doc))
+        zf.writestr("index.html", letter.render(doc, policy))
     return target
 
 
