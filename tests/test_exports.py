@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import csv
 import datetime as dt
+import html
 import io
 import json
 import shutil
@@ -30,7 +31,9 @@ from request_cases import (
 import lethe
 from lethe.engine.warehouse import connect
 from lethe.operations.home import Home
+from lethe.rights import language as words
 from lethe.rights.exports import expire_exports, schema
+from lethe.rights.letter import table_label, wording
 
 MEMBERS = {"subject.json", "index.html", *(f"{t}.csv" for t in TAGGED_TABLES)}
 PROCESSORS = {"monkeydata", "balikobot", "smartemailing"}
@@ -177,12 +180,22 @@ def test_access_html_summary_is_readable(sc: Scenario) -> None:
     page = sc.exports_run1["access"]["index.html"].decode("utf-8")
     assert page.startswith("<!doctype html>")
     assert sc.ids["access"] in page
-    for table, n in (("contacts", 1), ("consents", 1), ("orders", 2), ("shipments", 1)):
-        assert f"<h2>{table} ({n} rows)</h2>" in page
+    # the letter in each language: every table by its label with its count of records, the
+    # legal bases in words, the processors by name (the subject's purposes concern them all)
+    tables = policy().data_schema.tables
+    processors = {p.name: p for p in policy().processors}
+    for lang in ("cs", "en"):
+        rows = words.PHRASES[lang]["rows"]
+        for table, n in (("contacts", 1), ("consents", 1), ("orders", 2), ("shipments", 1)):
+            label = table_label(tables[table], lang)
+            assert (
+                f'<h3>{label} <span class="count">({words.count(rows, n, lang)})</span></h3>'
+                in page
+            )
+        assert html.escape(words.LEGAL_BASES[lang]["legal_obligation"]) in page
+        for name in PROCESSORS:
+            assert html.escape(wording(processors[name], lang).title) in page
     assert ACC["email"] in page
-    assert "legal_obligation" in page
-    for name in PROCESSORS:
-        assert name in page
 
 
 def test_portability_covers_consent_and_contract_data_only(sc: Scenario) -> None:

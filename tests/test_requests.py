@@ -717,6 +717,7 @@ def test_erasure_answer_says_what_is_kept_and_until_when(sc: Scenario) -> None:
     assert status == "done"
     assert {k["table"] for k in ans["kept"]} <= {"orders"}
     status, ans = answer(sc.home, sc.erasures["c-bulk-05"])
+    assert set(ans.pop("letter")) == {"cs", "en"}  # the answer to the subject, both languages
     assert ans == {"kept": [], "earlier_exports_deleted": 0}
 
 
@@ -738,6 +739,7 @@ def test_erasure_deletes_earlier_exports(sc: Scenario) -> None:
     assert sc.export_names_run1["portability"] in sc.exports_after_run2
     status, ans = answer(sc.home, sc.erasures["c-gone"])
     assert status == "done"
+    assert set(ans.pop("letter")) == {"cs", "en"}
     assert ans == {"kept": [], "earlier_exports_deleted": 1}
 
 
