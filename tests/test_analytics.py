@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +15,8 @@ from typing import Any
 import dagster as dg
 import duckdb
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import DEFAULT_POLICY, TABLES, write_landing_set
@@ -24,6 +27,8 @@ from lethe.compliance.analytics import (
     check_k_anonymity,
     datasets,
     exports_dir,
+    label_order,
+    policy_digest,
     release,
     release_plan,
 )
@@ -592,3 +597,63 @@ def test_declared_dataset_drives_the_release(home: Home, warehouse) -> None:
     # the larger of the dataset's and the policy's k applies
     stricter = release(con, home, policy.model_copy(update={"k_anonymity": 7}), orders_by_year)
     assert (stricter.k, stricter.rows, stricter.suppressed) == (7, 0, 6)
+
+
+# --- the Parquet extract: metadata and order ----------------------------------------------------
+
+
+def test_extract_carries_metadata_and_sorts_bands_in_order(
+    released, policy: Policy, home: Home
+) -> None:
+    """Five buyers in each of four amount bands (lexically 1000-2500 < 500-1000 < <500):
+    the extract lists them by amount, says its as-of date, k, policy and what each column
+    is, and that its period is a month (or a quarter where generalized)."""
+    amounts = ["9000.00", "700.00", "100.00", "1500.00"]
+    con, result = released([{"amount": a} for a in amounts for _ in range(5)])
+    extract = release(con, home, policy, ORDERS, as_of=T)
+    table = pq.read_table(extract.path)
+    bands = ["CZK <500", "CZK 500-1000", "CZK 1000-2500", "CZK 5000-10000"]
+    assert table["amount_band"].to_pylist() == bands  # rows in band order
+    band_type = table.schema.field("amount_band").type
+    assert pa.types.is_dictionary(band_type) and band_type.ordered
+    assert table["amount_band"].chunk(0).dictionary.to_pylist() == bands
+    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    assert meta["lethe.as_of"] == "2026-03-01"
+    assert meta["lethe.k"] == "5"
+    assert meta["lethe.policy_version"] == "1"
+    assert meta["lethe.policy_digest"] == policy_digest(policy)
+    assert meta["lethe.dataset"] == "orders_by_month"
+    for column in ORDERS.columns:
+        field = {
+            k.decode(): v.decode() for k, v in table.schema.field(column.name).metadata.items()
+        }
+        assert field["description"] == column.description and field["description"]
+    period = {k.decode(): v.decode() for k, v in table.schema.field("period").metadata.items()}
+    assert period["granularity"] == "month or quarter"
+    assert json.loads(period["order"]) == ["2026-01"]
+    # Polars still reads the numbers and labels as they were released.
+    frame = pl.read_parquet(extract.path)
+    assert frame["orders"].to_list() == [5, 5, 5, 5]
+    assert result.rows == extract.rows == 4
+
+
+def test_labels_sort_by_their_numbers() -> None:
+    labels = ["CZK any", "CZK 10000+", "EUR <20", "CZK 500-1000", "CZK <500", "unknown"]
+    assert sorted(labels, key=label_order) == [
+        "CZK <500",
+        "CZK 500-1000",
+        "CZK 10000+",
+        "CZK any",
+        "EUR <20",
+        "unknown",
+    ]
+    years = ["2000-2009", "1980-1989", "1990-1999", "unknown"]
+    assert sorted(years, key=label_order) == ["1980-1989", "1990-1999", "2000-2009", "unknown"]
+    days = ["5+ days", "<1 days", "2-3 days", "1-2 days", "not delivered"]
+    assert sorted(days, key=label_order) == [
+        "<1 days",
+        "1-2 days",
+        "2-3 days",
+        "5+ days",
+        "not delivered",
+    ]

@@ -24,11 +24,19 @@ Only the warehouse is read: the vault is never opened.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from lethe.declaration.datasets import (
     ANY,
@@ -463,10 +471,97 @@ def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
     return int(con.execute(sql).fetchall()[0][0])
 
 
+# --- the Parquet extract ---------------------------------------------------------------------
+
+_TIME_STEPS = ("month", "quarter", "year", "years")
+_LEADING = re.compile(r"^([^0-9<]*)(<?)([0-9]+(?:\.[0-9]+)?)?")
+
+
+def label_order(label: str) -> tuple[str, float, str]:
+    """Sort key of a released label: bands by their numbers, not their text.
+
+    `CZK <500` < `CZK 500-1000` < `CZK 1000-2500` < `CZK 10000+` < `CZK any` < `EUR <20`;
+    `<1 days` < `1-2 days` < `5+ days`; `1980-1989` < `2000-2009`; `CZ-1` < `CZ-10` < `CZ-*`.
+    The text before the first number groups labels (a unit, a country), then the number
+    (`<N` before N), then the text.
+    """
+    match = _LEADING.match(label)
+    assert match is not None  # every part of the pattern is optional
+    prefix, below, number = match.groups()
+    value = -math.inf if below else float(number) if number else math.inf
+    return prefix, value, label
+
+
+def policy_digest(policy: Policy) -> str:
+    """A short fingerprint of the policy's content, naming the rules an extract was built
+    under (the same policy text gives the same digest)."""
+    return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _as_of(con: duckdb.DuckDBPyConnection) -> dt.date | None:
+    """The as-of date of the latest enforcement recorded in the ledger."""
+    if not table_columns(con, "audit", "ledger"):
+        return None
+    return con.execute("SELECT max(as_of) FROM audit.ledger").fetchone()[0]
+
+
+def _ordered(values: pa.ChunkedArray) -> pa.DictionaryArray:
+    """Labels as an ordered dictionary whose categories sort as `label_order` does."""
+    plain = values.combine_chunks().cast(pa.string())
+    categories = pa.array(sorted(set(plain.drop_null().to_pylist()), key=label_order), pa.string())
+    indices = pc.index_in(plain, value_set=categories).cast(pa.int32())
+    return pa.DictionaryArray.from_arrays(indices, categories, ordered=True)
+
+
+def extract_table(
+    arrow: pa.Table, policy: Policy, dataset: Dataset, as_of: dt.date | None
+) -> pa.Table:
+    """The released table as analysts get it: labels as ordered categories, rows in label
+    order, and metadata saying what it is (as-of date, k, policy, descriptions, ladders)."""
+    declared = dataset.declaration.dimensions
+    fields, columns = [], []
+    for col in dataset.columns:
+        values = arrow[col.name]
+        meta = {"description": col.description, "category": col.category}
+        if col.name in declared:
+            dim = declared[col.name]
+            reached = dim.ladder[: dataset.generalize.count(col.name) + 1]
+            meta["ladder"] = ", ".join(str(step) for step in reached)
+            times = [str(step) for step in reached if step.kind in _TIME_STEPS]
+            if times:  # a period: one label per month, quarter or year
+                meta["granularity"] = " or ".join(times)
+            values = _ordered(values)
+            meta["order"] = json.dumps(values.dictionary.to_pylist(), ensure_ascii=False)
+        fields.append(pa.field(col.name, values.type, metadata=meta))
+        columns.append(values)
+    table = pa.Table.from_arrays(columns, schema=pa.schema(fields))
+    if table.num_rows and dataset.labels:
+        codes = pa.table({c: table[c].combine_chunks().indices for c in dataset.labels})
+        table = table.take(pc.sort_indices(codes, [(c, "ascending") for c in dataset.labels]))
+    return table.replace_schema_metadata(
+        {
+            "lethe.dataset": dataset.name,
+            "lethe.description": dataset.description,
+            "lethe.as_of": as_of.isoformat() if as_of else "",
+            "lethe.k": str(k_of(policy, dataset)),
+            "lethe.policy_version": str(policy.version),
+            "lethe.policy_digest": policy_digest(policy),
+            "lethe.generalize": ", ".join(dataset.generalize),
+        }
+    )
+
+
 def release(
-    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy, dataset: Dataset
+    con: duckdb.DuckDBPyConnection,
+    home: Home,
+    policy: Policy,
+    dataset: Dataset,
+    as_of: dt.date | None = None,
 ) -> Release:
-    """Build `analytics.<dataset>` and its Parquet extract from the enforced warehouse."""
+    """Build `analytics.<dataset>` and its Parquet extract from the enforced warehouse.
+
+    `as_of` (the run's date; by default the latest enforcement's) is written into the
+    extract's metadata."""
     k = k_of(policy, dataset)
     try:
         for sql in release_plan(policy, dataset).statements:
@@ -517,8 +612,14 @@ def release(
         for temp in ("all", "pending", "cells", "assigned", "suppressed", "released"):
             con.execute(f"DROP TABLE IF EXISTS _an_{temp}")
     path = exports_dir(home) / f"{dataset.name}.parquet"
+    extract = extract_table(
+        con.sql(f"SELECT * FROM {table}").to_arrow_table(),
+        policy,
+        dataset,
+        as_of or _as_of(con),
+    )
     with replacing(path) as temp_path:
-        con.execute(f"COPY {table} TO {literal(str(temp_path))} (FORMAT parquet)")
+        pq.write_table(extract, temp_path)
     return Release(
         dataset=dataset.name,
         k=k,
