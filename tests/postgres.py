@@ -85,7 +85,10 @@ class PostgresServer:
         return server
 
     def start(self) -> None:
-        """Start (or restart after a kill) on the same port, local connections only."""
+        """Start (or restart after a kill) on the same port, local connections only; a
+        running server is left as it is."""
+        if self._run("pg_ctl", "-D", str(self.data), "status", check=False).returncode == 0:
+            return
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1"
             f" -c unix_socket_directories='{self.folder}' -c fsync=off"

@@ -4,6 +4,7 @@ same validation and quarantine as files, and erasure carried back to the source.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,17 @@ import pytest
 import yaml
 
 from lethe.declaration.policy import Policy, load_policy
+from lethe.engine.enforcement import enforce
 from lethe.engine.ingest import IngestError, ingest_table
 from lethe.engine.warehouse import connect
 from lethe.operations.home import Home
+from lethe.rights.answers import answer_pending
+from lethe.rights.requests import apply_pending, record_request
+from lethe.sources.propagation import (
+    plan_erasures,
+    plan_rectifications_and_restrictions,
+    propagate,
+)
 from tests.conftest import DEFAULT_POLICY, REPO, full_rows, lethe_cli
 from tests.postgres import PostgresServer, running_server
 
@@ -232,6 +241,7 @@ def test_erasure_is_carried_back_to_the_shop_database_as_the_policy_says(shop, h
     preview = run(home.root, "request", "erasure", "--subject", "C0001", "--dry-run")
     for line in ("shop.contacts", "anonymize", "shop.orders", "pseudonymize", "shop.shipments"):
         assert line in preview
+    assert "1 deleted" in preview and "1 updated" in preview  # counted at the source
     assert {n: source_rows(dsn, n) for n in SOURCED} == before  # a dry run changes nothing
     assert warehouse_rows(home.root, "SELECT count(*) FROM requests.requests") == [(0,)]
 
@@ -286,3 +296,138 @@ def test_erasure_is_carried_back_to_the_shop_database_as_the_policy_says(shop, h
     assert {"contact_id", "email", "birth_date", "postal_code"} <= set(ledger[1][2])
     assert warehouse_rows(home.root, "SELECT status FROM requests.requests") == [("done",)]
     assert warehouse_rows(home.root, "SELECT count(*) FROM requests.source_changes") == [(0,)]
+    # The next read of the sources brings nothing back: the invoice holds what the warehouse
+    # holds, and the anonymized contact is the warehouse's own anonymized copy's twin.
+    counts = {n: core_count(home, n) for n in SOURCED}
+    again = ingest_sources(home, policy)
+    assert {n: r.rows_read for n, r in again.items()} == dict.fromkeys(SOURCED, 0)
+    assert {n: core_count(home, n) for n in SOURCED} == counts
+    assert warehouse_rows(home.root, "SELECT count(*) FROM core.quarantine") == [(0,)]
+
+
+def erase_in_a_run(home: Home, policy: Policy) -> list:
+    """The request steps of a run, as its assets call them: plan and carry out the pending
+    requests, enforce, carry the changes to the sources, answer."""
+    as_of, run_id = dt.date.fromisoformat(AS_OF), "run-test"
+    con = connect(home.warehouse)
+    try:
+        plan_rectifications_and_restrictions(con, policy)
+        apply_pending(con, policy, as_of, run_id, vault=home.vault)
+        plan_erasures(con, policy, as_of, home.vault)
+    finally:
+        con.close()
+    enforce(home, policy, as_of, run_id)
+    con = connect(home.warehouse)
+    try:
+        outcomes = propagate(con, policy, run_id, as_of)
+        answer_pending(con, home, policy, as_of, run_id)
+    finally:
+        con.close()
+    return outcomes
+
+
+def request_state(home: Home) -> list[tuple]:
+    return warehouse_rows(
+        home.root,
+        "SELECT r.status, p.status, p.reason FROM requests.requests r"
+        " LEFT JOIN requests.propagations p USING (request_id)",
+    )
+
+
+@pytest.mark.parametrize("obstacle", ["trigger", "lock", "permissions", "server_down"])
+def test_a_refusing_source_rolls_back_and_the_request_waits_for_the_next_run(
+    postgres: PostgresServer, shop, home: Home, monkeypatch: pytest.MonkeyPatch, obstacle: str
+) -> None:
+    dsn, policy = shop
+    create_shop(dsn, policy, **KEPT)
+    ingest_sources(home, policy)
+    con = connect(home.warehouse)
+    try:
+        record_request(con, policy.data_schema, "erasure", "C0001")
+    finally:
+        con.close()
+    before = {n: source_rows(dsn, n) for n in SOURCED}
+    admin = psycopg.connect(dsn, autocommit=True)
+    blocker = None
+    expected = {
+        "trigger": "refused by a trigger or rule",
+        "lock": "lock timeout",
+        "permissions": "permission denied",
+        "server_down": "cannot connect",
+    }[obstacle]
+    if obstacle == "trigger":
+        admin.execute(
+            "CREATE FUNCTION shop.no() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$BEGIN RAISE EXCEPTION 'orders are immutable'; END$$;"
+            " CREATE TRIGGER no BEFORE UPDATE ON shop.orders FOR EACH ROW"
+            " EXECUTE FUNCTION shop.no()"
+        )
+    if obstacle == "lock":
+        monkeypatch.setenv("LETHE_SOURCE_LOCK_TIMEOUT", "0.3")
+        blocker = psycopg.connect(dsn)
+        blocker.execute("LOCK TABLE shop.orders IN ACCESS EXCLUSIVE MODE")
+    if obstacle == "permissions":
+        admin.execute(
+            "CREATE ROLE reader LOGIN; GRANT USAGE ON SCHEMA shop TO reader;"
+            " GRANT SELECT, DELETE ON ALL TABLES IN SCHEMA shop TO reader"
+        )
+        monkeypatch.setenv(DSN_ENV, dsn.replace("lethe_test@", "reader@"))
+    admin.close()
+    if obstacle == "server_down":
+        postgres.stop()
+    try:
+        (outcome,) = erase_in_a_run(home, policy)
+    finally:
+        if blocker is not None:
+            blocker.close()
+        if obstacle == "server_down":
+            postgres.start()
+    assert not outcome.ok and expected in outcome.reason
+    assert outcome.reason.startswith(f"source ${DSN_ENV}") and "\n" not in outcome.reason
+    # Nothing half-done at the source (the deletes rolled back with the refused update),
+    # the warehouse erased the subject, and the request waits with the reason.
+    assert {n: source_rows(dsn, n) for n in SOURCED} == before
+    assert warehouse_rows(
+        home.root, "SELECT count(*) FROM core.contacts WHERE contact_id = 'C0001'"
+    ) == [(0,)]
+    assert request_state(home) == [("pending", "pending", outcome.reason)]
+
+    monkeypatch.setenv(DSN_ENV, dsn)
+    if obstacle == "trigger":
+        with psycopg.connect(dsn, autocommit=True) as con:
+            con.execute("DROP TRIGGER no ON shop.orders")
+    (retried,) = erase_in_a_run(home, policy)
+    assert retried.ok
+    assert source_rows(dsn, "shipments") == []
+    assert request_state(home) == [("done", "done", None)]
+
+
+def test_server_going_away_mid_read_loads_nothing_and_the_next_run_completes(
+    postgres: PostgresServer, shop, home: Home
+) -> None:
+    dsn, policy = shop
+    create_shop(dsn, policy, contacts=[{"contact_id": f"C{i:04d}"} for i in range(1, 301)])
+    with psycopg.connect(dsn, autocommit=True) as con:
+        # A slow source: every row takes a few milliseconds to read.
+        con.execute("ALTER TABLE shop.contacts RENAME TO contacts_data")
+        con.execute(
+            "CREATE VIEW shop.contacts AS SELECT c.* FROM shop.contacts_data c,"
+            " LATERAL (SELECT pg_sleep(0.01) WHERE c.contact_id IS NOT NULL) s"
+        )
+    killer = threading.Timer(1.0, postgres.kill)
+    killer.start()
+    con = connect(home.warehouse)
+    try:
+        with pytest.raises(IngestError) as caught:
+            ingest_table(con, home.landing, "contacts", policy)
+        killer.join()
+        assert "reading failed" in str(caught.value) and "\n" not in str(caught.value)
+        assert str(caught.value).startswith("source contacts (postgres shop.contacts")
+        assert con.execute("SELECT count(*) FROM core.contacts").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM core.ingest_log").fetchone()[0] == 0
+        postgres.start()
+        assert ingest_table(con, home.landing, "contacts", policy).rows_loaded == 300
+    finally:
+        killer.join()
+        postgres.start()
+        con.close()

@@ -63,12 +63,17 @@ def ensure_schemas(con: duckdb.DuckDBPyConnection, schema: Schema | None = None)
 
 def ensure_source_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Create the tables of declared database sources: the high-water mark of each
-    incremental read, and the changes to carry back to writable sources (keys and the
-    values after the policy, never the values replaced) with their state per request."""
+    incremental read, the surrogate keys of the rows Lethe anonymized at a source, and the
+    changes to carry back to writable sources (keys and the values after the policy, never
+    the values replaced) with their state per request and source."""
     con.execute(
         """CREATE TABLE IF NOT EXISTS core.source_marks (
             table_name VARCHAR PRIMARY KEY, source VARCHAR NOT NULL, column_name VARCHAR,
             high_water VARCHAR, read_at TIMESTAMP)"""
+    )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS core.source_anonymized (
+            table_name VARCHAR NOT NULL, row_key VARCHAR NOT NULL)"""
     )
     con.execute(
         """CREATE TABLE IF NOT EXISTS requests.source_changes (

@@ -686,6 +686,7 @@ def _ingest_postgres(con: duckdb.DuckDBPyConnection, table: Table, policy: Polic
     except SourceError as exc:
         _drop_temp(con)
         raise IngestError(str(exc)) from None
+    _drop_known(con, table)
     name = f"postgres:{pg.table}"
 
     def remember(con: duckdb.DuckDBPyConnection) -> None:
@@ -696,6 +697,23 @@ def _ingest_postgres(con: duckdb.DuckDBPyConnection, table: Table, policy: Polic
             )
 
     return _load_stage(con, table, policy, label(table), name, None, remember)
+
+
+def _drop_known(con: duckdb.DuckDBPyConnection, table: Table) -> None:
+    """Drop from `_stage` the source rows that hold what the warehouse holds already: rows
+    unchanged since they were loaded (or since Lethe carried a request's changes to them:
+    an invoice whose buyer is a vault token), and the rows Lethe anonymized at the source
+    (the warehouse keeps its own anonymized copy of each)."""
+    key, target = quote(table.key), f"core.{quote(table.name)}"
+    same = " AND ".join(
+        f"CAST(c.{quote(c.name)} AS VARCHAR) IS NOT DISTINCT FROM s.{quote(c.name)}"
+        for c in table.columns
+    )
+    con.execute(
+        f"DELETE FROM _stage s WHERE s.{key} IN (SELECT row_key FROM core.source_anonymized"
+        f" WHERE table_name = ?) OR EXISTS (SELECT 1 FROM {target} c WHERE {same})",
+        [table.name],
+    )
 
 
 def source_mark(con: duckdb.DuckDBPyConnection, table_name: str) -> str | None:

@@ -67,8 +67,14 @@ from lethe.sources.postgres import (
 )
 
 CHANGES = "_lethe_changes"  # the change set at the source (a temporary table)
-# Seconds a source statement waits for a lock before the source counts as refusing.
-LOCK_TIMEOUT = float(os.environ.get("LETHE_SOURCE_LOCK_TIMEOUT", "10"))
+
+
+def lock_timeout() -> float:
+    """Seconds a source statement waits for a lock before the source counts as refusing
+    (LETHE_SOURCE_LOCK_TIMEOUT, default 10)."""
+    return float(os.environ.get("LETHE_SOURCE_LOCK_TIMEOUT", "10"))
+
+
 _CHANGE_COLUMNS = "request_id, table_name, row_key, action, column_name, value"
 
 
@@ -447,11 +453,11 @@ def _carry(
     )
     if not outcome.changes:
         return outcome
-    change_set = con.execute(
+    change_set = con.sql(
         "SELECT table_name, row_key, action, column_name, value FROM requests.source_changes"
-        " WHERE request_id IN (SELECT unnest(CAST(? AS VARCHAR[])))"
-        " AND table_name IN (SELECT unnest(CAST(? AS VARCHAR[])))",
-        [requests, [t.name for t in tables]],
+        " WHERE request_id IN (SELECT unnest(CAST($requests AS VARCHAR[])))"
+        " AND table_name IN (SELECT unnest(CAST($tables AS VARCHAR[])))",
+        params={"requests": requests, "tables": [t.name for t in tables]},
     ).to_arrow_table()
     csv = io.BytesIO()
     pacsv.write_csv(
@@ -465,7 +471,7 @@ def _carry(
         with connection(pg, who) as pcon:
             pcon.execute(
                 "SELECT set_config('TimeZone', %s, true), set_config('lock_timeout', %s, true)",
-                [policy.data_schema.timezone, f"{int(LOCK_TIMEOUT * 1000)}ms"],
+                [policy.data_schema.timezone, f"{int(lock_timeout() * 1000)}ms"],
             )
             pcon.execute(
                 f"CREATE TEMP TABLE {CHANGES} (table_name text, row_key text, action text,"
@@ -540,6 +546,15 @@ def propagate(
         with transaction(con):
             if outcome.ok:
                 append(con, _ledger(con, policy, outcome, tables, run_id, as_of))
+                for table in tables:
+                    # The next read skips them: the warehouse has its own anonymized copy.
+                    con.execute(
+                        "INSERT INTO core.source_anonymized SELECT table_name, value"
+                        " FROM requests.source_changes WHERE table_name = ?"
+                        " AND action = 'anonymize' AND column_name = ? AND value IS NOT NULL"
+                        " AND request_id IN (SELECT unnest(CAST(? AS VARCHAR[])))",
+                        [table.name, table.column(table.key).header, requests],
+                    )
                 con.execute(
                     "DELETE FROM requests.source_changes WHERE request_id IN"
                     " (SELECT unnest(CAST(? AS VARCHAR[]))) AND table_name IN"
