@@ -431,3 +431,28 @@ def test_server_going_away_mid_read_loads_nothing_and_the_next_run_completes(
         killer.join()
         postgres.start()
         con.close()
+
+
+def test_rectification_and_restriction_are_carried_back(shop, home: Home) -> None:
+    dsn, policy = shop
+    create_shop(dsn, policy, **KEPT)
+    ingest_sources(home, policy)
+    con = connect(home.warehouse)
+    try:
+        schema = policy.data_schema
+        record_request(con, schema, "rectification", "C0002", {"email": "eva@example.org"})
+        record_request(con, schema, "restriction", "C0001")
+    finally:
+        con.close()
+    (outcome,) = erase_in_a_run(home, policy)
+    assert outcome.ok
+    assert [(c.source_table, c.action, c.columns, c.at_source) for c in outcome.changes] == [
+        ("shop.contacts", "rectify", ["email"], 1),
+        ("shop.orders", "restrict", ["restricted"], 1),
+    ]
+    assert source_rows(dsn, "contacts", "contact_id, email") == [
+        ("C0001", "c0001@example.com"),
+        ("C0002", "eva@example.org"),
+    ]
+    assert source_rows(dsn, "orders", "order_id, restricted") == [("O0001", True), ("O0002", False)]
+    assert {s for _, s, _ in request_state(home)} == {"done"}

@@ -46,7 +46,7 @@ _REASONS = {
     "42501": "permission denied",
     "42P01": "the table does not exist",
     "42703": "a column does not exist",
-    "55P03": "lock timeout (another transaction holds the rows)",
+    "55P03": "lock timeout (another transaction has locked the rows)",
     "57014": "statement timeout or canceled",
     "57P01": "the server shut down",
     "P0001": "refused by a trigger or rule",
