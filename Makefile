@@ -12,7 +12,7 @@ export LETHE_HOME ?= $(CURDIR)/.lethe
 CONTACTS ?= 10000
 SCALE ?= 1m
 
-.PHONY: demo test test-busy e2e chromium ui bench slow lint install install-test install-bench clean
+.PHONY: demo test test-busy e2e chromium postgresql ui bench slow lint install install-test install-bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ install-bench: $(VENV)/.installed-bench
 demo: install
 	$(BIN)/lethe demo --contacts $(CONTACTS)
 
-test: install-test chromium
+test: install-test chromium postgresql
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
@@ -47,7 +47,7 @@ test: install-test chromium
 # The whole suite while a CPU hog keeps every core busy (tests/busy.py): finds tests that
 # rely on timing. RUNS=3 repeats it.
 RUNS ?= 1
-test-busy: install-test chromium
+test-busy: install-test chromium postgresql
 	for i in $$(seq $(RUNS)); do $(BIN)/python tests/busy.py -- $(MAKE) --no-print-directory test || exit 1; done
 
 # Only the browser tests (tests/test_ui.py): dagster dev driven by Playwright.
@@ -62,6 +62,17 @@ chromium:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else \
 	    echo "note: no /usr/bin/chromium; 'sudo apt-get install chromium' to run tests/test_ui.py"; \
+	  fi; \
+	fi
+
+# Debian's PostgreSQL server for the tests that run plans and sources on a real server
+# (tests/postgres.py starts a throwaway cluster from it); without it those tests skip.
+postgresql:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	  else \
+	    echo "note: no PostgreSQL server; 'sudo apt-get install postgresql' to run its tests"; \
 	  fi; \
 	fi
 

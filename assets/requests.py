@@ -7,6 +7,11 @@ from assets.metadata import OWNERS, core_key
 from lethe.declaration.policy import Policy
 from lethe.rights.answers import answer_pending
 from lethe.rights.requests import apply_pending, request_counts
+from lethe.sources.propagation import (
+    plan_erasures,
+    plan_rectifications_and_restrictions,
+    propagate,
+)
 from pipelines.resources import PolicyResource, WarehouseResource
 
 NOTHING_OVERDUE = "no_overdue_requests"
@@ -35,9 +40,15 @@ def request_answers(
     30 days), and erasure answers listing what is still kept, why and until when.
     """
     home = warehouse.paths()
+    loaded, as_of = policy.load(), policy.as_of_date()
     with warehouse.connect() as con:
-        answers = answer_pending(con, home, policy.load(), policy.as_of_date(), context.run.run_id)
+        carried = propagate(con, loaded, context.run.run_id, as_of)
+        answers = answer_pending(con, home, loaded, as_of, context.run.run_id)
         counts = request_counts(con)
+    for outcome in carried:
+        # A source that refused keeps its requests pending; the next run retries.
+        log = context.log.info if outcome.ok else context.log.warning
+        log(f"source ${outcome.source}: {outcome.reason or 'changes carried back'}")
     context.log.info(f"{answers.exports} exports written, {answers.erasures} erasures answered")
     yield dg.MaterializeResult(
         metadata={
@@ -46,6 +57,7 @@ def request_answers(
             "open_requests": counts["open"],
             "done_requests": counts["done"],
             "overdue_requests": counts["overdue"],
+            "sources_refusing": [o.reason for o in carried if not o.ok] or "none",
         }
     )
     yield dg.AssetCheckResult(
@@ -76,14 +88,12 @@ def request_assets(policy: Policy) -> list[dg.AssetsDefinition]:
         now, evidence kept) and restriction (Art. 18: rows marked `restricted`), and registers
         pending erasures (Art. 17) so that this run's tagging and enforcement erase the subject.
         """
+        loaded, as_of, vault = policy.load(), policy.as_of_date(), warehouse.paths().vault
         with warehouse.connect() as con:
-            done = apply_pending(
-                con,
-                policy.load(),
-                policy.as_of_date(),
-                context.run.run_id,
-                vault=warehouse.paths().vault,
-            )
+            # Source changes are planned from the requests as recorded and registered.
+            plan_rectifications_and_restrictions(con, loaded)
+            done = apply_pending(con, loaded, as_of, context.run.run_id, vault=vault)
+            plan_erasures(con, loaded, as_of, vault)
         context.log.info("requests carried out: " + ", ".join(f"{k} {v}" for k, v in done.items()))
         return dg.MaterializeResult(metadata={f"{k}_requests": v for k, v in done.items()})
 

@@ -38,6 +38,8 @@ from lethe.operations.lock import exclusive
 from lethe.operations.restore import restore as restore_backup
 from lethe.rights.holds import place_hold, release_hold
 from lethe.rights.requests import extend_request, list_requests, parse_changes, record_request
+from lethe.sources.propagation import SourceOutcome, preview_request
+from lethe.sources.propagation import propagate as propagate_changes
 
 app = typer.Typer(
     help="Lethe: GDPR retention and anonymization as scheduled Dagster pipelines.",
@@ -326,9 +328,17 @@ def request(
         list[str] | None, typer.Option("--set", help="column=value (rectification; repeatable).")
     ] = None,
     reason: Annotated[str | None, typer.Option(help="Why (kept with the request).")] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Record nothing; show per PostgreSQL source and table how many rows the"
+            " request would change there, and how (erasure, rectification, restriction).",
+        ),
+    ] = False,
 ) -> None:
     """Record a data-subject request (deadline: one calendar month); the next run (or the
-    request sensor) carries it out."""
+    request sensor) carries it out, at writable PostgreSQL sources too."""
     if kind == "extend":
         if not request_id:
             _fail("request extend: give the request id")
@@ -342,6 +352,14 @@ def request(
     changes = parse_changes(schema, set_ or []) if kind == "rectification" else None
     if set_ and kind != "rectification":
         _fail("--set applies to rectification requests only")
+    if dry_run:
+        policy = load_policy()
+        with _warehouse() as con:
+            outcomes = preview_request(
+                con, policy, Home.from_env().vault, kind, subject, changes, _date(None)
+            )
+        _print_sources(outcomes, f"{kind} request (dry run: nothing recorded or changed)")
+        return
     with _warehouse() as con:
         recorded = record_request(con, schema, kind, subject, changes, reason)
     out.print(
@@ -349,6 +367,57 @@ def request(
         f" due by {recorded.deadline:%Y-%m-%d}",
         highlight=False,
     )
+
+
+@app.command()
+def propagate(
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Change nothing; show what each source would get (rolled back)."
+        ),
+    ] = False,
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="Policy file (default policies/default.yaml).")
+    ] = None,
+) -> None:
+    """Carry pending erasures, rectifications and restrictions to writable PostgreSQL
+    sources now (each run does it too): one transaction per source, recorded in the ledger.
+    A source that refuses is rolled back and keeps its requests pending (exit 1)."""
+    loaded = load_policy(policy)
+    with _warehouse(write=True) as con:
+        outcomes = propagate_changes(
+            con, loaded, f"cli-{uuid.uuid4()}", _date(None), dry_run=dry_run
+        )
+    _print_sources(outcomes, "dry run: rolled back, nothing changed" if dry_run else "")
+    refused = [o.reason for o in outcomes if not o.ok]
+    if refused and not dry_run:
+        _fail("; ".join(r for r in refused if r))
+
+
+def _print_sources(outcomes: list[SourceOutcome], title: str) -> None:
+    """Per source and table: rows planned, how, and rows the statements changed there."""
+    if not outcomes:
+        out.print(f"{title + ': ' if title else ''}no change for any PostgreSQL source")
+        return
+    table = Table(title=f"PostgreSQL sources{f' ({title})' if title else ''}")
+    for col in ("source", "table", "action", "rows", "columns", "at the source"):
+        table.add_column(col, justify="right" if col in ("rows", "at the source") else "left")
+    for o in outcomes:
+        for c in o.changes:
+            verb = "deleted" if c.action == "delete" else "updated"
+            table.add_row(
+                f"${o.source}",
+                c.source_table,
+                c.action,
+                f"{c.rows:,}",
+                ", ".join(c.columns),
+                "refused" if not o.ok else f"{c.at_source:,} {verb}",
+            )
+    out.print(table)
+    for o in outcomes:
+        if not o.ok:
+            err.print(f"[yellow]refused:[/] {o.reason}", highlight=False, soft_wrap=True)
 
 
 @app.command("requests")

@@ -128,12 +128,65 @@ class Formats(_Frozen):
         return v
 
 
+# An environment variable's name, and a PostgreSQL `schema.table` of plain identifiers.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_PG_TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\.[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+class PostgresSource(_Frozen):
+    """A table read from a PostgreSQL database (SPEC "Engines and scale").
+
+    The DSN is never written in the schema: only the name of the environment variable
+    holding it. `incremental` names a declared column that grows with every change at the
+    source (read only rows from its high-water mark on); `writable` lets Lethe carry
+    erasure, rectification and restriction back to the table; `restrict_column` names a
+    boolean column of the source table that Lethe sets for restricted rows.
+    """
+
+    dsn_env: str
+    table: str
+    incremental: str | None = None
+    writable: bool = False
+    restrict_column: str | None = None
+
+    @field_validator("dsn_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not _ENV_NAME.fullmatch(v):
+            raise ValueError(f"{v!r}: the name of an environment variable (A-Z, 0-9, _)")
+        return v
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, v: str) -> str:
+        if not _PG_TABLE.fullmatch(v):
+            raise ValueError(f"{v!r}: schema.table (letters, digits and _)")
+        return v
+
+    @field_validator("restrict_column")
+    @classmethod
+    def _restrict(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.fullmatch(v):
+            raise ValueError(f"{v!r}: a column name (letters, digits and _)")
+        return v
+
+    @property
+    def schema_name(self) -> str:
+        return self.table.split(".", 1)[0]
+
+    @property
+    def table_name(self) -> str:
+        return self.table.split(".", 1)[1]
+
+
 class Source(_Frozen):
-    """Where a table comes from: `landing/FILE.csv` or `landing/FILE.parquet`."""
+    """Where a table comes from: `landing/FILE.csv` or `landing/FILE.parquet`, or a
+    PostgreSQL table (`postgres`)."""
 
     file: str = ""
     csv: CsvDialect = CsvDialect()
     formats: Formats = Formats()
+    postgres: PostgresSource | None = None
 
     @field_validator("file")
     @classmethod
@@ -183,6 +236,11 @@ class Table(_Frozen):
         for c in self.columns:
             if headers.count(c.header) > 1:
                 raise ValueError(f"columns.{c.name}.from: {c.header!r} is read by two columns")
+        postgres = self.source.postgres
+        if postgres and postgres.incremental and postgres.incremental not in names:
+            raise ValueError(
+                f"source.postgres.incremental: {postgres.incremental!r} is not one of its columns"
+            )
         if not self.source.file:
             object.__setattr__(self, "source", self.source.model_copy(update={"file": self.name}))
         return self

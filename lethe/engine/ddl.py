@@ -53,10 +53,38 @@ def ensure_schemas(con: duckdb.DuckDBPyConnection, schema: Schema | None = None)
             request_id VARCHAR NOT NULL, subject_key VARCHAR NOT NULL, registered_at TIMESTAMP)"""
     )
     _name_request_subjects(con)
+    ensure_source_tables(con)
     con.execute(
         """CREATE TABLE IF NOT EXISTS core.ingest_log (
             table_name VARCHAR, source_file VARCHAR, sha256 VARCHAR, rows_read BIGINT,
             rows_loaded BIGINT, rows_quarantined BIGINT, ingested_at TIMESTAMP)"""
+    )
+
+
+def ensure_source_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the tables of declared database sources: the high-water mark of each
+    incremental read, the surrogate keys of the rows Lethe anonymized at a source, and the
+    changes to carry back to writable sources (keys and the values after the policy, never
+    the values replaced) with their state per request and source."""
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS core.source_marks (
+            table_name VARCHAR PRIMARY KEY, source VARCHAR NOT NULL, column_name VARCHAR,
+            high_water VARCHAR, read_at TIMESTAMP)"""
+    )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS core.source_anonymized (
+            table_name VARCHAR NOT NULL, row_key VARCHAR NOT NULL)"""
+    )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS requests.source_changes (
+            request_id VARCHAR NOT NULL, table_name VARCHAR NOT NULL, row_key VARCHAR NOT NULL,
+            action VARCHAR NOT NULL, column_name VARCHAR, value VARCHAR)"""
+    )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS requests.propagations (
+            request_id VARCHAR NOT NULL, source VARCHAR NOT NULL, status VARCHAR NOT NULL,
+            reason VARCHAR, planned_at TIMESTAMP NOT NULL, attempted_at TIMESTAMP,
+            done_at TIMESTAMP, PRIMARY KEY (request_id, source))"""
     )
 
 

@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +45,7 @@ from lethe.engine.warehouse import (
     transaction,
 )
 from lethe.errors import LetheError
+from lethe.sources.postgres import Snapshot, SourceError, connection, label, read_batches
 
 
 class IngestError(LetheError, ValueError):
@@ -71,8 +72,11 @@ class IngestResult:
         return self.rows_quarantined == 0 and self.rows_waiting == 0
 
 
-def landing_names(table: Table) -> tuple[str, str]:
-    """The names a table's landing file may have (its source's declared file name)."""
+def landing_names(table: Table) -> tuple[str, ...]:
+    """The names a table's landing file may have (its source's declared file name); none
+    for a table read from a database."""
+    if table.source.postgres:
+        return ()
     return f"{table.source.file}.parquet", f"{table.source.file}.csv"
 
 
@@ -619,6 +623,8 @@ def waiting_rows(con: duckdb.DuckDBPyConnection, table_name: str) -> int:
 def _ingest_file(
     con: duckdb.DuckDBPyConnection, landing: Path, table: Table, policy: Policy
 ) -> IngestResult:
+    if table.source.postgres:
+        return _ingest_postgres(con, table, policy)
     path = landing_file(landing, table)
     if path is None:
         loaded_before = con.execute(
@@ -641,6 +647,94 @@ def _ingest_file(
         return IngestResult(table.name, path.name, note="already loaded; landing file removed")
 
     _stage(con, path, table)
+    result = _load_stage(con, table, policy, str(path), path.name, digest)
+    path.unlink()
+    return result
+
+
+def _ingest_postgres(con: duckdb.DuckDBPyConnection, table: Table, policy: Policy) -> IngestResult:
+    """Read the table's PostgreSQL source (from its high-water mark, if incremental) into
+    `_stage` batch by batch, then validate and load it as a file would be.
+
+    A source that cannot be read (wrong DSN, missing table or column, a type the
+    declaration cannot take, the server going away) raises IngestError naming it; nothing
+    is loaded and the mark stays, so the next run reads the same rows again.
+    """
+    pg = table.source.postgres
+    assert pg is not None
+    since = source_mark(con, table.name)
+    snapshot = Snapshot()
+    order = "_row"
+    columns = ", ".join(f"{quote(c)} VARCHAR" for c in table.column_names)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _stage ({order} BIGINT, {columns})")
+    first = 1
+    try:
+        with connection(pg, label(table)) as source:
+            for batch in read_batches(source, table, since, snapshot):
+                rows = pa.array(range(first, first + batch.num_rows), pa.int64())
+                con.register(
+                    "_batch",
+                    pa.RecordBatch.from_arrays(
+                        [rows, *batch.columns], [order, *batch.schema.names]
+                    ),
+                )
+                try:
+                    con.execute("INSERT INTO _stage SELECT * FROM _batch")
+                finally:
+                    con.unregister("_batch")
+                first += batch.num_rows
+    except SourceError as exc:
+        _drop_temp(con)
+        raise IngestError(str(exc)) from None
+    _drop_known(con, table)
+    name = f"postgres:{pg.table}"
+
+    def remember(con: duckdb.DuckDBPyConnection) -> None:
+        if pg.incremental and snapshot.high_water is not None:
+            con.execute(
+                "INSERT OR REPLACE INTO core.source_marks VALUES (?, ?, ?, ?, now())",
+                [table.name, name, pg.incremental, snapshot.high_water],
+            )
+
+    return _load_stage(con, table, policy, label(table), name, None, remember)
+
+
+def _drop_known(con: duckdb.DuckDBPyConnection, table: Table) -> None:
+    """Drop from `_stage` the source rows that hold what the warehouse holds already: rows
+    unchanged since they were loaded (or since Lethe carried a request's changes to them:
+    an invoice whose buyer is a vault token), and the rows Lethe anonymized at the source
+    (the warehouse keeps its own anonymized copy of each)."""
+    key, target = quote(table.key), f"core.{quote(table.name)}"
+    same = " AND ".join(
+        f"CAST(c.{quote(c.name)} AS VARCHAR) IS NOT DISTINCT FROM s.{quote(c.name)}"
+        for c in table.columns
+    )
+    con.execute(
+        f"DELETE FROM _stage s WHERE s.{key} IN (SELECT row_key FROM core.source_anonymized"
+        f" WHERE table_name = ?) OR EXISTS (SELECT 1 FROM {target} c WHERE {same})",
+        [table.name],
+    )
+
+
+def source_mark(con: duckdb.DuckDBPyConnection, table_name: str) -> str | None:
+    """The incremental column's highest value read so far from a table's source (text)."""
+    rows = con.execute(
+        "SELECT high_water FROM core.source_marks WHERE table_name = ?", [table_name]
+    ).fetchall()
+    return rows[0][0] if rows else None
+
+
+def _load_stage(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    policy: Policy,
+    path: str,
+    source_name: str,
+    digest: str | None,
+    also: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+) -> IngestResult:
+    """Validate `_stage` (read from `path`, named `source_name` in the quarantine and the
+    ingest log) and load its good rows, in one transaction with `also`."""
     stage = con.table("_stage")
     types = dict(zip(stage.columns, stage.dtypes, strict=True))
     staged = {c: str(t) for c, t in types.items()}
@@ -673,7 +767,7 @@ def _ingest_file(
         con.execute(
             "INSERT INTO core.quarantine SELECT ?, ?, p._row, p.col, p.reason,"
             f" to_json(s), {_NOW} FROM _problems p JOIN _stage s USING (_row)",
-            [table.name, path.name],
+            [table.name, source_name],
         )
         _load_good(con, table, staged, extras, fmt)
         _drop_replaced(con, table)
@@ -691,11 +785,12 @@ def _ingest_file(
         ]
         con.execute(
             f"INSERT INTO core.ingest_log VALUES (?, ?, ?, ?, ?, ?, {_NOW})",
-            [table.name, path.name, digest, rows_read, loaded, bad_rows],
+            [table.name, source_name, digest, rows_read, loaded, bad_rows],
         )
+        if also is not None:
+            also(con)
     _drop_temp(con)
-    path.unlink()
-    return IngestResult(table.name, path.name, rows_read, loaded, bad_rows, problems, examples)
+    return IngestResult(table.name, source_name, rows_read, loaded, bad_rows, problems, examples)
 
 
 _NOW = "CAST(now() AS TIMESTAMP)"  # the transaction's start: one time for all its rows

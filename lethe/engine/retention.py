@@ -300,3 +300,30 @@ def enforcement_plan(
             enforce_select(policy, table, columns),
         ),
     )
+
+
+def request_changes_select(policy: Policy, table: str, columns: list[str]) -> str:
+    """What enforcement does to the rows of `core.<table>` an erasure request reaches, for
+    carrying it back to the table's source: the request, the action, the key before
+    enforcement, the new `_state`, and per contract column its new value (`_new_<col>`) and
+    whether it changes (`_changes_<col>`, as `ledger_select` marks it). Needs the staged
+    `_act_<table>` and `_tokens`, as `enforce_select` does."""
+    values = dict(_new_values(policy, table, columns))
+    spec = policy.data_schema.tables[table]
+    items = [
+        "x._request",
+        "x._action",
+        f"CAST(x.{quote(spec.key)} AS VARCHAR) AS _old_key",
+        f"{values['_state']} AS _new_state",
+    ]
+    for col in (c for c in spec.column_names if c in values):
+        old = f"x.{quote(col)}"
+        items.append(f"{values[col]} AS {quote('_new_' + col)}")
+        items.append(
+            f"({old} IS NOT NULL AND ({values[col]}) IS DISTINCT FROM {old})"
+            f" AS {quote('_changes_' + col)}"
+        )
+    return (
+        f"SELECT {', '.join(items)} FROM ({_acted(policy, table, columns)}) x"
+        " WHERE x._request IS NOT NULL AND x._action <> 'none'"
+    )

@@ -35,6 +35,7 @@ from lethe.rights.requests import (
     pending_requests,
     register_erasure_tokens,
 )
+from lethe.sources.propagation import awaiting_sources
 
 
 @dataclass
@@ -79,7 +80,9 @@ def answer_pending(
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     result = Answers()
     exports: list[Request] = pending_requests(con, "access") + pending_requests(con, "portability")
-    erasures = pending_requests(con, "erasure")
+    # An erasure is answered once every writable source has it too.
+    awaiting = awaiting_sources(con)
+    erasures = [r for r in pending_requests(con, "erasure") if r.request_id not in awaiting]
     if not exports and not erasures:
         return result
     attach(con, home.vault)

@@ -1,0 +1,138 @@
+"""A throwaway PostgreSQL server for the tests: Debian's `postgresql` package, never a mock.
+
+`initdb` writes a cluster into a temporary folder and `pg_ctl` starts it on a free local
+port (and a private socket folder); the session fixture stops it and removes the folder at
+the end. PostgreSQL refuses to run as root, so as root the cluster belongs to the
+`postgres` system user (the package creates it) and every server command runs as that
+user; as anyone else it runs as the current user. `make test` installs the package (as
+root); without it, the tests that need a server skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+SUPERUSER = "lethe_test"
+
+
+def server_binaries() -> Path | None:
+    """The newest installed `/usr/lib/postgresql/<version>/bin` that has initdb, or None."""
+    root = Path("/usr/lib/postgresql")
+    versions = sorted(
+        (p for p in root.glob("*/bin") if (p / "initdb").exists()),
+        key=lambda p: [int(x) for x in p.parent.name.split(".") if x.isdigit()],
+    )
+    return versions[-1] if versions else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class PostgresServer:
+    """One cluster in `folder`, served on 127.0.0.1:`port` while started."""
+
+    binaries: Path
+    folder: Path
+    port: int
+    owner: str | None  # the system user running the server (None: the current user)
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = [str(self.binaries / args[0]), *args[1:]]
+        if self.owner:
+            command = ["runuser", "-u", self.owner, "--", *command]
+        return subprocess.run(command, capture_output=True, text=True, check=check, timeout=120)
+
+    @classmethod
+    def create(cls, binaries: Path) -> PostgresServer:
+        """initdb into a new temporary folder (owned by the server's user)."""
+        owner = "postgres" if os.geteuid() == 0 else None
+        folder = Path(tempfile.mkdtemp(prefix="lethe-pg-"))
+        if owner:
+            entry = pwd.getpwnam(owner)
+            os.chown(folder, entry.pw_uid, entry.pw_gid)
+        server = cls(binaries, folder, _free_port(), owner)
+        server._run(
+            "initdb",
+            "-D",
+            str(server.data),
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+        )
+        return server
+
+    def start(self) -> None:
+        """Start (or restart after a kill) on the same port, local connections only; a
+        running server is left as it is."""
+        if self._run("pg_ctl", "-D", str(self.data), "status", check=False).returncode == 0:
+            return
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1"
+            f" -c unix_socket_directories='{self.folder}' -c fsync=off"
+            " -c full_page_writes=off -c synchronous_commit=off"
+        )
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"), "-w",
+            "start",
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        """Stop at once, as a crash would (no shutdown checkpoint; clients are cut off)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def dsn(self, database: str = "postgres", user: str = SUPERUSER) -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
+
+    def connect(self, database: str = "postgres", **kw) -> psycopg.Connection:
+        return psycopg.connect(self.dsn(database), **kw)
+
+    def new_database(self) -> str:
+        """A fresh empty database; its DSN."""
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with self.connect(autocommit=True) as con:
+            con.execute(f"CREATE DATABASE {name}")
+        return self.dsn(name)
+
+
+@contextlib.contextmanager
+def running_server() -> Iterator[PostgresServer]:
+    """A started server, stopped and removed afterwards; skips when none is installed."""
+    binaries = server_binaries()
+    if binaries is None:
+        pytest.skip("no PostgreSQL server installed ('apt-get install postgresql'; make test does)")
+    server = PostgresServer.create(binaries)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        server.remove()
