@@ -7,7 +7,8 @@ from typing import Any
 
 import dagster as dg
 
-from lethe.compliance.catalog import after_retention, retention_rules
+from lethe.compliance.catalog import after_retention, purpose_facts, retention_rules
+from lethe.compliance.table_status import EXPIRY_WINDOW, PurposeCount, TableStatus
 from lethe.declaration.policy import LEGAL_BASIS_ARTICLE, Policy
 from lethe.declaration.schema import Table
 from lethe.engine.warehouse import SQL_TYPES
@@ -21,8 +22,13 @@ LineageSources = Mapping[str, Iterable[tuple[dg.AssetKey, str]]]
 
 
 def core_key(table: str) -> dg.AssetKey:
-    """The asset of a core table (its ingest asset)."""
+    """The asset of a core table as enforcement leaves it (materialized by enforcement)."""
     return dg.AssetKey(["core", table])
+
+
+def ingest_key(table: str) -> dg.AssetKey:
+    """The asset of a core table's ingest: the rows this run's delivery loaded into it."""
+    return dg.AssetKey(["ingest", table])
 
 
 def landing_key(table: str) -> dg.AssetKey:
@@ -123,14 +129,73 @@ def table_compliance(policy: Policy, table: str, headers: bool = False) -> dict[
     }
 
 
-def table_metadata(policy: Policy, table: str) -> dict[str, Any]:
+def table_metadata(policy: Policy, table: str, ingest: bool = False) -> dict[str, Any]:
     """Static metadata of a core table: its compliance facts, and the lineage of each column
-    from the landing file's header it is read from."""
+    from where it is read: the landing file's header (`ingest`), else the ingest asset."""
     declared = policy.data_schema.tables[table]
-    return {
+    sources = {
+        c.name: [(landing_key(table), c.header) if ingest else (ingest_key(table), c.name)]
+        for c in declared.columns
+    }
+    out = {
         **table_compliance(policy, table),
         "dagster/table_name": f"core.{table}",
-        **lineage_metadata({c.name: [(landing_key(table), c.header)] for c in declared.columns}),
+        **lineage_metadata(sources),
+    }
+    if not ingest:
+        out["purposes_and_retention"] = purpose_table(policy, table)
+    return out
+
+
+_FACTS = (
+    ("purpose", "purpose"),
+    ("legal_basis", "legal basis (GDPR article)"),
+    ("columns_kept", "columns kept"),
+    ("retention", "retention"),
+    ("afterwards", "afterwards"),
+)
+_COUNTS = (
+    ("rows_kept", "int", "rows kept now"),
+    ("rows_expiring", "int", f"rows expiring in {EXPIRY_WINDOW.days} days"),
+    ("next_expiry", "string", "next expiry"),
+)
+
+
+def purpose_table(
+    policy: Policy, table: str, counts: Iterable[PurposeCount] | None = None
+) -> dg.TableMetadataValue:
+    """One row per purpose keeping the table: legal basis with its article, columns kept,
+    retention and what happens afterwards in words, and with `counts` the rows kept now,
+    those expiring soon and the next expiry date."""
+    by_name = {c.purpose: c for c in counts or ()}
+    columns = [dg.TableColumn(name, "string", description=label) for name, label in _FACTS]
+    if counts is not None:
+        columns += [dg.TableColumn(name, kind, description=label) for name, kind, label in _COUNTS]
+    records = []
+    for facts in purpose_facts(policy, table):
+        row: dict[str, str | int] = {name: getattr(facts, name) for name, _ in _FACTS}
+        if counts is not None:
+            count = by_name.get(facts.purpose)
+            row["rows_kept"] = count.rows_kept if count else 0
+            row["rows_expiring"] = count.rows_expiring if count else 0
+            row["next_expiry"] = _next_expiry(count)
+        records.append(dg.TableRecord(row))
+    return dg.MetadataValue.table(records, dg.TableSchema(columns=columns))
+
+
+def _next_expiry(count: PurposeCount | None) -> str:
+    if count is None or not count.rows_kept:
+        return "no rows"
+    return count.next_expiry.isoformat() if count.next_expiry else "open-ended"
+
+
+def status_metadata(policy: Policy, status: TableStatus) -> dict[str, Any]:
+    """A core table's materialization after enforcement: its row count now, rows per state
+    and the purpose table with this run's counts."""
+    return {
+        "dagster/row_count": status.rows,
+        **{f"rows_{state}": n for state, n in status.by_state.items()},
+        "purposes_and_retention": purpose_table(policy, status.table, status.by_purpose),
     }
 
 

@@ -22,7 +22,8 @@ SHOP_POLICY = REPO / "examples" / "shop" / "policy.yaml"
 
 DEFS = defs()
 
-INGEST_KEYS = [dg.AssetKey(["core", t]) for t in TABLES]
+INGEST_KEYS = [dg.AssetKey(["ingest", t]) for t in TABLES]
+CORE_KEYS = [dg.AssetKey(["core", t]) for t in TABLES]
 TAGS_KEY = dg.AssetKey(["core", "purpose_tags"])
 
 
@@ -45,10 +46,14 @@ def test_asset_keys() -> None:
         "core/shipments",
         "core/holds",
         "core/purpose_tags",
+        "ingest/contacts",
+        "ingest/holds",
     } <= keys
 
 
-@pytest.mark.parametrize("key", [*INGEST_KEYS, TAGS_KEY], ids=lambda k: k.to_user_string())
+@pytest.mark.parametrize(
+    "key", [*INGEST_KEYS, *CORE_KEYS, TAGS_KEY], ids=lambda k: k.to_user_string()
+)
 def test_owned_by_privacy_team(key: dg.AssetKey) -> None:
     assert "team:privacy" in spec_of(key).owners
     assert spec_of(key).description
@@ -57,9 +62,11 @@ def test_owned_by_privacy_team(key: dg.AssetKey) -> None:
 def test_ingest_dependencies_follow_foreign_keys() -> None:
     graph = DEFS.resolve_asset_graph()
     for table in TABLES.values():
-        parents = graph.get(dg.AssetKey(["core", table.name])).parent_keys
-        core_parents = {k for k in parents if k.path[0] == "core"}
-        assert core_parents == {dg.AssetKey(["core", fk.ref_table]) for fk in table.foreign_keys}
+        parents = graph.get(dg.AssetKey(["ingest", table.name])).parent_keys
+        ingest_parents = {k for k in parents if k.path[0] == "ingest"}
+        assert ingest_parents == {
+            dg.AssetKey(["ingest", fk.ref_table]) for fk in table.foreign_keys
+        }
     assert set(INGEST_KEYS) <= graph.get(TAGS_KEY).parent_keys
 
 
@@ -160,12 +167,12 @@ def test_shop_definitions_have_one_asset_per_declared_table(shop: dg.Definitions
     assert {f"landing/{t}" for t in declared} <= keys
     assert not {k for k in keys if k.split("/")[-1] in TABLES}  # nothing of the e-shop
     for table in schema.tables.values():
-        parents = graph.get(dg.AssetKey(["core", table.name])).parent_keys
+        parents = graph.get(dg.AssetKey(["ingest", table.name])).parent_keys
         assert parents == {
             dg.AssetKey(["landing", table.name]),
-            *(dg.AssetKey(["core", fk.ref_table]) for fk in table.foreign_keys),
+            *(dg.AssetKey(["ingest", fk.ref_table]) for fk in table.foreign_keys),
         }
-    assert {dg.AssetKey(["core", t]) for t in declared} <= graph.get(TAGS_KEY).parent_keys
+    assert {dg.AssetKey(["ingest", t]) for t in declared} <= graph.get(TAGS_KEY).parent_keys
     job = shop.resolve_job_def("lethe_pipeline").asset_layer.executable_asset_keys
     assert {dg.AssetKey(["core", t]) for t in declared} <= set(job)
 
@@ -186,6 +193,11 @@ def test_shop_assets_carry_their_column_schema_and_categories(shop: dg.Definitio
     }
     lineage = spec.metadata["dagster/column_lineage"].deps_by_column
     assert [(d.asset_key.path, d.column_name) for d in lineage["jmeno"]] == [
+        (["ingest", "zakaznici"], "jmeno")
+    ]
+    ingest = spec_of(dg.AssetKey(["ingest", "zakaznici"]), shop)
+    lineage = ingest.metadata["dagster/column_lineage"].deps_by_column
+    assert [(d.asset_key.path, d.column_name) for d in lineage["jmeno"]] == [
         (["landing", "zakaznici"], "Jméno")
     ]
     landing = spec_of(dg.AssetKey(["landing", "objednavky"]), shop)
@@ -200,7 +212,7 @@ def test_shop_checks_and_hold_table_come_from_the_policy(shop: dg.Definitions) -
     graph = shop.resolve_asset_graph()
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     for table in ("zakaznici", "souhlasy", "objednavky", "zasilky", "blokace"):
-        assert (f"core/{table}", "no_quarantined_rows") in checks
+        assert (f"ingest/{table}", "no_quarantined_rows") in checks
     assert ("core/retention_enforcement", "held_zakaznici_untouched") in checks
     # the hold table (blokace) serves the hold: it is loaded, never tagged
     assert set(spec_of(TAGS_KEY, shop).metadata["retention_rules"].value) == {

@@ -106,20 +106,20 @@ def test_materialize_tags_the_warehouse(home: Home) -> None:
     assert result.success
     checks = check_results(result)
     assert set(checks) == {
-        "core/contacts",
-        "core/consents",
-        "core/orders",
-        "core/shipments",
-        "core/holds",
+        "ingest/contacts",
+        "ingest/consents",
+        "ingest/orders",
+        "ingest/shipments",
+        "ingest/holds",
     }
     assert all(c.passed for c in checks.values()), {k: c.description for k, c in checks.items()}
     assert_tagged(home)
     assert list(home.landing.iterdir()) == []  # landing files consumed
     mats = {
         "/".join(m.asset_key.path): m.metadata
-        for m in result.asset_materializations_for_node("core__orders")
+        for m in result.asset_materializations_for_node("ingest__orders")
     }
-    assert mats["core/orders"]["rows_loaded"].value == 1
+    assert mats["ingest/orders"]["rows_loaded"].value == 1
     tag_md = result.asset_materializations_for_node("core__purpose_tags")[0].metadata
     assert tag_md["as_of"].value == "2026-03-01"
     assert tag_md["dagster/row_count"].value == 5  # 2 contacts, 1 consent, 1 order, 1 shipment
@@ -130,13 +130,13 @@ def test_quarantine_check_fails_on_bad_row(home: Home) -> None:
     result = materialize(home)
     assert result.success  # bad input never crashes a run
     checks = check_results(result)
-    orders = checks["core/orders"]
+    orders = checks["ingest/orders"]
     assert not orders.passed
     assert "orders.csv" in orders.description
     assert "1 rows quarantined" in orders.description
     assert "wrong type: expected decimal" in orders.description
     assert orders.metadata["rows_quarantined"].value == 1
-    assert all(c.passed for k, c in checks.items() if k != "core/orders")
+    assert all(c.passed for k, c in checks.items() if k != "ingest/orders")
     assert_tagged(home)  # good rows still loaded and tagged
     con = connect(home.warehouse, read_only=True)
     try:
@@ -150,7 +150,7 @@ def test_quarantine_check_fails_on_bad_row(home: Home) -> None:
 
 def test_quarantine_check_names_row_and_column(home: Home) -> None:
     landing_set(home, bad_row=True)
-    orders = check_results(materialize(home))["core/orders"]
+    orders = check_results(materialize(home))["ingest/orders"]
     text = orders.description + " " + str({k: v.value for k, v in orders.metadata.items()})
     assert "total_amount" in text
     assert "row 2" in text
@@ -166,8 +166,8 @@ def test_missing_file_is_reported_and_the_run_goes_on(home: Home) -> None:
         for e in result.get_asset_check_evaluations()
         if e.check_name == "landing_file_accepted"
     }
-    assert [k for k, c in accepted.items() if not c.passed] == ["core/orders"]
-    assert "orders.parquet: missing" in accepted["core/orders"].description
+    assert [k for k, c in accepted.items() if not c.passed] == ["ingest/orders"]
+    assert "orders.parquet: missing" in accepted["ingest/orders"].description
     assert result.asset_materializations_for_node("core__purpose_tags")
 
 
@@ -178,7 +178,7 @@ def test_run_pipeline_in_tmp_home(home: Home, monkeypatch: pytest.MonkeyPatch) -
     assert outcome.success, outcome.errors
     assert outcome.errors == []
     assert len(outcome.failed_checks) == 1
-    assert outcome.failed_checks[0].startswith("core/orders no_quarantined_rows: orders.csv")
+    assert outcome.failed_checks[0].startswith("ingest/orders no_quarantined_rows: orders.csv")
     assert_tagged(home)
     # the run is recorded in the Dagster instance under LETHE_HOME (visible in `make ui`)
     assert (home.dagster / "dagster.yaml").exists()
@@ -206,7 +206,7 @@ def test_cli_run(tmp_path: Path) -> None:
     assert "Lethe warehouse as of 2026-03-01" in result.stdout
     for word in ("contacts", "consents", "orders", "shipments", "account", "legal_obligation"):
         assert word in result.stdout
-    assert "check failed: core/orders no_quarantined_rows" in result.stderr
+    assert "check failed: ingest/orders no_quarantined_rows" in result.stderr
     assert "Traceback" not in result.stderr
     assert (home.root / "warehouse.duckdb").exists()
     assert list(home.landing.iterdir()) == []
@@ -262,15 +262,15 @@ def test_cli_run_records_the_run_of_the_policy_given(tmp_path: Path) -> None:
         job = instance.get_job_snapshot(run.job_snapshot_id)
         ops = {o.name: o for o in job.node_defs_snapshot.op_def_snaps}
         tables = ("zakaznici", "souhlasy", "objednavky", "zasilky", "blokace")
-        assert {f"core__{t}" for t in tables} <= set(ops)
-        assert not {"core__contacts", "core__orders"} & set(ops)
-        assert ops["core__zakaznici"].description.startswith("core.zakaznici: Registrovaní")
+        assert {f"ingest__{t}" for t in tables} <= set(ops)
+        assert not {"ingest__contacts", "ingest__orders"} & set(ops)
+        assert ops["ingest__zakaznici"].description.startswith("core.zakaznici: Registrovaní")
         done = {
             e.step_key
             for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)
         }
-        assert {f"core__{t}" for t in tables} <= done
-        event = instance.get_latest_materialization_event(dg.AssetKey(["core", "zakaznici"]))
+        assert {f"ingest__{t}" for t in tables} <= done
+        event = instance.get_latest_materialization_event(dg.AssetKey(["ingest", "zakaznici"]))
         metadata = event.asset_materialization.metadata
         assert metadata["policy"].value == str(policy)
         columns = {c.name: c for c in metadata["dagster/column_schema"].schema.columns}
@@ -305,12 +305,12 @@ def test_quarantine_check_fails_while_an_orphan_waits(home: Home) -> None:
     write_landing_set(
         home.landing, contacts=CONTACTS, orders=[*ORDERS, {"order_id": "O9", "contact_id": "C9"}]
     )
-    assert not check_results(materialize(home))["core/orders"].passed
-    waiting = check_results(materialize(home))["core/orders"]  # no new files
+    assert not check_results(materialize(home))["ingest/orders"].passed
+    waiting = check_results(materialize(home))["ingest/orders"]  # no new files
     assert not waiting.passed
     assert "1 rows waiting in core.quarantine" in waiting.description
     write_landing(home.landing, "contacts", [{"contact_id": "C9"}])
-    assert check_results(materialize(home))["core/orders"].passed
+    assert check_results(materialize(home))["ingest/orders"].passed
     con = connect(home.warehouse, read_only=True)
     try:
         assert con.execute("SELECT contact_id FROM core.orders WHERE order_id = 'O9'").fetchall()
