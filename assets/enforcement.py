@@ -128,7 +128,7 @@ def enforcement_assets(policy: Policy) -> list[dg.AssetsDefinition]:
         for status in statuses:
             yield dg.MaterializeResult(
                 asset_key=core_key(status.table),
-                metadata={"as_of": str(as_of), **status_metadata(loaded, status)},
+                metadata={**status_metadata(loaded, status), "as_of": str(as_of)},
             )
         for t in tagged:
             yield dg.AssetCheckResult(
@@ -167,7 +167,8 @@ def _core_spec(policy: Policy, table: str) -> dg.AssetSpec:
     return dg.AssetSpec(
         core_key(table),
         group_name="core",
-        deps=[ingest_key(table)],
+        # After enforcement in the lineage too: the graph shows the stages in run order.
+        deps=[ingest_key(table), ENFORCEMENT],
         owners=OWNERS,
         kinds={"duckdb"},
         description=f"core.{table}: {declared.description} As the latest enforcement left it:"

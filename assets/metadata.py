@@ -143,44 +143,63 @@ def table_metadata(policy: Policy, table: str, ingest: bool = False) -> dict[str
         **lineage_metadata(sources),
     }
     if not ingest:
-        out["purposes_and_retention"] = purpose_table(policy, table)
+        out[PURPOSE_RULES] = purpose_rules(policy, table)
     return out
 
 
-_FACTS = (
-    ("purpose", "purpose"),
-    ("legal_basis", "legal basis (GDPR article)"),
-    ("columns_kept", "columns kept"),
-    ("retention", "retention"),
-    ("afterwards", "afterwards"),
-)
+# Two tables, one row per purpose each: the counts, compact enough to read at a glance
+# beside the legal basis, and the rules in words, whose long texts need the width.
 _COUNTS = (
-    ("rows_kept", "int", "rows kept now"),
-    ("rows_expiring", "int", f"rows expiring in {EXPIRY_WINDOW.days} days"),
-    ("next_expiry", "string", "next expiry"),
+    ("purpose", "purpose", "string"),
+    ("legal basis", "legal_basis", "string"),
+    ("rows kept now", "rows_kept", "int"),
+    (f"expiring in {EXPIRY_WINDOW.days} days", "rows_expiring", "int"),
+    ("next expiry", "next_expiry", "string"),
 )
+_RULES = (
+    ("purpose", "purpose", "string"),
+    ("retention", "retention", "string"),
+    ("columns kept", "columns_kept", "string"),
+    ("afterwards", "afterwards", "string"),
+)
+PURPOSE_COUNTS = "purposes_now"
+PURPOSE_RULES = "purposes_retention"
 
 
-def purpose_table(
-    policy: Policy, table: str, counts: Iterable[PurposeCount] | None = None
+def _table(
+    layout: tuple[tuple[str, str, str], ...], rows: list[dict[str, str | int]]
 ) -> dg.TableMetadataValue:
-    """One row per purpose keeping the table: legal basis with its article, columns kept,
-    retention and what happens afterwards in words, and with `counts` the rows kept now,
-    those expiring soon and the next expiry date."""
-    by_name = {c.purpose: c for c in counts or ()}
-    columns = [dg.TableColumn(name, "string", description=label) for name, label in _FACTS]
-    if counts is not None:
-        columns += [dg.TableColumn(name, kind, description=label) for name, kind, label in _COUNTS]
-    records = []
+    return dg.MetadataValue.table(
+        [dg.TableRecord({heading: row[name] for heading, name, _ in layout}) for row in rows],
+        dg.TableSchema(columns=[dg.TableColumn(h, kind) for h, _, kind in layout]),
+    )
+
+
+def purpose_rules(policy: Policy, table: str) -> dg.TableMetadataValue:
+    """One row per purpose keeping the table: its retention in the policy's words, the
+    columns it keeps and what happens to the rows when it ends."""
+    return _table(_RULES, [vars(f) for f in purpose_facts(policy, table)])
+
+
+def purpose_counts(
+    policy: Policy, table: str, counts: Iterable[PurposeCount]
+) -> dg.TableMetadataValue:
+    """One row per purpose keeping the table: legal basis with its GDPR article, rows kept
+    now, rows it stops keeping within the window and the next date one of them expires."""
+    by_name = {c.purpose: c for c in counts}
+    rows: list[dict[str, str | int]] = []
     for facts in purpose_facts(policy, table):
-        row: dict[str, str | int] = {name: getattr(facts, name) for name, _ in _FACTS}
-        if counts is not None:
-            count = by_name.get(facts.purpose)
-            row["rows_kept"] = count.rows_kept if count else 0
-            row["rows_expiring"] = count.rows_expiring if count else 0
-            row["next_expiry"] = _next_expiry(count)
-        records.append(dg.TableRecord(row))
-    return dg.MetadataValue.table(records, dg.TableSchema(columns=columns))
+        count = by_name.get(facts.purpose)
+        rows.append(
+            {
+                "purpose": facts.purpose,
+                "legal_basis": facts.legal_basis,
+                "rows_kept": count.rows_kept if count else 0,
+                "rows_expiring": count.rows_expiring if count else 0,
+                "next_expiry": _next_expiry(count),
+            }
+        )
+    return _table(_COUNTS, rows)
 
 
 def _next_expiry(count: PurposeCount | None) -> str:
@@ -190,12 +209,13 @@ def _next_expiry(count: PurposeCount | None) -> str:
 
 
 def status_metadata(policy: Policy, status: TableStatus) -> dict[str, Any]:
-    """A core table's materialization after enforcement: its row count now, rows per state
-    and the purpose table with this run's counts."""
+    """A core table's materialization after enforcement: the purpose tables (first, so the
+    UI lists them first), its row count now and rows per state."""
     return {
+        PURPOSE_COUNTS: purpose_counts(policy, status.table, status.by_purpose),
+        PURPOSE_RULES: purpose_rules(policy, status.table),
         "dagster/row_count": status.rows,
         **{f"rows_{state}": n for state, n in status.by_state.items()},
-        "purposes_and_retention": purpose_table(policy, status.table, status.by_purpose),
     }
 
 

@@ -11,6 +11,7 @@ PIPELINE_GROUPS = (
     "tagging",
     "enforcement",
     "core",
+    "answers",
     "backups",
     "analytics",
     "compliance",

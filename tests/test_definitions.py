@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from conftest import DEFAULT_POLICY, REPO, TABLES
+from conftest import DEFAULT_POLICY, REPO, TABLES, TAGGED_TABLES
 from renaming import suffixed
 
 from lethe.declaration.policy import PolicyError, load_policy
@@ -309,3 +309,103 @@ def test_renamed_schema_gives_the_same_definitions_renamed(tmp_path: Path) -> No
         assert [(names.column(table, c.name), c.type, c.tags) for c in default] == [
             (c.name, c.type, c.tags) for c in columns
         ]
+
+
+# --- what a compliance officer sees on the core assets (issue 15) -----------------------------
+
+
+def _records(table: dg.TableMetadataValue) -> dict[str, dict]:
+    return {r.data["purpose"]: r.data for r in table.records}
+
+
+def test_core_assets_are_the_tables_after_enforcement() -> None:
+    graph = DEFS.resolve_asset_graph()
+    enforcement = graph.assets_def_for_key(dg.AssetKey(["core", "retention_enforcement"]))
+    for key in CORE_KEYS:
+        assert graph.assets_def_for_key(key) is enforcement  # materialized by enforcement
+        assert graph.get(key).parent_keys == {
+            dg.AssetKey(["ingest", key.path[-1]]),
+            dg.AssetKey(["core", "retention_enforcement"]),
+        }
+
+
+def test_core_assets_carry_a_purpose_table_from_policy_and_schema() -> None:
+    contacts = _records(spec_of(dg.AssetKey(["core", "contacts"])).metadata["purposes_retention"])
+    assert set(contacts) == {"account", "contract", "newsletter", "litigation_hold"}
+    assert contacts["newsletter"]["columns kept"] == "contact_id, email, first_name"
+    assert "2 years after the contact was last active" in contacts["account"]["retention"]
+    assert "If only newsletter keeps it: phone," in contacts["account"]["afterwards"]
+    orders = _records(spec_of(dg.AssetKey(["core", "orders"])).metadata["purposes_retention"])
+    # the accounting-only orders' buyer, name and street become vault tokens: said, by name
+    assert (
+        "If only accounting keeps it: contact_id, billing_name and billing_street replaced by"
+        " vault tokens; completed_at kept as is." in orders["contract"]["afterwards"]
+    )
+    assert orders["accounting"]["columns kept"].endswith(
+        "as vault tokens: contact_id, billing_name, billing_street"
+    )
+    shipments = _records(spec_of(dg.AssetKey(["core", "shipments"])).metadata["purposes_retention"])
+    assert shipments["contract"]["afterwards"] == "With no purpose left: deleted."
+    holds = _records(spec_of(dg.AssetKey(["core", "holds"])).metadata["purposes_retention"])
+    assert list(holds) == ["litigation_hold"]
+
+
+def test_orders_retention_text_names_the_pseudonymized_columns() -> None:
+    text = spec_of(dg.AssetKey(["core", "orders"])).metadata["retention"].value
+    assert (
+        "While only accounting keeps a row, contact_id, billing_name and billing_street are"
+        " replaced by vault tokens (pseudonymized)." in text
+    )
+
+
+def test_nothing_past_retention_per_core_table_and_blocking_checks() -> None:
+    graph = DEFS.resolve_asset_graph()
+    specs = {
+        (s.asset_key.to_user_string(), s.name): s for a in graph.assets_defs for s in a.check_specs
+    }
+    for table in TAGGED_TABLES:
+        assert specs[(f"core/{table}", "nothing_past_retention")].blocking
+    assert ("core/holds", "nothing_past_retention") not in specs  # never tagged
+    assert specs[("core/retention_enforcement", "ledger_chain_intact")].blocking
+    assert specs[("core/retention_enforcement", "nothing_past_retention")].blocking
+    assert not specs[("ingest/orders", "no_quarantined_rows")].blocking
+    analytics = graph.get(dg.AssetKey(["analytics", "orders_by_month"])).parent_keys
+    assert dg.AssetKey(["core", "orders"]) in analytics
+
+
+def test_dagster_defaults_schedule_running_in_process_pipeline_order() -> None:
+    schedule = DEFS.resolve_schedule_def("daily_retention")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    # every job, the UI's implicit "Materialize all" job included, runs in one process
+    assert DEFS.resolve_implicit_global_asset_job_def().executor_def is dg.in_process_executor
+    assert DEFS.resolve_job_def("lethe_pipeline").executor_def is dg.in_process_executor
+
+
+def test_instance_config_turns_the_community_popup_off(tmp_path: Path) -> None:
+    from lethe.operations.home import Home
+    from pipelines.instance import prepare_instance
+
+    home = Home(tmp_path / "home").ensure()
+    instance = prepare_instance(home)
+    try:
+        config = yaml.safe_load((home.dagster / "dagster.yaml").read_text())
+        assert config["nux"] == {"enabled": False}
+        assert config["telemetry"] == {"enabled": False}
+    finally:
+        instance.dispose()
+
+
+def test_policy_resource_tags_a_run_without_a_date_with_its_as_of(tmp_path: Path) -> None:
+    @dg.asset
+    def day(policy: PolicyResource) -> str:
+        return policy.as_of_date().isoformat()
+
+    with dg.instance_for_test() as instance:
+        dated = dg.materialize(
+            [day], resources={"policy": PolicyResource(as_of="2026-03-01")}, instance=instance
+        )
+        undated = dg.materialize([day], resources={"policy": PolicyResource()}, instance=instance)
+        today = dt.datetime.now(dt.UTC).date().isoformat()
+        assert undated.output_for_node("day") == today
+        assert instance.get_run_by_id(undated.run_id).tags["lethe/as_of"] == today
+        assert instance.get_run_by_id(dated.run_id).tags["lethe/as_of"] == "2026-03-01"

@@ -389,3 +389,123 @@ def test_landing_leftovers_are_reported_and_never_followed(
     left = sorted(p.name for p in home.landing.iterdir())
     assert left == ["consents.csv", "contacts.CSV", "contacts.csv.bak", "orders.csv"]
     assert query(home, "SELECT count(*) FROM core.contacts WHERE _purposes IS NULL") == [(0,)]
+
+
+def test_quarantine_check_stays_failing_while_a_bad_row_waits(home: Home) -> None:
+    """A row refused for a wrong type keeps the check red on later runs with no new file."""
+    landing_set(home, bad_row=True)
+    assert not check_results(materialize(home))["ingest/orders"].passed
+    later = check_results(materialize(home))["ingest/orders"]
+    assert not later.passed
+    assert later.description == "1 rows waiting in core.quarantine"
+
+
+# --- the core assets after enforcement (issue 15) ---------------------------------------------
+
+
+def _latest(instance: dg.DagsterInstance, table: str) -> dg.EventLogEntry:
+    event = instance.get_latest_materialization_event(dg.AssetKey(["core", table]))
+    assert event is not None
+    return event
+
+
+def test_core_assets_show_the_tables_after_enforcement(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    write_landing_set(
+        home.landing,
+        contacts=[
+            *CONTACTS,
+            {"contact_id": "C3", "last_active_at": "2024-03-15T00:00:00"},  # account ends 03-15
+            {"contact_id": "C4", "last_active_at": "2015-01-01T00:00:00"},  # anonymized
+        ],
+        consents=CONSENTS,
+        orders=ORDERS,
+        shipments=SHIPMENTS,
+    )
+    outcome = run_pipeline(home, T, str(DEFAULT_POLICY))
+    assert outcome.success, outcome.errors
+    kept = query(
+        home,
+        "SELECT p, count(*) FROM (SELECT unnest(_purposes) AS p FROM core.contacts) GROUP BY p",
+    )
+    states = dict(query(home, "SELECT _state, count(*) FROM core.contacts GROUP BY 1"))
+    (rows,) = query(home, "SELECT count(*) FROM core.contacts")[0]
+    instance = dg.DagsterInstance.from_config(str(home.dagster))
+    try:
+        event = _latest(instance, "contacts")
+        assert event.run_id == outcome.run_id
+        assert event.step_key == "core__retention_enforcement"  # "last updated" = enforcement
+        md = event.asset_materialization.metadata
+        assert md["dagster/row_count"].value == rows == 4
+        assert md["rows_active"].value == states["active"] == 3
+        assert md["rows_anonymized"].value == states["anonymized"] == 1
+        table = {r.data["purpose"]: r.data for r in md["purposes_now"].value.records}
+        assert {p: table[p]["rows kept now"] for p, _ in kept} == dict(kept)
+        assert table["account"] == {
+            "purpose": "account",
+            "legal basis": "GDPR Art. 6(1)(b) contract",
+            "rows kept now": 2,
+            "expiring in 30 days": 1,
+            "next expiry": "2026-03-15",
+        }
+        assert table["contract"]["next expiry"] == "open-ended"  # the order is not completed
+        assert table["litigation_hold"]["next expiry"] == "no rows"
+        rules = {r.data["purpose"]: r.data for r in md["purposes_retention"].value.records}
+        assert rules["newsletter"]["columns kept"] == "contact_id, email, first_name"
+        assert (
+            _latest(instance, "holds").asset_materialization.metadata["dagster/row_count"].value
+            == 0
+        )
+        checks = {
+            (e.asset_key.to_user_string(), e.check_name): e.passed
+            for e in (
+                r.dagster_event.asset_check_evaluation_data
+                for r in instance.all_logs(
+                    outcome.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+                )
+            )
+        }
+        for table_name in ("contacts", "consents", "orders", "shipments"):
+            assert checks[(f"core/{table_name}", "nothing_past_retention")]
+    finally:
+        instance.dispose()
+
+
+def test_a_failed_blocking_check_stops_what_follows_and_lethe_run_exits_3(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    expired = {"contact_id": "C4", "last_active_at": "2015-01-01T00:00:00"}
+    write_landing_set(home.landing, contacts=[*CONTACTS, expired])
+    assert run_pipeline(home, T, str(DEFAULT_POLICY)).success
+    con = connect(home.warehouse)
+    try:
+        (seq,) = con.execute("SELECT min(seq) FROM audit.ledger").fetchone()
+        con.execute("UPDATE audit.ledger SET reason = 'edited' WHERE seq = ?", [seq])
+    finally:
+        con.close()
+    result = lethe(home.root, "run", "--as-of", "2026-03-01")
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert all(line.startswith(("check failed: ", "error: ")) for line in lines), lines
+    assert any(
+        line.startswith("check failed: core/retention_enforcement ledger_chain_intact: ")
+        for line in lines
+    ), lines
+    assert lines[-1] == (
+        "error: 1 blocking checks failed: the analytics, exports and backups after them were"
+        " not produced"
+    )
+    instance = dg.DagsterInstance.from_config(str(home.dagster))
+    try:
+        (run, _) = instance.get_runs()
+        done = {
+            e.step_key
+            for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)
+        }
+    finally:
+        instance.dispose()
+    assert "ingest__contacts" in done  # the run went as far as enforcement
+    assert not {s for s in done if s.startswith(("analytics__", "backups__", "requests__answers"))}
