@@ -1,4 +1,5 @@
-"""Ingest assets: one per declared table, loading validated rows into core.*.
+"""Ingest assets (`ingest/<table>`): one per declared table, loading validated rows into
+core.*; the `core/<table>` assets are the tables as enforcement leaves them.
 
 A landing file that cannot be used does not fail the step: the refusal is reported by the
 `landing_file_accepted` check (the launcher turns it into the run's error) and every later
@@ -10,7 +11,7 @@ import dagster as dg
 from assets.metadata import (
     OWNERS,
     column_schema,
-    core_key,
+    ingest_key,
     landing_key,
     table_metadata,
     table_tags,
@@ -27,19 +28,20 @@ ACCEPTED_CHECK = "landing_file_accepted"
 def _build(policy: Policy, table_name: str) -> dg.AssetsDefinition:
     table = policy.data_schema.tables[table_name]
     file = table.source.file
-    key = core_key(table_name)
+    key = ingest_key(table_name)
 
     @dg.asset(
         key=key,
         group_name="ingest",
-        deps=[landing_key(table_name), *(core_key(fk.ref_table) for fk in table.foreign_keys)],
+        deps=[landing_key(table_name), *(ingest_key(fk.ref_table) for fk in table.foreign_keys)],
         owners=OWNERS,
         kinds={"duckdb"},
         description=(
             f"core.{table_name}: {table.description} Loaded from landing/{file}.parquet"
-            f" or .csv; rows that break the schema go to core.quarantine."
+            f" or .csv; rows that break the schema go to core.quarantine. Row counts here are"
+            f" those after loading; core/{table_name} shows the table after enforcement."
         ),
-        metadata=table_metadata(policy, table_name),
+        metadata=table_metadata(policy, table_name, ingest=True),
         tags=table_tags(policy, table_name),
         check_specs=[
             dg.AssetCheckSpec(

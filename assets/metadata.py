@@ -7,7 +7,8 @@ from typing import Any
 
 import dagster as dg
 
-from lethe.compliance.catalog import after_retention, retention_rules
+from lethe.compliance.catalog import after_retention, purpose_facts, retention_rules
+from lethe.compliance.table_status import EXPIRY_WINDOW, PurposeCount, TableStatus
 from lethe.declaration.policy import LEGAL_BASIS_ARTICLE, Policy
 from lethe.declaration.schema import Table
 from lethe.engine.warehouse import SQL_TYPES
@@ -21,8 +22,13 @@ LineageSources = Mapping[str, Iterable[tuple[dg.AssetKey, str]]]
 
 
 def core_key(table: str) -> dg.AssetKey:
-    """The asset of a core table (its ingest asset)."""
+    """The asset of a core table as enforcement leaves it (materialized by enforcement)."""
     return dg.AssetKey(["core", table])
+
+
+def ingest_key(table: str) -> dg.AssetKey:
+    """The asset of a core table's ingest: the rows this run's delivery loaded into it."""
+    return dg.AssetKey(["ingest", table])
 
 
 def landing_key(table: str) -> dg.AssetKey:
@@ -123,14 +129,93 @@ def table_compliance(policy: Policy, table: str, headers: bool = False) -> dict[
     }
 
 
-def table_metadata(policy: Policy, table: str) -> dict[str, Any]:
+def table_metadata(policy: Policy, table: str, ingest: bool = False) -> dict[str, Any]:
     """Static metadata of a core table: its compliance facts, and the lineage of each column
-    from the landing file's header it is read from."""
+    from where it is read: the landing file's header (`ingest`), else the ingest asset."""
     declared = policy.data_schema.tables[table]
-    return {
+    sources = {
+        c.name: [(landing_key(table), c.header) if ingest else (ingest_key(table), c.name)]
+        for c in declared.columns
+    }
+    out = {
         **table_compliance(policy, table),
         "dagster/table_name": f"core.{table}",
-        **lineage_metadata({c.name: [(landing_key(table), c.header)] for c in declared.columns}),
+        **lineage_metadata(sources),
+    }
+    if not ingest:
+        out[PURPOSE_RULES] = purpose_rules(policy, table)
+    return out
+
+
+# Two tables, one row per purpose each: the counts, compact enough to read at a glance
+# beside the legal basis, and the rules in words, whose long texts need the width.
+_COUNTS = (
+    ("purpose", "purpose", "string"),
+    ("legal basis", "legal_basis", "string"),
+    ("rows kept now", "rows_kept", "int"),
+    (f"expiring in {EXPIRY_WINDOW.days} days", "rows_expiring", "int"),
+    ("next expiry", "next_expiry", "string"),
+)
+_RULES = (
+    ("purpose", "purpose", "string"),
+    ("retention", "retention", "string"),
+    ("columns kept", "columns_kept", "string"),
+    ("afterwards", "afterwards", "string"),
+)
+PURPOSE_COUNTS = "purposes_now"
+PURPOSE_RULES = "purposes_retention"
+
+
+def _table(
+    layout: tuple[tuple[str, str, str], ...], rows: list[dict[str, str | int]]
+) -> dg.TableMetadataValue:
+    return dg.MetadataValue.table(
+        [dg.TableRecord({heading: row[name] for heading, name, _ in layout}) for row in rows],
+        dg.TableSchema(columns=[dg.TableColumn(h, kind) for h, _, kind in layout]),
+    )
+
+
+def purpose_rules(policy: Policy, table: str) -> dg.TableMetadataValue:
+    """One row per purpose keeping the table: its retention in the policy's words, the
+    columns it keeps and what happens to the rows when it ends."""
+    return _table(_RULES, [vars(f) for f in purpose_facts(policy, table)])
+
+
+def purpose_counts(
+    policy: Policy, table: str, counts: Iterable[PurposeCount]
+) -> dg.TableMetadataValue:
+    """One row per purpose keeping the table: legal basis with its GDPR article, rows kept
+    now, rows it stops keeping within the window and the next date one of them expires."""
+    by_name = {c.purpose: c for c in counts}
+    rows: list[dict[str, str | int]] = []
+    for facts in purpose_facts(policy, table):
+        count = by_name.get(facts.purpose)
+        rows.append(
+            {
+                "purpose": facts.purpose,
+                "legal_basis": facts.legal_basis,
+                "rows_kept": count.rows_kept if count else 0,
+                "rows_expiring": count.rows_expiring if count else 0,
+                "next_expiry": _next_expiry(count),
+            }
+        )
+    return _table(_COUNTS, rows)
+
+
+def _next_expiry(count: PurposeCount | None) -> str:
+    if count is None or not count.rows_kept:
+        return "no rows"
+    return count.next_expiry.isoformat() if count.next_expiry else "open-ended"
+
+
+def status_metadata(policy: Policy, status: TableStatus) -> dict[str, Any]:
+    """A core table's materialization after enforcement: the purpose tables (first, so the
+    UI lists them first), its row count now and rows per state."""
+    return {
+        PURPOSE_COUNTS: purpose_counts(policy, status.table, status.by_purpose),
+        PURPOSE_RULES: purpose_rules(policy, status.table),
+        "dagster/row_count": status.rows,
+        **{f"rows_{state}": n for state, n in status.by_state.items()},
     }
 
 

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets.enforcement import ENFORCEMENT
-from assets.metadata import OWNERS, core_key
+from assets.metadata import OWNERS, ingest_key
 from lethe.declaration.policy import Policy
 from lethe.rights.answers import answer_pending
 from lethe.rights.requests import apply_pending, request_counts
@@ -19,7 +19,8 @@ NOTHING_OVERDUE = "no_overdue_requests"
 
 @dg.asset(
     key=["requests", "answers"],
-    group_name="requests",
+    # A group of its own: intake runs before tagging, answers after enforcement.
+    group_name="answers",
     deps=[ENFORCEMENT],
     owners=OWNERS,
     kinds={"duckdb", "polars"},
@@ -76,7 +77,7 @@ def request_assets(policy: Policy) -> list[dg.AssetsDefinition]:
     @dg.asset(
         key=["requests", "intake"],
         group_name="requests",
-        deps=[core_key(t) for t in policy.data_schema.tables],
+        deps=[ingest_key(t) for t in policy.data_schema.tables],
         owners=OWNERS,
         kinds={"duckdb"},
     )

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.metadata import OWNERS, all_purposes_metadata, core_key
+from assets.metadata import OWNERS, all_purposes_metadata, core_key, ingest_key
 from lethe.compliance.catalog import retention_rules
 from lethe.compliance.summary import summarize
 from lethe.declaration.policy import LEGAL_BASIS_ARTICLE, Policy
@@ -20,7 +20,7 @@ def tagging_assets(policy: Policy) -> list[dg.AssetsDefinition]:
         key=TAGS_KEY,
         group_name="tagging",
         deps=[
-            *(core_key(t) for t in policy.data_schema.tables),
+            *(ingest_key(t) for t in policy.data_schema.tables),
             dg.AssetKey(["requests", "intake"]),
         ],
         owners=OWNERS,

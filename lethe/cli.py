@@ -60,6 +60,10 @@ out = Console()
 err = Console(stderr=True)
 
 
+# `lethe run`: a blocking check failed (rows past retention, a broken ledger chain).
+BLOCKED_EXIT = 3
+
+
 def _fail(message: str, code: int = 1) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -147,8 +151,14 @@ def _run_and_report(home: Home, when: dt.date, policy: Path | None) -> None:
     _print_summary(summaries, when, outcome.run_id)
     for check in outcome.failed_checks:
         err.print(f"[yellow]check failed:[/] {check}", highlight=False, soft_wrap=True)
-    if not outcome.success:
+    if outcome.errors or (not outcome.success and not outcome.blocking):
         _fail("; ".join(outcome.errors) or f"run {outcome.run_id} failed")
+    if outcome.blocking:
+        _fail(
+            f"{len(outcome.blocking)} blocking checks failed: the analytics, exports and backups"
+            " after them were not produced",
+            BLOCKED_EXIT,
+        )
 
 
 def _print_summary(summaries: list[TableSummary], when: dt.date, run_id: str) -> None:

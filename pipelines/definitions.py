@@ -38,6 +38,9 @@ def build_definitions(policy: Policy) -> dg.Definitions:
         schedules=[daily_retention(resource)],
         sensors=[pending_requests_sensor],
         resources={"warehouse": WarehouseResource(), "policy": resource},
+        # Every job, the UI's "Materialize all" included, runs in one process: DuckDB has one
+        # writer, and a process per step would only add start-up time.
+        executor=dg.in_process_executor,
     )
 
 

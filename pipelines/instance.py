@@ -11,9 +11,12 @@ from lethe.operations.files import owner_only_umask, write_text
 from lethe.operations.home import Home
 
 # One run at a time: runs the daemon launches (schedule, sensor, UI) queue behind each
-# other, and the LETHE_HOME lock makes any run wait for a `lethe run` in progress.
+# other, and the LETHE_HOME lock makes any run wait for a `lethe run` in progress. No
+# "join the community" pop-up (nux) over the UI a compliance officer opens.
 INSTANCE_CONFIG = """\
 telemetry:
+  enabled: false
+nux:
   enabled: false
 concurrency:
   runs:

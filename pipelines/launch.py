@@ -16,6 +16,7 @@ from lethe.operations.home import Home
 from pipelines.definitions import build_definitions
 from pipelines.instance import prepare_instance
 from pipelines.jobs import PIPELINE_JOB
+from pipelines.resources import AS_OF_TAG
 
 # Failed checks that fail the run: a refused landing file or a leftover in landing/ does not
 # stop the run's other steps, but the run must not look successful while it stays there.
@@ -30,6 +31,8 @@ class RunOutcome:
     success: bool
     errors: list[str] = field(default_factory=list)
     failed_checks: list[str] = field(default_factory=list)
+    # Failed blocking checks: the assets after them were not produced in this run.
+    blocking: list[str] = field(default_factory=list)
 
 
 def run_pipeline(home: Home, as_of: dt.date, policy_path: str | None = None) -> RunOutcome:
@@ -54,7 +57,7 @@ def run_pipeline(home: Home, as_of: dt.date, policy_path: str | None = None) -> 
         instance=instance,
         raise_on_error=False,
         tags={
-            "lethe/as_of": as_of.isoformat(),
+            AS_OF_TAG: as_of.isoformat(),
             "lethe/trigger": "cli",
             "lethe/policy": policy_file,
         },
@@ -62,7 +65,7 @@ def run_pipeline(home: Home, as_of: dt.date, policy_path: str | None = None) -> 
     errors = [
         f"{ev.step_key}: {_failure_message(ev)}"
         for ev in result.all_events
-        if ev.event_type == dg.DagsterEventType.STEP_FAILURE
+        if ev.event_type == dg.DagsterEventType.STEP_FAILURE and not _blocked(ev)
     ] + [
         # A run that cannot take the LETHE_HOME lock fails before its first step.
         _root_message(ev.engine_event_data.error)
@@ -76,12 +79,29 @@ def run_pipeline(home: Home, as_of: dt.date, policy_path: str | None = None) -> 
     ]
     failed = [c for c in checks if not c.passed]
     errors += [c.description for c in failed if c.check_name in REFUSALS]
-    failed_checks = [
-        f"{'/'.join(c.asset_key.path)} {c.check_name}: {c.description}"
-        for c in failed
-        if c.check_name not in REFUSALS
-    ]
-    return RunOutcome(result.run_id, result.success and not errors, errors, failed_checks)
+    failed_checks = [_line(c) for c in failed if c.check_name not in REFUSALS]
+    blocking = [_line(c) for c in failed if c.blocking and c.check_name not in REFUSALS]
+    # A run whose only failed step is a blocking check's failed as it should: that is
+    # reported as the check, not as a crash.
+    done = result.success or not any(
+        ev.event_type == dg.DagsterEventType.STEP_FAILURE and not _blocked(ev)
+        for ev in result.all_events
+    )
+    return RunOutcome(
+        result.run_id, done and not errors and not blocking, errors, failed_checks, blocking
+    )
+
+
+def _line(check: dg.AssetCheckEvaluation) -> str:
+    """One line naming the asset, the check and what it found (names and counts only)."""
+    description = " ".join((check.description or "failed").split())
+    return f"{check.asset_key.to_user_string()} {check.check_name}: {description}"
+
+
+def _blocked(event: dg.DagsterEvent) -> bool:
+    """Whether a step failed only because one of its blocking checks did."""
+    error = event.step_failure_data.error
+    return error is not None and error.cls_name == "DagsterAssetCheckFailedError"
 
 
 def _failure_message(event: dg.DagsterEvent) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from lethe.declaration.policy import Policy, load_policy
 from lethe.engine.ddl import ensure_schemas
@@ -59,6 +59,9 @@ class WarehouseResource(dg.ConfigurableResource):
             con.close()
 
 
+# The run tag naming the date a run evaluates retention at.
+AS_OF_TAG = "lethe/as_of"
+
 # The policies that definitions in this process were built from, by file: a run of those
 # definitions uses the very policy they describe, loaded once.
 _BOUND: dict[str, Policy] = {}
@@ -70,6 +73,16 @@ class PolicyResource(dg.ConfigurableResource):
 
     path: str = ""
     as_of: str = ""
+    # The date a run evaluates, fixed when it starts (a run crossing midnight keeps its day).
+    _day: dt.date | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Fix the run's as-of date and tag the run with it (`lethe/as_of`), so a run
+        launched from the UI, with no date in its config, shows its date like any other."""
+        self._day = self.as_of_date()
+        run = context.run
+        if context.instance is not None and run is not None and AS_OF_TAG not in run.tags:
+            context.instance.add_run_tags(run.run_id, {AS_OF_TAG: self._day.isoformat()})
 
     @classmethod
     def bound_to(cls, policy: Policy) -> PolicyResource:
@@ -85,6 +98,9 @@ class PolicyResource(dg.ConfigurableResource):
         return bound if bound is not None else load_policy(self.path or None)
 
     def as_of_date(self) -> dt.date:
+        """The configured date, else the run's (fixed at its start), else today (UTC)."""
+        if self._day is not None:
+            return self._day
         if not self.as_of:
             return dt.datetime.now(dt.UTC).date()
         return dt.date.fromisoformat(self.as_of)

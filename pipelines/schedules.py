@@ -3,7 +3,7 @@
 import dagster as dg
 
 from pipelines.jobs import pipeline_job
-from pipelines.resources import PolicyResource
+from pipelines.resources import AS_OF_TAG, PolicyResource
 
 
 def daily_retention(policy: PolicyResource) -> dg.ScheduleDefinition:
@@ -14,6 +14,8 @@ def daily_retention(policy: PolicyResource) -> dg.ScheduleDefinition:
         job=pipeline_job,
         cron_schedule="0 2 * * *",
         execution_timezone="UTC",
+        # Lethe exists to enforce on schedule: on unless someone turns it off in the UI.
+        default_status=dg.DefaultScheduleStatus.RUNNING,
     )
     def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
         """Runs the whole pipeline every day at 02:00 UTC, as of that day."""
@@ -23,7 +25,7 @@ def daily_retention(policy: PolicyResource) -> dg.ScheduleDefinition:
         return dg.RunRequest(
             run_key=day,
             run_config={"resources": {"policy": {"config": config}}},
-            tags={"lethe/as_of": day},
+            tags={AS_OF_TAG: day},
         )
 
     return _schedule

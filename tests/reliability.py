@@ -189,9 +189,9 @@ def _run_events(db: Path) -> list[tuple[str, str | None]]:
 
 def stage_of(step: str) -> str:
     """The pipeline stage a Dagster step key belongs to."""
-    if step in ("core__contacts", "core__consents", "core__orders", "core__shipments"):
+    if step in ("ingest__contacts", "ingest__consents", "ingest__orders", "ingest__shipments"):
         return "ingest"
-    if step in ("core__holds", "landing__leftovers"):
+    if step in ("ingest__holds", "landing__leftovers"):
         return "ingest"
     prefixes = {
         "requests__intake": "request processing",

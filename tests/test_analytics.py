@@ -271,10 +271,15 @@ def test_compliance_metadata(name: str) -> None:
 
 
 def test_lineage_from_landing_to_core() -> None:
-    spec = _spec(dg.AssetKey(["core", "contacts"]))
+    spec = _spec(dg.AssetKey(["ingest", "contacts"]))
     deps = spec.metadata["dagster/column_lineage"].deps_by_column["email"]
     assert [(d.asset_key, d.column_name) for d in deps] == [
         (dg.AssetKey(["landing", "contacts"]), "email")
+    ]
+    spec = _spec(dg.AssetKey(["core", "contacts"]))
+    deps = spec.metadata["dagster/column_lineage"].deps_by_column["email"]
+    assert [(d.asset_key, d.column_name) for d in deps] == [
+        (dg.AssetKey(["ingest", "contacts"]), "email")
     ]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from conftest import DEFAULT_POLICY, REPO, TABLES
+from conftest import DEFAULT_POLICY, REPO, TABLES, TAGGED_TABLES
 from renaming import suffixed
 
 from lethe.declaration.policy import PolicyError, load_policy
@@ -22,7 +22,8 @@ SHOP_POLICY = REPO / "examples" / "shop" / "policy.yaml"
 
 DEFS = defs()
 
-INGEST_KEYS = [dg.AssetKey(["core", t]) for t in TABLES]
+INGEST_KEYS = [dg.AssetKey(["ingest", t]) for t in TABLES]
+CORE_KEYS = [dg.AssetKey(["core", t]) for t in TABLES]
 TAGS_KEY = dg.AssetKey(["core", "purpose_tags"])
 
 
@@ -45,10 +46,14 @@ def test_asset_keys() -> None:
         "core/shipments",
         "core/holds",
         "core/purpose_tags",
+        "ingest/contacts",
+        "ingest/holds",
     } <= keys
 
 
-@pytest.mark.parametrize("key", [*INGEST_KEYS, TAGS_KEY], ids=lambda k: k.to_user_string())
+@pytest.mark.parametrize(
+    "key", [*INGEST_KEYS, *CORE_KEYS, TAGS_KEY], ids=lambda k: k.to_user_string()
+)
 def test_owned_by_privacy_team(key: dg.AssetKey) -> None:
     assert "team:privacy" in spec_of(key).owners
     assert spec_of(key).description
@@ -57,9 +62,11 @@ def test_owned_by_privacy_team(key: dg.AssetKey) -> None:
 def test_ingest_dependencies_follow_foreign_keys() -> None:
     graph = DEFS.resolve_asset_graph()
     for table in TABLES.values():
-        parents = graph.get(dg.AssetKey(["core", table.name])).parent_keys
-        core_parents = {k for k in parents if k.path[0] == "core"}
-        assert core_parents == {dg.AssetKey(["core", fk.ref_table]) for fk in table.foreign_keys}
+        parents = graph.get(dg.AssetKey(["ingest", table.name])).parent_keys
+        ingest_parents = {k for k in parents if k.path[0] == "ingest"}
+        assert ingest_parents == {
+            dg.AssetKey(["ingest", fk.ref_table]) for fk in table.foreign_keys
+        }
     assert set(INGEST_KEYS) <= graph.get(TAGS_KEY).parent_keys
 
 
@@ -160,12 +167,12 @@ def test_shop_definitions_have_one_asset_per_declared_table(shop: dg.Definitions
     assert {f"landing/{t}" for t in declared} <= keys
     assert not {k for k in keys if k.split("/")[-1] in TABLES}  # nothing of the e-shop
     for table in schema.tables.values():
-        parents = graph.get(dg.AssetKey(["core", table.name])).parent_keys
+        parents = graph.get(dg.AssetKey(["ingest", table.name])).parent_keys
         assert parents == {
             dg.AssetKey(["landing", table.name]),
-            *(dg.AssetKey(["core", fk.ref_table]) for fk in table.foreign_keys),
+            *(dg.AssetKey(["ingest", fk.ref_table]) for fk in table.foreign_keys),
         }
-    assert {dg.AssetKey(["core", t]) for t in declared} <= graph.get(TAGS_KEY).parent_keys
+    assert {dg.AssetKey(["ingest", t]) for t in declared} <= graph.get(TAGS_KEY).parent_keys
     job = shop.resolve_job_def("lethe_pipeline").asset_layer.executable_asset_keys
     assert {dg.AssetKey(["core", t]) for t in declared} <= set(job)
 
@@ -186,6 +193,11 @@ def test_shop_assets_carry_their_column_schema_and_categories(shop: dg.Definitio
     }
     lineage = spec.metadata["dagster/column_lineage"].deps_by_column
     assert [(d.asset_key.path, d.column_name) for d in lineage["jmeno"]] == [
+        (["ingest", "zakaznici"], "jmeno")
+    ]
+    ingest = spec_of(dg.AssetKey(["ingest", "zakaznici"]), shop)
+    lineage = ingest.metadata["dagster/column_lineage"].deps_by_column
+    assert [(d.asset_key.path, d.column_name) for d in lineage["jmeno"]] == [
         (["landing", "zakaznici"], "Jméno")
     ]
     landing = spec_of(dg.AssetKey(["landing", "objednavky"]), shop)
@@ -200,7 +212,7 @@ def test_shop_checks_and_hold_table_come_from_the_policy(shop: dg.Definitions) -
     graph = shop.resolve_asset_graph()
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     for table in ("zakaznici", "souhlasy", "objednavky", "zasilky", "blokace"):
-        assert (f"core/{table}", "no_quarantined_rows") in checks
+        assert (f"ingest/{table}", "no_quarantined_rows") in checks
     assert ("core/retention_enforcement", "held_zakaznici_untouched") in checks
     # the hold table (blokace) serves the hold: it is loaded, never tagged
     assert set(spec_of(TAGS_KEY, shop).metadata["retention_rules"].value) == {
@@ -297,3 +309,103 @@ def test_renamed_schema_gives_the_same_definitions_renamed(tmp_path: Path) -> No
         assert [(names.column(table, c.name), c.type, c.tags) for c in default] == [
             (c.name, c.type, c.tags) for c in columns
         ]
+
+
+# --- what a compliance officer sees on the core assets (issue 15) -----------------------------
+
+
+def _records(table: dg.TableMetadataValue) -> dict[str, dict]:
+    return {r.data["purpose"]: r.data for r in table.records}
+
+
+def test_core_assets_are_the_tables_after_enforcement() -> None:
+    graph = DEFS.resolve_asset_graph()
+    enforcement = graph.assets_def_for_key(dg.AssetKey(["core", "retention_enforcement"]))
+    for key in CORE_KEYS:
+        assert graph.assets_def_for_key(key) is enforcement  # materialized by enforcement
+        assert graph.get(key).parent_keys == {
+            dg.AssetKey(["ingest", key.path[-1]]),
+            dg.AssetKey(["core", "retention_enforcement"]),
+        }
+
+
+def test_core_assets_carry_a_purpose_table_from_policy_and_schema() -> None:
+    contacts = _records(spec_of(dg.AssetKey(["core", "contacts"])).metadata["purposes_retention"])
+    assert set(contacts) == {"account", "contract", "newsletter", "litigation_hold"}
+    assert contacts["newsletter"]["columns kept"] == "contact_id, email, first_name"
+    assert "2 years after the contact was last active" in contacts["account"]["retention"]
+    assert "If only newsletter keeps it: phone," in contacts["account"]["afterwards"]
+    orders = _records(spec_of(dg.AssetKey(["core", "orders"])).metadata["purposes_retention"])
+    # the accounting-only orders' buyer, name and street become vault tokens: said, by name
+    assert (
+        "If only accounting keeps it: contact_id, billing_name and billing_street replaced by"
+        " vault tokens; completed_at kept as is." in orders["contract"]["afterwards"]
+    )
+    assert orders["accounting"]["columns kept"].endswith(
+        "as vault tokens: contact_id, billing_name, billing_street"
+    )
+    shipments = _records(spec_of(dg.AssetKey(["core", "shipments"])).metadata["purposes_retention"])
+    assert shipments["contract"]["afterwards"] == "With no purpose left: deleted."
+    holds = _records(spec_of(dg.AssetKey(["core", "holds"])).metadata["purposes_retention"])
+    assert list(holds) == ["litigation_hold"]
+
+
+def test_orders_retention_text_names_the_pseudonymized_columns() -> None:
+    text = spec_of(dg.AssetKey(["core", "orders"])).metadata["retention"].value
+    assert (
+        "While only accounting keeps a row, contact_id, billing_name and billing_street are"
+        " replaced by vault tokens (pseudonymized)." in text
+    )
+
+
+def test_nothing_past_retention_per_core_table_and_blocking_checks() -> None:
+    graph = DEFS.resolve_asset_graph()
+    specs = {
+        (s.asset_key.to_user_string(), s.name): s for a in graph.assets_defs for s in a.check_specs
+    }
+    for table in TAGGED_TABLES:
+        assert specs[(f"core/{table}", "nothing_past_retention")].blocking
+    assert ("core/holds", "nothing_past_retention") not in specs  # never tagged
+    assert specs[("core/retention_enforcement", "ledger_chain_intact")].blocking
+    assert specs[("core/retention_enforcement", "nothing_past_retention")].blocking
+    assert not specs[("ingest/orders", "no_quarantined_rows")].blocking
+    analytics = graph.get(dg.AssetKey(["analytics", "orders_by_month"])).parent_keys
+    assert dg.AssetKey(["core", "orders"]) in analytics
+
+
+def test_dagster_defaults_schedule_running_in_process_pipeline_order() -> None:
+    schedule = DEFS.resolve_schedule_def("daily_retention")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    # every job, the UI's implicit "Materialize all" job included, runs in one process
+    assert DEFS.resolve_implicit_global_asset_job_def().executor_def is dg.in_process_executor
+    assert DEFS.resolve_job_def("lethe_pipeline").executor_def is dg.in_process_executor
+
+
+def test_instance_config_turns_the_community_popup_off(tmp_path: Path) -> None:
+    from lethe.operations.home import Home
+    from pipelines.instance import prepare_instance
+
+    home = Home(tmp_path / "home").ensure()
+    instance = prepare_instance(home)
+    try:
+        config = yaml.safe_load((home.dagster / "dagster.yaml").read_text())
+        assert config["nux"] == {"enabled": False}
+        assert config["telemetry"] == {"enabled": False}
+    finally:
+        instance.dispose()
+
+
+def test_policy_resource_tags_a_run_without_a_date_with_its_as_of(tmp_path: Path) -> None:
+    @dg.asset
+    def day(policy: PolicyResource) -> str:
+        return policy.as_of_date().isoformat()
+
+    with dg.instance_for_test() as instance:
+        dated = dg.materialize(
+            [day], resources={"policy": PolicyResource(as_of="2026-03-01")}, instance=instance
+        )
+        undated = dg.materialize([day], resources={"policy": PolicyResource()}, instance=instance)
+        today = dt.datetime.now(dt.UTC).date().isoformat()
+        assert undated.output_for_node("day") == today
+        assert instance.get_run_by_id(undated.run_id).tags["lethe/as_of"] == today
+        assert instance.get_run_by_id(dated.run_id).tags["lethe/as_of"] == "2026-03-01"

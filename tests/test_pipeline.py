@@ -106,20 +106,20 @@ def test_materialize_tags_the_warehouse(home: Home) -> None:
     assert result.success
     checks = check_results(result)
     assert set(checks) == {
-        "core/contacts",
-        "core/consents",
-        "core/orders",
-        "core/shipments",
-        "core/holds",
+        "ingest/contacts",
+        "ingest/consents",
+        "ingest/orders",
+        "ingest/shipments",
+        "ingest/holds",
     }
     assert all(c.passed for c in checks.values()), {k: c.description for k, c in checks.items()}
     assert_tagged(home)
     assert list(home.landing.iterdir()) == []  # landing files consumed
     mats = {
         "/".join(m.asset_key.path): m.metadata
-        for m in result.asset_materializations_for_node("core__orders")
+        for m in result.asset_materializations_for_node("ingest__orders")
     }
-    assert mats["core/orders"]["rows_loaded"].value == 1
+    assert mats["ingest/orders"]["rows_loaded"].value == 1
     tag_md = result.asset_materializations_for_node("core__purpose_tags")[0].metadata
     assert tag_md["as_of"].value == "2026-03-01"
     assert tag_md["dagster/row_count"].value == 5  # 2 contacts, 1 consent, 1 order, 1 shipment
@@ -130,13 +130,13 @@ def test_quarantine_check_fails_on_bad_row(home: Home) -> None:
     result = materialize(home)
     assert result.success  # bad input never crashes a run
     checks = check_results(result)
-    orders = checks["core/orders"]
+    orders = checks["ingest/orders"]
     assert not orders.passed
     assert "orders.csv" in orders.description
     assert "1 rows quarantined" in orders.description
     assert "wrong type: expected decimal" in orders.description
     assert orders.metadata["rows_quarantined"].value == 1
-    assert all(c.passed for k, c in checks.items() if k != "core/orders")
+    assert all(c.passed for k, c in checks.items() if k != "ingest/orders")
     assert_tagged(home)  # good rows still loaded and tagged
     con = connect(home.warehouse, read_only=True)
     try:
@@ -150,7 +150,7 @@ def test_quarantine_check_fails_on_bad_row(home: Home) -> None:
 
 def test_quarantine_check_names_row_and_column(home: Home) -> None:
     landing_set(home, bad_row=True)
-    orders = check_results(materialize(home))["core/orders"]
+    orders = check_results(materialize(home))["ingest/orders"]
     text = orders.description + " " + str({k: v.value for k, v in orders.metadata.items()})
     assert "total_amount" in text
     assert "row 2" in text
@@ -166,8 +166,8 @@ def test_missing_file_is_reported_and_the_run_goes_on(home: Home) -> None:
         for e in result.get_asset_check_evaluations()
         if e.check_name == "landing_file_accepted"
     }
-    assert [k for k, c in accepted.items() if not c.passed] == ["core/orders"]
-    assert "orders.parquet: missing" in accepted["core/orders"].description
+    assert [k for k, c in accepted.items() if not c.passed] == ["ingest/orders"]
+    assert "orders.parquet: missing" in accepted["ingest/orders"].description
     assert result.asset_materializations_for_node("core__purpose_tags")
 
 
@@ -178,7 +178,7 @@ def test_run_pipeline_in_tmp_home(home: Home, monkeypatch: pytest.MonkeyPatch) -
     assert outcome.success, outcome.errors
     assert outcome.errors == []
     assert len(outcome.failed_checks) == 1
-    assert outcome.failed_checks[0].startswith("core/orders no_quarantined_rows: orders.csv")
+    assert outcome.failed_checks[0].startswith("ingest/orders no_quarantined_rows: orders.csv")
     assert_tagged(home)
     # the run is recorded in the Dagster instance under LETHE_HOME (visible in `make ui`)
     assert (home.dagster / "dagster.yaml").exists()
@@ -206,7 +206,7 @@ def test_cli_run(tmp_path: Path) -> None:
     assert "Lethe warehouse as of 2026-03-01" in result.stdout
     for word in ("contacts", "consents", "orders", "shipments", "account", "legal_obligation"):
         assert word in result.stdout
-    assert "check failed: core/orders no_quarantined_rows" in result.stderr
+    assert "check failed: ingest/orders no_quarantined_rows" in result.stderr
     assert "Traceback" not in result.stderr
     assert (home.root / "warehouse.duckdb").exists()
     assert list(home.landing.iterdir()) == []
@@ -262,15 +262,15 @@ def test_cli_run_records_the_run_of_the_policy_given(tmp_path: Path) -> None:
         job = instance.get_job_snapshot(run.job_snapshot_id)
         ops = {o.name: o for o in job.node_defs_snapshot.op_def_snaps}
         tables = ("zakaznici", "souhlasy", "objednavky", "zasilky", "blokace")
-        assert {f"core__{t}" for t in tables} <= set(ops)
-        assert not {"core__contacts", "core__orders"} & set(ops)
-        assert ops["core__zakaznici"].description.startswith("core.zakaznici: Registrovaní")
+        assert {f"ingest__{t}" for t in tables} <= set(ops)
+        assert not {"ingest__contacts", "ingest__orders"} & set(ops)
+        assert ops["ingest__zakaznici"].description.startswith("core.zakaznici: Registrovaní")
         done = {
             e.step_key
             for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)
         }
-        assert {f"core__{t}" for t in tables} <= done
-        event = instance.get_latest_materialization_event(dg.AssetKey(["core", "zakaznici"]))
+        assert {f"ingest__{t}" for t in tables} <= done
+        event = instance.get_latest_materialization_event(dg.AssetKey(["ingest", "zakaznici"]))
         metadata = event.asset_materialization.metadata
         assert metadata["policy"].value == str(policy)
         columns = {c.name: c for c in metadata["dagster/column_schema"].schema.columns}
@@ -305,12 +305,12 @@ def test_quarantine_check_fails_while_an_orphan_waits(home: Home) -> None:
     write_landing_set(
         home.landing, contacts=CONTACTS, orders=[*ORDERS, {"order_id": "O9", "contact_id": "C9"}]
     )
-    assert not check_results(materialize(home))["core/orders"].passed
-    waiting = check_results(materialize(home))["core/orders"]  # no new files
+    assert not check_results(materialize(home))["ingest/orders"].passed
+    waiting = check_results(materialize(home))["ingest/orders"]  # no new files
     assert not waiting.passed
     assert "1 rows waiting in core.quarantine" in waiting.description
     write_landing(home.landing, "contacts", [{"contact_id": "C9"}])
-    assert check_results(materialize(home))["core/orders"].passed
+    assert check_results(materialize(home))["ingest/orders"].passed
     con = connect(home.warehouse, read_only=True)
     try:
         assert con.execute("SELECT contact_id FROM core.orders WHERE order_id = 'O9'").fetchall()
@@ -389,3 +389,123 @@ def test_landing_leftovers_are_reported_and_never_followed(
     left = sorted(p.name for p in home.landing.iterdir())
     assert left == ["consents.csv", "contacts.CSV", "contacts.csv.bak", "orders.csv"]
     assert query(home, "SELECT count(*) FROM core.contacts WHERE _purposes IS NULL") == [(0,)]
+
+
+def test_quarantine_check_stays_failing_while_a_bad_row_waits(home: Home) -> None:
+    """A row refused for a wrong type keeps the check red on later runs with no new file."""
+    landing_set(home, bad_row=True)
+    assert not check_results(materialize(home))["ingest/orders"].passed
+    later = check_results(materialize(home))["ingest/orders"]
+    assert not later.passed
+    assert later.description == "1 rows waiting in core.quarantine"
+
+
+# --- the core assets after enforcement (issue 15) ---------------------------------------------
+
+
+def _latest(instance: dg.DagsterInstance, table: str) -> dg.EventLogEntry:
+    event = instance.get_latest_materialization_event(dg.AssetKey(["core", table]))
+    assert event is not None
+    return event
+
+
+def test_core_assets_show_the_tables_after_enforcement(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    write_landing_set(
+        home.landing,
+        contacts=[
+            *CONTACTS,
+            {"contact_id": "C3", "last_active_at": "2024-03-15T00:00:00"},  # account ends 03-15
+            {"contact_id": "C4", "last_active_at": "2015-01-01T00:00:00"},  # anonymized
+        ],
+        consents=CONSENTS,
+        orders=ORDERS,
+        shipments=SHIPMENTS,
+    )
+    outcome = run_pipeline(home, T, str(DEFAULT_POLICY))
+    assert outcome.success, outcome.errors
+    kept = query(
+        home,
+        "SELECT p, count(*) FROM (SELECT unnest(_purposes) AS p FROM core.contacts) GROUP BY p",
+    )
+    states = dict(query(home, "SELECT _state, count(*) FROM core.contacts GROUP BY 1"))
+    (rows,) = query(home, "SELECT count(*) FROM core.contacts")[0]
+    instance = dg.DagsterInstance.from_config(str(home.dagster))
+    try:
+        event = _latest(instance, "contacts")
+        assert event.run_id == outcome.run_id
+        assert event.step_key == "core__retention_enforcement"  # "last updated" = enforcement
+        md = event.asset_materialization.metadata
+        assert md["dagster/row_count"].value == rows == 4
+        assert md["rows_active"].value == states["active"] == 3
+        assert md["rows_anonymized"].value == states["anonymized"] == 1
+        table = {r.data["purpose"]: r.data for r in md["purposes_now"].value.records}
+        assert {p: table[p]["rows kept now"] for p, _ in kept} == dict(kept)
+        assert table["account"] == {
+            "purpose": "account",
+            "legal basis": "GDPR Art. 6(1)(b) contract",
+            "rows kept now": 2,
+            "expiring in 30 days": 1,
+            "next expiry": "2026-03-15",
+        }
+        assert table["contract"]["next expiry"] == "open-ended"  # the order is not completed
+        assert table["litigation_hold"]["next expiry"] == "no rows"
+        rules = {r.data["purpose"]: r.data for r in md["purposes_retention"].value.records}
+        assert rules["newsletter"]["columns kept"] == "contact_id, email, first_name"
+        assert (
+            _latest(instance, "holds").asset_materialization.metadata["dagster/row_count"].value
+            == 0
+        )
+        checks = {
+            (e.asset_key.to_user_string(), e.check_name): e.passed
+            for e in (
+                r.dagster_event.asset_check_evaluation_data
+                for r in instance.all_logs(
+                    outcome.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+                )
+            )
+        }
+        for table_name in ("contacts", "consents", "orders", "shipments"):
+            assert checks[(f"core/{table_name}", "nothing_past_retention")]
+    finally:
+        instance.dispose()
+
+
+def test_a_failed_blocking_check_stops_what_follows_and_lethe_run_exits_3(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    expired = {"contact_id": "C4", "last_active_at": "2015-01-01T00:00:00"}
+    write_landing_set(home.landing, contacts=[*CONTACTS, expired])
+    assert run_pipeline(home, T, str(DEFAULT_POLICY)).success
+    con = connect(home.warehouse)
+    try:
+        (seq,) = con.execute("SELECT min(seq) FROM audit.ledger").fetchone()
+        con.execute("UPDATE audit.ledger SET reason = 'edited' WHERE seq = ?", [seq])
+    finally:
+        con.close()
+    result = lethe(home.root, "run", "--as-of", "2026-03-01")
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert all(line.startswith(("check failed: ", "error: ")) for line in lines), lines
+    assert any(
+        line.startswith("check failed: core/retention_enforcement ledger_chain_intact: ")
+        for line in lines
+    ), lines
+    assert lines[-1] == (
+        "error: 1 blocking checks failed: the analytics, exports and backups after them were"
+        " not produced"
+    )
+    instance = dg.DagsterInstance.from_config(str(home.dagster))
+    try:
+        (run, _) = instance.get_runs()
+        done = {
+            e.step_key
+            for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)
+        }
+    finally:
+        instance.dispose()
+    assert "ingest__contacts" in done  # the run went as far as enforcement
+    assert not {s for s in done if s.startswith(("analytics__", "backups__", "requests__answers"))}

@@ -1,6 +1,7 @@
 """The Dagster UI shows a compliance officer an analytics asset's purposes, legal basis and
-column lineage: `dagster dev` on a small LETHE_HOME, driven by Debian's chromium through
-Playwright, with a screenshot kept as evidence.
+column lineage, a core table's purposes and counts after enforcement, and the daily schedule
+running: `dagster dev` on a small LETHE_HOME, driven by Debian's chromium through
+Playwright, with screenshots kept as evidence.
 
 Part of `make test` (which installs Playwright and Debian's chromium); skipped without them.
 """
@@ -50,8 +51,8 @@ def _env(home: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A LETHE_HOME with one pipeline run, served by `dagster dev`; yields its URL."""
+def ui_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LETHE_HOME with one pipeline run (which also wrote its Dagster instance config)."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not installed (make test installs the Debian chromium package)")
     pytest.importorskip(
@@ -63,6 +64,13 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             [str(BIN / "lethe"), *args], env=_env(home), capture_output=True, text=True, timeout=300
         )
         assert done.returncode == 0, done.stderr
+    return home
+
+
+@pytest.fixture(scope="module")
+def dagster_ui(ui_home: Path) -> Iterator[str]:
+    """`dagster dev` serving `ui_home`; yields its URL."""
+    home = ui_home
     port = _free_port()
     log = (home.parent / "dagster-dev.log").open("w")
     server = subprocess.Popen(
@@ -130,6 +138,97 @@ def test_analytics_asset_shows_purposes_legal_basis_and_lineage(
                 expect(body).to_contain_text(lineage)
             page.wait_for_timeout(1500)  # past the dialog's 1 s delay: prove it stays away
             expect(page.get_by_text("Join the Dagster community")).to_have_count(0)
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
+
+
+def _shot(tmp_path: Path, name: str) -> Path:
+    """Where a screenshot is kept: LETHE_E2E_ARTIFACTS if set, else the test's tmp_path."""
+    shot = Path(os.environ.get("LETHE_E2E_ARTIFACTS", tmp_path)) / name
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    return shot
+
+
+def _count(home: Path, sql: str) -> int:
+    import duckdb
+
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_core_asset_shows_its_count_after_enforcement_and_the_purpose_table(
+    dagster_ui: str, ui_home: Path, tmp_path: Path
+) -> None:
+    """core/shipments as a compliance officer opens it: the row count is the table's now
+    (after enforcement deleted shipments), and the purposes with their legal basis, counts
+    and rules are on the page without a click. No pop-up covers it (nux is off)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    rows = _count(ui_home, "SELECT count(*) FROM core.shipments")
+    kept = _count(
+        ui_home, "SELECT count(*) FROM core.shipments WHERE list_contains(_purposes, 'contract')"
+    )
+    delivered = _count(
+        ui_home, "SELECT sum(rows_loaded) FROM core.ingest_log WHERE table_name = 'shipments'"
+    )
+    assert rows < delivered  # enforcement deleted some: a stale count would show
+    shot = _shot(tmp_path, "core_shipments.png")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 2400})
+            page.goto(f"{dagster_ui}/assets/core/shipments", timeout=60_000)
+            expect(page.get_by_text("purposes_now", exact=True)).to_be_visible(timeout=60_000)
+            status = page.get_by_text("Row count", exact=True).locator("xpath=..")
+            expect(status).to_contain_text(f"{rows:,}")
+            # the innermost row of the purpose table for the contract
+            contract = page.locator("tr:not(:has(tr))", has_text="GDPR Art. 6(1)(b) contract")
+            expect(contract.first).to_contain_text(str(kept))
+            body = page.locator("body")
+            for text in (
+                "rows kept now",
+                "expiring in 30 days",
+                "next expiry",
+                "Performing the purchase contract",
+                "With no purpose left: deleted.",
+            ):
+                expect(body).to_contain_text(text)
+            page.wait_for_timeout(1500)  # past the community dialog's 1 s delay
+            expect(page.get_by_text("Join the Dagster community")).to_have_count(0)
+            page.get_by_text("purposes_now", exact=True).scroll_into_view_if_needed()
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
+
+
+def test_daily_schedule_is_running(dagster_ui: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    shot = _shot(tmp_path, "daily_schedule.png")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(
+                f"{dagster_ui}/locations/pipelines.definitions/schedules/daily_retention",
+                timeout=60_000,
+            )
+            body = page.locator("body")
+            expect(body).to_contain_text("Next tick", timeout=60_000)
+            expect(body).to_contain_text("2:00:00 AM UTC")
+            # the "Running" row's switch is on: the schedule runs without anyone starting it
+            switch = page.locator("tr", has_text="Running").locator("input[type=checkbox]")
+            expect(switch).to_be_checked()
             page.screenshot(path=str(shot))
         finally:
             browser.close()
