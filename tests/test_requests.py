@@ -979,6 +979,9 @@ def _outcome(home: Home, renaming: Renaming | None) -> dict[str, Any]:
         for kept in ans.get("kept", []):
             kept["table"] = back[kept["table"]]
         ans.pop("export", None)  # named by the request id
+        # the letter names tables by their labels, which a renamed schema does not carry
+        if "letter" in ans:
+            assert set(ans.pop("letter")) == {"cs", "en"}
         answers[kind, subject] = (status, ans)
     out["answers"] = answers
     out["erasures"] = sorted(query(home, "SELECT subject_key FROM requests.erasures"))
