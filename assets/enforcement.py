@@ -5,6 +5,7 @@ import dagster as dg
 
 from assets.metadata import OWNERS, all_purposes_metadata, core_key
 from lethe.compliance.inspection import held_rows_touched, rows_past_retention
+from lethe.compliance.summary import run_actions, run_totals
 from lethe.declaration.policy import Policy
 from lethe.engine.audit import verify
 from lethe.engine.enforcement import enforce
@@ -74,14 +75,14 @@ def enforcement_assets(policy: Policy) -> list[dg.AssetsDefinition]:
             past = rows_past_retention(con, loaded)
             touched = held_rows_touched(con, loaded, context.run.run_id)
             chain = verify(con)
+            # Counted from the ledger by the same function as `lethe run`'s summary.
+            totals = run_totals(con, context.run.run_id)
+            per_table = run_actions(con, context.run.run_id)
         yield dg.MaterializeResult(
             metadata={
                 "as_of": str(as_of),
-                "anonymized": result.total("anonymize"),
-                "pseudonymized": result.total("pseudonymize"),
-                "deleted": result.total("delete"),
-                "rows_with_erased_columns": result.total("retain"),
-                "per_table": result.counts,
+                **totals,
+                "per_table": per_table,
                 "ledger_entries": result.ledger_entries,
                 "vault_entries_forgotten": result.forgotten_tokens,
             }

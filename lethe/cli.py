@@ -17,15 +17,22 @@ from typing import Annotated
 
 import duckdb
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lethe.compliance.breaches import close_breach, list_breaches, mark_notified, record_breach
 from lethe.compliance.processors import export_to_processor, processor_access, revoke
-from lethe.compliance.summary import TableSummary, summarize
+from lethe.compliance.summary import (
+    RUN_ACTIONS,
+    TableSummary,
+    legal_basis_rows,
+    purpose_rows,
+    summarize,
+)
 from lethe.declaration.fides import fides_yaml
-from lethe.declaration.policy import load_policy
+from lethe.declaration.policy import LEGAL_BASIS_ARTICLE, Policy, load_policy
 from lethe.declaration.schema import Schema, load_schema
 from lethe.engine.audit import verify
 from lethe.engine.states import STORED_STATES
@@ -137,54 +144,77 @@ def _run_and_report(home: Home, when: dt.date, policy: Path | None) -> None:
         ) as progress:
             progress.add_task(f"Running the pipeline as of {when}", total=None)
             outcome = run_pipeline(home, when, str(policy) if policy else None)
+        loaded = load_policy(policy)
         con = connect(home.warehouse, read_only=True)
         try:
-            summaries = summarize(con, load_policy(policy), outcome.run_id)
+            summaries = summarize(con, loaded, outcome.run_id)
         finally:
             con.close()
-    _print_summary(summaries, when, outcome.run_id)
+    _print_summary(loaded, summaries, when, outcome.run_id)
     for check in outcome.failed_checks:
         err.print(f"[yellow]check failed:[/] {check}", highlight=False, soft_wrap=True)
     if not outcome.success:
         _fail("; ".join(outcome.errors) or f"run {outcome.run_id} failed")
 
 
-def _print_summary(summaries: list[TableSummary], when: dt.date, run_id: str) -> None:
-    states = STORED_STATES
-    table = Table(title=f"Lethe warehouse as of {when} (run {run_id[:8]})")
-    table.add_column("table")
-    for col in ("rows", "past retention", *states, "held"):
-        table.add_column(col, justify="right")
+def _table(title: str, *columns: str, texts: int = 1, caption: str | None = None) -> Table:
+    """A summary table that fits 80 columns: light rules, the first `texts` columns
+    left-aligned, the others (counts) right-aligned; headers wrap at spaces."""
+    table = Table(
+        title=title,
+        caption=caption,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        title_justify="left",
+        caption_justify="left",
+    )
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i < texts else "right")
+    return table
+
+
+def _print_summary(
+    policy: Policy, summaries: list[TableSummary], when: dt.date, run_id: str
+) -> None:
+    """What a run left and did, in tables that fit 80 columns: rows per state, what this
+    run did (the counts the enforcement asset shows), rows per purpose and per legal basis."""
+    states = [str(state) for state in STORED_STATES]
+    title = f"Lethe warehouse as of {when} (run {run_id[:8]}): rows per state"
+    table = _table(title, "table", "rows", *states)
     for s in summaries:
-        table.add_row(
-            s.table,
-            f"{s.rows:,}",
-            f"{s.past_retention:,}",
-            *(f"{s.by_state.get(state, 0):,}" for state in states),
-            f"{s.held:,}",
-        )
-    out.print(table)
-    done = Table(title="This run: rows per action")
-    done.add_column("table")
-    actions = ("erase", "pseudonymize", "anonymize", "delete")
-    for col in ("columns erased", "pseudonymized", "anonymized", "deleted"):
-        done.add_column(col, justify="right")
+        table.add_row(s.table, f"{s.rows:,}", *(f"{s.by_state.get(x, 0):,}" for x in states))
+    out.print(table, "")
+    for label, counts in (
+        ("Held (litigation hold)", {s.table: s.held for s in summaries}),
+        ("Past retention", {s.table: s.past_retention for s in summaries}),
+    ):
+        listed = ", ".join(f"{t} {n:,}" for t, n in counts.items() if n) or "none"
+        out.print(f"{label}: {listed}", highlight=False)
+    labels = [label.replace("_", " ") for label in RUN_ACTIONS.values()]
+    done = _table("Done by this run (rows)", "table", *labels)
     for s in summaries:
-        done.add_row(s.table, *(f"{s.actions.get(a, 0):,}" for a in actions))
-    out.print(done)
-    purposes = Table(title="Rows kept per purpose and legal basis")
-    purposes.add_column("purpose / legal basis")
-    for s in summaries:
-        purposes.add_column(s.table, justify="right")
-    names = sorted({p for s in summaries for p in s.by_purpose})
-    bases = sorted({b for s in summaries for b in s.by_legal_basis})
-    for name in names:
-        purposes.add_row(name, *(f"{s.by_purpose.get(name, 0):,}" for s in summaries))
-    for basis in bases:
-        purposes.add_row(
-            f"[italic]{basis}[/]", *(f"{s.by_legal_basis.get(basis, 0):,}" for s in summaries)
-        )
-    out.print(purposes)
+        done.add_row(s.table, *(f"{s.actions.get(a, 0):,}" for a in RUN_ACTIONS))
+    out.print("", done, "")
+    purposes = _table(
+        "Rows kept per purpose",
+        *("purpose", "legal basis", "table", "rows"),
+        texts=3,
+        caption="A row kept for several purposes counts under each.",
+    )
+    previous = None
+    for name, basis, name_of_table, n in purpose_rows(policy, summaries):
+        first = name != previous
+        purposes.add_row(name if first else "", basis if first else "", name_of_table, f"{n:,}")
+        previous = name
+    out.print(purposes, "")
+    bases = _table("Rows kept per legal basis", "legal basis", "table", "rows", texts=2)
+    previous = None
+    for basis, name_of_table, n in legal_basis_rows(policy, summaries):
+        article = LEGAL_BASIS_ARTICLE[basis] if basis != previous else ""
+        bases.add_row(article, name_of_table, f"{n:,}")
+        previous = basis
+    out.print(bases)
 
 
 @app.command()

@@ -1,0 +1,151 @@
+"""What the command line prints: summaries that fit 80 columns with the counts the UI shows,
+requests with their next step and answer, every policy error at once, the documented exit
+codes, and no LETHE_HOME created by a command that only reads."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from conftest import lethe_cli, write_landing_set
+
+from lethe.compliance.summary import RUN_ACTIONS, run_actions
+from lethe.engine.warehouse import connect
+from lethe.operations.home import Home
+
+AS_OF = "2026-03-01"
+# At AS_OF: C1 only kept for the newsletter (its other columns erased by three strategies:
+# erase, truncate and prefix, so three ledger entries for one row), C2 kept for its account,
+# C3 by nothing (anonymized); O1 (C3's, 2012) anonymized, O2 (2020) kept only for
+# accounting (pseudonymized); S1 (O1's) deleted.
+CONTACTS = [
+    {"contact_id": "C1"},
+    {"contact_id": "C2", "last_active_at": "2025-06-01T00:00:00"},
+    {"contact_id": "C3"},
+]
+CONSENTS = [{"consent_id": "K1", "contact_id": "C1", "granted_at": "2025-06-01T00:00:00"}]
+ORDERS = [
+    {"order_id": "O1", "contact_id": "C3"},
+    {
+        "order_id": "O2",
+        "contact_id": "C2",
+        "ordered_at": "2020-01-01T00:00:00",
+        "completed_at": "2020-01-05T00:00:00",
+    },
+]
+SHIPMENTS = [{"shipment_id": "S1", "order_id": "O1"}]
+EXPECTED = {
+    "contacts": {"erase": 1, "anonymize": 1},
+    "orders": {"anonymize": 1, "pseudonymize": 1},
+    "shipments": {"delete": 1},
+}
+
+
+def lethe80(*args: str, home: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`lethe ARGS` on an 80-column terminal."""
+    return lethe_cli(*args, home=home, cwd=cwd, timeout=180, COLUMNS="80")
+
+
+def assert_fits_80(text: str) -> None:
+    """Every line at most 80 characters and nothing cut short."""
+    too_long = [line for line in text.splitlines() if len(line) > 80]
+    assert not too_long, too_long
+    assert "…" not in text, text
+
+
+def section(stdout: str, title: str) -> list[list[str]]:
+    """The rows of the printed table titled `title` (after its header and rule), as cells
+    split at runs of two or more spaces."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith(title))
+    rows = []
+    for line in lines[start + 3 :]:
+        if not line.strip():
+            break
+        rows.append([c for c in (part.strip() for part in line.split("  ")) if c])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def summary_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Home, str]:
+    home = Home(tmp_path_factory.mktemp("summary") / "home")
+    write_landing_set(
+        home.landing, contacts=CONTACTS, consents=CONSENTS, orders=ORDERS, shipments=SHIPMENTS
+    )
+    result = lethe80("run", "--as-of", AS_OF, home=home.root)
+    assert result.returncode == 0, result.stderr
+    return home, result.stdout
+
+
+def test_run_summary_fits_80_columns(summary_run: tuple[Home, str]) -> None:
+    _, stdout = summary_run
+    assert_fits_80(stdout)
+    assert f"Lethe warehouse as of {AS_OF}" in stdout
+
+
+def test_run_summary_counts_equal_the_enforcement_metadata_and_the_ledger(
+    summary_run: tuple[Home, str],
+) -> None:
+    """`lethe run` prints what the enforcement asset's materialization shows and the ledger
+    records: a row whose columns were erased by three strategies counts once."""
+    home, stdout = summary_run
+    printed = {
+        row[0]: {a: int(n.replace(",", "")) for a, n in zip(RUN_ACTIONS, row[1:], strict=True)}
+        for row in section(stdout, "Done by this run")
+    }
+    expected = {t: {a: EXPECTED.get(t, {}).get(a, 0) for a in RUN_ACTIONS} for t in printed}
+    assert printed == expected
+    instance = dg.DagsterInstance.from_config(str(home.dagster))
+    try:
+        (run,) = instance.get_runs()
+        event = instance.get_latest_materialization_event(
+            dg.AssetKey(["core", "retention_enforcement"])
+        )
+        assert event is not None and event.run_id == run.run_id
+        metadata = event.asset_materialization.metadata
+    finally:
+        instance.dispose()
+    for action, label in RUN_ACTIONS.items():
+        assert metadata[label].value == sum(t[action] for t in printed.values()), label
+    per_table = metadata["per_table"].value
+    assert {t: {a: per_table.get(t, {}).get(a, 0) for a in RUN_ACTIONS} for t in printed} == (
+        printed
+    )
+    con = connect(home.warehouse, read_only=True)
+    try:
+        ledger = run_actions(con, run.run_id)
+        entries = con.execute(
+            "SELECT count(*) FROM audit.ledger WHERE run_id = ? AND table_name = 'contacts'"
+            " AND action = 'erase'",
+            [run.run_id],
+        ).fetchone()[0]
+    finally:
+        con.close()
+    assert entries == 3  # one per strategy, all for C1
+    assert {t: {a: ledger.get(t, {}).get(a, 0) for a in RUN_ACTIONS} for t in printed} == printed
+
+
+def test_run_summary_lists_purposes_and_legal_bases_apart(summary_run: tuple[Home, str]) -> None:
+    _, stdout = summary_run
+    purposes = section(stdout, "Rows kept per purpose")
+    assert purposes[0] == ["account", "contract", "contacts", "1"]  # C2
+    named = [row[0] for row in purposes if len(row) == 4]
+    assert named == [
+        "account",
+        "contract",
+        "accounting",
+        "newsletter",
+        "consent_evidence",
+        "litigation_hold",
+    ]
+    bases = section(stdout, "Rows kept per legal basis")
+    assert [row[0] for row in bases if len(row) == 3] == [
+        "GDPR Art. 6(1)(b) contract",
+        "GDPR Art. 6(1)(c) legal obligation",
+        "GDPR Art. 6(1)(a) consent",
+        "GDPR Art. 6(1)(f) legitimate interest",
+    ]
+    # One row per legal basis and table: `contract` is a basis once per table it keeps.
+    assert bases[0] == ["GDPR Art. 6(1)(b) contract", "contacts", "1"]
