@@ -613,7 +613,9 @@ def main() -> None:
         with owner_only_umask():
             app()
     except LetheError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # Several problems (every error of a policy) are one line each.
+        for line in str(exc).splitlines() or [""]:
+            err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except Exception as exc:
         if os.environ.get("LETHE_DEBUG"):

@@ -149,3 +149,61 @@ def test_run_summary_lists_purposes_and_legal_bases_apart(summary_run: tuple[Hom
     ]
     # One row per legal basis and table: `contract` is a basis once per table it keeps.
     assert bases[0] == ["GDPR Art. 6(1)(b) contract", "contacts", "1"]
+
+
+# --- policy errors ----------------------------------------------------------------------------
+
+# Each change makes one error on the line of the text it puts in; the first three are errors
+# of single fields, the last three of the policy as a whole (found once the fields are valid).
+FIELD_ERRORS = {
+    "    legal_basis: consent\n": (
+        "    legal_basis: marketing\n",
+        "purposes.newsletter.legal_basis: Input should be 'consent'",
+    ),
+    "      keep: 2y\n": ("      keep: forever\n", "purposes.account.retention.keep: bad duration"),
+    "  backups: 80d\n": ("  backups: 80x\n", "operations.backups: bad duration"),
+}
+WHOLE_ERRORS = {
+    "      country: keep\n": (
+        "      country: keep\n      shoe_size: erase\n",
+        "when_unkept.contacts.column.shoe_size: unknown column 'shoe_size'",
+    ),
+    "  backups: 80d\n": ("  backups: 300y\n", "operations.backups: 300y is longer than 200 years"),
+    "    purpose: newsletter\n": (
+        "    purpose: marketing\n",
+        "processors.smartemailing.purpose: unknown purpose 'marketing'",
+    ),
+}
+
+
+def broken_policy(folder: Path, changes: dict[str, tuple[str, str]]) -> tuple[Path, list[str]]:
+    """The default policy with `changes` made, and the error lines expected (in file order)."""
+    text = (Path(__file__).parent.parent / "policies" / "default.yaml").read_text("utf-8")
+    for old, (new, _) in changes.items():
+        assert text.count(old) >= 1, old
+        text = text.replace(old, new, 1)
+    path = folder / "broken.yaml"
+    path.write_text(text, encoding="utf-8")
+    lines = text.splitlines()
+    expected = []
+    for new, message in changes.values():
+        number = lines.index(new.splitlines()[-1]) + 1
+        expected.append((number, f"error: {path}:{number}: {message}"))
+    return path, [e for _, e in sorted(expected)]
+
+
+@pytest.mark.parametrize("changes", [FIELD_ERRORS, WHOLE_ERRORS], ids=["fields", "whole"])
+@pytest.mark.parametrize(
+    "command", [("policy", "check"), ("run", "--as-of", AS_OF, "--policy")], ids=["check", "run"]
+)
+def test_every_policy_error_at_once_with_its_line(
+    tmp_path: Path, changes: dict[str, tuple[str, str]], command: tuple[str, ...]
+) -> None:
+    policy, expected = broken_policy(tmp_path, changes)
+    result = lethe80(*command, str(policy), home=tmp_path / "home")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == len(expected), result.stderr
+    for line, start in zip(lines, expected, strict=True):
+        assert line.startswith(start), (line, start)
