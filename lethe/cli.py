@@ -289,11 +289,22 @@ def schema_export(
     out.print(f"{output}: Fides dataset {key!r} written", highlight=False)
 
 
+def _with_warehouse() -> Home:
+    """LETHE_HOME, refused in one line (creating nothing) when it holds no warehouse yet."""
+    home = Home.from_env()
+    if not home.warehouse.exists():
+        if os.environ.get("LETHE_HOME"):
+            _fail(f"no Lethe warehouse in LETHE_HOME {home.root} (run `lethe run` first)")
+        _fail(
+            f"no Lethe warehouse here: LETHE_HOME is not set and {home.root} holds none"
+            " (run `lethe run` first, or set LETHE_HOME)"
+        )
+    return home
+
+
 @contextmanager
 def _warehouse(write: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
-    home = Home.from_env().ensure()
-    if not home.warehouse.exists():
-        _fail(f"{home.warehouse}: no warehouse yet (run `lethe run` first)")
+    home = _with_warehouse()
     with exclusive(home.lock, shared=not write):
         con = connect(home.warehouse, read_only=not write)
         try:
@@ -406,9 +417,7 @@ def list_requests_command(
 @app.command()
 def backup() -> None:
     """Write a compressed backup of the warehouse under LETHE_HOME/backups."""
-    home = Home.from_env().ensure()
-    if not home.warehouse.exists():
-        _fail(f"{home.warehouse}: no warehouse yet (run `lethe run` first)")
+    home = _with_warehouse().ensure()
     with exclusive(home.lock):
         made = create_backup(home)
     out.print(f"backup {made.id} written ({made.path})", highlight=False)
@@ -420,10 +429,12 @@ def restore(
     policy: Annotated[Path | None, typer.Option("--policy", help="Policy file.")] = None,
 ) -> None:
     """Restore a backup; every erasure recorded since is re-applied before it is visible."""
-    home = Home.from_env().ensure()
+    home = Home.from_env()
     loaded = load_policy(policy)
+    if not home.backups.is_dir():
+        _fail(f"no backups in {home.backups}: nothing to restore (is LETHE_HOME set?)")
     with exclusive(home.lock):
-        result = restore_backup(home, backup_id, loaded)
+        result = restore_backup(home.ensure(), backup_id, loaded)
     out.print(
         f"restored {backup_id}; re-applied retention as of {result.reapplied_as_of}"
         f" ({result.erasures_since_backup} erasure batches since the backup)",
@@ -485,8 +496,8 @@ def processor_export(
     """Export the data shared with a processor; refused (logged, alerted) once its contract
     has ended or its access was revoked."""
     loaded = load_policy(policy)
-    home = Home.from_env().ensure()
     with _warehouse() as con:
+        home = Home.from_env().ensure()
         made = export_to_processor(
             con, home, loaded, name, dt.datetime.now(dt.UTC), f"cli-{uuid.uuid4()}"
         )

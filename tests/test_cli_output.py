@@ -207,3 +207,45 @@ def test_every_policy_error_at_once_with_its_line(
     assert len(lines) == len(expected), result.stderr
     for line, start in zip(lines, expected, strict=True):
         assert line.startswith(start), (line, start)
+
+
+# --- read-only commands outside a LETHE_HOME -------------------------------------------------
+
+NEEDS_A_WAREHOUSE = [
+    ("requests",),
+    ("audit", "verify"),
+    ("processor", "list"),
+    ("breach", "list"),
+    ("backup",),
+]
+
+
+@pytest.mark.parametrize("args", NEEDS_A_WAREHOUSE, ids=" ".join)
+def test_read_only_command_elsewhere_creates_nothing(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Run in a folder without LETHE_HOME: no empty `.lethe/` is left behind, and the
+    refusal is one line saying where it looked and what to do."""
+    result = lethe_cli(*args, cwd=tmp_path, timeout=60, COLUMNS="80")
+    assert result.returncode == 1, result.stderr
+    assert list(tmp_path.iterdir()) == []
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (
+        f"error: no Lethe warehouse here: LETHE_HOME is not set and {tmp_path / '.lethe'}"
+        " holds none (run `lethe run` first, or set LETHE_HOME)"
+    )
+
+
+def test_read_only_command_on_a_missing_lethe_home_creates_nothing(tmp_path: Path) -> None:
+    named = tmp_path / "elsewhere"
+    result = lethe_cli("requests", cwd=tmp_path, timeout=60, LETHE_HOME=str(named))
+    assert result.returncode == 1 and not named.exists()
+    assert result.stderr.strip() == (
+        f"error: no Lethe warehouse in LETHE_HOME {named} (run `lethe run` first)"
+    )
+
+
+@pytest.mark.parametrize("args", [("policy", "check"), ("schema", "check")], ids=" ".join)
+def test_checks_elsewhere_create_nothing(tmp_path: Path, args: tuple[str, ...]) -> None:
+    result = lethe_cli(*args, cwd=tmp_path, timeout=60, COLUMNS="80")
+    assert result.returncode == 0, result.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert_fits_80(result.stdout)
