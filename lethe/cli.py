@@ -43,8 +43,15 @@ from lethe.operations.files import owner_only_umask
 from lethe.operations.home import Home
 from lethe.operations.lock import exclusive
 from lethe.operations.restore import restore as restore_backup
+from lethe.rights.exports import export_dir
 from lethe.rights.holds import place_hold, release_hold
-from lethe.rights.requests import extend_request, list_requests, parse_changes, record_request
+from lethe.rights.requests import (
+    describe_answer,
+    extend_request,
+    list_requests,
+    parse_changes,
+    record_request,
+)
 
 app = typer.Typer(
     help="Lethe: GDPR retention and anonymization as scheduled Dagster pipelines.",
@@ -390,19 +397,39 @@ def request(
         f" due by {recorded.deadline:%Y-%m-%d}",
         highlight=False,
     )
+    answer = _NEXT_ANSWER.get(recorded.type, "shows it done")
+    out.print(
+        "Next: the next pipeline run carries it out (`lethe run` now, or the request sensor"
+        " within a minute while Dagster runs, `make ui`); then `lethe requests` " + answer + ".",
+        highlight=False,
+    )
+
+
+# What `lethe requests` shows once a request of each type is carried out.
+_NEXT_ANSWER = {
+    "access": "shows the path of its export (a zip under exports/requests/)",
+    "portability": "shows the path of its export (a zip under exports/requests/)",
+    "erasure": "shows it done and what is still kept, why",
+    "objection": "shows it done and which purposes stopped",
+}
 
 
 @app.command("requests")
 def list_requests_command(
     overdue: Annotated[bool, typer.Option("--overdue", help="Only overdue requests.")] = False,
 ) -> None:
-    """List data-subject requests with status and deadline."""
+    """List data-subject requests with status and deadline, and each answer: where the
+    export file is, or what was done."""
     with _warehouse(write=False) as con:
         rows = list_requests(con, overdue_only=overdue)
-    table = Table(title="Overdue requests" if overdue else "Data-subject requests")
-    for col in ("id", "type", "subject", "received", "deadline", "status"):
-        table.add_column(col, no_wrap=True)
-    for rid, kind, subject_key, received, deadline, status, late in rows:
+    if not rows:
+        out.print("No overdue requests." if overdue else "No data-subject requests yet.")
+        return
+    home = Home.from_env()
+    columns = ("id", "type", "subject", "received", "deadline", "status")
+    table = _table("Overdue requests" if overdue else "Data-subject requests", *columns, texts=6)
+    answers = []
+    for rid, kind, subject_key, received, deadline, status, late, answer in rows:
         table.add_row(
             rid,
             kind,
@@ -411,7 +438,23 @@ def list_requests_command(
             f"{deadline:%Y-%m-%d}",
             "[red]overdue[/]" if late else status,
         )
+        if answer:
+            answers.append(f"{rid}  {_answer(home, answer)}")
     out.print(table)
+    if answers:
+        out.print()
+        out.print("Answers (files under LETHE_HOME):", highlight=False)
+        for line in answers:
+            out.print(line, highlight=False)
+
+
+def _answer(home: Home, answer: dict) -> str:
+    """Where an export is (relative to LETHE_HOME), or what the answer says."""
+    if "export" not in answer:
+        return describe_answer(answer)
+    path = export_dir(home) / answer["export"]
+    gone = "" if path.exists() else " (deleted since: exports expire, erasure deletes them)"
+    return f"{path.relative_to(home.root)}{gone}"
 
 
 @app.command()

@@ -4,6 +4,8 @@ codes, and no LETHE_HOME created by a command that only reads."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -149,6 +151,41 @@ def test_run_summary_lists_purposes_and_legal_bases_apart(summary_run: tuple[Hom
     ]
     # One row per legal basis and table: `contract` is a basis once per table it keeps.
     assert bases[0] == ["GDPR Art. 6(1)(b) contract", "contacts", "1"]
+
+
+# --- requests: the next step, then the answer ------------------------------------------------
+
+
+def test_request_says_what_happens_next_and_requests_shows_the_answer(
+    summary_run: tuple[Home, str], tmp_path: Path
+) -> None:
+    home = Home(tmp_path / "home")
+    shutil.copytree(summary_run[0].root, home.root)
+    asked = {}
+    for kind, subject in (("access", "C2"), ("erasure", "C1")):
+        result = lethe80("request", kind, "--subject", subject, home=home.root)
+        assert result.returncode == 0, result.stderr
+        assert_fits_80(result.stdout)
+        first, *rest = result.stdout.splitlines()
+        asked[kind] = first.split(":")[0]
+        assert re.fullmatch(rf"R-\w+: {kind} request recorded; due by \d{{4}}-\d\d-\d\d", first)
+        text = " ".join(" ".join(rest).split())
+        assert text.startswith("Next: the next pipeline run carries it out (`lethe run` now,")
+        assert (
+            "then `lethe requests` shows "
+            + ("the path of its export" if kind == "access" else "it done and what is still kept")
+            in text
+        )
+    assert lethe80("run", "--as-of", AS_OF, home=home.root).returncode == 0
+    result = lethe80("requests", home=home.root)
+    assert result.returncode == 0, result.stderr
+    assert_fits_80(result.stdout)
+    answers = result.stdout.split("Answers (files under LETHE_HOME):\n")[1]
+    lines = {line.split()[0]: line.split(maxsplit=1)[1] for line in answers.splitlines()}
+    export = lines[asked["access"]]
+    assert re.fullmatch(rf"exports/requests/{asked['access']}-access\.zip", export)
+    assert (home.root / export).is_file()
+    assert lines[asked["erasure"]] == "0 rows still kept; 0 earlier exports deleted"
 
 
 # --- policy errors ----------------------------------------------------------------------------
