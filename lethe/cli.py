@@ -46,6 +46,7 @@ from lethe.operations.restore import restore as restore_backup
 from lethe.rights.exports import export_dir
 from lethe.rights.holds import place_hold, release_hold
 from lethe.rights.requests import (
+    REQUEST_TYPES,
     describe_answer,
     extend_request,
     list_requests,
@@ -72,7 +73,13 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _fail(message: str, code: int = 1) -> None:
+# Exit codes (README "Exit codes"): 0 done, and these.
+PROBLEM = 1  # Lethe refused the input, or a run failed or completed with a problem
+USAGE = 2  # the command line is wrong (as Click and argparse exit on usage errors)
+UNEXPECTED = 3  # a bug or an unforeseen failure
+
+
+def _fail(message: str, code: int = PROBLEM) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -83,7 +90,7 @@ def _date(value: str | None) -> dt.date:
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        _fail(f"--as-of: {value!r} is not a date (use YYYY-MM-DD)", 2)
+        _fail(f"--as-of: {value!r} is not a date (use YYYY-MM-DD)", USAGE)
         raise
 
 
@@ -287,7 +294,7 @@ def schema_export(
 ) -> None:
     """Export a schema in another tool's format (today: Fides)."""
     if not fides:
-        _fail("choose a format: --fides")
+        _fail("choose a format: --fides", USAGE)
     text = fides_yaml(_schema(file), key)
     if output is None:
         sys.stdout.write(text)
@@ -375,21 +382,26 @@ def request(
     ] = None,
     reason: Annotated[str | None, typer.Option(help="Why (kept with the request).")] = None,
 ) -> None:
-    """Record a data-subject request (deadline: one calendar month); the next run (or the
-    request sensor) carries it out."""
+    """Record a data-subject request (deadline: one calendar month).
+
+    The next run (or the request sensor) carries it out."""
+    if kind not in (*REQUEST_TYPES, "extend"):
+        _fail(f"TYPE: {kind!r} is not one of {' | '.join(REQUEST_TYPES)} | extend", USAGE)
+    if request_id and kind != "extend":
+        _fail(f"request {kind}: takes no request id (only `request extend ID` does)", USAGE)
     if kind == "extend":
         if not request_id:
-            _fail("request extend: give the request id")
+            _fail("request extend: give the request id", USAGE)
         with _warehouse() as con:
             extended = extend_request(con, request_id, reason or "")
         out.print(f"{extended.request_id}: deadline extended to {extended.deadline:%Y-%m-%d}")
         return
     if not subject:
-        _fail("--subject: required (the subject's key or an e-mail address)")
+        _fail("--subject: required (the subject's key or an e-mail address)", USAGE)
     schema = load_policy().data_schema
     changes = parse_changes(schema, set_ or []) if kind == "rectification" else None
     if set_ and kind != "rectification":
-        _fail("--set applies to rectification requests only")
+        _fail("--set applies to rectification requests only", USAGE)
     with _warehouse() as con:
         recorded = record_request(con, schema, kind, subject, changes, reason)
     out.print(
@@ -418,8 +430,9 @@ _NEXT_ANSWER = {
 def list_requests_command(
     overdue: Annotated[bool, typer.Option("--overdue", help="Only overdue requests.")] = False,
 ) -> None:
-    """List data-subject requests with status and deadline, and each answer: where the
-    export file is, or what was done."""
+    """List data-subject requests with status, deadline and answer.
+
+    An answer is where the export file is, or what was done."""
     with _warehouse(write=False) as con:
         rows = list_requests(con, overdue_only=overdue)
     if not rows:
@@ -507,7 +520,7 @@ def _when(value: str | None, option: str) -> dt.datetime | None:
     try:
         when = dt.datetime.fromisoformat(value)
     except ValueError:
-        _fail(f"{option}: {value!r} is not a time (use YYYY-MM-DDTHH:MM, UTC)", 2)
+        _fail(f"{option}: {value!r} is not a time (use YYYY-MM-DDTHH:MM, UTC)", USAGE)
         raise
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
@@ -610,7 +623,7 @@ def breach_notified(
 ) -> None:
     """Record a notification of a breach."""
     if party not in ("authority", "processor"):
-        _fail(f"--party: {party!r} is not authority or processor", 2)
+        _fail(f"--party: {party!r} is not authority or processor", USAGE)
     now = dt.datetime.now(dt.UTC)
     with _warehouse() as con:
         mark_notified(con, breach_id, party, _when(at, "--at") or now, now)  # type: ignore[arg-type]
@@ -658,20 +671,28 @@ def breach_list(
 
 
 def main() -> None:
-    """Console-script entry point: every failure is one line on stderr and a non-zero exit.
+    """Console-script entry point: every failure is one line on stderr and an exit code as
+    the README's "Exit codes" says.
 
-    LetheError (bad input) exits 1; anything unexpected exits 2 with its type and first
-    line; LETHE_DEBUG=1 shows the traceback instead.
+    0 done; 1 refused by Lethe or a run with a problem (LetheError, `_fail`); 2 the
+    command line itself is wrong (Click's usage errors, values of the wrong form);
+    3 an unexpected failure, with its type and first line (LETHE_DEBUG=1 shows the
+    traceback instead).
     """
     try:
         with owner_only_umask():
-            app()
+            code = app(standalone_mode=False)
+    except typer.Abort:
+        err.print("[bold red]error:[/] aborted", highlight=False)
+        sys.exit(PROBLEM)
     except LetheError as exc:
         # Several problems (every error of a policy) are one line each.
         for line in str(exc).splitlines() or [""]:
             err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        sys.exit(PROBLEM)
     except Exception as exc:
+        if _usage_error(exc):
+            sys.exit(USAGE)
         if os.environ.get("LETHE_DEBUG"):
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
@@ -681,4 +702,20 @@ def main() -> None:
             highlight=False,
             soft_wrap=True,
         )
-        sys.exit(2)
+        sys.exit(UNEXPECTED)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: Exception) -> bool:
+    """Print a usage error of the command line (the Click errors Typer raises: no such
+    option, a missing argument, a value of the wrong form) as one line; False for any
+    other exception."""
+    # Typer raises the errors of its own copy of Click, not importable as public names.
+    if getattr(exc, "exit_code", None) != USAGE or not hasattr(exc, "format_message"):
+        return False
+    message = exc.format_message()
+    if message:  # empty when no arguments were given: the help is already printed
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx else ""
+        err.print(f"[bold red]error:[/] {message}{where}", highlight=False, soft_wrap=True)
+    return True

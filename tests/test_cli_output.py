@@ -286,3 +286,66 @@ def test_checks_elsewhere_create_nothing(tmp_path: Path, args: tuple[str, ...]) 
     assert result.returncode == 0, result.stderr
     assert list(tmp_path.iterdir()) == []
     assert_fits_80(result.stdout)
+
+
+# --- exit codes, as the README's table documents them -----------------------------------------
+
+
+def readme_exit_codes() -> dict[int, str]:
+    """The README's exit-code table: code -> meaning."""
+    text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d) \| (.+) \|$", text, flags=re.MULTILINE)
+    return {int(code): meaning for code, meaning in rows}
+
+
+def corrupt_home(root: Path) -> Path:
+    """A LETHE_HOME whose warehouse file is not a DuckDB database."""
+    home = Home(root / "home").ensure()
+    home.warehouse.write_bytes(b"not a database" * 1000)
+    return home.root
+
+
+EXIT_CASES = {
+    "policy check": (0, lambda tmp: ("policy", "check")),
+    "invalid policy": (
+        1,
+        lambda tmp: ("policy", "check", str(broken_policy(tmp, FIELD_ERRORS)[0])),
+    ),
+    "no warehouse": (1, lambda tmp: ("requests",)),
+    "unknown option": (2, lambda tmp: ("run", "--bogus")),
+    "missing argument": (2, lambda tmp: ("request",)),
+    "not a date": (2, lambda tmp: ("run", "--as-of", "2026-13-01")),
+    "not a number": (2, lambda tmp: ("generate", "--contacts", "many")),
+    "unknown request type": (2, lambda tmp: ("request", "forget", "--subject", "C1")),
+    "unexpected": (3, lambda tmp: ("audit", "verify")),
+}
+
+
+@pytest.mark.parametrize("case", EXIT_CASES)
+def test_exit_codes_are_the_readmes(tmp_path: Path, case: str) -> None:
+    """Each documented exit code from a real invocation, with its one-line message."""
+    code, args = EXIT_CASES[case]
+    assert code in readme_exit_codes()
+    home = corrupt_home(tmp_path) if case == "unexpected" else tmp_path / "home"
+    result = lethe_cli(*args(tmp_path), home=home, cwd=tmp_path, timeout=60, COLUMNS="80")
+    assert result.returncode == code, (result.stdout, result.stderr)
+    errors = result.stderr.strip().splitlines()
+    if code == 0:
+        assert errors == []
+    else:
+        assert errors and all(line.startswith("error: ") for line in errors), result.stderr
+        assert "Traceback" not in result.stderr
+    if code == 2:
+        assert len(errors) == 1 and "Usage:" not in result.stderr + result.stdout
+    if code == 3:
+        assert len(errors) == 1 and "unexpected" in errors[0] and "LETHE_DEBUG=1" in errors[0]
+        debug = lethe_cli(*args(tmp_path), home=home, cwd=tmp_path, timeout=60, LETHE_DEBUG="1")
+        assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_exit_code_of_a_run_with_a_problem(tmp_path: Path) -> None:
+    """A run that completes with a refused (here: missing) landing file exits 1."""
+    assert "a run that failed" in readme_exit_codes()[1]
+    result = lethe_cli("run", "--as-of", AS_OF, home=tmp_path / "home", timeout=180)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
