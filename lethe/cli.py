@@ -649,9 +649,10 @@ def breach_list(
     now = dt.datetime.now(dt.UTC)
     with _warehouse(write=False) as con:
         register = list_breaches(con)
-    table = Table(title="Overdue breaches" if overdue else "Breaches")
-    for col in ("id", "source", "processor", "aware (UTC)", "authority deadline", "status"):
-        table.add_column(col, no_wrap=True)
+    title = "Overdue breaches" if overdue else "Breaches"
+    table = _table(title, "id", "aware (UTC)", "authority deadline", "status", "source", texts=5)
+    for column in table.columns[:4]:
+        column.no_wrap = True  # ids and times whole; the source wraps into what is left
     for b in register:
         late = b.overdue(now)
         if overdue and not late:
@@ -659,13 +660,13 @@ def breach_list(
         status = (
             "[red]overdue[/]" if late else ("open" if b.open or b.awaiting_processor else "done")
         )
+        source = b.source.replace("_", " ") + (f", {b.processor}" if b.processor else "")
         table.add_row(
             b.breach_id,
-            b.source,
-            b.processor or "",
             f"{b.aware_at:%Y-%m-%d %H:%M}",
             f"{b.authority_deadline:%Y-%m-%d %H:%M}",
             status,
+            source,
         )
     out.print(table)
 

@@ -153,6 +153,31 @@ def test_run_summary_lists_purposes_and_legal_bases_apart(summary_run: tuple[Hom
     assert bases[0] == ["GDPR Art. 6(1)(b) contract", "contacts", "1"]
 
 
+def test_lists_fit_80_columns(summary_run: tuple[Home, str], tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    shutil.copytree(summary_run[0].root, home.root)
+    recorded = lethe80(
+        "breach",
+        "record",
+        "--description",
+        "lost laptop",
+        "--processor",
+        "balikobot",
+        home=home.root,
+    )
+    assert recorded.returncode == 0, recorded.stderr
+    refused = lethe80("processor", "export", "monkeydata", home=home.root)
+    assert refused.returncode == 1  # contract ended: refused, and a breach record opened
+    listed = lethe80("breach", "list", home=home.root)
+    assert listed.returncode == 0, listed.stderr
+    assert_fits_80(listed.stdout)
+    rows = section(listed.stdout, "Breaches")
+    assert [row[3] for row in rows if row[0].startswith("B-")] == ["open", "open"]
+    processors = lethe80("processor", "list", home=home.root)
+    assert processors.returncode == 0, processors.stderr
+    assert_fits_80(processors.stdout)
+
+
 # --- requests: the next step, then the answer ------------------------------------------------
 
 
