@@ -303,7 +303,7 @@ def schema_export(
     out.print(f"{output}: Fides dataset {key!r} written", highlight=False)
 
 
-def _with_warehouse() -> Home:
+def _home_with_warehouse() -> Home:
     """LETHE_HOME, refused in one line (creating nothing) when it holds no warehouse yet."""
     home = Home.from_env()
     if not home.warehouse.exists():
@@ -318,7 +318,7 @@ def _with_warehouse() -> Home:
 
 @contextmanager
 def _warehouse(write: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
-    home = _with_warehouse()
+    home = _home_with_warehouse()
     with exclusive(home.lock, shared=not write):
         con = connect(home.warehouse, read_only=not write)
         try:
@@ -441,6 +441,7 @@ def list_requests_command(
     home = Home.from_env()
     columns = ("id", "type", "subject", "received", "deadline", "status")
     table = _table("Overdue requests" if overdue else "Data-subject requests", *columns, texts=6)
+    table.columns[2].overflow = "fold"  # a long subject key wraps rather than being cut
     answers = []
     for rid, kind, subject_key, received, deadline, status, late, answer in rows:
         table.add_row(
@@ -473,7 +474,7 @@ def _answer(home: Home, answer: dict) -> str:
 @app.command()
 def backup() -> None:
     """Write a compressed backup of the warehouse under LETHE_HOME/backups."""
-    home = _with_warehouse().ensure()
+    home = _home_with_warehouse().ensure()
     with exclusive(home.lock):
         made = create_backup(home)
     out.print(f"backup {made.id} written ({made.path})", highlight=False)

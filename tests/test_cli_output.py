@@ -366,11 +366,3 @@ def test_exit_codes_are_the_readmes(tmp_path: Path, case: str) -> None:
         assert len(errors) == 1 and "unexpected" in errors[0] and "LETHE_DEBUG=1" in errors[0]
         debug = lethe_cli(*args(tmp_path), home=home, cwd=tmp_path, timeout=60, LETHE_DEBUG="1")
         assert debug.returncode != 0 and "Traceback" in debug.stderr
-
-
-def test_exit_code_of_a_run_with_a_problem(tmp_path: Path) -> None:
-    """A run that completes with a refused (here: missing) landing file exits 1."""
-    assert "a run that failed" in readme_exit_codes()[1]
-    result = lethe_cli("run", "--as-of", AS_OF, home=tmp_path / "home", timeout=180)
-    assert result.returncode == 1, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
