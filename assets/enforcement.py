@@ -18,6 +18,7 @@ from assets.metadata import (
     table_tags,
 )
 from lethe.compliance.inspection import held_rows_touched, rows_past_retention
+from lethe.compliance.summary import run_actions, run_totals
 from lethe.compliance.table_status import EXPIRY_WINDOW, table_status
 from lethe.declaration.policy import Policy
 from lethe.engine.audit import verify
@@ -112,15 +113,15 @@ def enforcement_assets(policy: Policy) -> list[dg.AssetsDefinition]:
             touched = held_rows_touched(con, loaded, context.run.run_id)
             chain = verify(con)
             statuses = [table_status(con, loaded, t, as_of) for t in tables]
+            # Counted from the ledger by the same function as `lethe run`'s summary.
+            totals = run_totals(con, context.run.run_id)
+            per_table = run_actions(con, context.run.run_id)
         yield dg.MaterializeResult(
             asset_key=ENFORCEMENT,
             metadata={
                 "as_of": str(as_of),
-                "anonymized": result.total("anonymize"),
-                "pseudonymized": result.total("pseudonymize"),
-                "deleted": result.total("delete"),
-                "rows_with_erased_columns": result.total("retain"),
-                "per_table": result.counts,
+                **totals,
+                "per_table": per_table,
                 "ledger_entries": result.ledger_entries,
                 "vault_entries_forgotten": result.forgotten_tokens,
             },

@@ -17,15 +17,22 @@ from typing import Annotated
 
 import duckdb
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lethe.compliance.breaches import close_breach, list_breaches, mark_notified, record_breach
 from lethe.compliance.processors import export_to_processor, processor_access, revoke
-from lethe.compliance.summary import TableSummary, summarize
+from lethe.compliance.summary import (
+    RUN_ACTIONS,
+    TableSummary,
+    legal_basis_rows,
+    purpose_rows,
+    summarize,
+)
 from lethe.declaration.fides import fides_yaml
-from lethe.declaration.policy import load_policy
+from lethe.declaration.policy import LEGAL_BASIS_ARTICLE, Policy, load_policy
 from lethe.declaration.schema import Schema, load_schema
 from lethe.engine.audit import verify
 from lethe.engine.states import STORED_STATES
@@ -36,8 +43,16 @@ from lethe.operations.files import owner_only_umask
 from lethe.operations.home import Home
 from lethe.operations.lock import exclusive
 from lethe.operations.restore import restore as restore_backup
+from lethe.rights.exports import export_dir
 from lethe.rights.holds import place_hold, release_hold
-from lethe.rights.requests import extend_request, list_requests, parse_changes, record_request
+from lethe.rights.requests import (
+    REQUEST_TYPES,
+    describe_answer,
+    extend_request,
+    list_requests,
+    parse_changes,
+    record_request,
+)
 from lethe.sources.propagation import SourceOutcome, preview_request
 from lethe.sources.propagation import propagate as propagate_changes
 
@@ -60,11 +75,13 @@ out = Console()
 err = Console(stderr=True)
 
 
-# `lethe run`: a blocking check failed (rows past retention, a broken ledger chain).
-BLOCKED_EXIT = 3
+# Exit codes (README "Exit codes"): 0 done, and these.
+PROBLEM = 1  # Lethe refused the input, or a run failed or completed with a problem
+USAGE = 2  # the command line is wrong (as Click and argparse exit on usage errors)
+UNEXPECTED = 3  # a bug or an unforeseen failure
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = PROBLEM) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -75,7 +92,7 @@ def _date(value: str | None) -> dt.date:
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        _fail(f"--as-of: {value!r} is not a date (use YYYY-MM-DD)", 2)
+        _fail(f"--as-of: {value!r} is not a date (use YYYY-MM-DD)", USAGE)
         raise
 
 
@@ -143,12 +160,13 @@ def _run_and_report(home: Home, when: dt.date, policy: Path | None) -> None:
         ) as progress:
             progress.add_task(f"Running the pipeline as of {when}", total=None)
             outcome = run_pipeline(home, when, str(policy) if policy else None)
+        loaded = load_policy(policy)
         con = connect(home.warehouse, read_only=True)
         try:
-            summaries = summarize(con, load_policy(policy), outcome.run_id)
+            summaries = summarize(con, loaded, outcome.run_id)
         finally:
             con.close()
-    _print_summary(summaries, when, outcome.run_id)
+    _print_summary(loaded, summaries, when, outcome.run_id)
     for check in outcome.failed_checks:
         err.print(f"[yellow]check failed:[/] {check}", highlight=False, soft_wrap=True)
     if outcome.errors or (not outcome.success and not outcome.blocking):
@@ -157,46 +175,68 @@ def _run_and_report(home: Home, when: dt.date, policy: Path | None) -> None:
         _fail(
             f"{len(outcome.blocking)} blocking checks failed: the analytics, exports and backups"
             " after them were not produced",
-            BLOCKED_EXIT,
+            PROBLEM,
         )
 
 
-def _print_summary(summaries: list[TableSummary], when: dt.date, run_id: str) -> None:
-    states = STORED_STATES
-    table = Table(title=f"Lethe warehouse as of {when} (run {run_id[:8]})")
-    table.add_column("table")
-    for col in ("rows", "past retention", *states, "held"):
-        table.add_column(col, justify="right")
+def _table(title: str, *columns: str, texts: int = 1, caption: str | None = None) -> Table:
+    """A summary table that fits 80 columns: light rules, the first `texts` columns
+    left-aligned, the others (counts) right-aligned; headers wrap at spaces."""
+    table = Table(
+        title=title,
+        caption=caption,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        title_justify="left",
+        caption_justify="left",
+    )
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i < texts else "right")
+    return table
+
+
+def _print_summary(
+    policy: Policy, summaries: list[TableSummary], when: dt.date, run_id: str
+) -> None:
+    """What a run left and did, in tables that fit 80 columns: rows per state, what this
+    run did (the counts the enforcement asset shows), rows per purpose and per legal basis."""
+    states = [str(state) for state in STORED_STATES]
+    title = f"Lethe warehouse as of {when} (run {run_id[:8]}): rows per state"
+    table = _table(title, "table", "rows", *states)
     for s in summaries:
-        table.add_row(
-            s.table,
-            f"{s.rows:,}",
-            f"{s.past_retention:,}",
-            *(f"{s.by_state.get(state, 0):,}" for state in states),
-            f"{s.held:,}",
-        )
-    out.print(table)
-    done = Table(title="This run: rows per action")
-    done.add_column("table")
-    actions = ("erase", "pseudonymize", "anonymize", "delete")
-    for col in ("columns erased", "pseudonymized", "anonymized", "deleted"):
-        done.add_column(col, justify="right")
+        table.add_row(s.table, f"{s.rows:,}", *(f"{s.by_state.get(x, 0):,}" for x in states))
+    out.print(table, "")
+    for label, counts in (
+        ("Held (litigation hold)", {s.table: s.held for s in summaries}),
+        ("Past retention", {s.table: s.past_retention for s in summaries}),
+    ):
+        listed = ", ".join(f"{t} {n:,}" for t, n in counts.items() if n) or "none"
+        out.print(f"{label}: {listed}", highlight=False)
+    labels = [label.replace("_", " ") for label in RUN_ACTIONS.values()]
+    done = _table("Done by this run (rows)", "table", *labels)
     for s in summaries:
-        done.add_row(s.table, *(f"{s.actions.get(a, 0):,}" for a in actions))
-    out.print(done)
-    purposes = Table(title="Rows kept per purpose and legal basis")
-    purposes.add_column("purpose / legal basis")
-    for s in summaries:
-        purposes.add_column(s.table, justify="right")
-    names = sorted({p for s in summaries for p in s.by_purpose})
-    bases = sorted({b for s in summaries for b in s.by_legal_basis})
-    for name in names:
-        purposes.add_row(name, *(f"{s.by_purpose.get(name, 0):,}" for s in summaries))
-    for basis in bases:
-        purposes.add_row(
-            f"[italic]{basis}[/]", *(f"{s.by_legal_basis.get(basis, 0):,}" for s in summaries)
-        )
-    out.print(purposes)
+        done.add_row(s.table, *(f"{s.actions.get(a, 0):,}" for a in RUN_ACTIONS))
+    out.print("", done, "")
+    purposes = _table(
+        "Rows kept per purpose",
+        *("purpose", "legal basis", "table", "rows"),
+        texts=3,
+        caption="A row kept for several purposes counts under each.",
+    )
+    previous = None
+    for name, basis, name_of_table, n in purpose_rows(policy, summaries):
+        first = name != previous
+        purposes.add_row(name if first else "", basis if first else "", name_of_table, f"{n:,}")
+        previous = name
+    out.print(purposes, "")
+    bases = _table("Rows kept per legal basis", "legal basis", "table", "rows", texts=2)
+    previous = None
+    for basis, name_of_table, n in legal_basis_rows(policy, summaries):
+        article = LEGAL_BASIS_ARTICLE[basis] if basis != previous else ""
+        bases.add_row(article, name_of_table, f"{n:,}")
+        previous = basis
+    out.print(bases)
 
 
 @app.command()
@@ -262,7 +302,7 @@ def schema_export(
 ) -> None:
     """Export a schema in another tool's format (today: Fides)."""
     if not fides:
-        _fail("choose a format: --fides")
+        _fail("choose a format: --fides", USAGE)
     text = fides_yaml(_schema(file), key)
     if output is None:
         sys.stdout.write(text)
@@ -271,11 +311,22 @@ def schema_export(
     out.print(f"{output}: Fides dataset {key!r} written", highlight=False)
 
 
+def _home_with_warehouse() -> Home:
+    """LETHE_HOME, refused in one line (creating nothing) when it holds no warehouse yet."""
+    home = Home.from_env()
+    if not home.warehouse.exists():
+        if os.environ.get("LETHE_HOME"):
+            _fail(f"no Lethe warehouse in LETHE_HOME {home.root} (run `lethe run` first)")
+        _fail(
+            f"no Lethe warehouse here: LETHE_HOME is not set and {home.root} holds none"
+            " (run `lethe run` first, or set LETHE_HOME)"
+        )
+    return home
+
+
 @contextmanager
 def _warehouse(write: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
-    home = Home.from_env().ensure()
-    if not home.warehouse.exists():
-        _fail(f"{home.warehouse}: no warehouse yet (run `lethe run` first)")
+    home = _home_with_warehouse()
     with exclusive(home.lock, shared=not write):
         con = connect(home.warehouse, read_only=not write)
         try:
@@ -347,21 +398,26 @@ def request(
         ),
     ] = False,
 ) -> None:
-    """Record a data-subject request (deadline: one calendar month); the next run (or the
-    request sensor) carries it out, at writable PostgreSQL sources too."""
+    """Record a data-subject request (deadline: one calendar month).
+
+    The next run (or the request sensor) carries it out, at writable PostgreSQL sources too."""
+    if kind not in (*REQUEST_TYPES, "extend"):
+        _fail(f"TYPE: {kind!r} is not one of {' | '.join(REQUEST_TYPES)} | extend", USAGE)
+    if request_id and kind != "extend":
+        _fail(f"request {kind}: takes no request id (only `request extend ID` does)", USAGE)
     if kind == "extend":
         if not request_id:
-            _fail("request extend: give the request id")
+            _fail("request extend: give the request id", USAGE)
         with _warehouse() as con:
             extended = extend_request(con, request_id, reason or "")
         out.print(f"{extended.request_id}: deadline extended to {extended.deadline:%Y-%m-%d}")
         return
     if not subject:
-        _fail("--subject: required (the subject's key or an e-mail address)")
+        _fail("--subject: required (the subject's key or an e-mail address)", USAGE)
     schema = load_policy().data_schema
     changes = parse_changes(schema, set_ or []) if kind == "rectification" else None
     if set_ and kind != "rectification":
-        _fail("--set applies to rectification requests only")
+        _fail("--set applies to rectification requests only", USAGE)
     if dry_run:
         policy = load_policy()
         with _warehouse() as con:
@@ -377,6 +433,21 @@ def request(
         f" due by {recorded.deadline:%Y-%m-%d}",
         highlight=False,
     )
+    answer = _NEXT_ANSWER.get(recorded.type, "shows it done")
+    out.print(
+        "Next: the next pipeline run carries it out (`lethe run` now, or the request sensor"
+        " within a minute while Dagster runs, `make ui`); then `lethe requests` " + answer + ".",
+        highlight=False,
+    )
+
+
+# What `lethe requests` shows once a request of each type is carried out.
+_NEXT_ANSWER = {
+    "access": "shows the path of its export (a zip under exports/requests/)",
+    "portability": "shows the path of its export (a zip under exports/requests/)",
+    "erasure": "shows it done and what is still kept, why",
+    "objection": "shows it done and which purposes stopped",
+}
 
 
 @app.command()
@@ -434,13 +505,20 @@ def _print_sources(outcomes: list[SourceOutcome], title: str) -> None:
 def list_requests_command(
     overdue: Annotated[bool, typer.Option("--overdue", help="Only overdue requests.")] = False,
 ) -> None:
-    """List data-subject requests with status and deadline."""
+    """List data-subject requests with status, deadline and answer.
+
+    An answer is where the export file is, or what was done."""
     with _warehouse(write=False) as con:
         rows = list_requests(con, overdue_only=overdue)
-    table = Table(title="Overdue requests" if overdue else "Data-subject requests")
-    for col in ("id", "type", "subject", "received", "deadline", "status"):
-        table.add_column(col, no_wrap=True)
-    for rid, kind, subject_key, received, deadline, status, late in rows:
+    if not rows:
+        out.print("No overdue requests." if overdue else "No data-subject requests yet.")
+        return
+    home = Home.from_env()
+    columns = ("id", "type", "subject", "received", "deadline", "status")
+    table = _table("Overdue requests" if overdue else "Data-subject requests", *columns, texts=6)
+    table.columns[2].overflow = "fold"  # a long subject key wraps rather than being cut
+    answers = []
+    for rid, kind, subject_key, received, deadline, status, late, answer in rows:
         table.add_row(
             rid,
             kind,
@@ -449,15 +527,29 @@ def list_requests_command(
             f"{deadline:%Y-%m-%d}",
             "[red]overdue[/]" if late else status,
         )
+        if answer:
+            answers.append(f"{rid}  {_answer(home, answer)}")
     out.print(table)
+    if answers:
+        out.print()
+        out.print("Answers (files under LETHE_HOME):", highlight=False)
+        for line in answers:
+            out.print(line, highlight=False)
+
+
+def _answer(home: Home, answer: dict) -> str:
+    """Where an export is (relative to LETHE_HOME), or what the answer says."""
+    if "export" not in answer:
+        return describe_answer(answer)
+    path = export_dir(home) / answer["export"]
+    gone = "" if path.exists() else " (deleted since: exports expire, erasure deletes them)"
+    return f"{path.relative_to(home.root)}{gone}"
 
 
 @app.command()
 def backup() -> None:
     """Write a compressed backup of the warehouse under LETHE_HOME/backups."""
-    home = Home.from_env().ensure()
-    if not home.warehouse.exists():
-        _fail(f"{home.warehouse}: no warehouse yet (run `lethe run` first)")
+    home = _home_with_warehouse().ensure()
     with exclusive(home.lock):
         made = create_backup(home)
     out.print(f"backup {made.id} written ({made.path})", highlight=False)
@@ -469,10 +561,12 @@ def restore(
     policy: Annotated[Path | None, typer.Option("--policy", help="Policy file.")] = None,
 ) -> None:
     """Restore a backup; every erasure recorded since is re-applied before it is visible."""
-    home = Home.from_env().ensure()
+    home = Home.from_env()
     loaded = load_policy(policy)
+    if not home.backups.is_dir():
+        _fail(f"no backups in {home.backups}: nothing to restore (is LETHE_HOME set?)")
     with exclusive(home.lock):
-        result = restore_backup(home, backup_id, loaded)
+        result = restore_backup(home.ensure(), backup_id, loaded)
     out.print(
         f"restored {backup_id}; re-applied retention as of {result.reapplied_as_of}"
         f" ({result.erasures_since_backup} erasure batches since the backup)",
@@ -502,7 +596,7 @@ def _when(value: str | None, option: str) -> dt.datetime | None:
     try:
         when = dt.datetime.fromisoformat(value)
     except ValueError:
-        _fail(f"{option}: {value!r} is not a time (use YYYY-MM-DDTHH:MM, UTC)", 2)
+        _fail(f"{option}: {value!r} is not a time (use YYYY-MM-DDTHH:MM, UTC)", USAGE)
         raise
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
@@ -534,8 +628,8 @@ def processor_export(
     """Export the data shared with a processor; refused (logged, alerted) once its contract
     has ended or its access was revoked."""
     loaded = load_policy(policy)
-    home = Home.from_env().ensure()
     with _warehouse() as con:
+        home = Home.from_env().ensure()
         made = export_to_processor(
             con, home, loaded, name, dt.datetime.now(dt.UTC), f"cli-{uuid.uuid4()}"
         )
@@ -605,7 +699,7 @@ def breach_notified(
 ) -> None:
     """Record a notification of a breach."""
     if party not in ("authority", "processor"):
-        _fail(f"--party: {party!r} is not authority or processor", 2)
+        _fail(f"--party: {party!r} is not authority or processor", USAGE)
     now = dt.datetime.now(dt.UTC)
     with _warehouse() as con:
         mark_notified(con, breach_id, party, _when(at, "--at") or now, now)  # type: ignore[arg-type]
@@ -631,9 +725,10 @@ def breach_list(
     now = dt.datetime.now(dt.UTC)
     with _warehouse(write=False) as con:
         register = list_breaches(con)
-    table = Table(title="Overdue breaches" if overdue else "Breaches")
-    for col in ("id", "source", "processor", "aware (UTC)", "authority deadline", "status"):
-        table.add_column(col, no_wrap=True)
+    title = "Overdue breaches" if overdue else "Breaches"
+    table = _table(title, "id", "aware (UTC)", "authority deadline", "status", "source", texts=5)
+    for column in table.columns[:4]:
+        column.no_wrap = True  # ids and times whole; the source wraps into what is left
     for b in register:
         late = b.overdue(now)
         if overdue and not late:
@@ -641,30 +736,40 @@ def breach_list(
         status = (
             "[red]overdue[/]" if late else ("open" if b.open or b.awaiting_processor else "done")
         )
+        source = b.source.replace("_", " ") + (f", {b.processor}" if b.processor else "")
         table.add_row(
             b.breach_id,
-            b.source,
-            b.processor or "",
             f"{b.aware_at:%Y-%m-%d %H:%M}",
             f"{b.authority_deadline:%Y-%m-%d %H:%M}",
             status,
+            source,
         )
     out.print(table)
 
 
 def main() -> None:
-    """Console-script entry point: every failure is one line on stderr and a non-zero exit.
+    """Console-script entry point: every failure is one line on stderr and an exit code as
+    the README's "Exit codes" says.
 
-    LetheError (bad input) exits 1; anything unexpected exits 2 with its type and first
-    line; LETHE_DEBUG=1 shows the traceback instead.
+    0 done; 1 refused by Lethe or a run with a problem (LetheError, `_fail`); 2 the
+    command line itself is wrong (Click's usage errors, values of the wrong form);
+    3 an unexpected failure, with its type and first line (LETHE_DEBUG=1 shows the
+    traceback instead).
     """
     try:
         with owner_only_umask():
-            app()
+            code = app(standalone_mode=False)
+    except typer.Abort:
+        err.print("[bold red]error:[/] aborted", highlight=False)
+        sys.exit(PROBLEM)
     except LetheError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        # Several problems (every error of a policy) are one line each.
+        for line in str(exc).splitlines() or [""]:
+            err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+        sys.exit(PROBLEM)
     except Exception as exc:
+        if _usage_error(exc):
+            sys.exit(USAGE)
         if os.environ.get("LETHE_DEBUG"):
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
@@ -674,4 +779,20 @@ def main() -> None:
             highlight=False,
             soft_wrap=True,
         )
-        sys.exit(2)
+        sys.exit(UNEXPECTED)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: Exception) -> bool:
+    """Print a usage error of the command line (the Click errors Typer raises: no such
+    option, a missing argument, a value of the wrong form) as one line; False for any
+    other exception."""
+    # Typer raises the errors of its own copy of Click, not importable as public names.
+    if getattr(exc, "exit_code", None) != USAGE or not hasattr(exc, "format_message"):
+        return False
+    message = exc.format_message()
+    if message:  # empty when no arguments were given: the help is already printed
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx else ""
+        err.print(f"[bold red]error:[/] {message}{where}", highlight=False, soft_wrap=True)
+    return True

@@ -473,7 +473,7 @@ def test_core_assets_show_the_tables_after_enforcement(
         instance.dispose()
 
 
-def test_a_failed_blocking_check_stops_what_follows_and_lethe_run_exits_3(
+def test_a_failed_blocking_check_stops_what_follows_and_lethe_run_exits_1(
     home: Home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
@@ -487,7 +487,7 @@ def test_a_failed_blocking_check_stops_what_follows_and_lethe_run_exits_3(
     finally:
         con.close()
     result = lethe(home.root, "run", "--as-of", "2026-03-01")
-    assert result.returncode == 3, result.stderr
+    assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert all(line.startswith(("check failed: ", "error: ")) for line in lines), lines
     assert any(

@@ -30,7 +30,13 @@ from lethe.declaration.duration import Duration, DurationError
 from lethe.declaration.letters import Letters, Wordings
 from lethe.declaration.schema import Schema, SchemaError, Table, default_schema, load_schema
 from lethe.declaration.strategies import ColumnRules, Pseudonymize, type_problem
-from lethe.declaration.yamldoc import parse_yaml, read_document, validation_message, yaml_problem
+from lethe.declaration.yamldoc import (
+    parse_yaml,
+    raise_problems,
+    read_document,
+    validation_message,
+    yaml_problem,
+)
 from lethe.errors import LetheError
 
 LegalBasis = Literal[
@@ -290,14 +296,14 @@ class Analytics(_Frozen):
 
     _d = field_validator("datasets", mode="before")(lambda cls, v: parse_datasets(v))
 
-    def check_k(self, k_anonymity: int) -> None:
+    def k_problems(self, k_anonymity: int) -> list[str]:
         """A dataset may ask for a larger k than the policy's, never a smaller one."""
-        for d in self.datasets.values():
-            if d.k is not None and d.k < k_anonymity:
-                raise ValueError(
-                    f"analytics.datasets.{d.name}.k: {d.k} is below the policy's"
-                    f" k_anonymity ({k_anonymity})"
-                )
+        return [
+            f"analytics.datasets.{d.name}.k: {d.k} is below the policy's"
+            f" k_anonymity ({k_anonymity})"
+            for d in self.datasets.values()
+            if d.k is not None and d.k < k_anonymity
+        ]
 
 
 class BreachNotification(_Frozen):
@@ -315,6 +321,30 @@ class ConsentHealth(_Frozen):
     _d = field_validator("expiring_within", mode="before")(
         lambda cls, v: v if isinstance(v, Duration) else Duration.parse(str(v))
     )
+
+
+def _rule_problems(table: str, actions: TableActions, spec: Table) -> list[str]:
+    """What is wrong with one table's `when_unkept` rules: unknown columns, pseudonymize
+    (a purpose's business), strategies that cannot apply to a column's type."""
+    problems = []
+    known = spec.column_names
+    for part, rules in (("column", actions.column), ("anonymized", actions.anonymized)):
+        if rules is None:
+            continue
+        for col, strategy in rules.columns.items():
+            if col not in known:
+                problems.append(f"when_unkept.{table}.{part}.{col}: unknown column {col!r}")
+            elif isinstance(strategy, Pseudonymize):
+                problems.append(
+                    f"when_unkept.{table}.{col}: pseudonymize belongs to a purpose"
+                    " (purposes.<name>.pseudonymizes)"
+                )
+        for col in known:
+            problem = type_problem(rules.for_column(col), spec.column(col).type)
+            if problem:
+                where = col if col in rules.columns else "default"
+                problems.append(f"when_unkept.{table}.{part}.{where}: {problem} ({col})")
+    return problems
 
 
 class Policy(_Frozen):
@@ -355,66 +385,59 @@ class Policy(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
+        problems: list[str] = []
         if HOLD_PURPOSE in self.purposes:
-            raise ValueError(f"purposes.{HOLD_PURPOSE}: reserved for the litigation_hold section")
+            problems.append(f"purposes.{HOLD_PURPOSE}: reserved for the litigation_hold section")
         for name in self.purposes:
             if not _PURPOSE_NAME.fullmatch(name):
-                raise ValueError(
+                problems.append(
                     f"purposes.{name}: a purpose name is lower-case letters, digits and _"
                     " (it is a value in SQL plans and a tag in the UI)"
                 )
         for where, duration in self._durations():
             if duration.years + duration.months / 12 + duration.days / 365.25 > MAX_YEARS:
-                raise ValueError(f"{where}: {duration} is longer than {MAX_YEARS} years")
+                problems.append(f"{where}: {duration} is longer than {MAX_YEARS} years")
         tables = self.data_schema.tables
         if len(self.data_schema.path_to_subject(self.hold_table)) != 1:
-            raise ValueError(
+            problems.append(
                 f"litigation_hold.retention.from: the hold table {self.hold_table!r} must"
                 f" reference the subject table {self.data_schema.subject_table.name!r} directly"
             )
         for table in tables:
             if table != self.hold_table and table not in self.when_unkept:
-                raise ValueError(f"when_unkept.{table}: missing (every table needs a rule)")
+                problems.append(f"when_unkept.{table}: missing (every table needs a rule)")
         for table, actions in self.when_unkept.items():
             if table not in tables:
-                raise ValueError(f"when_unkept.{table}: unknown table")
-            known = tables[table].column_names
-            for part, rules in (("column", actions.column), ("anonymized", actions.anonymized)):
-                for col, strategy in (rules.columns if rules else {}).items():
-                    if col not in known:
-                        raise ValueError(f"when_unkept.{table}: unknown column {col!r}")
-                    if isinstance(strategy, Pseudonymize):
-                        raise ValueError(
-                            f"when_unkept.{table}.{col}: pseudonymize belongs to a purpose"
-                            " (purposes.<name>.pseudonymizes)"
-                        )
-                for col in known if rules else ():
-                    problem = type_problem(rules.for_column(col), tables[table].column(col).type)
-                    if problem:
-                        where = col if col in rules.columns else "default"
-                        raise ValueError(f"when_unkept.{table}.{part}.{where}: {problem} ({col})")
+                problems.append(f"when_unkept.{table}: unknown table")
+            else:
+                problems += _rule_problems(table, actions, tables[table])
         for p in self.purposes.values():
             for table, cols in p.pseudonymizes.items():
                 for col in cols:
                     problem = type_problem(Pseudonymize(), tables[table].column(col).type)
                     if problem:
-                        raise ValueError(f"purposes.{p.name}.pseudonymizes.{table}: {problem}")
+                        problems.append(f"purposes.{p.name}.pseudonymizes.{table}: {problem}")
         names = [p.name for p in self.processors]
+        problems += [
+            f"processors.{name}: listed more than once"
+            for name in dict.fromkeys(names)
+            if names.count(name) > 1
+        ]
         for p in self.processors:
-            if names.count(p.name) > 1:
-                raise ValueError(f"processors.{p.name}: listed more than once")
             if p.purpose not in self.purposes:
-                raise ValueError(f"processors.{p.name}.purpose: unknown purpose {p.purpose!r}")
+                problems.append(f"processors.{p.name}.purpose: unknown purpose {p.purpose!r}")
+                continue
             purpose = self.purposes[p.purpose]
             for table, cols in p.data_shared.items():
                 covered = (*purpose.keeps.get(table, ()), *purpose.pseudonymizes.get(table, ()))
-                for col in cols:
-                    if col not in covered:
-                        raise ValueError(
-                            f"processors.{p.name}.data_shared.{table}: {col!r} is not kept by"
-                            f" its purpose {p.purpose!r}"
-                        )
-        self.analytics.check_k(self.k_anonymity)
+                problems += [
+                    f"processors.{p.name}.data_shared.{table}: {col!r} is not kept by"
+                    f" its purpose {p.purpose!r}"
+                    for col in cols
+                    if col not in covered
+                ]
+        problems += self.analytics.k_problems(self.k_anonymity)
+        raise_problems(problems)
         return self
 
     def _durations(self) -> list[tuple[str, Duration]]:
@@ -477,7 +500,8 @@ def parse_policy(text: str, source: str = "<policy>", base: Path | None = None) 
         schema = _schema_of(schema_ref, base)
     except SchemaError as exc:
         line = doc.line_of(["schema"])
-        raise PolicyError(f"{source}:{line}: schema: {exc}") from None
+        problems = str(exc).splitlines()
+        raise PolicyError("\n".join(f"{source}:{line}: schema: {x}" for x in problems)) from None
     try:
         return Policy.model_validate(
             {**data, "data_schema": schema, "source": source}, context={"schema": schema}

@@ -31,6 +31,7 @@ from lethe.declaration.letters import Labels
 from lethe.declaration.yamldoc import (
     Document,
     parse_yaml,
+    raise_problems,
     read_document,
     validation_message,
     yaml_problem,
@@ -222,25 +223,32 @@ class Table(_Frozen):
     @model_validator(mode="after")
     def _own_columns(self) -> Table:
         names = self.column_names
-        for name in names:
-            if not _NAME.fullmatch(name):
-                raise ValueError(f"columns.{name}: a column name is a-z, 0-9 and _")
+        problems = [
+            f"columns.{name}: a column name is a-z, 0-9 and _"
+            for name in names
+            if not _NAME.fullmatch(name)
+        ]
         if self.key not in names:
-            raise ValueError(f"key: {self.key!r} is not one of its columns")
-        if not self.column(self.key).required:
-            raise ValueError(f"columns.{self.key}: the key must be `required: true`")
-        for column in self.references:
-            if column not in names:
-                raise ValueError(f"references.{column}: not one of its columns")
+            problems.append(f"key: {self.key!r} is not one of its columns")
+        elif not self.column(self.key).required:
+            problems.append(f"columns.{self.key}: the key must be `required: true`")
+        problems += [
+            f"references.{column}: not one of its columns"
+            for column in self.references
+            if column not in names
+        ]
         headers = [c.header for c in self.columns]
-        for c in self.columns:
-            if headers.count(c.header) > 1:
-                raise ValueError(f"columns.{c.name}.from: {c.header!r} is read by two columns")
+        problems += [
+            f"columns.{c.name}.from: {c.header!r} is read by two columns"
+            for c in self.columns
+            if headers.count(c.header) > 1
+        ]
         postgres = self.source.postgres
         if postgres and postgres.incremental and postgres.incremental not in names:
-            raise ValueError(
+            problems.append(
                 f"source.postgres.incremental: {postgres.incremental!r} is not one of its columns"
             )
+        raise_problems(problems)
         if not self.source.file:
             object.__setattr__(self, "source", self.source.model_copy(update={"file": self.name}))
         return self
@@ -300,31 +308,37 @@ class Schema(_Frozen):
 
     @model_validator(mode="after")
     def _whole(self) -> Schema:
-        for name in self.tables:
-            if not _NAME.fullmatch(name):
-                raise ValueError(f"tables.{name}: a table name is a-z, 0-9 and _")
+        problems = [
+            f"tables.{name}: a table name is a-z, 0-9 and _"
+            for name in self.tables
+            if not _NAME.fullmatch(name)
+        ]
         subjects = [t.name for t in self.tables.values() if t.subject]
         if len(subjects) != 1:
             found = ", ".join(subjects) or "none"
-            raise ValueError(f"tables: exactly one table needs `subject: true` (found {found})")
+            problems.append(f"tables: exactly one table needs `subject: true` (found {found})")
         for table in self.tables.values():
             for fk in table.foreign_keys:
                 where = f"tables.{table.name}.references.{fk.column}"
                 if fk.ref_table not in self.tables:
-                    raise ValueError(f"{where}: unknown table {fk.ref_table!r}")
+                    problems.append(f"{where}: unknown table {fk.ref_table!r}")
+                    continue
                 ref_key = self.tables[fk.ref_table].column(fk.ref_column)
                 if ref_key.type != table.column(fk.column).type:
-                    raise ValueError(
+                    problems.append(
                         f"{where}: a {table.column(fk.column).type} column cannot hold the"
                         f" {ref_key.type} key of {fk.ref_table!r}"
                     )
+        # Load order and reach follow references: only once they all name a table.
+        raise_problems(problems)
         order = _load_order(self.tables)
-        for table in self.tables.values():
-            if not table.subject and not _reaches(self.tables, table.name, subjects[0]):
-                raise ValueError(
-                    f"tables.{table.name}.references: does not reach the subject table"
-                    f" {subjects[0]!r}"
-                )
+        raise_problems(
+            [
+                f"tables.{table.name}.references: does not reach the subject table {subjects[0]!r}"
+                for table in self.tables.values()
+                if not table.subject and not _reaches(self.tables, table.name, subjects[0])
+            ]
+        )
         object.__setattr__(self, "tables", {name: self.tables[name] for name in order})
         return self
 

@@ -58,6 +58,18 @@ def _lines(node: yaml.Node, path: Path_, out: dict[Path_, int]) -> None:
     elif isinstance(node, yaml.SequenceNode):
         for i, value in enumerate(node.value):
             _lines(value, (*path, str(i)), out)
+            # An item with a `name` (a processor) is also found by it, as messages name it.
+            name = _name_of(value)
+            if name is not None:
+                _lines(value, (*path, name), out)
+
+
+def _name_of(node: yaml.Node) -> str | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == "name" and isinstance(value, yaml.ScalarNode):
+                return str(value.value)
+    return None
 
 
 def parse_yaml(text: str, what: str = "document") -> Document:
@@ -100,14 +112,38 @@ def _key(loc: Sequence[object]) -> str:
     return ".".join(str(x) for x in loc if not str(x).startswith("function-"))
 
 
+class Problems(ValueError):
+    """Every problem a whole-document check found, each `key.path: message`, raised at
+    once so that a person sees them all in one go."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+def raise_problems(problems: Sequence[str]) -> None:
+    """Raise Problems when there are any."""
+    if problems:
+        raise Problems(problems)
+
+
 def validation_message(source: str, doc: Document, err: ValidationError, what: str) -> str:
-    """`source:LINE: key.path: problem (and N more)` for the first error of a validation."""
-    first = err.errors()[0]
-    loc = first["loc"]
-    msg = first["msg"].removeprefix("Value error, ")
-    # A whole-document check names its key path at the start of its message.
-    named = _NAMED_KEY.match(msg) if not loc else None
-    line = doc.line_of(named.group(1).split(".") if named else loc)
-    where = f"{source}:{line}" if line else source
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{where}: {_key(loc) or what}: {msg}{more}"
+    """Every error of a validation, one line each, in the order of the document:
+    `source:LINE: key.path: problem`."""
+    lines: list[tuple[int, str]] = []
+    for error in err.errors():
+        loc = tuple(x for x in error["loc"] if not str(x).startswith("function-"))
+        cause = (error.get("ctx") or {}).get("error")
+        messages = (
+            cause.problems
+            if isinstance(cause, Problems)
+            else [error["msg"].removeprefix("Value error, ")]
+        )
+        for msg in messages:
+            # A whole-document check names its key path at the start of its message.
+            named = _NAMED_KEY.match(msg)
+            line = doc.line_of([*loc, *named.group(1).split(".")] if named else loc)
+            where = f"{source}:{line}" if line else source
+            key = _key(loc) or ("" if named else what)
+            lines.append((line or 0, f"{where}: {key}: {msg}" if key else f"{where}: {msg}"))
+    return "\n".join(text for _, text in sorted(lines, key=lambda x: x[0]))

@@ -268,17 +268,46 @@ def get_request(con: duckdb.DuckDBPyConnection, request_id: str) -> Request:
 def list_requests(
     con: duckdb.DuckDBPyConnection, overdue_only: bool = False, now: dt.datetime | None = None
 ) -> list[tuple]:
-    """(id, type, subject_key, received_at, deadline, status, overdue) for every request."""
+    """(id, type, subject_key, received_at, deadline, status, overdue, answer) for every
+    request; `answer` is the answer's record (a dict, see `describe_answer`) or None."""
     if not has_table(con, "requests", "requests"):
         return []
     now = (now or dt.datetime.now(dt.UTC)).replace(tzinfo=None)
     rows = con.execute(
         "SELECT request_id, type, subject_key, received_at, deadline, status,"
-        " status = 'pending' AND deadline < ? AS overdue FROM requests.requests"
+        " status = 'pending' AND deadline < ? AS overdue, answer FROM requests.requests"
         " ORDER BY received_at, request_id",
         [now],
     ).fetchall()
+    rows = [(*r[:7], json.loads(r[7]) if r[7] else None) for r in rows]
     return [r for r in rows if r[6]] if overdue_only else rows
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def describe_answer(answer: dict | None) -> str:
+    """An answer in a few words (names and counts, no values); an export's file is named by
+    the caller, who knows where it lives."""
+    if not answer:
+        return ""
+    if "refused" in answer:
+        return f"refused: {answer['refused']}"
+    if "kept" in answer:
+        kept = answer["kept"]
+        purposes = sorted({p for row in kept for p in row.get("kept_for") or ()})
+        text = f"{_count(len(kept), 'row')} still kept"
+        text += f" ({', '.join(purposes)})" if purposes else ""
+        deleted = _count(answer.get("earlier_exports_deleted", 0), "earlier export")
+        return f"{text}; {deleted} deleted"
+    if "stopped_purposes" in answer:
+        return "stopped: " + (", ".join(answer["stopped_purposes"]) or "nothing to stop")
+    if "restricted" in answer:
+        return "restricted in " + ", ".join(answer["restricted"])
+    if "rectified" in answer:
+        return "corrected " + ", ".join(answer["rectified"])
+    return ", ".join(sorted(answer))
 
 
 def request_counts(con: duckdb.DuckDBPyConnection, now: dt.datetime | None = None) -> dict:
