@@ -2,8 +2,9 @@
 
 Access and portability: one export zip per request (documents read set-based).
 Erasure: the rewrite has erased the subject (and forgotten the vault entries no kept row
-refers to); the answer lists what is still kept, why and until when (accounting invoices
-as pseudonyms, a litigation hold), and the subject's earlier exports are deleted.
+refers to, and hashed the subject's key if nothing of it is held); the answer lists what
+is still kept, why and until when (accounting invoices as pseudonyms, a litigation hold),
+and the subject's earlier exports are deleted; so are those of subjects gone since.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import polars as pl
 
 from lethe.declaration.policy import Policy
 from lethe.engine.audit import LedgerEntry, append
+from lethe.engine.keyhash import is_hash_sql
 from lethe.engine.states import RowState
 from lethe.engine.vault import attach
 from lethe.engine.warehouse import transaction
@@ -27,12 +29,7 @@ from lethe.rights.exports import (
     subject_rows,
     write_export,
 )
-from lethe.rights.requests import (
-    Request,
-    complete_requests,
-    pending_requests,
-    register_erasure_tokens,
-)
+from lethe.rights.requests import Request, complete_requests, pending_requests
 
 
 @dataclass
@@ -45,28 +42,43 @@ class Answers:
 
 
 def _kept(
-    con: duckdb.DuckDBPyConnection, policy: Policy, subjects: list[str]
+    con: duckdb.DuckDBPyConnection, policy: Policy, requests: list[Request]
 ) -> dict[str, list[dict]]:
-    """Each row still kept about each erased subject: which, why and until when.
+    """Each row still kept about each erased subject, by request: which, why and until when.
 
-    One query per table for the whole batch (vault attached: rows that carry the subject
-    only as a token are theirs too).
+    One query per table for the whole batch. A subject owns the rows that carry its key
+    or a token the erasure register lists for its request (rows kept as pseudonyms, e.g.
+    for accounting), so it is found even once its key is hashed; with the vault attached,
+    the tokens of a key not hashed yet too.
     """
-    kept: dict[str, list[dict]] = {s: [] for s in subjects}
-    for table, frame in subject_rows(con, policy, subjects).items():
+    owners = con.execute(
+        "SELECT DISTINCT subject_key, request_id FROM requests.erasures"
+        " WHERE request_id IN (SELECT unnest(CAST(? AS VARCHAR[])))",
+        [[r.request_id for r in requests]],
+    ).fetchall()
+    requests_of: dict[str, set[str]] = {}
+    for owner, request_id in [*owners, *((r.subject_key, r.request_id) for r in requests)]:
+        requests_of.setdefault(owner, set()).add(request_id)
+    kept: dict[str, list[dict]] = {r.request_id: [] for r in requests}
+    seen: set[tuple[str, str, object]] = set()
+    for table, frame in subject_rows(con, policy, sorted(requests_of)).items():
         key = policy.data_schema.tables[table].key
-        rows = frame.filter(pl.col("_state") != RowState.ANONYMIZED).sort("_subject", key)
+        rows = frame.filter(pl.col("_state") != RowState.ANONYMIZED).sort(key, "_subject")
         for row in rows.select("_subject", key, "_state", "_purposes", "_retain_until").iter_rows():
             subject, row_key, state, purposes, until = row
-            kept[subject].append(
-                {
-                    "table": table,
-                    "key": row_key,
-                    "state": state,
-                    "kept_for": purposes,
-                    "until": until.isoformat() if until else "until the hold is released",
-                }
-            )
+            for request_id in sorted(requests_of[subject]):
+                if (request_id, table, row_key) in seen:
+                    continue  # found by the key and by one of its tokens
+                seen.add((request_id, table, row_key))
+                kept[request_id].append(
+                    {
+                        "table": table,
+                        "key": row_key,
+                        "state": state,
+                        "kept_for": purposes,
+                        "until": until.isoformat() if until else "until the hold is released",
+                    }
+                )
     return kept
 
 
@@ -79,6 +91,7 @@ def answer_pending(
     exports: list[Request] = pending_requests(con, "access") + pending_requests(con, "portability")
     erasures = pending_requests(con, "erasure")
     if not exports and not erasures:
+        _delete_gone_exports(con, home)
         return result
     attach(con, home.vault)
     try:
@@ -110,16 +123,14 @@ def answer_pending(
             ]
             append(con, exported)
         if erasures:
-            with transaction(con):
-                register_erasure_tokens(con, policy.data_schema)  # issued by this run's rewrite
             subjects = [r.subject_key for r in erasures]
-            kept = _kept(con, policy, subjects)
+            kept = _kept(con, policy, erasures)
             gone = delete_exports(
                 con, home, "subject_key IN (SELECT unnest(CAST(? AS VARCHAR[])))", [subjects]
             )
             answers = {
                 r.request_id: {
-                    "kept": kept[r.subject_key],
+                    "kept": kept[r.request_id],
                     "earlier_exports_deleted": gone.get(r.subject_key, 0),
                 }
                 for r in erasures
@@ -143,5 +154,12 @@ def answer_pending(
             result.erasures = len(erasures)
     finally:
         con.execute("DETACH vault")
+    _delete_gone_exports(con, home)
     result.exports = len(exports)
     return result
+
+
+def _delete_gone_exports(con: duckdb.DuckDBPyConnection, home: Home) -> None:
+    """Delete the exports of subjects gone since (anonymized by retention): the export log
+    names them by keyed hash only, and their export must not outlive them."""
+    delete_exports(con, home, is_hash_sql("subject_key"), [])
