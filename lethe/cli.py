@@ -35,6 +35,7 @@ from lethe.declaration.fides import fides_yaml
 from lethe.declaration.policy import LEGAL_BASIS_ARTICLE, Policy, load_policy
 from lethe.declaration.schema import Schema, load_schema
 from lethe.engine.audit import verify
+from lethe.engine.keyhash import short
 from lethe.engine.states import STORED_STATES
 from lethe.engine.warehouse import connect
 from lethe.errors import LetheError
@@ -522,7 +523,7 @@ def list_requests_command(
         table.add_row(
             rid,
             kind,
-            subject_key,
+            short(subject_key),  # a gone subject: its keyed hash, shortened
             f"{received:%Y-%m-%d}",
             f"{deadline:%Y-%m-%d}",
             "[red]overdue[/]" if late else status,

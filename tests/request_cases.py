@@ -33,6 +33,7 @@ from conftest import (
 )
 
 from lethe.declaration.policy import Policy, load_policy
+from lethe.engine.keyhash import key_hash, read_secret
 from lethe.engine.tagging import tag_all
 from lethe.engine.warehouse import connect
 from lethe.operations.home import Home
@@ -223,6 +224,12 @@ def subject_snapshot(home: Home, cid: str) -> dict[str, list[dict[str, Any]]]:
 
 def ledger(home: Home) -> list[dict[str, Any]]:
     return dicts(home, "SELECT * FROM audit.ledger ORDER BY seq")
+
+
+def hashed(home: Home, key: str) -> str:
+    """The keyed hash of `key` with the home's vault secret: how the ledger names every key,
+    and Lethe's own tables a gone subject's."""
+    return key_hash(read_secret(home.vault), key)
 
 
 def answer(home: Home, request_id: str) -> tuple[str, dict[str, Any] | None]:

@@ -20,6 +20,7 @@ import duckdb
 from conftest import TABLES, TAGGED_TABLES, ingest_and_tag, write_landing_set
 
 from lethe.declaration.policy import Policy
+from lethe.engine.keyhash import key_hash, read_secret
 from lethe.engine.warehouse import connect
 from lethe.operations.home import Home
 
@@ -261,6 +262,15 @@ def write_cases(landing, holds: bool = True) -> None:
     if holds:
         tables["holds"] = HOLDS
     write_landing_set(landing, **tables)
+
+
+def key_names(home: Home, keys: Iterable[str] = ()) -> dict[str, str]:
+    """{keyed hash: key} of every row key of the cases (and `keys`), with the home's vault
+    secret: how the audit ledger names them."""
+    secret = read_secret(home.vault)
+    sets = {"contacts": CONTACTS, "consents": CONSENTS, "orders": ORDERS, "shipments": SHIPMENTS}
+    every = [r[TABLES[t].key] for t, rows in sets.items() for r in rows] + [*keys]
+    return {key_hash(secret, k): k for k in every}
 
 
 def by_key(rows: list[dict[str, Any]], table: str) -> dict[str, dict[str, Any]]:

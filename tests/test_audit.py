@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from lethe.engine.audit import (
     verify,
 )
 from lethe.engine.ddl import ensure_ledger, ensure_schemas
+from lethe.engine.keyhash import key_hash, secret_for
 from lethe.engine.warehouse import connect, transaction
 
 AS_OF = dt.date(2026, 5, 1)
@@ -56,6 +58,12 @@ def entry(n: int, **changes: object) -> LedgerEntry:
     return LedgerEntry(**fields)  # type: ignore[arg-type]
 
 
+def hashed(con: duckdb.DuckDBPyConnection, keys: list[str]) -> tuple[str, ...]:
+    """`keys` as the ledger stores them: their keyed hashes (the vault's secret)."""
+    secret = secret_for(con)
+    return tuple(key_hash(secret, k) for k in keys)
+
+
 def filled(con: duckdb.DuckDBPyConnection, n: int = 5) -> list[str]:
     hashes = append(con, [entry(i) for i in range(1, 3)])
     hashes += append(con, [entry(i) for i in range(3, n + 1)])
@@ -81,7 +89,7 @@ def test_appends_chain_and_verify(con: duckdb.DuckDBPyConnection) -> None:
     assert all(b.prev_hash == a.hash for a, b in zip(stored, stored[1:], strict=False))
     assert head(con) == (5, hashes[-1])
     first = stored[0]
-    assert first.keys == ("c0001-0", "c0001-1") and first.key_count == 2
+    assert first.keys == hashed(con, ["c0001-0", "c0001-1"]) and first.key_count == 2
     assert first.columns == ("email", "phone") and first.details == {"rows": 2, "values": 4}
     assert first.as_of == AS_OF and first.strategy == "erase" and first.run_id == "run-1"
     assert [r.seq for r in entries(con, since_seq=3)] == [4, 5]
@@ -117,7 +125,7 @@ def test_hash_is_sha256_of_documented_canonical_json(con: duckdb.DuckDBPyConnect
     filled(con)
     records = entries(con)
     assert records[0].recorded_at == dt.datetime(2026, 5, 1, 10, 30)
-    assert records[0].keys == tuple(odd_keys)
+    assert records[0].keys == hashed(con, odd_keys)
     assert [document_hash(r) for r in records] == [r.hash for r in records]
     assert verify(con).ok
 
@@ -125,14 +133,17 @@ def test_hash_is_sha256_of_documented_canonical_json(con: duckdb.DuckDBPyConnect
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.lists(st.text(max_size=6), max_size=5), min_size=1, max_size=4))
 def test_keys_hash_like_json_dumps_whatever_they_contain(keys: list[list[str]]) -> None:
-    """The quick path for plain ids and the json.dumps path give the same hashes."""
-    con = duckdb.connect()
-    ensure_ledger(con)
-    hashes = append(con, [entry(1, keys=k) for k in keys])
-    records = entries(con)
-    assert [document_hash(r) for r in records] == hashes
-    assert [list(r.keys) for r in records] == keys
-    assert verify(con).ok
+    """Keys of any text are stored as the keyed hash Python's hmac computes, and hash like
+    json.dumps."""
+    with tempfile.TemporaryDirectory() as folder:
+        con = connect(Path(folder) / "warehouse.duckdb")
+        ensure_ledger(con)
+        hashes = append(con, [entry(1, keys=k) for k in keys])
+        records = entries(con)
+        assert [document_hash(r) for r in records] == hashes
+        assert [r.keys for r in records] == [hashed(con, k) for k in keys]
+        assert verify(con).ok
+        con.close()
 
 
 @settings(max_examples=100, deadline=None)
@@ -147,13 +158,14 @@ def test_text_fields_hash_like_json_dumps_whatever_they_contain(
     fields: list[tuple[str, str, list[str]]],
 ) -> None:
     """Reasons, run ids, table names and column names are quoted column-wise where no
-    character needs escaping; the hashes equal json.dumps of the whole entry either way."""
+    character needs escaping; the hashes equal json.dumps of the whole entry either way.
+    (No keys: hashing them needs a vault, and a keyed hash never needs escaping.)"""
     con = duckdb.connect()
     ensure_ledger(con)
     hashes = append(
         con,
         [
-            entry(1, reason=text, run_id=text, table_name=other or None, columns=columns)
+            entry(1, reason=text, run_id=text, table_name=other or None, columns=columns, keys=[])
             for text, other, columns in fields
         ],
     )
@@ -280,7 +292,7 @@ def test_batch_of_1000_entries_with_10000_keys_each(con: duckdb.DuckDBPyConnecti
     count, keys, last = con.execute(
         "SELECT count(*), sum(len(keys)), max_by(keys[10000], seq) FROM audit.ledger"
     ).fetchall()[0]
-    assert (count, keys, last) == (1000, 10_000_000, "c099909999")
+    assert (count, keys, last) == (1000, 10_000_000, hashed(con, ["c099909999"])[0])
     start = time.perf_counter()
     assert verify(con).ok
     print(f"verify: {time.perf_counter() - start:.2f} s")

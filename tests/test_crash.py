@@ -33,6 +33,7 @@ from lethe.declaration.policy import Policy
 from lethe.engine.audit import verify
 from lethe.engine.compaction import remove_leftovers, rewrite_path
 from lethe.engine.enforcement import enforce
+from lethe.engine.keyhash import MACRO, bind, read_secret
 from lethe.engine.tagging import tag_all
 from lethe.engine.warehouse import connect
 from lethe.eshop.generate import generate
@@ -172,11 +173,12 @@ def erased_sample(pristine: Home, clean: Home) -> list[str]:
         con.close()
     con = connect(pristine.warehouse, read_only=True)
     try:
+        bind(con, read_secret(clean.vault))  # the ledger names contacts by keyed hash
         erased = [
             v
-            for (cid,) in keys
+            for (hashed,) in keys
             for v in con.execute(
-                "SELECT email, phone FROM core.contacts WHERE contact_id = ?", [cid]
+                f"SELECT email, phone FROM core.contacts WHERE {MACRO}(contact_id) = ?", [hashed]
             ).fetchone()
             if v
         ]

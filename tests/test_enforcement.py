@@ -313,10 +313,12 @@ def test_ledger_records_every_action(enforced: Enforced) -> None:
     assert {e["as_of"] for e in entries} == {T}
     assert all(e["reason"] for e in entries)
     assert all(e["key_count"] == len(e["keys"]) for e in entries)
+    names = rc.key_names(enforced.home)  # the ledger stores keyed hashes, never a raw key
+    assert not {k for e in entries for k in e["keys"]} - set(names)
 
     def keys(action: str, table: str, strategy: str | None = None) -> list[str]:
         found = [
-            k
+            names[k]
             for e in entries
             if e["action"] == action
             and e["table_name"] == table
@@ -342,7 +344,7 @@ def test_ledger_records_every_action(enforced: Enforced) -> None:
     pseudo = [e for e in entries if e["action"] == "pseudonymize"]
     assert [e["columns"] for e in pseudo] == [["contact_id", "billing_name", "billing_street"]]
     # nobody held was touched
-    touched = {k for e in entries for k in e["keys"]}
+    touched = {names[k] for e in entries for k in e["keys"]}
     assert touched.isdisjoint({"held", "held_future", "o_held", "s_held", "k_held"})
 
 
@@ -511,12 +513,14 @@ def _results(home: Home, policy: Policy, result: EnforcementResult, back: dict) 
             )
             for t, name in tables.items()
         }
+        names = rc.key_names(home)  # each home hashes keys with its own vault's secret
         ledger = [
-            (action, back.get(t, t), [back.get((t, c), c) for c in cols], *rest)
-            for action, t, cols, *rest in con.execute(
+            (action, back.get(t, t), [back.get((t, c), c) for c in cols], keys, *rest)
+            for action, t, cols, hashed, *rest in con.execute(
                 "SELECT action, table_name, columns, keys, reason, strategy, details"
                 " FROM audit.ledger ORDER BY seq"
             ).fetchall()
+            for keys in [[names[k] for k in hashed]]
         ]
         listed = build_consent_health(con, home, policy, T)
     finally:

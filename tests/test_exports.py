@@ -23,6 +23,7 @@ from request_cases import (
     answer,
     dicts,
     full_name,
+    hashed,
     policy,
     rows_of,
     scenario,
@@ -237,7 +238,7 @@ def test_export_is_logged_and_in_the_ledger(sc: Scenario) -> None:
     assert len(exports) == 3
     by_request = {e["reason"].split(":")[0]: e for e in exports}
     entry = by_request[sc.ids["access"]]
-    assert list(entry["keys"]) == ["c-acc"]
+    assert list(entry["keys"]) == [hashed(sc.home, "c-acc")]
     assert entry["run_id"] == sc.runs[0].run_id
     # the log and the ledger hold keys and file names, never the exported values
     dumped = repr(log) + repr(exports)

@@ -68,10 +68,11 @@ def test_hold_released_after_t_is_enforced_by_the_next_run(tmp_path: Path, polic
     after = snapshot(home, "held_future")
     assert after["contacts"] == after["consents"] == after["orders"] == after["shipments"] == []
     assert snapshot(home, "held") == still_held  # still open: untouched
+    names = rc.key_names(home)  # the ledger stores keyed hashes
     con = rc.read_only(home)
     try:
         keys = [
-            k
+            names[k]
             for (k,) in con.execute(
                 "SELECT unnest(keys) FROM audit.ledger WHERE run_id = 'run-at-release'"
             ).fetchall()
@@ -122,15 +123,19 @@ def test_place_hold_then_run_keeps_then_release_then_run_enforces(
         tag_all(con, policy, LATER)  # the next pipeline run re-tags
     finally:
         con.close()
-    assert ledger == [("hold", [SUBJECT]), ("release", [SUBJECT])]
+    names = rc.key_names(home)  # the ledger stores keyed hashes
+    hashed = {k: h for h, k in names.items()}[SUBJECT]
+    assert ledger == [("hold", [hashed]), ("release", [hashed])]
     enforce(home, policy, LATER, "run-released")
     after = snapshot(home, SUBJECT)
     assert after["contacts"] == after["consents"] == after["orders"] == after["shipments"] == []
-    assert len(after["holds"]) == 1  # the hold record itself stays
+    # the hold record itself stays, naming the anonymized subject by its keyed hash only
+    assert after["holds"] == []
+    assert len(snapshot(home, hashed)["holds"]) == 1
     con = rc.read_only(home)
     try:
         keys = {
-            k
+            names[k]
             for (k,) in con.execute(
                 "SELECT unnest(keys) FROM audit.ledger WHERE run_id = 'run-released'"
             ).fetchall()

@@ -49,6 +49,7 @@ from request_cases import (
     answer,
     dicts,
     full_name,
+    hashed,
     ledger,
     person,
     query,
@@ -543,7 +544,7 @@ def test_rectification_corrects_the_contact_and_its_copies(sc: Scenario) -> None
     assert changes is None
     entries = [e for e in ledger(sc.home) if e["action"] == "rectify"]
     assert len(entries) == 1
-    assert list(entries[0]["keys"]) == ["c-rect"]
+    assert list(entries[0]["keys"]) == [hashed(sc.home, "c-rect")]
     assert "contacts.email" in entries[0]["columns"]
     dumped = repr(entries)
     for value in (*RECT_NEW.values(), RECT["email"], RECT["last_name"], RECT["street"]):
@@ -607,7 +608,7 @@ def test_restriction_marks_every_row_restricted_and_keeps_it(sc: Scenario) -> No
     assert status == "done"
     assert ans == {"restricted": ["contacts", "consents", "orders", "shipments"]}
     restrict = [e for e in ledger(sc.home) if e["action"] == "restrict"]
-    assert [list(e["keys"]) for e in restrict] == [["c-restr"]]
+    assert [list(e["keys"]) for e in restrict] == [[hashed(sc.home, "c-restr")]]
 
 
 def test_restricted_rows_were_delivered_again(sc: Scenario) -> None:
@@ -643,7 +644,7 @@ def test_erasure_subject_given_by_email(sc: Scenario) -> None:
     assert sc.erasure_subjects["c-erin"] == ERIN["email"]
     assert query(
         sc.home, "SELECT subject_key, type FROM requests.requests WHERE request_id = ?", [rid]
-    ) == [("c-erin", "erasure")]
+    ) == [(hashed(sc.home, "c-erin"), "erasure")]  # gone: named by its keyed hash only
 
 
 def test_erasure_anonymizes_the_contact_and_deletes_consents_and_shipments(sc: Scenario) -> None:
@@ -659,7 +660,7 @@ def test_erasure_anonymizes_the_contact_and_deletes_consents_and_shipments(sc: S
         for e in sc.ledger_after_run2
         if e["action"] == "anonymize"
         and e["table_name"] == "contacts"
-        and list(e["keys"]) == ["c-erin"]
+        and list(e["keys"]) == [hashed(sc.home, "c-erin")]
     ]
     assert len(anonymized) == 1
     assert anonymized[0]["reason"] == f"erasure request {sc.erasures['c-erin']}"
@@ -788,9 +789,13 @@ def test_fifty_erasures_in_one_run_make_one_rewrite(sc: Scenario) -> None:
     ]
     assert {e["run_id"] for e in steps} == {run2}
     erased = [e for e in steps if e["action"] in ("erase", "anonymize", "pseudonymize", "delete")]
-    assert {k for e in erased for k in e["keys"]} >= {p["contact_id"] for p in (ERIN, GONE)}
+    assert {k for e in erased for k in e["keys"]} >= {
+        hashed(sc.home, p["contact_id"]) for p in (ERIN, GONE)
+    }
     answered = [e for e in steps if e["reason"].endswith("erasure answered")]
-    assert sorted(k for e in answered for k in e["keys"]) == sorted(sc.erasures)
+    assert sorted(k for e in answered for k in e["keys"]) == sorted(
+        hashed(sc.home, k) for k in sc.erasures
+    )
     registered = [e for e in steps if "erasure registered" in e["reason"]]
     assert len(registered) == 50
     done = query(

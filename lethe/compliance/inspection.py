@@ -6,6 +6,7 @@ import duckdb
 
 from lethe.declaration.policy import HOLD_PURPOSE, Policy
 from lethe.declaration.strategies import quote
+from lethe.engine.keyhash import MACRO, bind
 from lethe.engine.states import RowState
 from lethe.engine.tagging import tagged_tables
 
@@ -22,14 +23,16 @@ def rows_past_retention(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[
 
 
 def held_rows_touched(con: duckdb.DuckDBPyConnection, policy: Policy, run_id: str) -> int:
-    """Held rows whose key appears in a ledger entry of `run_id` (should be 0)."""
+    """Held rows whose key appears in a ledger entry of `run_id` (should be 0); the ledger
+    names keys by their keyed hash, so the held rows' keys are hashed to compare."""
+    bind(con)
     total = 0
     for t in tagged_tables(policy):
         key = quote(policy.data_schema.tables[t].key)
         total += con.execute(
             f"SELECT count(*) FROM core.{quote(t)} x WHERE list_contains(x._purposes, ?)"
             f" AND EXISTS (SELECT 1 FROM audit.ledger l WHERE l.run_id = ?"
-            f" AND l.table_name = ? AND list_contains(l.keys, CAST(x.{key} AS VARCHAR)))",
+            f" AND l.table_name = ? AND list_contains(l.keys, {MACRO}(CAST(x.{key} AS VARCHAR))))",
             [HOLD_PURPOSE, run_id, t],
         ).fetchone()[0]
     return total

@@ -2,8 +2,11 @@
 
 Each entry says what was done (action, table, columns, the affected row keys), why
 (reason: purpose ended, request id, rule name), with which strategy (its name only),
-when (recorded_at, as_of) and in which run. It never holds values: keys are row ids,
-`details` holds counts only.
+when (recorded_at, as_of) and in which run. It never holds values, nor a raw key: each
+row key is stored as its keyed hash (`lethe.engine.keyhash`, HMAC-SHA256 with the
+vault's secret), computed in SQL as it is appended; `details` holds counts only. So the
+ledger names no erased subject, and whoever holds the secret can still find a key's
+entries (hash the key, look for the hash).
 
 An entry is a batch, not a row: one erasure of 10,000 contacts is one entry whose
 `keys` lists the 10,000 contact ids. Entries are chained: `hash` is the SHA-256 of the
@@ -39,6 +42,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lethe.engine.keyhash import MACRO, bind
 from lethe.errors import LetheError
 
 GENESIS = "0" * 64
@@ -92,8 +96,9 @@ class LedgerError(LetheError):
 class LedgerEntry:
     """One step to record. `seq`, `prev_hash` and `hash` are assigned by `append`.
 
-    `keys` are row ids (contact ids, order ids), never values; `details` holds counts
-    only (e.g. `{"rows": 12, "values": 30}`); `strategy` is a strategy name, never its
+    `keys` are row ids (contact ids, order ids), never values, stored as their keyed
+    hashes (a key that already is one is kept); `details` holds counts only (e.g.
+    `{"rows": 12, "values": 30}`); `strategy` is a strategy name, never its
     configuration (several names comma-separated, e.g. `erase,truncate`, where the
     entry's columns had different strategies). `recorded_at` defaults to the time of
     the append (UTC).
@@ -160,16 +165,17 @@ def append(con: duckdb.DuckDBPyConnection, entries: Sequence[LedgerEntry]) -> li
     """Append entries in order and return their hashes.
 
     Runs inside the caller's transaction (never begins or commits one). All entries are
-    checked before anything is written, and written with one INSERT from an Arrow
-    table. Two writers racing for the same seq collide on the primary key, so the chain
-    cannot fork.
+    checked before anything is written, their keys hashed in one statement (with the
+    secret of the vault beside the warehouse, or attached to `con`), and written with one
+    INSERT from an Arrow table. Two writers racing for the same seq collide on the primary
+    key, so the chain cannot fork.
     """
     if not entries:
         return []
     now = _utc_naive(dt.datetime.now(dt.UTC))
     for i, entry in enumerate(entries):
         _check(entry, i)
-    keys = _string_lists([e.keys for e in entries], "keys")
+    keys = _hashed(con, _string_lists([e.keys for e in entries], "keys"))
     columns = _string_lists([e.columns for e in entries], "columns")
 
     last_seq, prev = head(con)
@@ -409,6 +415,21 @@ def _string_lists(lists: list[Sequence[str]], name: str) -> pa.Array:
     except TypeError as e:
         raise LedgerError(f"ledger {name} must be strings: {e}") from None
     return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), flat.to_arrow())
+
+
+def _hashed(con: duckdb.DuckDBPyConnection, keys: pa.LargeListArray) -> pa.LargeListArray:
+    """The same lists with every key replaced by its keyed hash, computed in one statement
+    (DuckDB keeps the order of a plain projection)."""
+    if len(keys.values) == 0:
+        return keys
+    bind(con)
+    view = f"_lethe_keys_{uuid.uuid4().hex}"
+    con.register(view, pa.table({"k": keys.values}))
+    try:
+        hashed = con.sql(f"SELECT {MACRO}(k) AS k FROM {view}").to_arrow_table()["k"]
+    finally:
+        con.unregister(view)
+    return pa.LargeListArray.from_arrays(keys.offsets, hashed.combine_chunks())
 
 
 def _utc_naive(value: dt.datetime) -> dt.datetime:

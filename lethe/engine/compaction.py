@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -57,7 +58,16 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-Replacements = dict[tuple[str, str], str]
+@dataclass(frozen=True)
+class SameTable:
+    """A replacement that keeps the table's DDL (constraints, defaults): the new file's
+    table is created as the original was, then filled from `select` (its columns in the
+    table's order)."""
+
+    select: str
+
+
+Replacements = dict[tuple[str, str], str | SameTable]
 
 
 def compact(
@@ -69,7 +79,8 @@ def compact(
 
     `prepare(con)` runs first on the old database (e.g. staging temp tables) and returns
     replacements: `{(schema, table): SELECT}` whose rows become that table in the new
-    file; every other table is copied as is. `finish(con)` runs with the new file as the
+    file (created from the SELECT, or with its own DDL for a `SameTable`); every other
+    table is copied as is. `finish(con)` runs with the new file as the
     default catalog (e.g. appending ledger entries), before the atomic swap.
     """
     fresh = rewrite_path(path)
@@ -85,8 +96,9 @@ def compact(
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {FRESH}.{quote(schema)}")
         for schema, table in user_tables(con, old_catalog):
             target = f"{FRESH}.{quote(schema)}.{quote(table)}"
-            if (schema, table) in replace:
-                con.execute(f"CREATE TABLE {target} AS {replace[(schema, table)]}")
+            rows = replace.get((schema, table))
+            if isinstance(rows, str):
+                con.execute(f"CREATE TABLE {target} AS {rows}")
                 continue
             # Same DDL (constraints, defaults) as the original, then its live rows.
             ddl = con.execute(
@@ -98,7 +110,8 @@ def compact(
             con.execute(ddl)
             con.execute(f"USE {quote(old_catalog)}")
             source = f"{quote(old_catalog)}.{quote(schema)}.{quote(table)}"
-            con.execute(f"INSERT INTO {target} SELECT * FROM {source}")
+            select = rows.select if rows else f"SELECT * FROM {source}"
+            con.execute(f"INSERT INTO {target} {select}")
         if finish:
             con.execute(f"USE {FRESH}")
             finish(con)

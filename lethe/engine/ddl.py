@@ -173,7 +173,8 @@ def ensure_releases(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def ensure_vault(con: duckdb.DuckDBPyConnection) -> None:
-    """Create `vault.tokens` and its (kind, value) unique index if they do not exist."""
+    """Create `vault.tokens` and its (kind, value) unique index, and `vault.key_secret` (the
+    secret of the keyed hashes of keys, one row), if they do not exist."""
     con.execute(
         """CREATE TABLE IF NOT EXISTS vault.tokens (
             subject VARCHAR,
@@ -183,3 +184,6 @@ def ensure_vault(con: duckdb.DuckDBPyConnection) -> None:
             created_at TIMESTAMP NOT NULL)"""
     )
     con.execute("CREATE UNIQUE INDEX IF NOT EXISTS tokens_kind_value ON vault.tokens (kind, value)")
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS vault.key_secret (secret BLOB NOT NULL, created_at TIMESTAMP)"
+    )

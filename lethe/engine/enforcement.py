@@ -18,7 +18,7 @@ import duckdb
 from lethe.declaration.policy import Policy
 from lethe.declaration.strategies import quote
 from lethe.engine.audit import LedgerEntry, append
-from lethe.engine.compaction import compact
+from lethe.engine.compaction import Replacements, compact
 from lethe.engine.ddl import ensure_schemas
 from lethe.engine.plan import Plan
 from lethe.engine.retention import (
@@ -32,6 +32,7 @@ from lethe.engine.tagging import tagged_tables
 from lethe.engine.vault import attach, ensure_tokens
 from lethe.engine.warehouse import connect, table_columns
 from lethe.operations.home import Home
+from lethe.rights.subject_keys import hash_gone_keys
 
 REASONS = {
     "anonymize": "retention ended: no purpose keeps the row; anonymized",
@@ -129,7 +130,7 @@ def enforce(
     result = EnforcementResult(as_of)
     staged: list[LedgerEntry] = []
 
-    def prepare(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], str]:
+    def prepare(con: duckdb.DuckDBPyConnection) -> Replacements:
         ensure_schemas(con, policy.data_schema)
         plans = {}
         for table in tagged_tables(policy):
@@ -145,7 +146,11 @@ def enforce(
         entries, counts = _ledger_entries(con, policy, plans, as_of, run_id)
         staged.extend(entries)
         result.counts = counts
-        return {("core", table): plan.statements[2] for table, (_, plan) in plans.items()}
+        enforced: Replacements = {
+            ("core", table): plan.statements[2] for table, (_, plan) in plans.items()
+        }
+        # The keys of the subjects this rewrite anonymizes or deletes go with them.
+        return enforced | hash_gone_keys(con, policy, enforced, TOKENS)
 
     def finish(con: duckdb.DuckDBPyConnection) -> None:
         append(con, staged)

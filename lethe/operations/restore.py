@@ -2,8 +2,10 @@
 
 The backup is decompressed into a scratch file beside the warehouse; the live ledger,
 logs, litigation holds and requests replace the backup's (they record every erasure, hold and
-request since); answered objections and restrictions are re-applied, retention (with
-the erasure register) as of the latest date any run enforced; only then is the file
+request since); where they name a subject gone since by its keyed hash, the backup's rows
+of that subject are matched by the hash and get their key back (`reveal_keys`); answered
+objections and restrictions are re-applied, retention (with the erasure register) as of
+the latest date any run enforced, which hashes those keys again; only then is the file
 swapped in. Rectifications made after the backup are not re-applied: their new values
 are not kept once carried out (a known limit, reported in the answer's ledger entry).
 """
@@ -25,6 +27,7 @@ from lethe.engine.warehouse import connect, has_table
 from lethe.operations.backup import decompress, load_backup
 from lethe.operations.home import Home
 from lethe.rights.requests import reapply_done
+from lethe.rights.subject_keys import reveal_keys
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ def restore(home: Home, backup_id: str, policy: Policy) -> RestoreResult:
                     con.execute(f"DELETE FROM {name}")
                     con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM live.{name}")
             con.execute("DETACH live")
+            reveal_keys(con, policy)
             reapply_done(con, policy)
             last_as_of, since = con.execute(
                 "SELECT max(as_of), count(*) FILTER (WHERE seq > ? AND action IN"

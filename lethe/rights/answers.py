@@ -2,9 +2,10 @@
 
 Access and portability: one export zip per request (documents read set-based).
 Erasure: the rewrite has erased the subject (and forgotten the vault entries no kept row
-refers to); the answer lists what is still kept, why and until when (accounting invoices
-as pseudonyms, a litigation hold), with a letter to the subject in Czech and English, and
-the subject's earlier exports are deleted.
+refers to, and hashed the subject's key if nothing of it is held); the answer lists what
+is still kept, why and until when (accounting invoices as pseudonyms, a litigation hold),
+with a letter to the subject in Czech and English, and the subject's earlier exports are
+deleted; so are those of subjects gone since.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import polars as pl
 
 from lethe.declaration.policy import Policy
 from lethe.engine.audit import LedgerEntry, append
+from lethe.engine.keyhash import is_hash_sql
 from lethe.engine.states import RowState
 from lethe.engine.vault import attach
 from lethe.engine.warehouse import transaction
@@ -29,12 +31,7 @@ from lethe.rights.exports import (
     subject_rows,
     write_export,
 )
-from lethe.rights.requests import (
-    Request,
-    complete_requests,
-    pending_requests,
-    register_erasure_tokens,
-)
+from lethe.rights.requests import Request, complete_requests, pending_requests
 from lethe.sources.propagation import awaiting_sources
 
 
@@ -48,28 +45,43 @@ class Answers:
 
 
 def _kept(
-    con: duckdb.DuckDBPyConnection, policy: Policy, subjects: list[str]
+    con: duckdb.DuckDBPyConnection, policy: Policy, requests: list[Request]
 ) -> dict[str, list[dict]]:
-    """Each row still kept about each erased subject: which, why and until when.
+    """Each row still kept about each erased subject, by request: which, why and until when.
 
-    One query per table for the whole batch (vault attached: rows that carry the subject
-    only as a token are theirs too).
+    One query per table for the whole batch. A subject owns the rows that carry its key
+    or a token the erasure register lists for its request (rows kept as pseudonyms, e.g.
+    for accounting), so it is found even once its key is hashed; with the vault attached,
+    the tokens of a key not hashed yet too.
     """
-    kept: dict[str, list[dict]] = {s: [] for s in subjects}
-    for table, frame in subject_rows(con, policy, subjects).items():
+    owners = con.execute(
+        "SELECT DISTINCT subject_key, request_id FROM requests.erasures"
+        " WHERE request_id IN (SELECT unnest(CAST(? AS VARCHAR[])))",
+        [[r.request_id for r in requests]],
+    ).fetchall()
+    requests_of: dict[str, set[str]] = {}
+    for owner, request_id in [*owners, *((r.subject_key, r.request_id) for r in requests)]:
+        requests_of.setdefault(owner, set()).add(request_id)
+    kept: dict[str, list[dict]] = {r.request_id: [] for r in requests}
+    seen: set[tuple[str, str, object]] = set()
+    for table, frame in subject_rows(con, policy, sorted(requests_of)).items():
         key = policy.data_schema.tables[table].key
-        rows = frame.filter(pl.col("_state") != RowState.ANONYMIZED).sort("_subject", key)
+        rows = frame.filter(pl.col("_state") != RowState.ANONYMIZED).sort(key, "_subject")
         for row in rows.select("_subject", key, "_state", "_purposes", "_retain_until").iter_rows():
             subject, row_key, state, purposes, until = row
-            kept[subject].append(
-                {
-                    "table": table,
-                    "key": row_key,
-                    "state": state,
-                    "kept_for": purposes,
-                    "until": until.isoformat() if until else "until the hold is released",
-                }
-            )
+            for request_id in sorted(requests_of[subject]):
+                if (request_id, table, row_key) in seen:
+                    continue  # found by the key and by one of its tokens
+                seen.add((request_id, table, row_key))
+                kept[request_id].append(
+                    {
+                        "table": table,
+                        "key": row_key,
+                        "state": state,
+                        "kept_for": purposes,
+                        "until": until.isoformat() if until else "until the hold is released",
+                    }
+                )
     return kept
 
 
@@ -84,6 +96,7 @@ def answer_pending(
     awaiting = awaiting_sources(con)
     erasures = [r for r in pending_requests(con, "erasure") if r.request_id not in awaiting]
     if not exports and not erasures:
+        _delete_gone_exports(con, home)
         return result
     attach(con, home.vault)
     try:
@@ -115,23 +128,21 @@ def answer_pending(
             ]
             append(con, exported)
         if erasures:
-            with transaction(con):
-                register_erasure_tokens(con, policy.data_schema)  # issued by this run's rewrite
             subjects = [r.subject_key for r in erasures]
-            kept = _kept(con, policy, subjects)
+            kept = _kept(con, policy, erasures)
             gone = delete_exports(
                 con, home, "subject_key IN (SELECT unnest(CAST(? AS VARCHAR[])))", [subjects]
             )
             answers = {
                 r.request_id: {
-                    "kept": kept[r.subject_key],
+                    "kept": kept[r.request_id],
                     "earlier_exports_deleted": gone.get(r.subject_key, 0),
                     # The answer as the subject reads it, in Czech and English.
                     "letter": letter.erasure(
                         policy,
                         r.request_id,
                         r.received_at,
-                        kept[r.subject_key],
+                        kept[r.request_id],
                         gone.get(r.subject_key, 0),
                     ),
                 }
@@ -156,5 +167,12 @@ def answer_pending(
             result.erasures = len(erasures)
     finally:
         con.execute("DETACH vault")
+    _delete_gone_exports(con, home)
     result.exports = len(exports)
     return result
+
+
+def _delete_gone_exports(con: duckdb.DuckDBPyConnection, home: Home) -> None:
+    """Delete the exports of subjects gone since (anonymized by retention): the export log
+    names them by keyed hash only, and their export must not outlive them."""
+    delete_exports(con, home, is_hash_sql("subject_key"), [])

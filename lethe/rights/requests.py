@@ -35,6 +35,7 @@ from lethe.engine.states import RowState
 from lethe.engine.vault import attach
 from lethe.engine.warehouse import SQL_TYPES, has_table, transaction
 from lethe.errors import LetheError
+from lethe.rights.subject_keys import reveal_keys, subject_token_kinds
 from lethe.rights.subjects import (
     EMAIL,
     email_column,
@@ -81,19 +82,6 @@ def subject_tables(policy: Policy) -> list[str]:
     """The tables a subject's rights reach, in load order: every declared table except
     the litigation-hold table (holds are the controller's, not the subject's data)."""
     return [t for t in policy.data_schema.tables if t != policy.hold_table]
-
-
-def subject_token_kinds(schema: Schema) -> list[str]:
-    """Vault kinds of the tokens that can stand for a subject's key: the categories of the
-    columns holding it (the subject's key, and each table's last reference on its way)."""
-    subject = schema.subject_table
-    kinds = {subject.column(subject.key).category}
-    for name in schema.tables:
-        path = schema.path_to_subject(name)
-        if path:
-            holder = schema.tables[path[-2].ref_table if len(path) > 1 else name]
-            kinds.add(holder.column(path[-1].column).category)
-    return sorted(kinds)
 
 
 def _is(column_category: str, category: str) -> bool:
@@ -473,6 +461,9 @@ def apply_pending(
     stop_at = timestamp_literal(as_of)
     entries: list[LedgerEntry] = []
     with transaction(con):
+        # A source may deliver a gone subject's row again: its requests, erasure register
+        # entry and hold name it by its raw key once more, so the erasure applies again.
+        reveal_keys(con, policy, recent_only=True)
         rectifications = pending_requests(con, "rectification")
         for request in rectifications:
             changes = json.loads(

@@ -1,0 +1,140 @@
+"""Keyed hashes of keys: what Lethe keeps of a key it must no longer hold.
+
+The audit ledger never stores a raw row key, and the keys of erased or anonymized
+subjects in Lethe's own tables (requests, erasure register, logs, released holds) are
+replaced by the same hash, so nothing under LETHE_HOME names such a subject any more,
+yet a restore can still match a backup's rows to them.
+
+The hash is HMAC-SHA256 of the key's UTF-8 text, keyed with a secret that is created
+once and lives only in the vault (`vault.key_secret`, beside the pseudonym tokens: the
+additional information of GDPR Art. 4(5)); it is truncated to 128 bits (RFC 2104 allows
+half the output) and written `kh_` + 32 hex digits. Without the secret no one can test a
+guessed key against it; with it (an authorized lookup, a restore) the same key always
+gives the same hash. Backing up vault.duckdb backs up the secret: a vault restored from
+a backup still matches every hash.
+
+In SQL the hash is the temporary macro `lethe_key_hash(text)` that `bind` defines on a
+connection: the secret reaches DuckDB as connection variables (HMAC's inner and outer
+pads), never in SQL text, a table of the warehouse or a log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from pathlib import Path
+
+import duckdb
+
+from lethe.engine.ddl import ensure_vault
+from lethe.engine.warehouse import connect
+from lethe.errors import LetheError
+
+PREFIX = "kh_"
+HEX_DIGITS = 32
+PATTERN = f"{PREFIX}[0-9a-f]{{{HEX_DIGITS}}}"
+MACRO = "lethe_key_hash"
+VAULT_FILE = "vault.duckdb"
+_BLOCK = 64  # SHA-256 block size: HMAC pads the secret to it
+# Secrets read per vault file in this process: the vault cannot be opened a second time
+# while a connection of this process attaches it.
+_SECRETS: dict[Path, bytes] = {}
+
+
+class KeyHashError(LetheError):
+    """The secret of the keyed hash cannot be found or created."""
+
+
+def key_hash(secret: bytes, key: str) -> str:
+    """The keyed hash of one key (what `lethe_key_hash` computes in SQL); a hash stays as it is."""
+    if is_hash(key):
+        return key
+    digest = hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()
+    return PREFIX + digest[:HEX_DIGITS]
+
+
+def is_hash(value: str) -> bool:
+    """Whether `value` is a keyed hash (not a raw key)."""
+    return (
+        len(value) == len(PREFIX) + HEX_DIGITS
+        and value.startswith(PREFIX)
+        and all(c in "0123456789abcdef" for c in value[len(PREFIX) :])
+    )
+
+
+def is_hash_sql(expr: str) -> str:
+    """SQL: whether the text `expr` is a keyed hash."""
+    return f"regexp_full_match({expr}, '{PATTERN}')"
+
+
+def short(value: str) -> str:
+    """A keyed hash shortened for display (`kh_3f9a1c2b…`); a raw key as it is."""
+    return value[: len(PREFIX) + 8] + "…" if is_hash(value) else value
+
+
+def read_secret(vault: Path) -> bytes:
+    """The secret kept in the vault file `vault`, created there on first use."""
+    path = vault.resolve()
+    if path not in _SECRETS:
+        if path.name != VAULT_FILE:
+            raise KeyHashError(f"{path}: the key secret lives in {VAULT_FILE}")
+        con = connect(path)
+        try:
+            ensure_vault(con)
+            _SECRETS[path] = _secret_in(con, path.stem)
+        finally:
+            con.close()
+    return _SECRETS[path]
+
+
+def secret_for(con: duckdb.DuckDBPyConnection) -> bytes:
+    """The secret of the vault of `con`'s warehouse: the vault attached to `con` AS vault,
+    else vault.duckdb beside the warehouse file (scratch copies of it included)."""
+    attached = con.execute(
+        "SELECT path FROM duckdb_databases() WHERE database_name = 'vault'"
+    ).fetchall()
+    if attached:
+        path = Path(attached[0][0]).resolve()
+        if path not in _SECRETS:
+            _SECRETS[path] = _secret_in(con, "vault")
+        return _SECRETS[path]
+    current = con.execute(
+        "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchall()
+    if not current or not current[0][0]:
+        raise KeyHashError("keys are hashed with the vault's secret: the warehouse has no file")
+    return read_secret(Path(current[0][0]).with_name(VAULT_FILE))
+
+
+def bind(con: duckdb.DuckDBPyConnection, secret: bytes | None = None) -> None:
+    """Define `lethe_key_hash(text)` on `con`, with `secret` (default: `secret_for(con)`).
+
+    Cheap and idempotent; call it before each statement batch that hashes (a rolled-back
+    transaction drops the macro again).
+    """
+    secret = secret if secret is not None else secret_for(con)
+    padded = secret.ljust(_BLOCK, b"\0")
+    con.execute("SET VARIABLE lethe_key_ipad = ?", [bytes(b ^ 0x36 for b in padded)])
+    con.execute("SET VARIABLE lethe_key_opad = ?", [bytes(b ^ 0x5C for b in padded)])
+    hmac_sql = (
+        "sha256(getvariable('lethe_key_opad')"
+        " || unhex(sha256(getvariable('lethe_key_ipad') || encode(k))))"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP MACRO {MACRO}(k) AS CASE WHEN {is_hash_sql('k')} THEN k"
+        f" ELSE '{PREFIX}' || left({hmac_sql}, {HEX_DIGITS}) END"
+    )
+
+
+def _secret_in(con: duckdb.DuckDBPyConnection, catalog: str) -> bytes:
+    """Read the secret from the vault catalog `catalog` of `con`, creating it if missing."""
+    table = f"{catalog}.key_secret"
+    rows = con.execute(f"SELECT secret FROM {table}").fetchall()
+    if not rows:
+        con.execute(
+            f"INSERT INTO {table} SELECT ?, now() WHERE NOT EXISTS (SELECT 1 FROM {table})",
+            [secrets.token_bytes(32)],
+        )
+        rows = con.execute(f"SELECT secret FROM {table}").fetchall()
+    return bytes(rows[0][0])
