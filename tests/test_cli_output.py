@@ -54,7 +54,8 @@ def assert_fits_80(text: str) -> None:
     """Every line at most 80 characters and nothing cut short."""
     too_long = [line for line in text.splitlines() if len(line) > 80]
     assert not too_long, too_long
-    assert "…" not in text, text
+    # Nothing cut short: the only ellipsis allowed ends a gone subject's shortened keyed hash.
+    assert "…" not in re.sub(r"kh_[0-9a-f]{8}…", "", text), text
 
 
 def section(stdout: str, title: str) -> list[list[str]]:

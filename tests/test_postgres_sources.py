@@ -27,6 +27,7 @@ from lethe.sources.propagation import (
 )
 from tests.conftest import DEFAULT_POLICY, REPO, full_rows, lethe_cli
 from tests.postgres import PostgresServer, running_server
+from tests.request_cases import hashed
 
 DSN_ENV = "LETHE_TEST_SHOP_DSN"
 SOURCED = ("contacts", "consents", "orders", "shipments")
@@ -281,17 +282,18 @@ def test_erasure_is_carried_back_to_the_shop_database_as_the_policy_says(shop, h
         "SELECT table_name, action, columns, keys FROM audit.ledger"
         " WHERE table_name LIKE 'postgres:%' ORDER BY 1",
     )
+    # The ledger names keys by their keyed hash, never raw.
     assert ledger == [
-        ("postgres:shop.consents", "delete", [], ["K0001"]),
-        ("postgres:shop.contacts", "anonymize", ledger[1][2], ["C0001"]),
+        ("postgres:shop.consents", "delete", [], [hashed(home, "K0001")]),
+        ("postgres:shop.contacts", "anonymize", ledger[1][2], [hashed(home, "C0001")]),
         (
             "postgres:shop.orders",
             "pseudonymize",
             ["billing_name", "billing_street", "contact_id"],
-            ["O0001"],
+            [hashed(home, "O0001")],
         ),
-        ("postgres:shop.orders", "restrict", ["restricted"], ["O0001"]),
-        ("postgres:shop.shipments", "delete", [], ["S0001"]),
+        ("postgres:shop.orders", "restrict", ["restricted"], [hashed(home, "O0001")]),
+        ("postgres:shop.shipments", "delete", [], [hashed(home, "S0001")]),
     ]
     assert {"contact_id", "email", "birth_date", "postal_code"} <= set(ledger[1][2])
     assert warehouse_rows(home.root, "SELECT status FROM requests.requests") == [("done",)]
