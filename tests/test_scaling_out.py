@@ -1,8 +1,14 @@
 """Scaling out: the Dagster instance on a real PostgreSQL server (LETHE_DAGSTER_PG_URL,
-tests/postgres.py)."""
+tests/postgres.py), and the deployment files under deploy/, checked as far as they can be
+without a cluster: the instance configs load and run against the server, the Kubernetes
+run launcher's config passes its schema, the Helm values carry what the official chart
+reads, and the image is built where docker runs (marked slow)."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +17,20 @@ import dagster as dg
 import pytest
 import yaml
 
+# The Kubernetes run launcher cannot be instantiated outside a cluster (it loads the
+# in-cluster config), so its config is checked against its schema, as Dagster would.
+from dagster._config import process_config
+from dagster_k8s import K8sRunLauncher
+
 from lethe.errors import LetheError
 from lethe.operations.home import Home
+from pipelines.definitions import defs
 from pipelines.instance import INSTANCE_CONFIG, PG_URL_ENV, prepare_instance
 from pipelines.jobs import PIPELINE_JOB
 from tests.conftest import REPO, lethe_cli, lethe_env
 from tests.postgres import SUPERUSER, PostgresServer, _free_port
 
+DEPLOY = REPO / "deploy"
 DAGSTER_BIN = Path(sys.executable).with_name("dagster")
 # The servers of the tests trust local connections, so this password is never checked:
 # it is there to show that no file Lethe writes holds it.
@@ -138,3 +151,169 @@ def test_an_instance_database_that_cannot_be_used_is_one_line_without_the_passwo
     assert len(errors) == 1 and errors[0].startswith(f"error: {PG_URL_ENV}"), result.stderr
     assert PASSWORD not in result.stdout + result.stderr
     assert not (home / "dagster" / "dagster.yaml").exists()
+
+
+def _passwords(config: object) -> list[object]:
+    """The values of every `password` key in a parsed YAML document."""
+    if isinstance(config, dict):
+        own = [v for k, v in config.items() if k == "password"]
+        return own + [p for v in config.values() for p in _passwords(v)]
+    if isinstance(config, list):
+        return [p for v in config for p in _passwords(v)]
+    return []
+
+
+def _set_instance_env(monkeypatch: pytest.MonkeyPatch, postgres: PostgresServer, name: str):
+    """The variables deploy/'s instance configs read, pointing at database `name`."""
+    for key, value in {
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": str(postgres.port),
+        "DAGSTER_PG_USERNAME": SUPERUSER,
+        "DAGSTER_PG_PASSWORD": PASSWORD,
+        "DAGSTER_PG_DB": name,
+    }.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.mark.parametrize("example", ["dagster.yaml", "dagster-k8s.yaml"])
+def test_deploy_instance_configs_load_and_store_a_run_in_postgres(
+    example: str, postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each example is a valid instance config whose storage, from environment variables
+    only, records a run in the server; the Kubernetes run launcher's config passes its
+    schema; neither holds a password nor lets two runs go at once."""
+    assert _passwords(yaml.safe_load((DEPLOY / example).read_text())) == [
+        {"env": "DAGSTER_PG_PASSWORD"}
+    ]
+    _, database = instance_database(postgres)
+    _set_instance_env(monkeypatch, postgres, database)
+    shutil.copy(DEPLOY / example, tmp_path / "dagster.yaml")
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    try:
+
+        @dg.asset
+        def probe() -> int:
+            return 1
+
+        result = dg.materialize([probe], instance=instance)
+        assert result.success
+        ref = instance.get_ref()
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 1
+        if example == "dagster-k8s.yaml":
+            launcher = ref.run_launcher_data
+            assert (launcher.module_name, launcher.class_name) == ("dagster_k8s", "K8sRunLauncher")
+            checked = process_config(
+                dg.Shape(K8sRunLauncher.config_type()), yaml.safe_load(launcher.config_yaml)
+            )
+            assert checked.success, [e.message for e in checked.errors]
+            mounts = checked.value["volume_mounts"]
+            assert {m["mount_path"] for m in mounts} == {_image_lethe_home()}
+    finally:
+        instance.dispose()
+    with postgres.connect(database) as con:
+        stored = con.execute("SELECT run_id, status FROM runs").fetchall()
+    assert stored == [(result.run_id, "SUCCESS")]
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(instruction, arguments) of deploy/Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+def _image_lethe_home() -> str:
+    envs = " ".join(args for op, args in _dockerfile() if op == "ENV")
+    return re.search(r"LETHE_HOME=(\S+)", envs).group(1)
+
+
+def test_dockerfile_installs_every_package_and_serves_the_definitions() -> None:
+    """What can be checked without building: every package the project installs is copied
+    in before `pip install`, each copied path exists, LETHE_HOME is the declared volume,
+    and the command serves pipelines.definitions (which loads here)."""
+    steps = _dockerfile()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    packages = re.search(r"include = \[(.*?)\]", pyproject).group(1)
+    needed = {name.strip(' "*') for name in packages.split(",")}
+    install = next(i for i, (op, args) in enumerate(steps) if op == "RUN" and "pip install" in args)
+    copied_before = {
+        source for op, args in steps[:install] if op == "COPY" for source in args.split()[:-1]
+    }
+    assert needed <= copied_before, needed - copied_before
+    for op, args in steps:
+        if op == "COPY":
+            for source in args.split()[:-1]:
+                assert (REPO / source).exists(), source
+    home = _image_lethe_home()
+    assert ("VOLUME", home) in steps
+    command = json.loads(next(args for op, args in steps if op == "CMD"))
+    assert "-m pipelines.definitions" in command[-1]
+    assert "umask 077" in command[-1]
+    assert defs().resolve_job_def(PIPELINE_JOB)
+
+
+def test_helm_values_for_the_official_chart() -> None:
+    """The keys the official Dagster chart reads (its values.schema.json): one user
+    deployment serving the image's definitions with LETHE_HOME on a shared claim, the
+    Kubernetes run launcher, one run at a time, an external PostgreSQL whose password
+    stays in a Secret."""
+    values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+    user = values["dagster-user-deployments"]
+    assert user["enabled"] and user["enableSubchart"]
+    (deployment,) = user["deployments"]
+    assert set(deployment) >= {"name", "image", "port"}
+    assert set(deployment["image"]) == {"repository", "tag", "pullPolicy"}
+    assert deployment["image"]["pullPolicy"] in {"Always", "IfNotPresent", "Never"}
+    assert deployment["dagsterApiGrpcArgs"] == ["-m", "pipelines.definitions"]
+    assert deployment["includeConfigInLaunchedRuns"] == {"enabled": True}
+    env = {e["name"]: e["value"] for e in deployment["env"]}
+    assert env["LETHE_HOME"] == _image_lethe_home()
+    (mount,) = deployment["volumeMounts"]
+    assert mount["mountPath"] == env["LETHE_HOME"]
+    (volume,) = deployment["volumes"]
+    assert volume["name"] == mount["name"]
+    claim = yaml.safe_load((DEPLOY / "helm" / "lethe-home-pvc.yaml").read_text())
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    coordinator = values["dagsterDaemon"]["runCoordinator"]
+    assert coordinator["type"] == "QueuedRunCoordinator"
+    assert coordinator["config"]["queuedRunCoordinator"]["maxConcurrentRuns"] == 1
+    database = values["postgresql"]
+    assert database["enabled"] is False and database["postgresqlHost"]
+    assert "postgresqlPassword" not in database
+    assert values["generatePostgresqlPasswordSecret"] is False
+
+
+def _docker_usable() -> bool:
+    docker = shutil.which("docker")
+    return bool(docker) and subprocess.run([docker, "info"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _docker_usable(), reason="no usable docker daemon")
+def test_image_builds_and_loads_the_definitions() -> None:
+    tag = "lethe-test:scaling-out"
+    build = subprocess.run(
+        ["docker", "build", "-f", str(DEPLOY / "Dockerfile"), "-t", tag, str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    try:
+        check = subprocess.run(
+            ["docker", "run", "--rm", tag, "dagster", "definitions", "validate", "-m",
+             "pipelines.definitions"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert check.returncode == 0, check.stderr[-3000:]
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
