@@ -23,6 +23,7 @@ from lethe.engine.ingest import IngestResult, ingest_table
 from lethe.engine.tagging import tag_all, tagged_tables
 from lethe.engine.warehouse import connect
 from lethe.operations.home import Home
+from tests.postgres import PostgresServer, running_server
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_POLICY = REPO / "policies" / "default.yaml"
@@ -248,6 +249,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
 def policy() -> Policy:
     """The repository's default policy."""
     return load_policy(DEFAULT_POLICY)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the session's tests (tests/postgres.py); the
+    tests that use it skip where no server is installed."""
+    with running_server() as server:
+        yield server
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from lethe.sources.propagation import (
     propagate,
 )
 from tests.conftest import DEFAULT_POLICY, REPO, full_rows, lethe_cli
-from tests.postgres import PostgresServer, running_server
+from tests.postgres import PostgresServer
 from tests.request_cases import hashed
 
 DSN_ENV = "LETHE_TEST_SHOP_DSN"
@@ -39,13 +38,6 @@ PG_TYPES = {
     "timestamp": "timestamp",
     "boolean": "boolean",
 }
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """One throwaway server for the session's tests."""
-    with running_server() as server:
-        yield server
 
 
 def shop_policy(
