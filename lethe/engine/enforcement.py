@@ -163,8 +163,9 @@ def forget_unused_tokens(warehouse: Path, home: Home, policy: Policy) -> int:
     Runs after the swap, so a crash in between only delays it to the next run; the vault
     file is then compacted so the forgotten values leave no trace in it.
     """
-    # NULLs excluded: one NULL would make every `NOT IN` unknown and forget nothing.
-    used = " UNION ".join(
+    # NULLs excluded: one NULL would make every `NOT IN` unknown and forget nothing. UNION
+    # ALL: `NOT IN` needs no duplicate-free list, and removing duplicates costs a hash table.
+    used = " UNION ALL ".join(
         f"SELECT CAST({quote(p.column)} AS VARCHAR) FROM core.{quote(table)}"
         f" WHERE {quote(p.column)} IS NOT NULL"
         for table in tagged_tables(policy)
