@@ -55,7 +55,7 @@ def enforcement_assets(policy: Policy) -> list[dg.AssetsDefinition]:
             dg.AssetSpec(
                 ENFORCEMENT,
                 group_name="enforcement",
-                deps=[core_key("purpose_tags"), dg.AssetKey(["audit", "log_retention"])],
+                deps=[dg.AssetKey(["audit", "log_retention"])],
                 owners=OWNERS,
                 kinds={"duckdb", "sql"},
                 metadata=all_purposes_metadata(policy),

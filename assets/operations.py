@@ -20,7 +20,7 @@ def operations_assets(policy: Policy) -> list[dg.AssetsDefinition]:
     @dg.asset(
         key=["audit", "log_retention"],
         group_name="enforcement",
-        deps=[dg.AssetKey(["core", "purpose_tags"])],
+        deps=[dg.AssetKey(["requests", "intake"])],
         owners=OWNERS,
         kinds={"duckdb"},
         metadata=own_data_metadata(policy, "logs"),

@@ -1,7 +1,13 @@
-"""The purpose-tagging asset: every core row gets its purposes, legal bases and retention."""
+"""The purpose-tagging asset: every core row's purposes, legal bases and retention.
+
+Enforcement computes the tags in the statement that writes each enforced table, so a run
+rewrites the warehouse once; this asset reports the tags that pass wrote (counts read from
+the result) and tags on its own only when it runs without enforcement.
+"""
 
 import dagster as dg
 
+from assets.enforcement import ENFORCEMENT
 from assets.metadata import OWNERS, all_purposes_metadata, core_key, ingest_key
 from lethe.compliance.catalog import retention_rules
 from lethe.compliance.summary import summarize
@@ -22,6 +28,7 @@ def tagging_assets(policy: Policy) -> list[dg.AssetsDefinition]:
         deps=[
             *(ingest_key(t) for t in policy.data_schema.tables),
             dg.AssetKey(["requests", "intake"]),
+            ENFORCEMENT,
         ],
         owners=OWNERS,
         kinds={"duckdb", "sql"},
@@ -29,7 +36,8 @@ def tagging_assets(policy: Policy) -> list[dg.AssetsDefinition]:
             f"Tags every row of {', '.join(f'core.{t}' for t in tables)} for the as-of date:"
             " `_purposes` (purposes that still keep the row), `_legal_bases`, `_retain_until`"
             " (when the last purpose ends; empty while open-ended) and `_state` (`expired` = no"
-            " purpose keeps it)."
+            " purpose keeps it). Enforcement writes them in its one rewrite of the warehouse;"
+            " this step reports them, and tags on its own only in a run without enforcement."
         ),
         tags={f"purpose/{p}": "" for p in policy.all_purposes()},
         metadata={
@@ -51,7 +59,8 @@ def tagging_assets(policy: Policy) -> list[dg.AssetsDefinition]:
         as_of = policy.as_of_date()
         loaded = policy.load()
         with warehouse.connect() as con:
-            tag_all(con, loaded, as_of)
+            if not _enforced_in(context):
+                tag_all(con, loaded, as_of)
             summaries = summarize(con, loaded)
         context.log.info(f"tagged {sum(s.rows for s in summaries)} rows as of {as_of}")
         return dg.MaterializeResult(
@@ -66,3 +75,9 @@ def tagging_assets(policy: Policy) -> list[dg.AssetsDefinition]:
         )
 
     return [purpose_tags]
+
+
+def _enforced_in(context: dg.AssetExecutionContext) -> bool:
+    """Whether this run's enforcement step has written fresh tags already."""
+    event = context.instance.get_latest_materialization_event(ENFORCEMENT)
+    return event is not None and event.run_id == context.run.run_id

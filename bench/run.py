@@ -114,10 +114,11 @@ def bench_scale(
     """Every stage at one scale, in rounds: each round runs every stage once, in order.
 
     Rounds keep a stage's repetitions apart in time and each stage next to its baseline
-    (floor just before enforcement), so a burst of load on a shared machine hits one
+    (floor right after enforcement), so a burst of load on a shared machine hits one
     repetition, and paired ratios compare runs made seconds apart. The first round's
-    `generate` and `ingest_tag` leave the fixtures (landing, tagged warehouse) the other
-    stages start from. `unavailable` maps stages whose core function has not landed to why.
+    `generate`, `ingest` and `enforce` leave the fixtures (landing, ingested warehouse,
+    enforced home) the other stages start from. `unavailable` maps stages whose core
+    function has not landed to why.
     """
     label = report.format_scale(contacts)
     base = root / str(contacts)
@@ -210,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stages",
         type=lambda t: t.split(","),
-        help="run only these comma-separated stages (the later stages need generate and"
-        " ingest_tag for their fixtures); the others are reported as not run",
+        help="run only these comma-separated stages (the later stages need generate, ingest"
+        " and enforce for their fixtures); the others are reported as not run",
     )
     args = parser.parse_args(argv)
     if args.reps is not None and args.reps < 1:

@@ -34,7 +34,7 @@ from lethe.engine.compaction import fsync
 from lethe.engine.ddl import ensure_schemas
 from lethe.engine.enforcement import enforce
 from lethe.engine.ingest import ingest_table
-from lethe.engine.tagging import tag_all, tagged_tables
+from lethe.engine.tagging import tagged_tables
 from lethe.engine.vault import attach
 from lethe.engine.warehouse import connect
 from lethe.eshop.generate import generate
@@ -42,7 +42,13 @@ from lethe.operations.home import Home
 
 # Generator reference date and enforcement as-of date: fixed, so every run sees the same data.
 REFERENCE = dt.date(2026, 1, 1)
+NEXT_DAY = REFERENCE + dt.timedelta(days=1)  # the daily run's as-of date
 SEED = 0
+# One day's landing on top of the warehouse enforced as of REFERENCE.
+DAILY_CHANGED = 0.002  # share of contacts and of orders delivered again, changed
+DAILY_NEW = 0.0005  # share of contacts and of orders that are new
+DAILY_WITHDRAWALS = 50  # consents withdrawn that day
+DAILY_ERASURES = 20
 ERASURE_BATCH = 10_000
 EXPORT_SUBJECTS = 100
 PER_SUBJECT_SAMPLE = 200
@@ -51,7 +57,8 @@ MASK_SAMPLE_CONTACTS = 20_000  # rows of contacts masked in Python; other tables
 POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
 # Fixtures shared by all repetitions of one scale (made by the first repetition).
 LANDING = "landing"
-TAGGED = "tagged.duckdb"
+INGESTED = "ingested.duckdb"  # the landing ingested and validated, not yet tagged
+ENFORCED = "enforced"  # a LETHE_HOME whose warehouse is enforced as of REFERENCE
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ class Context:
     """Where one repetition of one stage runs."""
 
     contacts: int
-    fixtures: Path  # per scale: landing/ and tagged.duckdb
+    fixtures: Path  # per scale: landing/, ingested.duckdb and enforced/
     work: Path  # this repetition's scratch directory, removed afterwards
 
     @property
@@ -67,17 +74,28 @@ class Context:
         return self.fixtures / LANDING
 
     @property
-    def tagged(self) -> Path:
-        return self.fixtures / TAGGED
+    def ingested(self) -> Path:
+        return self.fixtures / INGESTED
+
+    @property
+    def enforced(self) -> Home:
+        return Home(self.fixtures / ENFORCED)
 
     def home(self) -> Home:
         """A fresh LETHE_HOME inside the scratch directory."""
         return Home(self.work / "home").ensure()
 
-    def home_with_tagged_warehouse(self) -> Home:
-        """A fresh LETHE_HOME whose warehouse is a copy of the tagged fixture."""
+    def home_with_ingested_warehouse(self) -> Home:
+        """A fresh LETHE_HOME whose warehouse is a copy of the ingested fixture."""
         home = self.home()
-        shutil.copyfile(self.tagged, home.warehouse)
+        shutil.copyfile(self.ingested, home.warehouse)
+        return home
+
+    def home_with_enforced_warehouse(self) -> Home:
+        """A fresh LETHE_HOME with copies of the enforced fixture's warehouse and vault."""
+        home = self.home()
+        shutil.copyfile(self.enforced.warehouse, home.warehouse)
+        shutil.copyfile(self.enforced.vault, home.vault)
         return home
 
 
@@ -160,8 +178,9 @@ def generate_stage(ctx: Context) -> Timed:
     return run
 
 
-def ingest_tag_stage(ctx: Context) -> Timed:
-    """Ingest and validate every landing table into a new warehouse file, then tag it."""
+def ingest_stage(ctx: Context) -> Timed:
+    """Ingest and validate every landing table into a new warehouse file (tags come with
+    enforcement, in its one pass)."""
     home = ctx.home()
     shutil.copytree(ctx.landing, home.landing, dirs_exist_ok=True)
     policy = load_policy(POLICY)
@@ -172,7 +191,6 @@ def ingest_tag_stage(ctx: Context) -> Timed:
             results = [
                 ingest_table(con, home.landing, name, policy) for name in policy.data_schema.tables
             ]
-            tag_all(con, policy, REFERENCE)
         finally:
             con.close()
         return StageResult(
@@ -274,8 +292,9 @@ def csv_declared_stage(ctx: Context) -> Timed:
 
 
 def enforce_stage(ctx: Context) -> Timed:
-    """Retention enforcement on the tagged warehouse, including the physical file rewrite."""
-    home = ctx.home_with_tagged_warehouse()
+    """Tagging and retention enforcement in one pass on the ingested warehouse, including
+    the physical file rewrite (the first run after the first load)."""
+    home = ctx.home_with_ingested_warehouse()
     policy = load_policy(POLICY)
 
     def run() -> StageResult:
@@ -294,11 +313,11 @@ def enforce_stage(ctx: Context) -> Timed:
     return run
 
 
-def _record(home: Home, kind: str, subjects: list[str]) -> list:
+def _record(home: Home, kind: str, subjects: list[str], day: dt.date = REFERENCE) -> list:
     """Pending requests for `subjects`, inserted set-based (set-up, not timed)."""
     from lethe.rights.requests import deadline_for, pending_requests
 
-    now = dt.datetime(REFERENCE.year, REFERENCE.month, REFERENCE.day)
+    now = dt.datetime(day.year, day.month, day.day)
     con = connect(home.warehouse)
     try:
         ensure_schemas(con)
@@ -317,7 +336,7 @@ def access_export_stage(ctx: Context) -> Timed:
     """Access export of one subject; the figure is the median over 100 random subjects."""
     from lethe.rights.exports import build_documents, write_export
 
-    home = ctx.home_with_tagged_warehouse()
+    home = ctx.home_with_enforced_warehouse()
     policy = load_policy(POLICY)
     requests = _record(
         home, "access", _subjects_from(home.warehouse, min(EXPORT_SUBJECTS, ctx.contacts))
@@ -348,15 +367,14 @@ def access_export_stage(ctx: Context) -> Timed:
 def erasure_stage(ctx: Context) -> Timed:
     """Erasure of a batch of 10,000 subjects in one run: intake, enforcement, answers.
 
-    The warehouse is enforced as of the same day first (untimed), as the daily run leaves
-    it, so the timed run does the erasures and not a first retention run besides.
+    The warehouse is enforced as of the same day already, as the daily run leaves it, so
+    the timed run does the erasures and not a first retention run besides.
     """
     from lethe.rights.answers import answer_pending
     from lethe.rights.requests import apply_pending
 
-    home = ctx.home_with_tagged_warehouse()
+    home = ctx.home_with_enforced_warehouse()
     policy = load_policy(POLICY)
-    enforce(home, policy, REFERENCE, "setup")
     subjects = _subjects_from(home.warehouse, erasure_batch(ctx.contacts))
     _record(home, "erasure", subjects)
 
@@ -381,7 +399,7 @@ def analytics_stage(ctx: Context) -> Timed:
     """The analysts' anonymized datasets, with their k-anonymity check."""
     from lethe.compliance.analytics import check_k_anonymity, datasets, release
 
-    home = ctx.home_with_tagged_warehouse()
+    home = ctx.home_with_enforced_warehouse()
     policy = load_policy(POLICY)
 
     def run() -> StageResult:
@@ -397,6 +415,121 @@ def analytics_stage(ctx: Context) -> Timed:
     return run
 
 
+def _share(con: duckdb.DuckDBPyConnection, table: str, share: float) -> int:
+    """How many rows a share of the warehouse's `core.<table>` stands for."""
+    n = con.execute(f"SELECT count(*) FROM w.core.{table}").fetchone()[0]
+    return max(1, round(n * share)) if n else 0
+
+
+def _write_day_of_changes(landing: Path, warehouse: Path, target: Path) -> dict[str, int]:
+    """One day's landing files: contacts and orders delivered again with a change, new
+    ones, and withdrawn consents; only rows the enforced warehouse still holds as active
+    (their subject active too) are delivered again. Set-up, not timed."""
+    target.mkdir(parents=True, exist_ok=True)
+    during = f"TIMESTAMP '{REFERENCE.isoformat()} 12:00:00'"  # the day's changes, as of NEXT_DAY
+    con = duckdb.connect()
+    counts: dict[str, int] = {}
+    try:
+        con.execute("ATTACH ? AS w (READ_ONLY)", [str(warehouse)])
+        active = "SELECT contact_id FROM w.core.contacts WHERE _state = 'active'"
+        live_orders = (
+            "SELECT order_id FROM w.core.orders WHERE _state = 'active'"
+            f" AND contact_id IN ({active})"
+        )
+        picks = {
+            "contacts": [
+                (
+                    f"* REPLACE ({during} AS last_active_at)",
+                    f"contact_id IN ({active})",
+                    DAILY_CHANGED,
+                    "changed",
+                ),
+                (
+                    f"* REPLACE ('N' || contact_id AS contact_id, 'n' || email AS email,"
+                    f" {during} AS created_at, {during} AS last_active_at)",
+                    "true",
+                    DAILY_NEW,
+                    "new",
+                ),
+            ],
+            "orders": [
+                (
+                    f"* REPLACE (coalesce(completed_at, {during}) AS completed_at)",
+                    f"order_id IN ({live_orders})",
+                    DAILY_CHANGED,
+                    "changed",
+                ),
+                (
+                    f"* REPLACE ('N' || order_id AS order_id, {during} AS ordered_at,"
+                    " NULL AS completed_at)",
+                    f"contact_id IN ({active})",
+                    DAILY_NEW,
+                    "new",
+                ),
+            ],
+            "consents": [
+                (
+                    f"* REPLACE ({during} AS withdrawn_at)",
+                    f"withdrawn_at IS NULL AND consent_id IN (SELECT consent_id FROM"
+                    f" w.core.consents WHERE _state = 'active' AND contact_id IN ({active}))",
+                    None,
+                    "withdrawn",
+                ),
+            ],
+        }
+        for table, parts in picks.items():
+            selects = []
+            for columns, where, share, salt in parts:
+                n = DAILY_WITHDRAWALS if share is None else _share(con, table, share)
+                selects.append(
+                    f"(SELECT {columns} FROM read_parquet({literal(str(landing / table))}"
+                    f" || '.parquet') WHERE {where} ORDER BY hash({table[:-1]}_id || '{salt}')"
+                    f" LIMIT {n})"
+                )
+            out = target / f"{table}.parquet"
+            con.execute(f"COPY ({' UNION ALL '.join(selects)}) TO '{out}' (FORMAT parquet)")
+            counts[table] = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0]
+    finally:
+        con.close()
+    return counts
+
+
+def daily_stage(ctx: Context) -> Timed:
+    """The daily run on a warehouse enforced as of REFERENCE: ingest one day's landing,
+    take in 20 erasure requests, tag and enforce as of the next day (one rewrite), answer."""
+    from lethe.rights.answers import answer_pending
+    from lethe.rights.requests import apply_pending
+
+    home = ctx.home_with_enforced_warehouse()
+    policy = load_policy(POLICY)
+    delivered = _write_day_of_changes(ctx.landing, home.warehouse, home.landing)
+    _record(home, "erasure", _subjects_from(home.warehouse, DAILY_ERASURES), NEXT_DAY)
+
+    def run() -> StageResult:
+        con = connect(home.warehouse)
+        try:
+            ingested = [ingest_table(con, home.landing, name, policy) for name in delivered]
+            apply_pending(con, policy, NEXT_DAY, "bench", vault=home.vault)
+        finally:
+            con.close()
+        result = enforce(home, policy, NEXT_DAY, "bench")
+        con = connect(home.warehouse)
+        try:
+            answer_pending(con, home, policy, NEXT_DAY, "bench")
+        finally:
+            con.close()
+        return StageResult(
+            details={
+                "delivered": delivered,
+                "rows_quarantined": sum(r.rows_quarantined for r in ingested),
+                "counts": result.counts,
+                "erasures": DAILY_ERASURES,
+            }
+        )
+
+    return run
+
+
 # --- Baselines ------------------------------------------------------------------------
 
 
@@ -404,11 +537,12 @@ def floor_stage(ctx: Context) -> Timed:
     """Plain CREATE TABLE AS SELECT of the four tagged tables into a fresh file, fsynced.
 
     The same file-level rewrite enforcement does, without any policy logic: what
-    enforcement cannot beat by much.
+    enforcement cannot beat by much. It copies the enforced warehouse, so it writes the
+    same tags enforcement writes.
     """
     source, target = ctx.work / "source.duckdb", ctx.work / "floor.duckdb"
     # Read a private copy, as enforcement does, so both start from the same cache state.
-    shutil.copyfile(ctx.tagged, source)
+    shutil.copyfile(ctx.enforced.warehouse, source)
     tables = tagged_tables(load_policy(POLICY))
 
     def run() -> StageResult:
@@ -424,6 +558,35 @@ def floor_stage(ctx: Context) -> Timed:
             con.close()
         fsync(target)
         return StageResult(details={"bytes": target.stat().st_size})
+
+    return run
+
+
+def load_rewrite_stage(ctx: Context) -> Timed:
+    """A plain DuckDB load of the full landing into a fresh file, then one CTAS rewrite of
+    it into another: two full writes, where a daily run needs one."""
+    loaded, rewritten = ctx.work / "loaded.duckdb", ctx.work / "rewritten.duckdb"
+    tables = tagged_tables(load_policy(POLICY))
+
+    def run() -> StageResult:
+        con = duckdb.connect(str(loaded))
+        try:
+            con.execute("CREATE SCHEMA core")
+            for table in tables:
+                source = str(ctx.landing / f"{table}.parquet")
+                con.execute(f"CREATE TABLE core.{table} AS SELECT * FROM read_parquet(?)", [source])
+            con.execute("CHECKPOINT")
+            con.execute("ATTACH ? AS fresh", [str(rewritten)])
+            con.execute("CREATE SCHEMA fresh.core")
+            for table in tables:
+                con.execute(f"CREATE TABLE fresh.core.{table} AS SELECT * FROM core.{table}")
+            con.execute("CHECKPOINT fresh")
+            con.execute("DETACH fresh")
+        finally:
+            con.close()
+        fsync(loaded)
+        fsync(rewritten)
+        return StageResult()
 
     return run
 
@@ -452,7 +615,7 @@ PER_SUBJECT_INDEXES = (
 def per_subject_stage(ctx: Context) -> Timed:
     """Per-subject erasure on a sample of subjects, extrapolated linearly to the batch."""
     path = ctx.work / "per_subject.duckdb"
-    shutil.copyfile(ctx.tagged, path)
+    shutil.copyfile(ctx.enforced.warehouse, path)
     con = duckdb.connect(str(path))
     for table, column in PER_SUBJECT_INDEXES:
         con.execute(f"CREATE INDEX bench_{table}_{column} ON core.{table} ({column})")
@@ -506,7 +669,7 @@ def python_mask_stage(ctx: Context) -> Timed:
     """
     policy = load_policy(POLICY)
     fraction = min(1.0, MASK_SAMPLE_CONTACTS / max(ctx.contacts, 1))
-    con = duckdb.connect(str(ctx.tagged), read_only=True)
+    con = duckdb.connect(str(ctx.enforced.warehouse), read_only=True)
     samples: list[tuple[str, pa.Table, dict[str, Callable[[Any], Any]]]] = []
     total = 0
     try:
@@ -547,15 +710,29 @@ STAGES: dict[str, Stage] = {
     for s in (
         Stage("generate", "generate", "lethe", generate_stage, produces=(LANDING, LANDING)),
         Stage(
-            "ingest_tag",
-            "ingest + validate + tag",
+            "ingest",
+            "ingest + validate",
             "lethe",
-            ingest_tag_stage,
-            produces=("home/warehouse.duckdb", TAGGED),
+            ingest_stage,
+            produces=("home/warehouse.duckdb", INGESTED),
         ),
-        # Right before enforcement: each round pairs the two runs in time.
+        Stage(
+            "enforce",
+            "retention enforcement",
+            "lethe",
+            enforce_stage,
+            produces=("home", ENFORCED),
+        ),
+        # Right after enforcement: each round pairs the two runs in time.
         Stage("floor", "floor: CTAS rewrite", "baseline", floor_stage),
-        Stage("enforce", "retention enforcement", "lethe", enforce_stage),
+        Stage(
+            "daily",
+            "daily run",
+            "lethe",
+            daily_stage,
+            requires=("lethe.rights.answers", "answer_pending"),
+        ),
+        Stage("load_rewrite", "plain load + rewrite", "baseline", load_rewrite_stage),
         Stage(
             "access_export",
             "access export (1 subject)",

@@ -55,7 +55,7 @@ class EnforcementResult:
         return sum(c.get(action, 0) for c in self.counts.values())
 
 
-def _stage_tokens(con: duckdb.DuckDBPyConnection, policy: Policy) -> None:
+def stage_tokens(con: duckdb.DuckDBPyConnection, policy: Policy) -> None:
     """Issue vault tokens for every value about to be pseudonymized; expose them as _tokens.
 
     The vault is attached to the warehouse connection, so values never leave DuckDB.
@@ -140,7 +140,7 @@ def enforce(
             con.execute(plan.statements[0])
         attach(con, home.vault)
         try:
-            _stage_tokens(con, policy)
+            stage_tokens(con, policy)
         finally:
             con.execute("DETACH vault")
         entries, counts = _ledger_entries(con, policy, plans, as_of, run_id)
@@ -168,8 +168,9 @@ def forget_unused_tokens(warehouse: Path, home: Home, policy: Policy) -> int:
     Runs after the swap, so a crash in between only delays it to the next run; the vault
     file is then compacted so the forgotten values leave no trace in it.
     """
-    # NULLs excluded: one NULL would make every `NOT IN` unknown and forget nothing.
-    used = " UNION ".join(
+    # NULLs excluded: one NULL would make every `NOT IN` unknown and forget nothing. UNION
+    # ALL: `NOT IN` needs no duplicate-free list, and removing duplicates costs a hash table.
+    used = " UNION ALL ".join(
         f"SELECT CAST({quote(p.column)} AS VARCHAR) FROM core.{quote(table)}"
         f" WHERE {quote(p.column)} IS NOT NULL"
         for table in tagged_tables(policy)

@@ -30,7 +30,14 @@ from lethe.declaration.strategies import Erase, Pseudonymize, literal, quote
 from lethe.engine.plan import Plan
 from lethe.engine.reach import reach
 from lethe.engine.states import RowState
-from lethe.engine.tagging import FRESH_TAGS, erasure_join, tag_select, tagged_tables
+from lethe.engine.tagging import (
+    FRESH_TAGS,
+    MASK,
+    mask_lists,
+    purpose_bits,
+    tag_select,
+    tagged_tables,
+)
 from lethe.engine.warehouse import SQL_TYPES
 
 TOKENS = "_tokens"  # temp relation (kind, value, token) filled from the vault
@@ -50,10 +57,6 @@ def _value_columns(columns: list[str]) -> list[str]:
     return [c for c in columns if not c.startswith("_")]
 
 
-def _list(items: list[str]) -> str:
-    return "[" + ", ".join(literal(i) for i in items) + "]" if items else "CAST([] AS VARCHAR[])"
-
-
 def pseudonym_columns(policy: Policy, table: str) -> list[PseudonymColumn]:
     """Columns of `table` some purpose keeps only as pseudonyms, with their token kind."""
     cols: list[str] = []
@@ -68,19 +71,19 @@ def _pseudonymizing(policy: Policy, table: str) -> list[Purpose]:
 
 
 def action_sql(policy: Policy, table: str) -> str:
-    """SQL CASE choosing the action of a row of `x` (a tagged table)."""
+    """SQL CASE choosing the action of a row of `x` (its fresh tags, purposes as `MASK`)."""
     actions = policy.when_unkept[table]
     gone = "delete" if actions.row == "delete" else "anonymize"
     pseudo = _pseudonymizing(policy, table)
     pseudo_case = ""
     if pseudo:
-        pseudo_case = (
-            f" WHEN list_has_all({_list([p.name for p in pseudo])}, x._purposes)"
-            " THEN 'pseudonymize'"
-        )
+        # Every purpose keeping the row is one that keeps it only as a pseudonym.
+        pseudo_bits = purpose_bits(policy, table, [p.name for p in pseudo])
+        others = purpose_bits(policy, table) & ~pseudo_bits
+        pseudo_case = f" WHEN (x.{MASK} & {others}) = 0 THEN 'pseudonymize'"
     return (
-        f"CASE WHEN len(x._purposes) = 0 AND x._state = {RowState.ANONYMIZED.sql} THEN 'none'"
-        f" WHEN len(x._purposes) = 0 THEN '{gone}'{pseudo_case} ELSE 'retain' END"
+        f"CASE WHEN x.{MASK} = 0 AND x._state = {RowState.ANONYMIZED.sql} THEN 'none'"
+        f" WHEN x.{MASK} = 0 THEN '{gone}'{pseudo_case} ELSE 'retain' END"
     )
 
 
@@ -119,7 +122,7 @@ def _keeper_lists(policy: Policy, table: str, columns: list[str]) -> list[list[s
 def keep_flags(policy: Policy, table: str, columns: list[str]) -> list[str]:
     """SELECT items computing each distinct keep flag once per row (not once per column)."""
     return [
-        f"list_has_any(x._purposes, {_list(k)}) AS {keep_flag(k)}"
+        f"(x.{MASK} & {purpose_bits(policy, table, k)}) <> 0 AS {keep_flag(k)}"
         for k in _keeper_lists(policy, table, columns)
     ]
 
@@ -161,13 +164,18 @@ ROW_ID = "_rid"  # the core row an `_act_<table>` row stands for (its rowid)
 def _acted(policy: Policy, table: str, columns: list[str]) -> str:
     """`core.<table>` joined with its staged `_act_<table>` (fresh tags, action, keep flags)
     and with the vault tokens of its pseudonymized columns (`_token_<column>`)."""
-    staged = [f"a.{quote(c)}" for c in (*FRESH_TAGS, "_action", "_request")]
+    # The staged mask becomes the purpose and legal-basis lists here, in the statement
+    # that writes them.
+    names, bases = mask_lists(policy, table, f"a.{MASK}")
+    staged = [f"{names} AS _purposes", f"{bases} AS _legal_bases"]
+    staged += [f"a.{quote(c)}" for c in ("_retain_until", "_state", "_action", "_request")]
     staged += [f"a.{keep_flag(k)}" for k in _keeper_lists(policy, table, columns)]
     copied = [c for c in columns if c not in FRESH_TAGS]
     pseudo = pseudonym_columns(policy, table)
+    # Only pseudonymized rows look their values up: the others join on NULL, which is cheap.
     joins = "".join(
-        f" LEFT JOIN {TOKENS} t{i} ON t{i}.kind = {literal(p.kind)}"
-        f" AND t{i}.value = CAST(c.{quote(p.column)} AS VARCHAR)"
+        f" LEFT JOIN {TOKENS} t{i} ON t{i}.kind = {literal(p.kind)} AND t{i}.value ="
+        f" CASE WHEN a._action = 'pseudonymize' THEN CAST(c.{quote(p.column)} AS VARCHAR) END"
         for i, p in enumerate(pseudo)
     )
     items = [f"c.{quote(col)}" for col in copied] + staged
@@ -276,13 +284,11 @@ def action_select(
     spec = policy.data_schema.tables[table]
     # What the row's subject is reached by: its key and its references.
     links = [spec.key, *(fk.column for fk in spec.foreign_keys)]
-    tagged = tag_select(policy, table, as_of, links, row_id=ROW_ID)
+    tagged = tag_select(policy, table, as_of, links, row_id=ROW_ID, request="_request", mask=True)
     flags = "".join(f", {f}" for f in keep_flags(policy, table, columns))
-    tags = ", ".join(f"x.{quote(t)}" for t in FRESH_TAGS)
-    erasures = erasure_join(policy.data_schema, table)
     return (
-        f"SELECT x.{ROW_ID}, {tags}, {action_sql(policy, table)} AS _action,"
-        f" _er.request_id AS _request{flags} FROM ({tagged}) x{erasures}"
+        f"SELECT x.{ROW_ID}, x.{MASK}, x._retain_until, x._state,"
+        f" {action_sql(policy, table)} AS _action, x._request{flags} FROM ({tagged}) x"
     )
 
 

@@ -67,28 +67,37 @@ def _path(schema: Schema, start: str, goal: str) -> list[tuple[str, str]]:
     return list(reversed(steps))
 
 
-def _anchor_status(schema: Schema, purpose: Purpose, as_of: str) -> str:
-    """(_k, _end, _open, _active) for each row of the purpose's anchor table."""
+def _window(purpose: Purpose, as_of: str, alias: str) -> tuple[str, str, str]:
+    """(end, open, applies) of the purpose's window over a row `alias` of its anchor table."""
     ret = purpose.retention
-    table = schema.tables[ret.table]
-    starts = [f"{quote(a.column)}" + (f" + {a.plus.sql()}" if a.plus else "") for a in ret.anchors]
+
+    def col(name: str) -> str:
+        return f"{alias}.{quote(name)}"
+
+    starts = [col(a.column) + (f" + {a.plus.sql()}" if a.plus else "") for a in ret.anchors]
     start = starts[0] if len(starts) == 1 else f"coalesce({', '.join(starts)})"
     end = f"{start} + {ret.keep.sql()}"
     if ret.ends_early_at:
-        end = f"least({end}, {quote(ret.ends_early_at.column)})"
+        end = f"least({end}, {col(ret.ends_early_at.column)})"
     is_open = f"({start}) IS NULL" if ret.open_while_null else "false"
     conditions = [
-        f"CAST({quote(ref.split('.', 1)[1])} AS VARCHAR) = {literal(value)}"
+        f"CAST({col(ref.split('.', 1)[1])} AS VARCHAR) = {literal(value)}"
         for ref, value in ret.only_where.items()
     ]
     if ret.starts_at:
-        conditions.append(f"{quote(ret.starts_at.column)} <= {as_of}")
-    where = " AND ".join(conditions) or "true"
+        conditions.append(f"{col(ret.starts_at.column)} <= {as_of}")
+    return f"CAST({end} AS TIMESTAMP)", is_open, " AND ".join(conditions) or "true"
+
+
+def _anchor_status(schema: Schema, purpose: Purpose, as_of: str) -> str:
+    """(_k, _end, _open, _active) for each row of the purpose's anchor table."""
+    table = schema.tables[purpose.retention.table]
+    end, is_open, where = _window(purpose, as_of, "a")
     # Foreign keys ride along, so the step up to a parent needs no join back to this table.
-    fks = "".join(f", {quote(fk.column)} AS {_carried(fk.column)}" for fk in table.foreign_keys)
+    fks = "".join(f", a.{quote(fk.column)} AS {_carried(fk.column)}" for fk in table.foreign_keys)
     return (
-        f"SELECT {quote(table.key)} AS _k, CAST({end} AS TIMESTAMP) AS _end, {is_open} AS _open"
-        f"{fks} FROM core.{quote(table.name)} WHERE {where}"
+        f"SELECT a.{quote(table.key)} AS _k, {end} AS _end, {is_open} AS _open"
+        f"{fks} FROM core.{quote(table.name)} a WHERE {where}"
     )
 
 
@@ -151,55 +160,119 @@ def survives_erasure(purpose: Purpose) -> bool:
     return purpose.legal_basis == "legal_obligation" or purpose.name == HOLD_PURPOSE
 
 
+MASK = "_mask"  # bit i set: the table's i-th purpose (`purposes_for`) keeps the row
+_MASK_TABLE_PURPOSES = 6  # up to this many purposes, lists are looked up per mask value
+
+
+def purpose_bits(policy: Policy, table: str, names: list[str] | None = None) -> int:
+    """The mask bits of these purposes of `table` (default: all of them)."""
+    return sum(
+        1 << i for i, p in enumerate(policy.purposes_for(table)) if names is None or p.name in names
+    )
+
+
+def _literal_list(items: list[str]) -> str:
+    return "[" + ", ".join(f"'{i}'" for i in items) + "]" if items else _EMPTY
+
+
+def mask_lists(policy: Policy, table: str, mask: str) -> tuple[str, str]:
+    """SQL of `_purposes` and `_legal_bases` rendered from a purpose mask (`MASK`).
+
+    With few purposes, one CASE over the mask values picks constant lists: far cheaper per
+    row than concatenating one list per purpose.
+    """
+    purposes = policy.purposes_for(table)
+    bases: dict[str, int] = {}
+    for i, p in enumerate(purposes):
+        bases[p.legal_basis] = bases.get(p.legal_basis, 0) | 1 << i
+    if not purposes:
+        return _EMPTY, _EMPTY
+    if len(purposes) <= _MASK_TABLE_PURPOSES:
+        masks = range(1, 1 << len(purposes))
+        names = " ".join(
+            f"WHEN {m} THEN {_literal_list([p.name for i, p in enumerate(purposes) if m >> i & 1])}"
+            for m in masks
+        )
+        basis_lists = " ".join(
+            f"WHEN {m} THEN {_literal_list([b for b, bits in bases.items() if m & bits])}"
+            for m in masks
+        )
+        return (
+            f"CASE {mask} {names} ELSE {_EMPTY} END",
+            f"CASE {mask} {basis_lists} ELSE {_EMPTY} END",
+        )
+    names = " || ".join(
+        f"CASE WHEN ({mask} & {1 << i}) <> 0 THEN ['{p.name}'] ELSE {_EMPTY} END"
+        for i, p in enumerate(purposes)
+    )
+    basis_items = " || ".join(
+        f"CASE WHEN ({mask} & {bits}) <> 0 THEN ['{basis}'] ELSE {_EMPTY} END"
+        for basis, bits in bases.items()
+    )
+    return names, basis_items
+
+
 def tag_select(
     policy: Policy,
     table: str,
     as_of: dt.date | dt.datetime,
     columns: list[str],
     row_id: str | None = None,
+    request: str | None = None,
+    mask: bool = False,
 ) -> str:
     """SELECT of `core.<table>` with fresh `_purposes`, `_legal_bases`, `_retain_until`, `_state`.
 
     `columns` are the columns copied along (contract, carried extras and tag columns);
-    `row_id` names an extra output column holding each row's DuckDB rowid. A subject with
-    an erasure request keeps only the purposes that survive erasure, and what they keep
-    is `restricted`.
+    `row_id` names an extra output column holding each row's DuckDB rowid, `request` one
+    holding the open erasure request of the row's subject (or NULL); with `mask`, the
+    purposes come as their mask (`MASK`, see `mask_lists`) instead of the two lists. A
+    subject with an erasure request keeps only the purposes that survive erasure, and what
+    they keep is `restricted`.
     """
     t = timestamp_literal(as_of)
     schema = policy.data_schema
     purposes = policy.purposes_for(table)
     key = quote(schema.tables[table].key)
-    joins = "".join(
-        f" LEFT JOIN ({purpose_status_sql(schema, p, table, t)}) p{i} ON p{i}._k = x.{key}"
-        for i, p in enumerate(purposes)
-    ) + erasure_join(schema, table)
+    # A window anchored on this table's own rows is read from the row itself; only windows
+    # carried along foreign keys need a join.
+    status: list[tuple[str, str, str]] = []  # (_end, _open, _active) per purpose
+    joins = ""
+    for i, p in enumerate(purposes):
+        if p.retention.table == table:
+            end, is_open, applies = _window(p, t, "x")
+            status.append(
+                (
+                    f"CASE WHEN {applies} THEN {end} END",
+                    f"CASE WHEN {applies} THEN {is_open} END",
+                    f"CASE WHEN {applies} THEN ({is_open} OR {t} < {end}) END",
+                )
+            )
+        else:
+            joins += (
+                f" LEFT JOIN ({purpose_status_sql(schema, p, table, t)}) p{i} ON p{i}._k = x.{key}"
+            )
+            status.append((f"p{i}._end", f"p{i}._open", f"p{i}._active"))
+    joins += erasure_join(schema, table)
     allowed = {
         p.name: "true" if survives_erasure(p) else "_er.request_id IS NULL" for p in purposes
     }
     active = {
-        p.name: f"(coalesce(p{i}._active, false) AND {allowed[p.name]})"
+        p.name: f"(coalesce({status[i][2]}, false) AND {allowed[p.name]})"
         for i, p in enumerate(purposes)
     }
-    names = " || ".join(
-        f"CASE WHEN {active[p.name]} THEN ['{p.name}'] ELSE {_EMPTY} END" for p in purposes
+    bits = " + ".join(
+        f"CASE WHEN {active[p.name]} THEN {1 << i} ELSE 0 END" for i, p in enumerate(purposes)
     )
-    bases: dict[str, list[str]] = {}
-    for p in purposes:
-        bases.setdefault(p.legal_basis, []).append(active[p.name])
-    basis_items = " || ".join(
-        f"CASE WHEN {' OR '.join(conds)} THEN ['{basis}'] ELSE {_EMPTY} END"
-        for basis, conds in bases.items()
-    )
-    any_open = " OR ".join(f"({active[p.name]} AND p{i}._open)" for i, p in enumerate(purposes))
+    any_open = " OR ".join(f"({active[p.name]} AND {status[i][1]})" for i, p in enumerate(purposes))
     ends = ", ".join(
-        f"CASE WHEN {allowed[p.name]} THEN p{i}._end END" for i, p in enumerate(purposes)
+        f"CASE WHEN {allowed[p.name]} THEN {status[i][0]} END" for i, p in enumerate(purposes)
     )
     # An anonymized row is no longer personal data: no purpose, no retention date (a date
     # derived from the original values would reveal what generalization removed).
     anon = f"x._state = {RowState.ANONYMIZED.sql}"
     tags = (
-        f"CASE WHEN {anon} THEN {_EMPTY} ELSE {names or _EMPTY} END AS _purposes,"
-        f" CASE WHEN {anon} THEN {_EMPTY} ELSE {basis_items or _EMPTY} END AS _legal_bases,"
+        f"CASE WHEN {anon} THEN 0 ELSE {bits or '0'} END AS {MASK},"
         f" CASE WHEN {anon} OR {any_open or 'false'} THEN NULL ELSE"
         f" CAST(greatest({ends}) AS TIMESTAMP) END AS _retain_until"
     )
@@ -213,10 +286,23 @@ def tag_select(
         f" WHEN x._state IN ({kept_state}) THEN x._state"
         f" WHEN {any_active} THEN {RowState.ACTIVE.sql} ELSE {RowState.EXPIRED.sql} END AS _state"
     )
-    select = [f"x.{quote(c)}" for c in columns if c not in FRESH_TAGS]
+    copied = [quote(c) for c in columns if c not in FRESH_TAGS]
+    inner = [f"x.{c}" for c in copied]
     if row_id:
-        select.insert(0, f"x.rowid AS {quote(row_id)}")
-    return f"SELECT {', '.join(select)}, {tags}, {state} FROM core.{quote(table)} x{joins}"
+        inner.insert(0, f"x.rowid AS {quote(row_id)}")
+        copied.insert(0, quote(row_id))
+    if request:
+        inner.append(f"_er.request_id AS {quote(request)}")
+        copied.append(quote(request))
+    if mask:
+        rendered = MASK
+    else:
+        names, bases = mask_lists(policy, table, MASK)
+        rendered = f"{names} AS _purposes, {bases} AS _legal_bases"
+    return (
+        f"SELECT {', '.join([*copied, rendered])}, _retain_until, _state FROM"
+        f" (SELECT {', '.join([*inner, tags, state])} FROM core.{quote(table)} x{joins})"
+    )
 
 
 def tag_plan(

@@ -12,12 +12,14 @@ import datetime as dt
 import re
 import unicodedata
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 from faker import Faker
 
 from lethe.declaration.schema import Table, default_schema
@@ -31,6 +33,7 @@ HOUR = 3_600_000_000  # microseconds
 DAY = 24 * HOUR
 YEARS = 15
 POOL = 2000  # Faker draws per pool: enough variety, still well under a second
+CHUNK = 1_000_000  # contacts generated (with their rows) and written at a time
 
 SK_SHARE = 0.06
 EMAIL_DOMAINS = {
@@ -107,36 +110,51 @@ def generate(
     """Write synthetic contacts, consents, orders and shipments as Parquet into `landing`.
 
     All timestamps (naive, UTC) and dates fall before `reference` (default: today in UTC),
-    spread over the 15 years before it. The same `seed` and `reference` give byte-identical
-    files. `progress(table, rows)` is called after each file is written. Returns the row
-    count per table.
+    spread over the 15 years before it. The same `seed`, `contacts` and `reference` give
+    byte-identical files: contacts come in chunks of `CHUNK`, the k-th drawn from the random
+    stream seeded with `[seed, k]`. `progress(table, rows)` is called for each file once all
+    are written. Returns the row count per table.
     """
     if contacts < 0:
         raise ValueError(f"contacts must be >= 0, got {contacts}")
     reference = reference or dt.datetime.now(dt.UTC).date()
     ref = _micros(reference)
     start = _micros(_years_before(reference, YEARS))
-    rng = np.random.default_rng(seed)
     pools = _pools(seed)
     landing.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tables = (CONTACTS, CONSENTS, ORDERS, SHIPMENTS)
+    counts = dict.fromkeys((t.name for t in tables), 0)
+    invoices: dict[int, int] = {}  # invoices numbered so far per year
+    with ExitStack() as stack:
+        writers: dict[str, pq.ParquetWriter] = {}
 
-    counts: dict[str, int] = {}
+        def write(table: Table, df: pl.DataFrame) -> None:
+            frame = df.select(pl.col(c.name).cast(_DTYPES[c.type]) for c in table.columns)
+            data = frame.to_arrow()
+            if table.name not in writers:
+                temp = stack.enter_context(replacing(landing / f"{table.name}.parquet"))
+                writer = pq.ParquetWriter(temp, data.schema, compression="zstd")
+                writers[table.name] = stack.enter_context(writer)
+            writers[table.name].write_table(data)
+            counts[table.name] += frame.height
 
-    def write(table: Table, df: pl.DataFrame) -> None:
-        counts[table.name] = _write(landing, table, df)
-        if progress is not None:
-            progress(table.name, counts[table.name])
-
-    # Each table is narrowed to what the later ones read once it is written: at 10M
-    # contacts the full frames would not all fit in memory at once.
-    people = _contacts(rng, pools, contacts, start, ref)
-    write(CONTACTS, people)
-    people = people.select("contact_id", "created_at", "phone", *PERSON)
-    write(CONSENTS, _consents(rng, people, ref))
-    orders = _orders(rng, pools, people, ref)
-    write(ORDERS, orders)
-    orders = orders.select("order_id", "ordered_at", "_owner")
-    write(SHIPMENTS, _shipments(rng, pools, people, orders, ref))
+        # In chunks of contacts, each with its own random stream: memory stays that of one
+        # chunk at any size, and the data depends only on the seed and the size.
+        for chunk, first in enumerate(range(0, max(contacts, 1), CHUNK)):
+            rng = np.random.default_rng([seed, chunk])
+            n = min(CHUNK, contacts - first)
+            # Each table is narrowed to what the later ones read once it is written.
+            people = _contacts(rng, pools, n, start, ref, first)
+            write(CONTACTS, people)
+            people = people.select("contact_id", "created_at", "phone", *PERSON)
+            write(CONSENTS, _consents(rng, people, ref, counts[CONSENTS.name]))
+            orders = _orders(rng, pools, people, ref, counts[ORDERS.name], invoices)
+            write(ORDERS, orders)
+            orders = orders.select("order_id", "ordered_at", "_owner")
+            write(SHIPMENTS, _shipments(rng, pools, people, orders, ref, counts[SHIPMENTS.name]))
+    if progress is not None:
+        for name, rows in counts.items():
+            progress(name, rows)
     return counts
 
 
@@ -211,9 +229,10 @@ def _null_where(values: pl.Series, missing: np.ndarray) -> pl.Series:
     return values.scatter(np.flatnonzero(missing), None)
 
 
-def _ids(prefix: str, n: int) -> pl.Series:
-    """`C00000001`-style keys; wider numbers just grow, so they stay unique."""
-    number = pl.int_range(1, n + 1, dtype=pl.Int64).cast(pl.String).str.zfill(8)
+def _ids(prefix: str, n: int, before: int = 0) -> pl.Series:
+    """`C00000001`-style keys numbered after `before`; wider numbers just grow, so they stay
+    unique."""
+    number = pl.int_range(before + 1, before + n + 1, dtype=pl.Int64).cast(pl.String).str.zfill(8)
     return pl.select(pl.concat_str(pl.lit(prefix), number)).to_series()
 
 
@@ -301,9 +320,10 @@ def _addresses(rng: np.random.Generator, pools: _Pools, sk: np.ndarray) -> pl.Da
 
 
 def _contacts(
-    rng: np.random.Generator, pools: _Pools, n: int, start: int, ref: int
+    rng: np.random.Generator, pools: _Pools, n: int, start: int, ref: int, before: int
 ) -> pl.DataFrame:
-    """`n` contacts created uniformly between `start` and `ref`, ~6% of them in Slovakia."""
+    """`n` contacts (numbered after `before`) created uniformly between `start` and `ref`,
+    ~6% of them in Slovakia."""
     sk = rng.random(n) < SK_SHARE
     created = start + rng.integers(0, ref - start, n)
     # Skewed toward the present: a bit over half the contacts were active in the last 2 years.
@@ -316,8 +336,8 @@ def _contacts(
             _addresses(rng, pools, sk),
             pl.DataFrame(
                 {
-                    "contact_id": _ids("C", n),
-                    "number": pl.int_range(1, n + 1, dtype=pl.Int64, eager=True),
+                    "contact_id": _ids("C", n, before),
+                    "number": pl.int_range(before + 1, before + n + 1, dtype=pl.Int64, eager=True),
                     "domain": _choice(rng, EMAIL_DOMAINS, n),
                     "phone": _null_where(_phones(rng, sk), rng.random(n) < 0.05),
                     "birth_date": _null_where(
@@ -342,8 +362,11 @@ def _contacts(
     return frame.with_columns(email=email).select(CONTACTS.column_names)
 
 
-def _consents(rng: np.random.Generator, contacts: pl.DataFrame, ref: int) -> pl.DataFrame:
-    """Newsletter consents for ~40% of contacts, a quarter of them renewed by a second row."""
+def _consents(
+    rng: np.random.Generator, contacts: pl.DataFrame, ref: int, before: int
+) -> pl.DataFrame:
+    """Newsletter consents for ~40% of contacts, a quarter of them renewed by a second row
+    (numbered after `before`)."""
     created = contacts["created_at"].dt.epoch("us").to_numpy()
     holders = np.flatnonzero(rng.random(contacts.height) < 0.4)
     first = _between(rng, created[holders], ref)
@@ -357,7 +380,7 @@ def _consents(rng: np.random.Generator, contacts: pl.DataFrame, ref: int) -> pl.
     method = _choice(rng, METHODS, n)
     return pl.DataFrame(
         {
-            "consent_id": _ids("K", n),
+            "consent_id": _ids("K", n, before),
             "contact_id": contacts["contact_id"].gather(owner),
             "purpose": pl.repeat("newsletter", n, dtype=pl.String, eager=True),
             "granted_at": _timestamps(granted),
@@ -373,9 +396,15 @@ def _consents(rng: np.random.Generator, contacts: pl.DataFrame, ref: int) -> pl.
 
 
 def _orders(
-    rng: np.random.Generator, pools: _Pools, contacts: pl.DataFrame, ref: int
+    rng: np.random.Generator,
+    pools: _Pools,
+    contacts: pl.DataFrame,
+    ref: int,
+    before: int,
+    invoices: dict[int, int],
 ) -> pl.DataFrame:
-    """0..5 orders per contact; keeps `_owner` (the buyer's row) for the shipments."""
+    """0..5 orders per contact (numbered after `before`); keeps `_owner` (the buyer's row)
+    for the shipments. Invoice numbers run on per year from `invoices`, which is updated."""
     created = contacts["created_at"].dt.epoch("us").to_numpy()
     per_contact = rng.choice(len(ORDERS_PER_CONTACT), contacts.height, p=ORDERS_PER_CONTACT)
     owner = np.repeat(np.arange(contacts.height), per_contact)
@@ -398,9 +427,9 @@ def _orders(
     price = np.exp(rng.normal(7.2, 0.9, n))
     cents = np.where(eur, np.rint(price / 25 * 100), np.rint(price) * 100).astype(np.int64)
     year = pl.col("ordered_at").dt.year()
-    return pl.DataFrame(
+    frame = pl.DataFrame(
         {
-            "order_id": _ids("O", n),
+            "order_id": _ids("O", n, before),
             "contact_id": buyer["contact_id"],
             "ordered_at": _timestamps(ordered),
             "completed_at": _null_where(_timestamps(completed), still_open),
@@ -415,13 +444,27 @@ def _orders(
             "billing_country": buyer["country"],
             "_owner": owner,
         }
-    ).with_columns(
-        invoice_number=pl.concat_str(
-            pl.lit("FV"),
-            year.cast(pl.String),
-            pl.int_range(1, pl.len() + 1).over(year).cast(pl.String).str.zfill(6),
+    )
+    issued = pl.DataFrame(
+        {"year": list(invoices), "issued": list(invoices.values())},
+        schema={"year": pl.Int32, "issued": pl.Int64},
+    )
+    frame = (
+        frame.with_columns(year.alias("year"))
+        .join(issued, on="year", how="left", maintain_order="left")
+        .with_columns(
+            invoice_number=pl.concat_str(
+                pl.lit("FV"),
+                year.cast(pl.String),
+                (pl.col("issued").fill_null(0) + pl.int_range(1, pl.len() + 1).over(year))
+                .cast(pl.String)
+                .str.zfill(6),
+            )
         )
     )
+    for y, count in frame.group_by("year").len().iter_rows():
+        invoices[y] = invoices.get(y, 0) + count
+    return frame.drop("year", "issued")
 
 
 def _shipments(
@@ -430,8 +473,10 @@ def _shipments(
     contacts: pl.DataFrame,
     orders: pl.DataFrame,
     ref: int,
+    before: int,
 ) -> pl.DataFrame:
-    """A shipment for ~90% of orders, sent within 3 days, ~3% never delivered."""
+    """A shipment for ~90% of orders, sent within 3 days, ~3% never delivered (numbered
+    after `before`)."""
     ordered = orders["ordered_at"].dt.epoch("us").to_numpy()
     shipped = ordered + rng.integers(2 * HOUR, 3 * DAY, len(ordered))
     picked = np.flatnonzero((rng.random(len(ordered)) < 0.9) & (shipped < ref))
@@ -448,7 +493,7 @@ def _shipments(
     address = _addresses(rng, pools, sk)
     return pl.DataFrame(
         {
-            "shipment_id": _ids("S", n),
+            "shipment_id": _ids("S", n, before),
             "order_id": orders["order_id"].gather(picked),
             "carrier": _choice(rng, CARRIERS, n),
             "tracking_number": _codes(rng, n, TRACKING_ALPHABET, 12),
@@ -464,11 +509,3 @@ def _shipments(
             "delivered_at": _null_where(_timestamps(delivered), lost),
         }
     )
-
-
-def _write(landing: Path, table: Table, df: pl.DataFrame) -> int:
-    """Write the table's contract columns atomically and owner-only."""
-    frame = df.select(pl.col(c.name).cast(_DTYPES[c.type]) for c in table.columns)
-    with replacing(landing / f"{table.name}.parquet") as temp:
-        frame.write_parquet(temp, compression="zstd")
-    return frame.height

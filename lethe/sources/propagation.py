@@ -45,7 +45,7 @@ from lethe.declaration.schema import Table
 from lethe.declaration.strategies import literal, quote
 from lethe.engine.audit import LedgerEntry, append
 from lethe.engine.ddl import ensure_schemas
-from lethe.engine.enforcement import _stage_tokens
+from lethe.engine.enforcement import stage_tokens
 from lethe.engine.reach import reach
 from lethe.engine.retention import (
     TOKENS,
@@ -213,7 +213,7 @@ def plan_erasures(
             return 0
         attach(con, vault)
         try:
-            _stage_tokens(con, policy)
+            stage_tokens(con, policy)
         finally:
             con.execute("DETACH vault")
         with transaction(con):
