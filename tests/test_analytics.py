@@ -559,7 +559,9 @@ def test_declaration_refused_naming_key_and_line(change, key: str, expected: str
         parse_policy(text, "bad.yaml")
     message = str(info.value)
     assert "\n" not in message and "(and" not in message  # one error, no follow-ups
-    line = parse_yaml(text).line_of(key.split("."))
+    # A message that names a key below `key` points at that key's own line.
+    named = expected.split(": ", 1)[0] if ": " in expected else None
+    line = parse_yaml(text).line_of([*key.split("."), *([named] if named else [])])
     assert re.match(rf"bad\.yaml:{line}: ", message), message
     assert key in message and expected in message, message
 
