@@ -368,18 +368,19 @@ def test_no_identifier_or_token_released(generated) -> None:
 
 def test_materialize_analytics_assets(home: Home) -> None:
     order_set(home, [{}] * 5)
+    from assets.enforcement import enforcement_assets
     from assets.ingest import ingest_assets
-    from assets.tagging import tagging_assets
     from pipelines.resources import PolicyResource, WarehouseResource
 
     policy = load_policy(DEFAULT_POLICY)
+    # Analytics are built from the core tables as enforcement leaves them (tagged too).
     result = dg.materialize(
-        [*ingest_assets(policy), *tagging_assets(policy), *analytics_assets(policy)],
+        [*ingest_assets(policy), *enforcement_assets(policy), *analytics_assets(policy)],
         resources={
             "warehouse": WarehouseResource(home=str(home.root)),
             "policy": PolicyResource(path=str(DEFAULT_POLICY), as_of=T.isoformat()),
         },
-        selection=dg.AssetSelection.groups("ingest", "tagging", "analytics"),
+        selection=dg.AssetSelection.groups("ingest", "enforcement", "core", "analytics"),
         raise_on_error=False,
     )
     assert result.success
