@@ -94,7 +94,7 @@ SLOW_POINTS = {
     "lethe.engine.ingest:_stage:before:2": "ingest: contacts committed, consents not read",
     "lethe.engine.ingest:_stage:before:4": "ingest: contacts, consents, orders committed",
     "lethe.rights.requests:append:before:1": "request intake: ledger entries about to be added",
-    "lethe.engine.enforcement:enforcement_plan:before:3": "enforcement: tag and erase plans being built",
+    "lethe.engine.enforcement:enforcement_plan:before:3": "enforcement: tag, erase plans built",
     "lethe.engine.enforcement:append:before:1": "compaction: fresh file built, no ledger yet",
     "lethe.engine.enforcement:forget_unused_tokens:before:1": "enforcement: swapped, vault as is",
     "lethe.rights.answers:write_export:after:1": "answers: export zip written, request not done",
