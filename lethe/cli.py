@@ -319,7 +319,7 @@ def _home_with_warehouse() -> Home:
         if os.environ.get("LETHE_HOME"):
             _fail(f"no Lethe warehouse in LETHE_HOME {home.root} (run `lethe run` first)")
         _fail(
-            f"no Lethe warehouse here: LETHE_HOME is not set and {home.root} holds none"
+            f"no Lethe warehouse here: LETHE_HOME is not set and {home.root} has none"
             " (run `lethe run` first, or set LETHE_HOME)"
         )
     return home

@@ -293,7 +293,7 @@ def test_read_only_command_elsewhere_creates_nothing(tmp_path: Path, args: tuple
     (line,) = result.stderr.strip().splitlines()
     assert line == (
         f"error: no Lethe warehouse here: LETHE_HOME is not set and {tmp_path / '.lethe'}"
-        " holds none (run `lethe run` first, or set LETHE_HOME)"
+        " has none (run `lethe run` first, or set LETHE_HOME)"
     )
 
 
