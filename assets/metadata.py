@@ -53,9 +53,14 @@ def schema_of(columns: Iterable[ColumnInfo]) -> dg.TableSchema:
 
 def column_schema(table: Table, headers: bool = False) -> dg.TableSchema:
     """The table's declared columns (or their source file's headers) with their type, data
-    category as a column tag, and description."""
+    category as a column tag, and description (its English label when it has none)."""
     return schema_of(
-        (c.header if headers else c.name, SQL_TYPES[c.type], c.category, c.description)
+        (
+            c.header if headers else c.name,
+            SQL_TYPES[c.type],
+            c.category,
+            c.description or c.label.get("en", ""),
+        )
         for c in table.columns
     )
 

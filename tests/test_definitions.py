@@ -78,6 +78,8 @@ def test_column_schema_has_data_categories(table: str) -> None:
     for col in TABLES[table].columns:
         assert columns[col.name].tags["data_category"] == col.category
         assert columns[col.name].type
+        # what the column is, in words: its description or its English label
+        assert columns[col.name].description == (col.description or col.label["en"])
 
 
 def test_compliance_metadata_on_ingest_assets() -> None:
