@@ -7,6 +7,7 @@ Every failure is one line on stderr and a non-zero exit code. Orchestrated comma
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import sys
 import uuid
@@ -774,6 +775,14 @@ def main() -> None:
         if os.environ.get("LETHE_DEBUG"):
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
+        if _disk_full(exc):
+            err.print(
+                f"[bold red]error:[/] No space left on device ({type(exc).__name__}: {first}):"
+                " free space under LETHE_HOME and run again",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(PROBLEM)
         err.print(
             f"[bold red]error:[/] unexpected {type(exc).__name__}: {first}"
             " (set LETHE_DEBUG=1 for details)",
@@ -782,6 +791,22 @@ def main() -> None:
         )
         sys.exit(UNEXPECTED)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# How a full disk shows through the OS, SQLite (Dagster's instance) and DuckDB.
+_DISK_FULL = ("No space left on device", "database or disk is full", "File too large")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """A full disk (or file size limit) anywhere in the exception's chain: the machine's
+    problem, not a bug."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG):
+            return True
+        if any(text in str(exc) for text in _DISK_FULL):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _usage_error(exc: Exception) -> bool:
