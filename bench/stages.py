@@ -19,7 +19,7 @@ import shutil
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -548,18 +548,23 @@ def floor_stage(ctx: Context) -> Timed:
     def run() -> StageResult:
         con = duckdb.connect(str(source))
         try:
-            con.execute("ATTACH ? AS fresh", [str(target)])
-            con.execute("CREATE SCHEMA fresh.core")
-            for table in tables:
-                con.execute(f"CREATE TABLE fresh.core.{table} AS SELECT * FROM core.{table}")
-            con.execute("CHECKPOINT fresh")
-            con.execute("DETACH fresh")
+            _rewrite_into(con, target, tables)
         finally:
             con.close()
         fsync(target)
         return StageResult(details={"bytes": target.stat().st_size})
 
     return run
+
+
+def _rewrite_into(con: duckdb.DuckDBPyConnection, target: Path, tables: Iterable[str]) -> None:
+    """The floor's write: every core table copied by a plain CTAS into a fresh file."""
+    con.execute("ATTACH ? AS fresh", [str(target)])
+    con.execute("CREATE SCHEMA fresh.core")
+    for table in tables:
+        con.execute(f"CREATE TABLE fresh.core.{table} AS SELECT * FROM core.{table}")
+    con.execute("CHECKPOINT fresh")
+    con.execute("DETACH fresh")
 
 
 def load_rewrite_stage(ctx: Context) -> Timed:
@@ -576,12 +581,7 @@ def load_rewrite_stage(ctx: Context) -> Timed:
                 source = str(ctx.landing / f"{table}.parquet")
                 con.execute(f"CREATE TABLE core.{table} AS SELECT * FROM read_parquet(?)", [source])
             con.execute("CHECKPOINT")
-            con.execute("ATTACH ? AS fresh", [str(rewritten)])
-            con.execute("CREATE SCHEMA fresh.core")
-            for table in tables:
-                con.execute(f"CREATE TABLE fresh.core.{table} AS SELECT * FROM core.{table}")
-            con.execute("CHECKPOINT fresh")
-            con.execute("DETACH fresh")
+            _rewrite_into(con, rewritten, tables)
         finally:
             con.close()
         fsync(loaded)
