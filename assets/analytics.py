@@ -94,7 +94,7 @@ def _build(policy: Policy, dataset: Dataset) -> dg.AssetsDefinition:
         if declared is None:
             raise dg.Failure(f"{loaded.source}: analytics.datasets.{dataset.name}: not declared")
         with warehouse.connect() as con:
-            result = release(con, warehouse.paths(), loaded, declared)
+            result = release(con, warehouse.paths(), loaded, declared, as_of=policy.as_of_date())
             check = check_k_anonymity(con, declared, k_of(loaded, declared))
         suppressed = (
             f"{result.suppressed} of {result.records} records suppressed"

@@ -394,6 +394,9 @@ def test_materialize_analytics_assets(home: Home) -> None:
     assert md["dagster/row_count"].value == 1
     assert md["suppressed_records"].value == 0
     assert "dagster/column_lineage" in md
+    # the extract says which run's date it reflects: the run's own as-of date
+    extract = pq.read_schema(exports_dir(home) / "orders_by_month.parquet").metadata
+    assert extract[b"lethe.as_of"] == T.isoformat().encode()
 
 
 # --- declarations ----------------------------------------------------------------------------
