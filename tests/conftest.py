@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,17 @@ TAGGED_TABLES = tagged_tables(load_policy(DEFAULT_POLICY))
 LETHE_BIN = Path(sys.executable).with_name("lethe")
 # What the tests' own environment must not pass on to a `lethe` they start.
 _NOT_INHERITED = ("LETHE_POLICY", "DAGSTER_HOME", "LETHE_HOME")
+
+
+@contextmanager
+def home_env(home: Home) -> Iterator[None]:
+    """This process pointed at `home` (LETHE_HOME, DAGSTER_HOME, no LETHE_POLICY) for a
+    module- or session-scoped setup; the previous environment is restored afterwards."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LETHE_HOME", str(home.root))
+        mp.setenv("DAGSTER_HOME", str(home.dagster))
+        mp.delenv("LETHE_POLICY", raising=False)
+        yield
 
 
 def lethe_env(home: Path | None = None, **env: str) -> dict[str, str]:

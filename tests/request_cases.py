@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from conftest import (
     DEFAULT_POLICY,
     TABLES,
     TAGGED_TABLES,
+    home_env,
     ingest_all,
     write_landing,
     write_landing_set,
@@ -411,7 +411,6 @@ SCANNED = {
 
 def build_scenario(root: Path) -> Scenario:
     home = Home(root).ensure()
-    os.environ["LETHE_HOME"] = str(home.root)
     s = Scenario(home)
     build(
         home,
@@ -479,14 +478,7 @@ _CACHE: dict[str, Scenario] = {}
 def scenario(tmp_path_factory) -> Scenario:
     """The shared scenario, built once per session (several test modules read it)."""
     if "scenario" not in _CACHE:
-        saved = {k: os.environ.get(k) for k in ("LETHE_HOME", "DAGSTER_HOME", "LETHE_POLICY")}
-        os.environ.pop("LETHE_POLICY", None)
-        try:
-            _CACHE["scenario"] = build_scenario(tmp_path_factory.mktemp("requests") / "home")
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        home = Home(tmp_path_factory.mktemp("requests") / "home")
+        with home_env(home):
+            _CACHE["scenario"] = build_scenario(home.root)
     return _CACHE["scenario"]

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import retention_cases as rc
-from conftest import DEFAULT_POLICY, lethe_cli
+from conftest import DEFAULT_POLICY, home_env, lethe_cli
 from request_cases import build, dicts, hashed, query, read_zip, record, scan
 
 from lethe.compliance.inspection import held_rows_touched
@@ -79,10 +78,7 @@ def run(home: Home, as_of: dt.date) -> None:
 @pytest.fixture(scope="module")
 def erased(tmp_path_factory: pytest.TempPathFactory) -> Erased:
     home = Home(tmp_path_factory.mktemp("keys") / "home").ensure()
-    saved = {k: os.environ.get(k) for k in ("LETHE_HOME", "DAGSTER_HOME", "LETHE_POLICY")}
-    os.environ["LETHE_HOME"] = str(home.root)
-    os.environ.pop("LETHE_POLICY", None)
-    try:
+    with home_env(home):
         build(home, uncompressed=True, **landing())
         before = scan(home.root, KEYS)
         record(home, ("access", ERASED, {}))
@@ -96,12 +92,6 @@ def erased(tmp_path_factory: pytest.TempPathFactory) -> Erased:
         record(home, ("erasure", ERASED, {}))
         run(home, T2)
         after_t2 = scan(home.root, KEYS, skip=SKIP)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return Erased(home, before, after_t1, after_t2, backup_t1, exports_t1)
 
 
