@@ -157,8 +157,8 @@ def table_metadata(policy: Policy, table: str, ingest: bool = False) -> dict[str
 _COUNTS = (
     ("purpose", "purpose", "string"),
     ("legal basis", "legal_basis", "string"),
-    ("rows kept now", "rows_kept", "int"),
-    (f"expiring in {EXPIRY_WINDOW.days} days", "rows_expiring", "int"),
+    ("rows kept", "rows_kept", "int"),
+    (f"expire in {EXPIRY_WINDOW.days} d", "rows_expiring", "int"),
     ("next expiry", "next_expiry", "string"),
 )
 _RULES = (

@@ -442,12 +442,12 @@ def test_core_assets_show_the_tables_after_enforcement(
         assert md["rows_active"].value == states["active"] == 3
         assert md["rows_anonymized"].value == states["anonymized"] == 1
         table = {r.data["purpose"]: r.data for r in md["purposes_now"].value.records}
-        assert {p: table[p]["rows kept now"] for p, _ in kept} == dict(kept)
+        assert {p: table[p]["rows kept"] for p, _ in kept} == dict(kept)
         assert table["account"] == {
             "purpose": "account",
             "legal basis": "GDPR Art. 6(1)(b) contract",
-            "rows kept now": 2,
-            "expiring in 30 days": 1,
+            "rows kept": 2,
+            "expire in 30 d": 1,
             "next expiry": "2026-03-15",
         }
         assert table["contract"]["next expiry"] == "open-ended"  # the order is not completed
