@@ -2,9 +2,11 @@
 
 Tagging and enforcement are generated from the policy as SQL text in DuckDB's dialect.
 `check()` parses every statement with SQLGlot and `transpile()` renders the same plan for
-another engine (e.g. PostgreSQL). The tests check and transpile every kind of plan; a run
-hands the text straight to DuckDB, since parsing the enforcement statements with SQLGlot
-takes longer than DuckDB needs to enforce 100,000 rows.
+another engine (e.g. PostgreSQL) as SQLGlot alone translates it; an engine
+(`lethe.engine.engines`) renders it with the rewrites SQLGlot does not make
+(`lethe.engine.rendering`), and tests/test_plans.py runs every kind of plan on PostgreSQL.
+A run hands the text straight to DuckDB, since parsing the enforcement statements with
+SQLGlot takes longer than DuckDB needs to enforce 100,000 rows.
 """
 
 from __future__ import annotations
