@@ -82,8 +82,9 @@ ui: install
 	umask 077 && DAGSTER_HOME=$(LETHE_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml
 
 # Benchmark harness (bench/README.md): SCALE=100k|1m|10m, results in bench/results/;
-# BENCH_ARGS passes more options, e.g. BENCH_ARGS="--profile enforce".
-bench: install-bench
+# BENCH_ARGS passes more options, e.g. BENCH_ARGS="--profile enforce". Its PostgreSQL stages
+# start a throwaway server from Debian's postgresql (installed as for make test).
+bench: install-bench postgresql
 	$(BIN)/python -m bench --scale $(SCALE) $(BENCH_ARGS)
 
 # Tests marked slow (scale tests); pytest's exit 5 means none is collected, which is fine.

@@ -113,6 +113,20 @@ def comparisons(scale: Scale) -> list[dict[str, Any]]:
             ratio(per_subject, erasure),
             f"the same {per_subject['details']['batch']:,} subjects",
         )
+    pg_plans, duck_plans = _stage(scale, "pg_plans"), _stage(scale, "duck_plans")
+    if pg_plans and duck_plans:
+        add(
+            "PostgreSQL ÷ DuckDB, enforcement plans",
+            ratio(pg_plans, duck_plans),
+            "the same plans on the same rows (above 1: DuckDB is faster)",
+        )
+    pg_erasure, pg_per_subject = _stage(scale, "pg_erasure"), _stage(scale, "pg_per_subject")
+    if pg_erasure and pg_per_subject:
+        add(
+            "per-subject ÷ set-based erasure at a PostgreSQL source",
+            ratio(pg_per_subject, pg_erasure),
+            f"the same {pg_per_subject['details']['batch']:,} subjects",
+        )
     return out
 
 
@@ -258,6 +272,12 @@ def targets(scales: list[Scale]) -> list[dict[str, Any]]:
         "per_subject",
         "erasure",
         lambda r: r >= 50,
+    )
+    relative(
+        "set-based ≥ 100× faster than per-subject on PostgreSQL",
+        "pg_per_subject",
+        "pg_erasure",
+        lambda r: r >= 100,
     )
     ten = next((s for s in scales if s["contacts"] == 10 * MILLION), None)
     peaks = [

@@ -29,7 +29,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from bench import report
+from bench import postgres_stages, report
 from bench.stages import STAGES, Stage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -248,13 +248,15 @@ def main(argv: list[str] | None = None) -> int:
         if name not in args.stages:
             unavailable.setdefault(name, "not selected (--stages)")
     results = []
+    runnable = [s for s in STAGES.values() if s.name not in unavailable]
     try:
-        for contacts in scales:
-            reps = args.reps or default_reps(contacts)
-            profile = None
-            if args.profile and contacts == scales[-1]:
-                profile = (args.profile, args.out / f"profile-{args.profile}.txt")
-            results.append(bench_scale(contacts, reps, root, unavailable, log, profile))
+        with postgres_stages.server_for(runnable):  # a server only if a stage needs one
+            for contacts in scales:
+                reps = args.reps or default_reps(contacts)
+                profile = None
+                if args.profile and contacts == scales[-1]:
+                    profile = (args.profile, args.out / f"profile-{args.profile}.txt")
+                results.append(bench_scale(contacts, reps, root, unavailable, log, profile))
     finally:
         if not args.keep_work:
             shutil.rmtree(root, ignore_errors=True)

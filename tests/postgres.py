@@ -5,7 +5,11 @@ port (and a private socket folder); the session fixture stops it and removes the
 the end. PostgreSQL refuses to run as root, so as root the cluster belongs to the
 `postgres` system user (the package creates it) and every server command runs as that
 user; as anyone else it runs as the current user. `make test` installs the package (as
-root); without it, the tests that need a server skip.
+root); without it, `running_server` raises `ServerMissing`, which the tests turn into a skip
+(tests/conftest.py) and the benchmark into "not available" (bench/postgres_stages.py).
+
+The tests' clusters trade durability for speed (no fsync); `durable=True` keeps the
+settings PostgreSQL ships with, for the benchmark's timings.
 """
 
 from __future__ import annotations
@@ -22,10 +26,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import psycopg
-import pytest
+
+from lethe.declaration.strategies import quote
+from lethe.engine.rendering import POSTGRES, render
 
 SUPERUSER = "lethe_test"
+
+
+class ServerMissing(RuntimeError):
+    """No PostgreSQL server binaries are installed."""
 
 
 def server_binaries() -> Path | None:
@@ -52,6 +63,7 @@ class PostgresServer:
     folder: Path
     port: int
     owner: str | None  # the system user running the server (None: the current user)
+    durable: bool = False  # fsync and the rest as shipped (else off: tests need no crash safety)
 
     @property
     def data(self) -> Path:
@@ -64,14 +76,14 @@ class PostgresServer:
         return subprocess.run(command, capture_output=True, text=True, check=check, timeout=120)
 
     @classmethod
-    def create(cls, binaries: Path) -> PostgresServer:
+    def create(cls, binaries: Path, durable: bool = False) -> PostgresServer:
         """initdb into a new temporary folder (owned by the server's user)."""
         owner = "postgres" if os.geteuid() == 0 else None
         folder = Path(tempfile.mkdtemp(prefix="lethe-pg-"))
         if owner:
             entry = pwd.getpwnam(owner)
             os.chown(folder, entry.pw_uid, entry.pw_gid)
-        server = cls(binaries, folder, _free_port(), owner)
+        server = cls(binaries, folder, _free_port(), owner, durable)
         server._run(
             "initdb",
             "-D",
@@ -91,9 +103,10 @@ class PostgresServer:
             return
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1"
-            f" -c unix_socket_directories='{self.folder}' -c fsync=off"
-            " -c full_page_writes=off -c synchronous_commit=off"
+            f" -c unix_socket_directories='{self.folder}'"
         )
+        if not self.durable:
+            options += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
         self._run(
             "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"), "-w",
             "start",
@@ -124,15 +137,66 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[PostgresServer]:
-    """A started server, stopped and removed afterwards; skips when none is installed."""
+def running_server(durable: bool = False) -> Iterator[PostgresServer]:
+    """A started server, stopped and removed afterwards (also on failure); `ServerMissing`
+    when none is installed."""
     binaries = server_binaries()
     if binaries is None:
-        pytest.skip("no PostgreSQL server installed ('apt-get install postgresql'; make test does)")
-    server = PostgresServer.create(binaries)
+        raise ServerMissing(
+            "no PostgreSQL server installed ('apt-get install postgresql'; make test does)"
+        )
+    server = PostgresServer.create(binaries, durable)
     try:
         server.start()
         yield server
     finally:
         server.stop()
         server.remove()
+
+
+def _csv_value(name: str, type_: str) -> str:
+    """DuckDB SQL writing a column as PostgreSQL's COPY reads it (lists as array literals)."""
+    column = quote(name)
+    if not type_.endswith("[]"):
+        return column
+    # Each element double-quoted, its backslashes and double quotes escaped.
+    element = r"""'"' || replace(replace(x, '\', '\\'), '"', '\"') || '"'"""
+    return f"'{{' || array_to_string(list_transform({column}, lambda x: {element}), ',') || '}}'"
+
+
+def copy_from_duckdb(
+    duck: duckdb.DuckDBPyConnection,
+    pg: psycopg.Connection,
+    schema: str,
+    table: str,
+    ddl: str | None = None,
+) -> int:
+    """Create `schema.table` on the server (`ddl` in DuckDB's dialect, by default the
+    DuckDB table's columns and types) and fill it with DuckDB's rows by one COPY; the rows.
+
+    The rows go through a CSV file in a temporary folder that DuckDB writes and the client
+    streams, so millions of rows never become Python objects.
+    """
+    described = duck.execute(f"DESCRIBE {schema}.{quote(table)}").fetchall()
+    if ddl is None:
+        columns = ", ".join(f"{quote(r[0])} {r[1]}" for r in described)
+        ddl = f"CREATE TABLE {schema}.{quote(table)} ({columns})"
+    for sql in render((ddl,), POSTGRES):
+        pg.execute(sql)
+    names = ", ".join(quote(r[0]) for r in described)
+    values = ", ".join(_csv_value(r[0], r[1]) for r in described)
+    with tempfile.TemporaryDirectory(prefix="lethe-copy-") as folder:
+        csv = Path(folder) / "rows.csv"
+        duck.execute(
+            f"COPY (SELECT {values} FROM {schema}.{quote(table)}) TO '{csv}'"
+            " (FORMAT csv, HEADER false)"
+        )
+        with (
+            csv.open("rb") as rows,
+            pg.cursor().copy(
+                f"COPY {schema}.{quote(table)} ({names}) FROM STDIN (FORMAT csv)"
+            ) as copy,
+        ):
+            while block := rows.read(1 << 20):
+                copy.write(block)
+    return duck.execute(f"SELECT count(*) FROM {schema}.{quote(table)}").fetchone()[0]

@@ -14,8 +14,10 @@ import pytest
 from conftest import REPO
 
 from bench import report
+from bench.postgres_stages import PostgresStage
 from bench.run import ladder, parse_scale
 from bench.stages import STAGES, Stage, generate_stage
+from tests.postgres import server_binaries
 
 
 def test_harness_reports_every_stage_at_a_tiny_scale(tmp_path: Path) -> None:
@@ -43,10 +45,17 @@ def test_harness_reports_every_stage_at_a_tiny_scale(tmp_path: Path) -> None:
                 assert stage["cpu_median_s"] >= 0, name
                 assert stage["x_floor"] > 0, name
             else:
-                # Only stages waiting for a core function may be missing.
+                # Only stages waiting for a core function (or a PostgreSQL server) may be
+                # missing.
                 assert stage["status"] == report.NOT_AVAILABLE, (name, stage)
-                assert STAGES[name].requires is not None, name
+                assert STAGES[name].requires is not None or (
+                    isinstance(STAGES[name], PostgresStage) and server_binaries() is None
+                ), name
         assert scale["rows"]["contacts"] == scale["contacts"]
+        if server_binaries() is not None:
+            # The same plans on the same rows: the same actions on both engines.
+            plans = [scale["stages"][n]["details"]["actions"] for n in ("pg_plans", "duck_plans")]
+            assert plans[0] == plans[1] and plans[0], plans
     assert {t["status"] for t in result["targets"]} <= {"PASS", "MISS", "N/A"}
     assert result["growth"]["enforce"]["slope"] is not None
 
@@ -119,6 +128,20 @@ def test_targets_compare_within_the_same_run() -> None:
     assert lines["enforcement ≤ 1.5× floor at 1m"]["value"] == "3× at 1m"
     assert lines["ingest 1m < 20 s"]["status"] == "N/A"
     assert lines["daily run 10m < 120 s"]["status"] == "N/A"
+
+
+def test_postgres_targets_and_comparisons() -> None:
+    scale = _scale(
+        100_000,
+        {"pg_erasure": 2.0, "pg_per_subject": 40.0, "pg_plans": 3.0, "duck_plans": 1.0},
+    )
+    scale["stages"]["pg_per_subject"]["details"] = {"batch": 10_000}
+    lines = {t["target"]: t for t in report.targets([scale])}
+    target = lines["set-based ≥ 100× faster than per-subject on PostgreSQL"]
+    assert (target["status"], target["value"]) == ("MISS", "20× at 100k")
+    ratios = {c["what"]: c["ratio"] for c in report.comparisons(scale)}
+    assert ratios["PostgreSQL ÷ DuckDB, enforcement plans"] == 3.0
+    assert ratios["per-subject ÷ set-based erasure at a PostgreSQL source"] == 20.0
 
 
 def test_daily_targets() -> None:

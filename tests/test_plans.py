@@ -37,31 +37,13 @@ from lethe.engine.warehouse import TAG_COLUMNS, connect, table_columns
 from lethe.eshop.generate import generate
 from lethe.operations.home import Home
 from lethe.operations.lock import LockedError
-from tests.postgres import PostgresServer
+from tests.postgres import PostgresServer, copy_from_duckdb
 
 POLICY = load_policy(DEFAULT_POLICY)
 FIRST = dt.date(2025, 6, 1)  # the first enforcement, on DuckDB
 AS_OF = dt.date(2026, 3, 1)  # the plans compared
 # Random surrogates (`anon-` and 32 hex digits) differ between any two runs.
 SURROGATE = re.compile(r"^anon-[0-9a-f]{32}$")
-
-
-def _copy(duck: DuckDBEngine, pg: PostgresEngine, schema: str, table: str, ddl: str) -> None:
-    """Create `schema.table` on the server (`ddl` in DuckDB's dialect) with DuckDB's rows."""
-    for sql in render((ddl,), POSTGRES):
-        pg.con.execute(sql)
-    columns = [r[0] for r in duck.con.execute(f"DESCRIBE {schema}.{table}").fetchall()]
-    names = ", ".join(quote(c) for c in columns)
-    rows = duck.con.execute(f"SELECT {names} FROM {schema}.{quote(table)}").fetchall()
-    with pg.con.cursor().copy(f"COPY {schema}.{quote(table)} ({names}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
-
-
-def _ddl_like(duck: DuckDBEngine, schema: str, table: str) -> str:
-    """CREATE TABLE with the column names and types of a DuckDB table."""
-    rows = duck.con.execute(f"DESCRIBE {schema}.{table}").fetchall()
-    return f"CREATE TABLE {schema}.{table} ({', '.join(f'{quote(r[0])} {r[1]}' for r in rows)})"
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +72,9 @@ def engines(
     for schema in ("core", "requests", "vault"):
         pg.con.execute(f"CREATE SCHEMA {schema}")
     for table in POLICY.data_schema.tables.values():
-        _copy(duck, pg, "core", table.name, core_table_ddl(table))
+        copy_from_duckdb(duck.con, pg.con, "core", table.name, core_table_ddl(table))
     for schema, table in (("requests", "erasures"), ("vault", "tokens")):
-        _copy(duck, pg, schema, table, _ddl_like(duck, schema, table))
+        copy_from_duckdb(duck.con, pg.con, schema, table)
     try:
         yield duck, pg
     finally:

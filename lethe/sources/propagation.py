@@ -479,6 +479,9 @@ def _carry(
             )
             with pcon.cursor().copy(f"COPY {CHANGES} FROM STDIN (FORMAT csv)") as copy:
                 copy.write(csv.getvalue())
+            # Temporary tables get no statistics from autovacuum: without them the planner
+            # guesses the change set's size and distinct keys, and picks worse joins.
+            pcon.execute(f"ANALYZE {CHANGES}")
             for table in tables:
                 mine = [c for c in outcome.changes if c.table == table.name]
                 if not mine:
