@@ -23,7 +23,8 @@ from tests.postgres import server_binaries
 def test_harness_reports_every_stage_at_a_tiny_scale(tmp_path: Path) -> None:
     out, work = tmp_path / "results", tmp_path / "work"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--scales", "1000,2000", "--reps", "1"]
+        # One scale: growth across scales has its own tests below, on made-up figures.
+        [sys.executable, "-m", "bench", "--scales", "1000", "--reps", "1"]
         + ["--out", str(out), "--workdir", str(work)],
         cwd=REPO,
         capture_output=True,
@@ -34,7 +35,7 @@ def test_harness_reports_every_stage_at_a_tiny_scale(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     result = json.loads((out / "latest.json").read_text())
-    assert [s["contacts"] for s in result["scales"]] == [1000, 2000]
+    assert [s["contacts"] for s in result["scales"]] == [1000]
     for scale in result["scales"]:
         assert set(scale["stages"]) == set(STAGES)
         for name, stage in scale["stages"].items():
@@ -57,7 +58,7 @@ def test_harness_reports_every_stage_at_a_tiny_scale(tmp_path: Path) -> None:
             plans = [scale["stages"][n]["details"]["actions"] for n in ("pg_plans", "duck_plans")]
             assert plans[0] == plans[1] and plans[0], plans
     assert {t["status"] for t in result["targets"]} <= {"PASS", "MISS", "N/A"}
-    assert result["growth"]["enforce"]["slope"] is not None
+    assert result["growth"]["enforce"]["verdict"].startswith("n/a")
 
     table = (out / "latest.md").read_text()
     assert "| retention enforcement |" in table and "## Targets" in table
