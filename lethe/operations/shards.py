@@ -21,9 +21,11 @@ from lethe.declaration.policy import Policy
 from lethe.declaration.schema import Schema
 from lethe.declaration.strategies import quote
 from lethe.engine.ddl import ensure_schemas
-from lethe.engine.warehouse import connect, spill_directory, transaction
+from lethe.engine.warehouse import connect, has_table, spill_directory, transaction
 from lethe.errors import LetheError
 from lethe.operations.home import Home
+from lethe.operations.lock import exclusive
+from lethe.rights.requests import RequestError
 from lethe.rights.subjects import UnknownSubjectError, resolve_subject
 
 SHARDS_ENV = "LETHE_SHARDS"
@@ -61,9 +63,26 @@ def shard_of(key: str, n: int) -> str:
     return shard_name(int(hashlib.md5(key.encode("utf-8")).hexdigest()[:8], 16) % n)
 
 
+def shard_names(n: int) -> list[str]:
+    """The names of `n` shards: `00`, `01`, …"""
+    return [shard_name(i) for i in range(n)]
+
+
 def shard_homes(home: Home, n: int) -> list[Home]:
     """The LETHE_HOME of each of the `n` shards of `home`."""
-    return [home.shard(shard_name(i)) for i in range(n)]
+    return [home.shard(name) for name in shard_names(n)]
+
+
+@contextmanager
+def _reading(shard: Home) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection to a shard's warehouse under its shared lock (a run writing
+    there is waited for as `lethe` waits for one on LETHE_HOME)."""
+    with exclusive(shard.lock, shared=True):
+        con = connect(shard.warehouse, read_only=True)
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 def check_layout(home: Home, n: int) -> None:
@@ -165,14 +184,12 @@ def subject_shard(home: Home, schema: Schema, subject: str, n: int) -> Home:
     for shard in candidates:
         if not shard.warehouse.exists():
             continue
-        con = connect(shard.warehouse, read_only=True)
-        try:
-            resolve_subject(con, schema, subject)
-            found.append(shard)
-        except UnknownSubjectError as exc:
-            problem = exc
-        finally:
-            con.close()
+        with _reading(shard) as con:
+            try:
+                resolve_subject(con, schema, subject)
+                found.append(shard)
+            except UnknownSubjectError as exc:
+                problem = exc
     if len(found) > 1:
         table = schema.subject_table
         raise UnknownSubjectError(
@@ -184,3 +201,19 @@ def subject_shard(home: Home, schema: Schema, subject: str, n: int) -> Home:
             f"--subject: no {schema.subject_table.name} row has that {schema.subject_table.key}"
         )
     return found[0]
+
+
+def request_shard(home: Home, request_id: str, n: int) -> Home:
+    """The shard holding request `request_id` (every shard looked at read-only)."""
+    for shard in shard_homes(home, n):
+        if not shard.warehouse.exists():
+            continue
+        with _reading(shard) as con:
+            if (
+                has_table(con, "requests", "requests")
+                and con.execute(
+                    "SELECT count(*) FROM requests.requests WHERE request_id = ?", [request_id]
+                ).fetchone()[0]
+            ):
+                return shard
+    raise RequestError(f"{request_id!r}: no such request")
