@@ -174,7 +174,7 @@ def split_landing(home: Home, policy: Policy, n: int) -> Split:
                     waiting = [h for h in homes if landing_file(h.landing, table)]
                     if waiting:
                         result.refused.append(
-                            f"{path}: {waiting[0].landing} still holds an earlier delivery of"
+                            f"{path}: {waiting[0].landing} has an earlier delivery of"
                             f" {table.name}; split after the next run loads it (file left"
                             " in landing/)"
                         )

@@ -93,12 +93,12 @@ def check_layout(home: Home, n: int) -> None:
     present = [p for p in present if p.isdigit()]
     if n > 1 and not present and home.warehouse.exists():
         raise ShardError(
-            f"{SHARDS_ENV}={n}: {home.root} holds an unsharded warehouse; moving it into"
+            f"{SHARDS_ENV}={n}: {home.root} has an unsharded warehouse; moving it into"
             " shards is not built yet (unset the variable)"
         )
     if present and len(present) != n:
         raise ShardError(
-            f"{SHARDS_ENV}={n}: {home.shards} holds {len(present)} shards; changing the"
+            f"{SHARDS_ENV}={n}: {home.shards} has {len(present)} shards; changing the"
             " number of shards is not built yet"
         )
 
