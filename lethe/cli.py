@@ -365,6 +365,13 @@ def _subject_home(subject: str) -> Home:
     return home if n == 1 else subject_shard(home, load_policy().data_schema, subject, n)
 
 
+def _unsharded(command: str) -> None:
+    """Refuse a command that would act on the top warehouse, which with subject shards only
+    holds their union (each shard's run writes its own backups)."""
+    if shard_count() > 1:
+        _fail(f"lethe {command}: not built for subject shards yet (LETHE_SHARDS={shard_count()})")
+
+
 def _request_home(request_id: str) -> Home:
     """LETHE_HOME, or with subject shards the shard that holds the request."""
     home = _home_with_warehouse()
@@ -409,12 +416,18 @@ def hold_release(
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Check the audit ledger's hash chain: any edited, removed or reordered entry fails."""
-    with _warehouse(write=False) as con:
-        result = verify(con)
-    if not result.ok:
-        _fail(f"audit ledger: {result.problem}")
-    out.print(f"audit ledger: {result.entries} entries, chain intact")
+    """Check the audit ledger's hash chain: any edited, removed or reordered entry fails.
+    With subject shards, every shard's ledger and the top one (each its own chain)."""
+    home = _home_with_warehouse()
+    n = shard_count()
+    shards = [s for s in shard_homes(home, n) if s.warehouse.exists()] if n > 1 else []
+    for where in [home, *shards]:
+        with _warehouse(write=False, home=where) as con:
+            result = verify(con)
+        name = "audit ledger" if where == home else f"audit ledger of shard {where.root.name}"
+        if not result.ok:
+            _fail(f"{name}: {result.problem}")
+        out.print(f"{name}: {result.entries} entries, chain intact")
 
 
 @app.command()
@@ -515,6 +528,7 @@ def propagate(
     sources now (each run does it too): one transaction per source, recorded in the ledger.
     A source that refuses is rolled back and keeps its requests pending (exit 1)."""
     loaded = load_policy(policy)
+    _unsharded("propagate")
     with _warehouse(write=True) as con:
         outcomes = propagate_changes(
             con, loaded, f"cli-{uuid.uuid4()}", _date(None), dry_run=dry_run
@@ -603,6 +617,7 @@ def _answer(home: Home, where: Home, answer: dict) -> str:
 @app.command()
 def backup() -> None:
     """Write a compressed backup of the warehouse under LETHE_HOME/backups."""
+    _unsharded("backup")
     home = _home_with_warehouse().ensure()
     with exclusive(home.lock):
         made = create_backup(home)
@@ -615,6 +630,7 @@ def restore(
     policy: Annotated[Path | None, typer.Option("--policy", help="Policy file.")] = None,
 ) -> None:
     """Restore a backup; every erasure recorded since is re-applied before it is visible."""
+    _unsharded("restore")
     home = Home.from_env()
     loaded = load_policy(policy)
     if not home.backups.is_dir():
@@ -682,6 +698,7 @@ def processor_export(
     """Export the data shared with a processor; refused (logged, alerted) once its contract
     has ended or its access was revoked."""
     loaded = load_policy(policy)
+    _unsharded("processor export")
     with _warehouse() as con:
         home = Home.from_env().ensure()
         made = export_to_processor(

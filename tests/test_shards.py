@@ -231,3 +231,48 @@ def test_run_shard_without_shards_is_a_usage_error(tmp_path: Path) -> None:
     done = lethe_cli("run", "--shard", "00", home=tmp_path / "h")
     assert done.returncode == 2
     assert "--shard: there are no shards" in done.stderr
+
+
+def test_the_command_line_sees_every_shard(runs) -> None:
+    home, env = runs["four"], {SHARDS_ENV: str(N)}
+    done = lethe_cli("audit", "verify", home=home.root, **env)
+    assert done.returncode == 0, done.stderr
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == [
+        "audit ledger",
+        *(f"audit ledger of shard {s.root.name}" for s in shard_homes(home, N)),
+    ]
+    done = lethe_cli("requests", home=home.root, **env)
+    assert done.returncode == 0, done.stderr
+    statuses = [line.split()[1::4] for line in done.stdout.splitlines() if line.startswith("R-")]
+    assert statuses[:2] == [["erasure", "done"], ["access", "done"]]
+    # The access answer's zip, under its shard's folder.
+    assert f"shards/{shard_of(ACCESS, N)}/exports/requests/R-" in done.stdout
+
+
+def test_what_is_not_built_for_shards_is_refused_in_one_line(runs) -> None:
+    home = runs["four"]
+    done = lethe_cli("run", "--as-of", T.isoformat(), home=home.root, **{SHARDS_ENV: "2"})
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: {SHARDS_ENV}=2: {home.shards} has {N} shards; changing the number of shards"
+        " is not built yet"
+    ]
+    done = lethe_cli("backup", home=home.root, **{SHARDS_ENV: str(N)})
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"error: lethe backup: not built for subject shards yet ({SHARDS_ENV}={N})"
+    )
+
+
+def test_the_whole_pipeline_job_is_refused_on_a_sharded_home(
+    runs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daily schedule, the request sensor and the UI launch the whole pipeline job: on
+    the top warehouse (the shards' union) it would ingest and enforce beside the shards."""
+    monkeypatch.setenv(SHARDS_ENV, str(N))
+    outcome = run_pipeline(runs["four"], T)
+    assert not outcome.success
+    assert outcome.errors == [
+        f"{SHARDS_ENV}={N}: job lethe_pipeline does not run on shards; run `lethe run`"
+        " (the shard-aware schedule and sensor are not built yet)"
+    ]
