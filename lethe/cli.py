@@ -46,6 +46,7 @@ from lethe.operations.home import Home
 from lethe.operations.lock import exclusive
 from lethe.operations.restore import restore as restore_backup
 from lethe.operations.shards import (
+    check_layout,
     request_shard,
     shard_count,
     shard_homes,
@@ -169,7 +170,9 @@ def run(
                 f" {', '.join(shard_names(shard_count()))})",
                 USAGE,
             )
-    _run_and_report(Home.from_env().ensure(), when, policy, shard)
+    home = Home.from_env()
+    check_layout(home, shard_count())
+    _run_and_report(home.ensure(), when, policy, shard)
 
 
 def _run_and_report(
@@ -346,8 +349,10 @@ def schema_export(
 
 
 def _home_with_warehouse() -> Home:
-    """LETHE_HOME, refused in one line (creating nothing) when it holds no warehouse yet."""
+    """LETHE_HOME, refused in one line (creating nothing) when it holds no warehouse yet
+    or other shards than LETHE_SHARDS says."""
     home = Home.from_env()
+    check_layout(home, shard_count())
     if not home.warehouse.exists():
         if os.environ.get("LETHE_HOME"):
             _fail(f"no Lethe warehouse in LETHE_HOME {home.root} (run `lethe run` first)")

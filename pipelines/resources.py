@@ -17,7 +17,7 @@ from lethe.engine.warehouse import connect
 from lethe.operations.files import owner_only_umask, restrict_tree
 from lethe.operations.home import Home
 from lethe.operations.lock import exclusive
-from lethe.operations.shards import SHARDS_ENV, ShardError, shard_count
+from lethe.operations.shards import SHARDS_ENV, ShardError, check_layout, shard_count
 from pipelines.jobs import SHARD_JOB, UNION_JOB
 
 SHARDED_JOBS = (SHARD_JOB, UNION_JOB)
@@ -43,6 +43,8 @@ class WarehouseResource(dg.ConfigurableResource):
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[WarehouseResource]:
         run = context.run
+        if run is not None and run.job_name not in SHARDED_JOBS:
+            check_layout(self.paths(), shard_count())
         if shard_count() > 1 and run is not None and run.job_name not in SHARDED_JOBS:
             # The top warehouse only holds the shards' union: a whole-pipeline run there
             # would ingest and enforce beside the shards.

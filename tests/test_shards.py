@@ -259,6 +259,12 @@ def test_what_is_not_built_for_shards_is_refused_in_one_line(runs) -> None:
         f"error: {SHARDS_ENV}=2: {home.shards} has {N} shards; changing the number of shards"
         " is not built yet"
     ]
+    done = lethe_cli("requests", home=home.root)  # LETHE_SHARDS unset: the top is a union
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: {SHARDS_ENV}=1: {home.shards} has {N} shards; changing the number of shards"
+        " is not built yet"
+    ]
     done = lethe_cli("backup", home=home.root, **{SHARDS_ENV: str(N)})
     assert done.returncode == 1
     assert done.stderr.strip() == (

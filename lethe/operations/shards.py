@@ -87,9 +87,9 @@ def _reading(shard: Home) -> Iterator[duckdb.DuckDBPyConnection]:
 
 def check_layout(home: Home, n: int) -> None:
     """Refuse a shard count that differs from the shards already under `home` (re-sharding
-    is not built yet), and sources a shard cannot split (a PostgreSQL table would be read
-    whole by every shard)."""
-    present = sorted(p.name for p in home.shards.iterdir()) if home.shards.is_dir() else []
+    is not built yet): with shards, the top warehouse only holds their union, and a
+    warehouse without shards holds every subject."""
+    present = [p.name for p in home.shards.iterdir()] if home.shards.is_dir() else []
     present = [p for p in present if p.isdigit()]
     if n > 1 and not present and home.warehouse.exists():
         raise ShardError(
