@@ -43,6 +43,7 @@ def run_pipeline(
     job: str = PIPELINE_JOB,
     instance_home: Home | None = None,
     tags: dict[str, str] | None = None,
+    partition_key: str | None = None,
 ) -> RunOutcome:
     """Execute the pipeline job (or `job`) of the definitions built from `policy_path`
     (default: LETHE_POLICY, else the default policy), so that the run shows in `dagster dev`
@@ -64,6 +65,7 @@ def run_pipeline(
     result = defs.resolve_job_def(job).execute_in_process(
         run_config=run_config,
         instance=instance,
+        partition_key=partition_key,
         raise_on_error=False,
         tags={
             AS_OF_TAG: as_of.isoformat(),

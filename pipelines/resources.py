@@ -21,6 +21,7 @@ from lethe.operations.shards import SHARDS_ENV, ShardError, check_layout, shard_
 from pipelines.jobs import SHARD_JOB, UNION_JOB
 
 SHARDED_JOBS = (SHARD_JOB, UNION_JOB)
+PARTITION_TAG = "dagster/partition"
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -40,6 +41,15 @@ class WarehouseResource(dg.ConfigurableResource):
     def paths(self) -> Home:
         return Home.from_env(self.home or None).ensure()
 
+    def for_shard(self, shard: str | None) -> WarehouseResource:
+        """The resource of subject shard `shard` (a run of one partition of the per-shard
+        assets works on that shard's LETHE_HOME); itself for None."""
+        if shard is None:
+            return self
+        return WarehouseResource(
+            home=str(self.paths().shard(shard).root), lock_wait_seconds=self.lock_wait_seconds
+        )
+
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[WarehouseResource]:
         run = context.run
@@ -52,12 +62,13 @@ class WarehouseResource(dg.ConfigurableResource):
                 f"{SHARDS_ENV}={shard_count()}: job {run.job_name} does not run on shards;"
                 " run `lethe run` (the shard-aware schedule and sensor are not built yet)"
             )
+        target = self.for_shard(run.tags.get(PARTITION_TAG)) if run is not None else self
         with (
             owner_only_umask(),
-            exclusive(self.paths().lock, wait_seconds=self.lock_wait_seconds),
+            exclusive(target.paths().lock, wait_seconds=self.lock_wait_seconds),
         ):
             try:
-                yield self
+                yield target
             finally:
                 # Dagster wrote this run's files before the umask above applied (when the
                 # process that launched the run did not set one).

@@ -1,8 +1,8 @@
 """A run over subject shards (LETHE_SHARDS > 1): split the landing delivery by subject, run
-each shard's job on its own LETHE_HOME (one after another), build the union of the shards
-in the top LETHE_HOME and run the analytics and compliance job over it.
-
-Every run shows in the top LETHE_HOME's Dagster instance, tagged with its shard.
+each shard's job as a run of its partition (one after another; the warehouse resource
+points a partition's run at the shard's LETHE_HOME), build the union of the shards in the
+top LETHE_HOME and run the analytics and compliance job over it. Every run shows in the
+top LETHE_HOME's Dagster instance.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from lethe.operations.shards import (
 )
 from pipelines.jobs import SHARD_JOB, UNION_JOB
 from pipelines.launch import RunOutcome, run_pipeline
-
-SHARD_TAG = "lethe/shard"
 
 
 def run_sharded(
@@ -49,14 +47,8 @@ def run_sharded(
         name = shard.root.name
         if only is not None and name not in only:
             continue
-        outcome = run_pipeline(
-            shard.ensure(),
-            as_of,
-            policy_path,
-            job=SHARD_JOB,
-            instance_home=home,
-            tags={SHARD_TAG: name},
-        )
+        shard.ensure()
+        outcome = run_pipeline(home, as_of, policy_path, job=SHARD_JOB, partition_key=name)
         success &= outcome.success
         errors += [f"shard {name}: {e}" for e in outcome.errors]
         failed += [f"shard {name}: {c}" for c in outcome.failed_checks]
@@ -65,7 +57,7 @@ def run_sharded(
         # As in one warehouse: analytics and exports wait until the blocking check passes.
         return RunOutcome("", False, errors, failed, blocking)
     build_union(home, policy, n)
-    union = run_pipeline(home, as_of, policy_path, job=UNION_JOB, tags={SHARD_TAG: "union"})
+    union = run_pipeline(home, as_of, policy_path, job=UNION_JOB)
     return RunOutcome(
         union.run_id,
         success and union.success and not errors,

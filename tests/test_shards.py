@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
 from conftest import DEFAULT_POLICY, REPO, ingest_all, lethe_cli, write_landing
@@ -335,3 +336,17 @@ def test_the_example_shop_splits_as_its_exports_are_written(tmp_path: Path) -> N
     tables = policy.data_schema.tables.values()
     assert all(expected[t.name] for t in tables if t.source.file in delivered)
     assert _loaded(shards, policy) == expected
+
+
+def test_each_shard_runs_as_a_partition_in_the_top_instance(runs) -> None:
+    instance = dg.DagsterInstance.from_config(str(runs["four"].dagster))
+    try:
+        for key in (["ingest", "contacts"], ["core", "retention_enforcement"]):
+            done = instance.get_materialized_partitions(dg.AssetKey(key))
+            assert done == {"00", "01", "02", "03"}, key
+        released = instance.get_latest_materialization_event(
+            dg.AssetKey(["analytics", "customers_by_cohort"])
+        )
+        assert released is not None and released.dagster_event.partition is None
+    finally:
+        instance.dispose()
