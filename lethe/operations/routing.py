@@ -3,8 +3,9 @@
 Each landing file is read as ingest reads it (same CSV dialect, headers and value formats),
 and each row's subject is found along the schema's references (`path_to_subject`): the
 subject table's rows by their key's hash, a child row by its parent's shard, looked up in
-this delivery first, then in the shards' core tables (a parent delivered earlier). All of
-it is set-based: one statement per table to route, one COPY per table and shard.
+this delivery first, then in earlier splits not loaded yet, then in the shards' core
+tables (a parent delivered earlier). All of it is set-based: one statement per table to
+route, one COPY per table and shard.
 
 A row whose subject cannot be found (no parent anywhere, a key that is no value of its
 type) goes to shard 00, whose ingest quarantines it with the usual one-line reason: no row
@@ -65,9 +66,39 @@ def _referenced(schema: Schema, table: str) -> set[str]:
     }
 
 
-def _parent_map(schema: Schema, table: Table, routed: set[str], shards: list[str]) -> str:
+def _waiting(
+    con: duckdb.DuckDBPyConnection, schema: Schema, parent: Table, column: str, homes: list[Home]
+) -> list[str]:
+    """SELECTs of (`_ref`, `_shard`) from the parent's rows split earlier and not loaded
+    yet (a shard's run that did not get to them, a split killed between two tables)."""
+    parts = []
+    fmt = ValueFormats.of(schema, parent)
+    header = parent.column(column).header
+    for home in homes:
+        path = landing_file(home.landing, parent)
+        if path is None or path.suffix != ".parquet":
+            continue
+        reader = f"read_parquet({literal(str(path))})"
+        types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()}
+        typed = _typed(quote(header), parent.column(column).type, str(types[header]), fmt)
+        parts.append(
+            f"SELECT CAST({typed} AS {sql_type(parent, column)}) AS _ref,"
+            f" {literal(home.root.name)} AS _shard, 1 AS _prio FROM {reader}"
+        )
+    return parts
+
+
+def _parent_map(
+    con: duckdb.DuckDBPyConnection,
+    schema: Schema,
+    table: Table,
+    routed: set[str],
+    shards: list[str],
+    homes: list[Home],
+) -> str:
     """A SELECT of (`_ref`, `_shard`): the shard of each key of the parent `table` on the
-    way to the subject, from this delivery first, else from the shards' core tables."""
+    way to the subject, from this delivery first, then from rows split earlier and waiting
+    in a shard's landing/, else from the shards' core tables."""
     fk = schema.path_to_subject(table.name)[0]
     parts = []
     if fk.ref_table in routed:
@@ -75,10 +106,11 @@ def _parent_map(schema: Schema, table: Table, routed: set[str], shards: list[str
             f"SELECT {_typed_name(fk.ref_column)} AS _ref, _shard, 0 AS _prio"
             f" FROM {_route(fk.ref_table)}"
         )
+    parts += _waiting(con, schema, schema.tables[fk.ref_table], fk.ref_column, homes)
     for alias in shards:
         parts.append(
             f"SELECT {quote(fk.ref_column)} AS _ref, {literal(alias.removeprefix('shard_'))}"
-            f" AS _shard, 1 AS _prio FROM {alias}.core.{quote(fk.ref_table)}"
+            f" AS _shard, 2 AS _prio FROM {alias}.core.{quote(fk.ref_table)}"
         )
     if not parts:
         return "SELECT NULL AS _ref, NULL AS _shard"
@@ -95,6 +127,7 @@ def _route_table(
     n: int,
     routed: set[str],
     shards: list[str],
+    homes: list[Home],
 ) -> None:
     """Temp table `_route_<table>`: the staged rows, the typed columns children look their
     parent up by, and `_shard`."""
@@ -115,7 +148,7 @@ def _route_table(
     else:
         shard = "m._shard"
         join = (
-            f" LEFT JOIN ({_parent_map(schema, table, routed, shards)}) m"
+            f" LEFT JOIN ({_parent_map(con, schema, table, routed, shards, homes)}) m"
             f" ON m._ref = {typed(path[0].column)}"
         )
     con.execute(
@@ -183,7 +216,7 @@ def split_landing(home: Home, policy: Policy, n: int) -> Split:
                 except IngestError as exc:
                     result.refused.append(str(exc))
                     continue
-                _route_table(con, schema, table, n, routed, shards)
+                _route_table(con, schema, table, n, routed, shards, homes)
                 routed.add(table.name)
                 result.rows[table.name] = _write_shards(con, table, homes, str(staging))
                 for shard in homes:
