@@ -45,6 +45,14 @@ from lethe.operations.files import owner_only_umask
 from lethe.operations.home import Home
 from lethe.operations.lock import exclusive
 from lethe.operations.restore import restore as restore_backup
+from lethe.operations.shards import (
+    check_layout,
+    request_shard,
+    shard_count,
+    shard_homes,
+    shard_names,
+    subject_shard,
+)
 from lethe.rights.exports import export_dir
 from lethe.rights.holds import place_hold, release_hold
 from lethe.rights.requests import (
@@ -140,15 +148,38 @@ def run(
     policy: Annotated[
         Path | None, typer.Option("--policy", help="Policy file (default policies/default.yaml).")
     ] = None,
+    shard: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--shard",
+            help="With LETHE_SHARDS > 1: run only this shard (repeatable; e.g. the shard a"
+            " request went to), then the analytics over all shards.",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole pipeline once (ingest, tag, enforce) as a Dagster run."""
     when = _date(as_of)
     load_policy(policy)  # refuse an invalid policy before anything runs
-    _run_and_report(Home.from_env().ensure(), when, policy)
+    if shard and shard_count() == 1:
+        _fail("--shard: there are no shards (set LETHE_SHARDS to more than 1)", USAGE)
+    if shard:
+        unknown = sorted(set(shard) - set(shard_names(shard_count())))
+        if unknown:
+            _fail(
+                f"--shard: {unknown[0]!r} is not a shard (LETHE_SHARDS={shard_count()}:"
+                f" {', '.join(shard_names(shard_count()))})",
+                USAGE,
+            )
+    home = Home.from_env()
+    check_layout(home, shard_count())
+    _run_and_report(home.ensure(), when, policy, shard)
 
 
-def _run_and_report(home: Home, when: dt.date, policy: Path | None) -> None:
+def _run_and_report(
+    home: Home, when: dt.date, policy: Path | None, shards: list[str] | None = None
+) -> None:
     from pipelines.launch import run_pipeline
+    from pipelines.sharded import run_sharded
 
     # The summary is read under the same lock: a run waiting for it would otherwise find
     # the warehouse open here.
@@ -161,7 +192,11 @@ def _run_and_report(home: Home, when: dt.date, policy: Path | None) -> None:
             transient=True,
         ) as progress:
             progress.add_task(f"Running the pipeline as of {when}", total=None)
-            outcome = run_pipeline(home, when, str(policy) if policy else None)
+            path = str(policy) if policy else None
+            if shard_count() > 1:
+                outcome = run_sharded(home, when, path, only=shards)
+            else:
+                outcome = run_pipeline(home, when, path)
         loaded = load_policy(policy)
         con = connect(home.warehouse, read_only=True)
         try:
@@ -314,8 +349,10 @@ def schema_export(
 
 
 def _home_with_warehouse() -> Home:
-    """LETHE_HOME, refused in one line (creating nothing) when it holds no warehouse yet."""
+    """LETHE_HOME, refused in one line (creating nothing) when it holds no warehouse yet
+    or other shards than LETHE_SHARDS says."""
     home = Home.from_env()
+    check_layout(home, shard_count())
     if not home.warehouse.exists():
         if os.environ.get("LETHE_HOME"):
             _fail(f"no Lethe warehouse in LETHE_HOME {home.root} (run `lethe run` first)")
@@ -326,9 +363,30 @@ def _home_with_warehouse() -> Home:
     return home
 
 
-@contextmanager
-def _warehouse(write: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+def _subject_home(subject: str) -> Home:
+    """LETHE_HOME, or with subject shards the shard that holds the subject."""
     home = _home_with_warehouse()
+    n = shard_count()
+    return home if n == 1 else subject_shard(home, load_policy().data_schema, subject, n)
+
+
+def _unsharded(command: str) -> None:
+    """Refuse a command that would act on the top warehouse, which with subject shards only
+    holds their union (each shard's run writes its own backups)."""
+    if shard_count() > 1:
+        _fail(f"lethe {command}: not built for subject shards yet (LETHE_SHARDS={shard_count()})")
+
+
+def _request_home(request_id: str) -> Home:
+    """LETHE_HOME, or with subject shards the shard that holds the request."""
+    home = _home_with_warehouse()
+    n = shard_count()
+    return home if n == 1 else request_shard(home, request_id, n)
+
+
+@contextmanager
+def _warehouse(write: bool = True, home: Home | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    home = home or _home_with_warehouse()
     with exclusive(home.lock, shared=not write):
         con = connect(home.warehouse, read_only=not write)
         try:
@@ -344,7 +402,7 @@ def hold_add(
 ) -> None:
     """Freeze every row of a data subject until the hold is released."""
     policy = load_policy()
-    with _warehouse() as con:
+    with _warehouse(home=_subject_home(subject)) as con:
         hold_id = place_hold(con, policy, subject, reason)
     out.print(f"hold {hold_id} placed; the subject's rows are frozen from the next run")
 
@@ -356,19 +414,25 @@ def hold_release(
 ) -> None:
     """Release a subject's open holds; retention applies again from the next run."""
     policy = load_policy()
-    with _warehouse() as con:
+    with _warehouse(home=_subject_home(subject)) as con:
         n = release_hold(con, policy, subject, reason)
     out.print(f"{n} hold(s) released")
 
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Check the audit ledger's hash chain: any edited, removed or reordered entry fails."""
-    with _warehouse(write=False) as con:
-        result = verify(con)
-    if not result.ok:
-        _fail(f"audit ledger: {result.problem}")
-    out.print(f"audit ledger: {result.entries} entries, chain intact")
+    """Check the audit ledger's hash chain: any edited, removed or reordered entry fails.
+    With subject shards, every shard's ledger and the top one (each its own chain)."""
+    home = _home_with_warehouse()
+    n = shard_count()
+    shards = [s for s in shard_homes(home, n) if s.warehouse.exists()] if n > 1 else []
+    for where in [home, *shards]:
+        with _warehouse(write=False, home=where) as con:
+            result = verify(con)
+        name = "audit ledger" if where == home else f"audit ledger of shard {where.root.name}"
+        if not result.ok:
+            _fail(f"{name}: {result.problem}")
+        out.print(f"{name}: {result.entries} entries, chain intact")
 
 
 @app.command()
@@ -410,7 +474,7 @@ def request(
     if kind == "extend":
         if not request_id:
             _fail("request extend: give the request id", USAGE)
-        with _warehouse() as con:
+        with _warehouse(home=_request_home(request_id)) as con:
             extended = extend_request(con, request_id, reason or "")
         out.print(f"{extended.request_id}: deadline extended to {extended.deadline:%Y-%m-%d}")
         return
@@ -422,13 +486,14 @@ def request(
         _fail("--set applies to rectification requests only", USAGE)
     if dry_run:
         policy = load_policy()
-        with _warehouse() as con:
+        target = _subject_home(subject)
+        with _warehouse(home=target) as con:
             outcomes = preview_request(
-                con, policy, Home.from_env().vault, kind, subject, changes, _date(None)
+                con, policy, target.vault, kind, subject, changes, _date(None)
             )
         _print_sources(outcomes, f"{kind} request (dry run: nothing recorded or changed)")
         return
-    with _warehouse() as con:
+    with _warehouse(home=_subject_home(subject)) as con:
         recorded = record_request(con, schema, kind, subject, changes, reason)
     out.print(
         f"{recorded.request_id}: {recorded.type} request recorded;"
@@ -468,6 +533,7 @@ def propagate(
     sources now (each run does it too): one transaction per source, recorded in the ledger.
     A source that refuses is rolled back and keeps its requests pending (exit 1)."""
     loaded = load_policy(policy)
+    _unsharded("propagate")
     with _warehouse(write=True) as con:
         outcomes = propagate_changes(
             con, loaded, f"cli-{uuid.uuid4()}", _date(None), dry_run=dry_run
@@ -510,17 +576,21 @@ def list_requests_command(
     """List data-subject requests with status, deadline and answer.
 
     An answer is where the export file is, or what was done."""
-    with _warehouse(write=False) as con:
-        rows = list_requests(con, overdue_only=overdue)
+    home = _home_with_warehouse()
+    n = shard_count()
+    rows = []
+    for where in [home] if n == 1 else [s for s in shard_homes(home, n) if s.warehouse.exists()]:
+        with _warehouse(write=False, home=where) as con:
+            rows += [(where, *r) for r in list_requests(con, overdue_only=overdue)]
+    rows.sort(key=lambda r: (r[4], r[1]))  # received, id: as one warehouse lists them
     if not rows:
         out.print("No overdue requests." if overdue else "No data-subject requests yet.")
         return
-    home = Home.from_env()
     columns = ("id", "type", "subject", "received", "deadline", "status")
     table = _table("Overdue requests" if overdue else "Data-subject requests", *columns, texts=6)
     table.columns[2].overflow = "fold"  # a long subject key wraps rather than being cut
     answers = []
-    for rid, kind, subject_key, received, deadline, status, late, answer in rows:
+    for where, rid, kind, subject_key, received, deadline, status, late, answer in rows:
         table.add_row(
             rid,
             kind,
@@ -530,7 +600,7 @@ def list_requests_command(
             "[red]overdue[/]" if late else status,
         )
         if answer:
-            answers.append(f"{rid}  {_answer(home, answer)}")
+            answers.append(f"{rid}  {_answer(home, where, answer)}")
     out.print(table)
     if answers:
         out.print()
@@ -539,11 +609,12 @@ def list_requests_command(
             out.print(line, highlight=False)
 
 
-def _answer(home: Home, answer: dict) -> str:
-    """Where an export is (relative to LETHE_HOME), or what the answer says."""
+def _answer(home: Home, where: Home, answer: dict) -> str:
+    """Where an export is (relative to LETHE_HOME; under its shard's folder `where`), or
+    what the answer says."""
     if "export" not in answer:
         return describe_answer(answer)
-    path = export_dir(home) / answer["export"]
+    path = export_dir(where) / answer["export"]
     gone = "" if path.exists() else " (deleted since: exports expire, erasure deletes them)"
     return f"{path.relative_to(home.root)}{gone}"
 
@@ -551,6 +622,7 @@ def _answer(home: Home, answer: dict) -> str:
 @app.command()
 def backup() -> None:
     """Write a compressed backup of the warehouse under LETHE_HOME/backups."""
+    _unsharded("backup")
     home = _home_with_warehouse().ensure()
     with exclusive(home.lock):
         made = create_backup(home)
@@ -563,6 +635,7 @@ def restore(
     policy: Annotated[Path | None, typer.Option("--policy", help="Policy file.")] = None,
 ) -> None:
     """Restore a backup; every erasure recorded since is re-applied before it is visible."""
+    _unsharded("restore")
     home = Home.from_env()
     loaded = load_policy(policy)
     if not home.backups.is_dir():
@@ -630,6 +703,7 @@ def processor_export(
     """Export the data shared with a processor; refused (logged, alerted) once its contract
     has ended or its access was revoked."""
     loaded = load_policy(policy)
+    _unsharded("processor export")
     with _warehouse() as con:
         home = Home.from_env().ensure()
         made = export_to_processor(

@@ -12,7 +12,8 @@ from assets.operations import operations_assets
 from assets.requests import request_assets
 from assets.tagging import tagging_assets
 from lethe.declaration.policy import Policy, load_policy
-from pipelines.jobs import pipeline_job
+from pipelines.jobs import pipeline_job, shard_job, union_job
+from pipelines.partitions import by_shard
 from pipelines.resources import PolicyResource, WarehouseResource
 from pipelines.schedules import daily_retention
 from sensors.requests import pending_requests_sensor
@@ -25,16 +26,20 @@ def build_definitions(policy: Policy) -> dg.Definitions:
     return dg.Definitions(
         assets=[
             *landing_specs(policy),
-            leftovers_asset(policy),
-            *ingest_assets(policy),
-            *request_assets(policy),
-            *tagging_assets(policy),
-            *operations_assets(policy),
-            *enforcement_assets(policy),
+            *by_shard(
+                [
+                    leftovers_asset(policy),
+                    *ingest_assets(policy),
+                    *request_assets(policy),
+                    *tagging_assets(policy),
+                    *operations_assets(policy),
+                    *enforcement_assets(policy),
+                ]
+            ),
             *analytics,
             *compliance_assets(policy, [a.key for a in analytics]),
         ],
-        jobs=[pipeline_job],
+        jobs=[pipeline_job, shard_job, union_job],
         schedules=[daily_retention(resource)],
         sensors=[pending_requests_sensor],
         resources={"warehouse": WarehouseResource(), "policy": resource},

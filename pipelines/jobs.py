@@ -24,3 +24,24 @@ pipeline_job = dg.define_asset_job(
     " release the anonymized analyst datasets and the compliance documents.",
     executor_def=dg.in_process_executor,
 )
+
+# With subject shards (LETHE_SHARDS > 1): each shard runs the groups of its own subjects,
+# then the top LETHE_HOME the groups that need every subject at once (k-anonymity over the
+# union of the shards, the record of processing).
+UNION_GROUPS = ("analytics", "compliance")
+SHARD_JOB = "lethe_shard"
+UNION_JOB = "lethe_union"
+
+shard_job = dg.define_asset_job(
+    SHARD_JOB,
+    selection=dg.AssetSelection.groups(*(g for g in PIPELINE_GROUPS if g not in UNION_GROUPS)),
+    description="One subject shard: ingest its landing files, tag, enforce, answer requests.",
+    executor_def=dg.in_process_executor,
+)
+
+union_job = dg.define_asset_job(
+    UNION_JOB,
+    selection=dg.AssetSelection.groups(*UNION_GROUPS),
+    description="Over the union of every shard: analysts' datasets and compliance documents.",
+    executor_def=dg.in_process_executor,
+)

@@ -35,13 +35,23 @@ class RunOutcome:
     blocking: list[str] = field(default_factory=list)
 
 
-def run_pipeline(home: Home, as_of: dt.date, policy_path: str | None = None) -> RunOutcome:
-    """Execute the pipeline job of the definitions built from `policy_path` (default:
-    LETHE_POLICY, else the default policy), so that the run shows in `dagster dev` afterwards
-    as the run of that policy's assets."""
+def run_pipeline(
+    home: Home,
+    as_of: dt.date,
+    policy_path: str | None = None,
+    *,
+    job: str = PIPELINE_JOB,
+    instance_home: Home | None = None,
+    tags: dict[str, str] | None = None,
+    partition_key: str | None = None,
+) -> RunOutcome:
+    """Execute the pipeline job (or `job`) of the definitions built from `policy_path`
+    (default: LETHE_POLICY, else the default policy), so that the run shows in `dagster dev`
+    afterwards as the run of that policy's assets; in the Dagster instance of
+    `instance_home` (default: `home`'s)."""
     policy = load_policy(policy_path)
     defs = build_definitions(policy)
-    instance = prepare_instance(home)
+    instance = prepare_instance(instance_home or home)
     policy_file = defs.resources["policy"].path
     policy_config = {"as_of": as_of.isoformat(), "path": policy_file}
     run_config = {
@@ -52,14 +62,16 @@ def run_pipeline(home: Home, as_of: dt.date, policy_path: str | None = None) -> 
         # The CLI reports failures in one line; the full events stay in the instance.
         "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
     }
-    result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
+    result = defs.resolve_job_def(job).execute_in_process(
         run_config=run_config,
         instance=instance,
+        partition_key=partition_key,
         raise_on_error=False,
         tags={
             AS_OF_TAG: as_of.isoformat(),
             "lethe/trigger": "cli",
             "lethe/policy": policy_file,
+            **(tags or {}),
         },
     )
     errors = [

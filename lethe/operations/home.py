@@ -43,6 +43,14 @@ class Home:
         return self.root / "dagster"
 
     @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    def shard(self, name: str) -> Home:
+        """The LETHE_HOME of subject shard `name` (`00`, `01`, …)."""
+        return Home(self.shards / name)
+
+    @property
     def lock(self) -> Path:
         return self.root / "run.lock"
 
