@@ -171,7 +171,26 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
     done = lethe_cli("run", "--as-of", T.isoformat(), "--shard", shard, home=four.root, **cli)
     assert done.returncode == 0, done.stderr
     second = (comparable(one, drop=DROP), _union(four), _extracts(one), _extracts(four))
-    return {"first": first, "second": second, "before": before, "after": _files(four), "four": four}
+    return {
+        "first": first,
+        "second": second,
+        "before": before,
+        "after": _files(four),
+        "four": four,
+        "left": _holding(four, [f"zx-{ERASED}@example.test", f"Qwertyson-{ERASED}-x"]),
+    }
+
+
+def _holding(home: Home, values: list[str]) -> list[str]:
+    """Files under `home` holding any of `values`, backups aside (kept for their retention
+    by design; a restore erases again)."""
+    return [
+        str(p.relative_to(home.root))
+        for p in sorted(home.root.rglob("*"))
+        if p.is_file()
+        and "backups" not in p.parts
+        and any(v.encode() in p.read_bytes() for v in values)
+    ]
 
 
 def test_four_shards_give_the_rows_of_one_warehouse(runs) -> None:
@@ -223,6 +242,12 @@ def test_a_request_reads_and_rewrites_only_its_shard(runs) -> None:
             assert before[name] == after[name], f"shard {name} was written"
     answers = list(export_dir(runs["four"].shard(shard)).glob("*.zip"))
     assert answers  # the access request was answered in its shard
+
+
+def test_an_erased_subject_is_in_no_file_of_any_shard_or_the_union(runs) -> None:
+    # The union in the top warehouse is rewritten, not overwritten in place: the erased
+    # values must not survive in its freed blocks either.
+    assert runs["left"] == []
 
 
 def test_a_shard_setting_that_is_no_number_is_refused_in_one_line(tmp_path: Path) -> None:

@@ -299,7 +299,7 @@ def _as_utf8(path: Path, dialect: CsvDialect) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _stage(con: duckdb.DuckDBPyConnection, path: Path, table: Table) -> None:
+def stage_file(con: duckdb.DuckDBPyConnection, path: Path, table: Table) -> None:
     """Read the file into temp table `_stage` with a 1-based `_row` (data row number) and
     the declared columns under their own names (read from their `from` headers)."""
     if path.suffix == ".csv":
@@ -458,7 +458,7 @@ def _timestamp(source: str, staged_type: str, fmt: ValueFormats) -> str:
     )
 
 
-def _typed(expr: str, type_: str, staged_type: str, fmt: ValueFormats = ISO) -> str:
+def typed_value(expr: str, type_: str, staged_type: str, fmt: ValueFormats = ISO) -> str:
     """Cast to a contract type as the source writes it: decimal separator, date and time
     formats; timestamps end up naive UTC (from a UTC offset, or the source's zone).
 
@@ -522,7 +522,7 @@ def _problems_sql(
     ]
     for col in table.columns:
         c = quote(col.name)
-        typed = _typed(c, col.type, staged[col.name], fmt)
+        typed = typed_value(c, col.type, staged[col.name], fmt)
         if typed != c and col.type != "text":
             kind = "unparsable date" if col.type in ("date", "timestamp") else "wrong type"
             reason = literal(f"{kind}: expected {fmt.describe(col.type)}")
@@ -558,7 +558,7 @@ def _problems_sql(
     )
     for fk in table.foreign_keys:
         column = table.column(fk.column)
-        value = _typed(f"s.{quote(fk.column)}", column.type, staged[fk.column], fmt)
+        value = typed_value(f"s.{quote(fk.column)}", column.type, staged[fk.column], fmt)
         parts.append(
             f"SELECT _row, '{fk.column}', '{ORPHAN}: no {fk.ref_table}.{fk.ref_column}'"
             f" FROM _stage s WHERE s.{quote(fk.column)} IS NOT NULL AND NOT EXISTS"
@@ -646,7 +646,7 @@ def _ingest_file(
         path.unlink()
         return IngestResult(table.name, path.name, note="already loaded; landing file removed")
 
-    _stage(con, path, table)
+    stage_file(con, path, table)
     result = _load_stage(con, table, policy, str(path), path.name, digest)
     path.unlink()
     return result
@@ -812,7 +812,7 @@ def _load_good(
 ) -> None:
     """Upsert by key the `_stage` rows without `_problems` (kept in `_good`)."""
     typed = ", ".join(
-        f"{_typed(quote(c.name), c.type, staged[c.name], fmt)} AS {quote(c.name)}"
+        f"{typed_value(quote(c.name), c.type, staged[c.name], fmt)} AS {quote(c.name)}"
         for c in table.columns
     )
     extra_sql = "".join(f", CAST({quote(c)} AS VARCHAR) AS {quote(c)}" for c in extras)

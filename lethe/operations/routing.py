@@ -27,10 +27,10 @@ from lethe.declaration.strategies import literal, quote
 from lethe.engine.ingest import (
     IngestError,
     ValueFormats,
-    _stage,
-    _typed,
     landing_file,
     landing_leftovers,
+    stage_file,
+    typed_value,
 )
 from lethe.engine.warehouse import sql_type
 from lethe.operations.home import Home
@@ -80,7 +80,7 @@ def _waiting(
             continue
         reader = f"read_parquet({literal(str(path))})"
         types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()}
-        typed = _typed(quote(header), parent.column(column).type, str(types[header]), fmt)
+        typed = typed_value(quote(header), parent.column(column).type, str(types[header]), fmt)
         parts.append(
             f"SELECT CAST({typed} AS {sql_type(parent, column)}) AS _ref,"
             f" {literal(home.root.name)} AS _shard, 1 AS _prio FROM {reader}"
@@ -135,7 +135,9 @@ def _route_table(
     fmt = ValueFormats.of(schema, table)
 
     def typed(column: str) -> str:
-        expr = _typed(f"s.{quote(column)}", table.column(column).type, str(staged[column]), fmt)
+        expr = typed_value(
+            f"s.{quote(column)}", table.column(column).type, str(staged[column]), fmt
+        )
         return f"CAST({expr} AS {sql_type(table, column)})"
 
     extra = "".join(
@@ -212,7 +214,7 @@ def split_landing(home: Home, policy: Policy, n: int) -> Split:
                             " in landing/)"
                         )
                         continue
-                    _stage(con, path, table)
+                    stage_file(con, path, table)
                 except IngestError as exc:
                     result.refused.append(str(exc))
                     continue

@@ -20,8 +20,9 @@ import duckdb
 from lethe.declaration.policy import Policy
 from lethe.declaration.schema import Schema
 from lethe.declaration.strategies import quote
+from lethe.engine.compaction import Replacements, compact
 from lethe.engine.ddl import ensure_schemas
-from lethe.engine.warehouse import connect, has_table, spill_directory, transaction
+from lethe.engine.warehouse import connect, has_table, spill_directory
 from lethe.errors import LetheError
 from lethe.operations.home import Home
 from lethe.operations.lock import exclusive
@@ -139,12 +140,17 @@ def attach_shards(con: duckdb.DuckDBPyConnection, homes: list[Home]) -> list[str
 
 
 def build_union(home: Home, policy: Policy, n: int) -> dict[str, int]:
-    """Replace the top warehouse's core and request tables by the union of the shards'
-    (one transaction), so analysts' datasets and the record of processing see every
-    subject; rows per core table."""
+    """Replace the top warehouse's core and request tables by the union of the shards',
+    so analysts' datasets and the record of processing see every subject; rows per core
+    table.
+
+    The top file is rewritten into a fresh file and swapped in (`compact`), as enforcement
+    does: a union written over the old one would leave values the shards have erased
+    since in the file's freed blocks.
+    """
     homes = shard_homes(home, n)
-    con = connect(home.warehouse)
-    try:
+
+    def union(con: duckdb.DuckDBPyConnection) -> Replacements:
         ensure_schemas(con, policy.data_schema)
         aliases = attach_shards(con, homes)
         if not aliases:
@@ -154,20 +160,30 @@ def build_union(home: Home, policy: Policy, n: int) -> dict[str, int]:
             " WHERE database_name = ? AND schema_name IN ? ORDER BY ALL",
             [aliases[0], list(UNION_SCHEMAS)],
         ).fetchall()
-        counts = {}
-        with transaction(con):
-            for schema_name, table in tables:
-                union = " UNION ALL BY NAME ".join(
-                    f"SELECT * FROM {a}.{schema_name}.{quote(table)}" for a in aliases
-                )
-                con.execute(f"CREATE OR REPLACE TABLE {schema_name}.{quote(table)} AS {union}")
-                if schema_name == "core":
-                    counts[table] = con.execute(
-                        f"SELECT count(*) FROM core.{quote(table)}"
-                    ).fetchone()[0]
-        for alias in aliases:
-            con.execute(f"DETACH {alias}")
-        return counts
+        for schema_name, table in tables:
+            # A table only the shards have yet (e.g. a request table) gets its columns here.
+            con.execute(
+                f"CREATE TABLE IF NOT EXISTS {schema_name}.{quote(table)} AS"
+                f" SELECT * FROM {aliases[0]}.{schema_name}.{quote(table)} LIMIT 0"
+            )
+        return {
+            (schema_name, table): " UNION ALL BY NAME ".join(
+                f"SELECT * FROM {a}.{schema_name}.{quote(table)}" for a in aliases
+            )
+            for schema_name, table in tables
+        }
+
+    if not any(shard.warehouse.exists() for shard in homes):
+        return {}
+    compact(home.warehouse, prepare=union)
+    con = connect(home.warehouse, read_only=True)
+    try:
+        return {
+            table: con.execute(f"SELECT count(*) FROM core.{quote(table)}").fetchone()[0]
+            for (table,) in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'core' ORDER BY 1"
+            ).fetchall()
+        }
     finally:
         con.close()
 
