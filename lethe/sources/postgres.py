@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 import pyarrow as pa
@@ -123,6 +123,58 @@ def column_types(con: psycopg.Connection, pg: PostgresSource) -> dict[str, tuple
         [pg.schema_name, pg.table_name],
     ).fetchall()
     return {name: (data_type, full) for name, data_type, full in rows}
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """A single-column foreign key at the source: `table.column` references
+    `parent.parent_column` (tables as schema.table)."""
+
+    name: str
+    table: str
+    column: str
+    parent: str
+    parent_column: str
+
+
+@dataclass
+class Constraints:
+    """What a source's own constraints require of the changes Lethe carries to its tables
+    (tables as schema.table): the NOT NULL columns, the longest value each character
+    column holds (None: any), and the single-column foreign keys."""
+
+    not_null: set[tuple[str, str]] = field(default_factory=set)
+    lengths: dict[tuple[str, str], int | None] = field(default_factory=dict)
+    foreign_keys: list[ForeignKey] = field(default_factory=list)
+
+
+def constraints(con: psycopg.Connection, tables: list[PostgresSource]) -> Constraints:
+    """The constraints of the source `tables`, read once (two catalog queries)."""
+    names = [pg.table for pg in tables]
+    out = Constraints()
+    for schema, table, column, nullable, length in con.execute(
+        "SELECT table_schema, table_name, column_name, is_nullable, character_maximum_length"
+        " FROM information_schema.columns WHERE table_schema || '.' || table_name = ANY(%s)",
+        [names],
+    ).fetchall():
+        at = (f"{schema}.{table}", column)
+        out.lengths[at] = length
+        if nullable == "NO":
+            out.not_null.add(at)
+    # Multi-column foreign keys are left out: no declared key spans columns.
+    for name, table, column, parent, parent_column in con.execute(
+        "SELECT c.conname, cn.nspname || '.' || cl.relname, a.attname,"
+        " pn.nspname || '.' || pc.relname, pa.attname FROM pg_constraint c"
+        " JOIN pg_class cl ON cl.oid = c.conrelid JOIN pg_namespace cn ON cn.oid = cl.relnamespace"
+        " JOIN pg_class pc ON pc.oid = c.confrelid JOIN pg_namespace pn ON pn.oid = pc.relnamespace"
+        " JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]"
+        " JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = c.confkey[1]"
+        " WHERE c.contype = 'f' AND cardinality(c.conkey) = 1"
+        " AND cn.nspname || '.' || cl.relname = ANY(%s) ORDER BY 1",
+        [names],
+    ).fetchall():
+        out.foreign_keys.append(ForeignKey(name, table, column, parent, parent_column))
+    return out
 
 
 def check_columns(table: Table, found: dict[str, tuple[str, str]]) -> None:

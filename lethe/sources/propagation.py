@@ -10,8 +10,15 @@ source:
 
 - one transaction per source (a database, named by its DSN variable) and run;
 - the change set loaded with one COPY into a temporary table, then one DELETE and one
-  UPDATE per table for the whole batch, never a statement per subject; the statements are
-  SQLGlot expressions rendered for PostgreSQL;
+  UPDATE per table for the whole batch, never a statement per subject, all in one
+  data-modifying WITH statement (the source checks its foreign keys at its end); the
+  statements are SQLGlot expressions rendered for PostgreSQL;
+- source keys: the source's own constraints are read once per source. A key the plan
+  would set to NULL gets a surrogate (as the `surrogate` strategy makes) already in the
+  plan; a key whose source type cannot hold a surrogate stays as it is. A foreign key
+  column at the source never takes its planned value: it follows its parent's new key, or
+  stays. The ledger says which. The policy erasing a column the source holds NOT NULL is
+  refused, naming it, before any statement runs;
 - a source that is down or refuses (permissions, a trigger, a lock timeout) is rolled back
   as a whole; its requests stay pending with the reason and the next run retries;
 - each change is recorded in the audit ledger (table, columns, keys and counts; no value);
@@ -42,7 +49,7 @@ from sqlglot import exp
 
 from lethe.declaration.policy import Policy
 from lethe.declaration.schema import Table
-from lethe.declaration.strategies import literal, quote
+from lethe.declaration.strategies import Surrogate, literal, quote
 from lethe.engine.audit import LedgerEntry, append
 from lethe.engine.ddl import ensure_schemas
 from lethe.engine.enforcement import stage_tokens
@@ -59,9 +66,11 @@ from lethe.engine.vault import attach
 from lethe.engine.warehouse import has_table, table_columns, transaction
 from lethe.rights.subjects import resolve_subject
 from lethe.sources.postgres import (
+    Constraints,
     SourceError,
     column_types,
     connection,
+    constraints,
     reason,
     source_table,
 )
@@ -100,6 +109,7 @@ class SourceOutcome:
     changes: list[TableChange] = field(default_factory=list)
     reason: str | None = None
     dry_run: bool = False
+    plan: SourcePlan | None = None  # how the changes met the source's constraints
 
     @property
     def ok(self) -> bool:
@@ -245,8 +255,24 @@ def _insert_erasures(con: duckdb.DuckDBPyConnection, policy: Policy) -> int:
     n = con.execute(
         f"INSERT INTO requests.source_changes ({_CHANGE_COLUMNS}) {' UNION ALL '.join(parts)}"
     ).fetchone()[0]
+    _surrogate_keys(con, policy)
     _mark_planned(con, policy, _now())
     return n
+
+
+def _surrogate_keys(con: duckdb.DuckDBPyConnection, policy: Policy) -> None:
+    """Give every source key the plan sets to NULL (an anonymized row whose key the policy
+    erases) a surrogate instead: a key column cannot hold NULL at the source. Also fixes
+    change sets planned before keys got one (idempotent: only NULL keys change)."""
+    spec = policy.data_schema.tables
+    headers = {t: spec[t].column(spec[t].key).header for t in _source_of(policy)}
+    keys = " OR ".join(
+        f"(table_name = {literal(t)} AND column_name = {literal(h)})" for t, h in headers.items()
+    )
+    con.execute(
+        f"UPDATE requests.source_changes SET value = {Surrogate().sql('', 'VARCHAR')}"
+        f" WHERE value IS NULL AND action NOT IN ('delete', 'restrict') AND ({keys})"
+    )
 
 
 def _drop_erasure_stage(con: duckdb.DuckDBPyConnection, policy: Policy) -> None:
@@ -376,13 +402,110 @@ def _summary(
     ]
 
 
-def _statements(table: Table, types: dict[str, str], actions: Iterable[str], columns: list[str]):
+# Surrogates are 'anon-' and 32 hex digits (lethe.declaration.strategies.Surrogate).
+SURROGATE_LENGTH = 37
+_SURROGATE_TYPES = {"text", "character varying", "citext"}
+
+
+@dataclass
+class SourcePlan:
+    """How one source's change set meets the source's own constraints ("source keys" in
+    the module docstring): the declared tables whose key stays as it is at the source, per
+    table the foreign key columns that never take their planned value, the ones of those
+    that follow their parent's new key (column, parent table), and per table and column
+    what happens there instead of the plan, in words (names only)."""
+
+    kept_keys: set[str] = field(default_factory=set)
+    fixed: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    follows: dict[str, list[tuple[str, Table]]] = field(default_factory=lambda: defaultdict(list))
+    notes: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
+
+
+def _holds_surrogate(types: dict[str, tuple[str, str]], facts: Constraints, at: tuple) -> bool:
+    length = facts.lengths.get(at)
+    return types[at[1]][0] in _SURROGATE_TYPES and (length is None or length >= SURROGATE_LENGTH)
+
+
+def _meet_constraints(
+    who: str,
+    tables: list[Table],
+    planned: dict[str, set[str]],
+    types: dict[str, dict[str, tuple[str, str]]],
+    facts: Constraints,
+    nulls: set[tuple[str, str]],
+) -> SourcePlan:
+    """Decide how the planned changes (`planned`: update columns per table; `nulls`: the
+    (table, column) pairs planned NULL somewhere) keep the source's constraints.
+
+    A key whose type cannot hold a surrogate stays; a foreign key column follows its
+    parent's new key, or stays when the parent's key does not change. Raises SourceError
+    when the policy erases a column the source holds NOT NULL.
+    """
+    plan = SourcePlan()
+    by_source = {t.source.postgres.table: t for t in tables}  # type: ignore[union-attr]
+    changed: set[str] = set()
+    for table in tables:
+        key = table.column(table.key).header
+        if key not in planned.get(table.name, set()):
+            continue
+        at = (table.source.postgres.table, key)  # type: ignore[union-attr]
+        if _holds_surrogate(types[table.name], facts, at):
+            changed.add(table.name)
+        else:
+            plan.kept_keys.add(table.name)
+            plan.notes[table.name][key] = (
+                f"kept at the source ({types[table.name][key][1]} cannot hold a surrogate)"
+            )
+    for fk in facts.foreign_keys:
+        child, parent = by_source.get(fk.table), by_source.get(fk.parent)
+        if child is None:
+            continue
+        if (
+            parent is not None
+            and parent.name in changed
+            and fk.parent_column == parent.column(parent.key).header
+        ):
+            plan.fixed[child.name].add(fk.column)
+            plan.follows[child.name].append((fk.column, parent))
+            plan.notes[child.name][fk.column] = (
+                f"follows the new key of {fk.parent} (foreign key {fk.name})"
+            )
+        elif fk.column in planned.get(child.name, set()):
+            plan.fixed[child.name].add(fk.column)
+            plan.notes[child.name][fk.column] = (
+                f"kept at the source (foreign key {fk.name} to {fk.parent})"
+            )
+    for table in tables:
+        pg_table = table.source.postgres.table  # type: ignore[union-attr]
+        for name, column in sorted(nulls):
+            if (
+                name == table.name
+                and (pg_table, column) in facts.not_null
+                and column not in plan.fixed[table.name]
+            ):
+                raise SourceError(
+                    f"{who}: {pg_table}.{column} is NOT NULL at the source but the policy"
+                    " erases it; nothing changed there (allow NULL there or keep the column)"
+                )
+    return plan
+
+
+def _statements(
+    table: Table,
+    types: dict[str, str],
+    actions: Iterable[str],
+    columns: list[str],
+    follows: list[tuple[str, Table]],
+) -> list[tuple[str, exp.Delete | exp.Update]]:
     """(kind, SQLGlot statement) applying `CHANGES` to the source table: a DELETE of the
-    deleted rows and an UPDATE of `columns` of the others, each one statement for all."""
+    deleted rows and an UPDATE of `columns` of the others, each one statement for all; the
+    UPDATE also sets each foreign key column of `follows` to its parent's new key, on every
+    row that is not deleted and references a parent whose key changes."""
     pg = table.source.postgres
     assert pg is not None
     key = table.column(table.key).header
     own = exp.Literal.string(table.name)
+    text = exp.DataType.build("text")
 
     def typed(value: exp.Expression, column: str) -> exp.Expression:
         target = exp.DataType.build(types[column], dialect="postgres")
@@ -390,52 +513,127 @@ def _statements(table: Table, types: dict[str, str], actions: Iterable[str], col
             value = exp.cast(value, exp.DataType.build("timestamptz"))
         return exp.cast(value, target)
 
+    def changes(alias: str, action: exp.Expression) -> exp.Condition:
+        return exp.column("table_name", alias).eq(own).and_(action)
+
+    deleted = exp.column("action", "d").eq(exp.Literal.string("delete"))
     match = exp.column(key, "t", quoted=True).eq(typed(exp.column("row_key", "v"), key))
-    out = []
+    out: list[tuple[str, exp.Delete | exp.Update]] = []
     if "delete" in actions:
-        keys = (
-            exp.select("row_key")
-            .distinct()
-            .from_(CHANGES)
-            .where(
-                exp.column("table_name")
-                .eq(own)
-                .and_(exp.column("action").eq(exp.Literal.string("delete")))
-            )
-        )
+        keys = exp.select("row_key").distinct().from_(exp.alias_(CHANGES, "d"))
         delete = exp.delete(source_table(pg, "t"), where=match)
-        delete.set("using", [exp.alias_(keys.subquery(), "v")])
+        delete.set("using", [exp.alias_(keys.where(changes("d", deleted)).subquery(), "v")])
         out.append(("delete", delete))
-    if columns:
-        items: list[exp.Expression] = [exp.column("row_key")]
-        assignments = {}
-        for i, column in enumerate(columns):
-            named = exp.column("column_name").eq(exp.Literal.string(column))
-            items.append(exp.alias_(exp.func("bool_or", named), f"s{i}"))
-            value = exp.Filter(
-                this=exp.Max(this=exp.column("value")), expression=exp.Where(this=named)
+    if not columns and not follows:
+        return out
+    nothing = [exp.alias_(exp.cast(exp.null(), text), f"f{j}") for j in range(len(follows))]
+    planned = (
+        exp.select("row_key", "column_name", "value", *nothing)
+        .from_(exp.alias_(CHANGES, "d"))
+        .where(changes("d", exp.not_(deleted)))
+    )
+    parts: list[exp.Select] = [planned]
+    for j, (column, parent) in enumerate(follows):
+        parent_key = parent.column(parent.key).header
+        new_keys = (
+            exp.column("table_name", "p")
+            .eq(exp.Literal.string(parent.name))
+            .and_(exp.column("column_name", "p").eq(exp.Literal.string(parent_key)))
+            .and_(exp.column("action", "p").neq(exp.Literal.string("delete")))
+            .and_(
+                exp.column(column, "c", quoted=True).eq(typed(exp.column("row_key", "p"), column))
             )
-            items.append(exp.alias_(value, f"v{i}"))
-            assignments[exp.column(column, quoted=True)] = (
-                exp.Case()
-                .when(exp.column(f"s{i}", "v"), typed(exp.column(f"v{i}", "v"), column))
-                .else_(exp.column(column, "t", quoted=True))
-            )
-        rows = (
-            exp.select(*items)
-            .from_(CHANGES)
-            .where(
-                exp.column("table_name")
-                .eq(own)
-                .and_(exp.column("action").neq(exp.Literal.string("delete")))
-            )
-            .group_by("row_key")
         )
-        update = exp.update(source_table(pg, "t"), where=match)
-        update.set("expressions", [exp.EQ(this=c, expression=v) for c, v in assignments.items()])
-        update.set("from_", exp.From(this=exp.alias_(rows.subquery(), "v")))
-        out.append(("update", update))
+        gone = (
+            exp.select("1")
+            .from_(exp.alias_(CHANGES, "d"))
+            .where(
+                changes("d", deleted).and_(
+                    exp.column("row_key", "d").eq(exp.cast(exp.column(key, "c", quoted=True), text))
+                )
+            )
+        )
+        items = [exp.null()] * len(follows)
+        items[j] = exp.column("value", "p")
+        parts.append(
+            exp.select(
+                exp.cast(exp.column(key, "c", quoted=True), text),
+                exp.cast(exp.null(), text),
+                exp.cast(exp.null(), text),
+                *items,
+            )
+            .from_(source_table(pg, "c"))
+            .join(exp.alias_(CHANGES, "p"), on=new_keys)
+            .where(exp.not_(exp.Exists(this=gone)))
+        )
+    union: exp.Expression = parts[0]
+    for part in parts[1:]:
+        union = exp.union(union, part, distinct=False)
+    items: list[exp.Expression] = [exp.column("row_key")]
+    assignments = {}
+    for i, column in enumerate(columns):
+        named = exp.column("column_name").eq(exp.Literal.string(column))
+        items.append(exp.alias_(exp.func("bool_or", named), f"s{i}"))
+        value = exp.Filter(this=exp.Max(this=exp.column("value")), expression=exp.Where(this=named))
+        items.append(exp.alias_(value, f"v{i}"))
+        assignments[column] = (
+            exp.Case()
+            .when(exp.column(f"s{i}", "v"), typed(exp.column(f"v{i}", "v"), column))
+            .else_(exp.column(column, "t", quoted=True))
+        )
+    for j, (column, _) in enumerate(follows):
+        items.append(exp.alias_(exp.Max(this=exp.column(f"f{j}")), f"f{j}"))
+        assignments[column] = (
+            exp.Case()
+            .when(
+                exp.column(f"f{j}", "v").is_(exp.null()).not_(),
+                typed(exp.column(f"f{j}", "v"), column),
+            )
+            .else_(exp.column(column, "t", quoted=True))
+        )
+    rows = exp.select(*items).from_(exp.alias_(union.subquery(), "u")).group_by("row_key")
+    update = exp.update(source_table(pg, "t"), where=match)
+    update.set(
+        "expressions",
+        [exp.EQ(this=exp.column(c, quoted=True), expression=v) for c, v in assignments.items()],
+    )
+    update.set("from_", exp.From(this=exp.alias_(rows.subquery(), "v")))
+    out.append(("update", update))
     return out
+
+
+def _source_statement(
+    tables: list[Table],
+    changes: list[TableChange],
+    types: dict[str, dict[str, tuple[str, str]]],
+    plan: SourcePlan,
+) -> tuple[exp.Select, list[tuple[str, str]]]:
+    """One statement carrying the whole change set to the source: each table's DELETE and
+    UPDATE a data-modifying WITH query, the SELECT counting the rows of each. The source
+    checks its foreign keys at the end of the statement, so a parent's new key and its
+    children following it never break one in between, deferrable or not. Also returns
+    (table, kind) of each count."""
+    ctes: list[tuple[str, exp.Expression]] = []
+    labels: list[tuple[str, str]] = []
+    for table in tables:
+        mine = [c for c in changes if c.table == table.name]
+        follows = plan.follows.get(table.name, [])
+        if not mine and not follows:
+            continue
+        skip = set(plan.fixed.get(table.name, set()))
+        if table.name in plan.kept_keys:
+            skip.add(table.column(table.key).header)
+        columns = sorted({col for c in mine if c.action != "delete" for col in c.columns} - skip)
+        full = {n: t for n, (_, t) in types[table.name].items()}
+        for kind, statement in _statements(table, full, {c.action for c in mine}, columns, follows):
+            statement.set("returning", exp.Returning(expressions=[exp.Literal.number(1)]))
+            ctes.append((f"s{len(ctes)}", statement))
+            labels.append((table.name, kind))
+    counts = [exp.select(exp.func("count", exp.Star())).from_(name).subquery() for name, _ in ctes]
+    select = exp.select(*counts)
+    for name, statement in ctes:
+        select = select.with_(name, as_=statement)
+    return select, labels
 
 
 def _carry(
@@ -482,22 +680,31 @@ def _carry(
             # Temporary tables get no statistics from autovacuum: without them the planner
             # guesses the change set's size and distinct keys, and picks worse joins.
             pcon.execute(f"ANALYZE {CHANGES}")
-            for table in tables:
-                mine = [c for c in outcome.changes if c.table == table.name]
-                if not mine:
-                    continue
-                types = {
-                    n: full for n, (_, full) in column_types(pcon, table.source.postgres).items()
-                }  # type: ignore[arg-type]
-                columns = sorted({col for c in mine if c.action != "delete" for col in c.columns})
-                missing = [c for c in [table.column(table.key).header, *columns] if c not in types]
+            planned: dict[str, set[str]] = defaultdict(set)
+            for c in outcome.changes:
+                if c.action != "delete":
+                    planned[c.table].update(c.columns)
+            types = {t.name: column_types(pcon, t.source.postgres) for t in tables}  # type: ignore[arg-type]
+            for table in (t for t in tables if t.name in {c.table for c in outcome.changes}):
+                needed = [table.column(table.key).header, *sorted(planned[table.name])]
+                missing = [c for c in needed if c not in types[table.name]]
                 if missing:
                     raise SourceError(
-                        f"{who}: {table.source.postgres.table} has no column {missing[0]!r}"
-                    )  # type: ignore[union-attr]
-                for kind, statement in _statements(table, types, {c.action for c in mine}, columns):
-                    cur = pcon.execute(statement.sql("postgres", identify=True))
-                    counted[(table.name, kind)] = cur.rowcount
+                        f"{who}: {table.source.postgres.table} has no column {missing[0]!r}"  # type: ignore[union-attr]
+                    )
+            nulls = {
+                (t, c)
+                for t, c in pcon.execute(
+                    f"SELECT DISTINCT table_name, column_name FROM {CHANGES}"
+                    " WHERE action <> 'delete' AND value IS NULL AND column_name IS NOT NULL"
+                ).fetchall()
+            }
+            facts = constraints(pcon, [t.source.postgres for t in tables])  # type: ignore[misc]
+            outcome.plan = _meet_constraints(who, tables, planned, types, facts, nulls)
+            statement, labels = _source_statement(tables, outcome.changes, types, outcome.plan)
+            if labels:
+                row = pcon.execute(statement.sql("postgres", identify=True)).fetchone()
+                counted = dict(zip(labels, row or (), strict=True))
             if dry_run:
                 pcon.rollback()
             else:
@@ -509,7 +716,7 @@ def _carry(
     if outcome.ok:
         for change in outcome.changes:
             kind = "delete" if change.action == "delete" else "update"
-            change.at_source = counted.get((change.table, kind))
+            change.at_source = counted.get((change.table, kind), 0)
     return outcome
 
 
@@ -530,6 +737,9 @@ def propagate(
     if not writable_sources(policy):
         return outcomes
     ensure_schemas(con, policy.data_schema)
+    if not dry_run:
+        with transaction(con):
+            _surrogate_keys(con, policy)
     now = _now()
     for source, tables in writable_sources(policy).items():
         requests = [
@@ -550,14 +760,7 @@ def propagate(
             if outcome.ok:
                 append(con, _ledger(con, policy, outcome, tables, run_id, as_of))
                 for table in tables:
-                    # The next read skips them: the warehouse has its own anonymized copy.
-                    con.execute(
-                        "INSERT INTO core.source_anonymized SELECT table_name, value"
-                        " FROM requests.source_changes WHERE table_name = ?"
-                        " AND action = 'anonymize' AND column_name = ? AND value IS NOT NULL"
-                        " AND request_id IN (SELECT unnest(CAST(? AS VARCHAR[])))",
-                        [table.name, table.column(table.key).header, requests],
-                    )
+                    _remember_differing(con, table, outcome, requests)
                 con.execute(
                     "DELETE FROM requests.source_changes WHERE request_id IN"
                     " (SELECT unnest(CAST(? AS VARCHAR[]))) AND table_name IN"
@@ -580,6 +783,30 @@ def propagate(
     return outcomes
 
 
+def _remember_differing(
+    con: duckdb.DuckDBPyConnection, table: Table, outcome: SourceOutcome, requests: list[str]
+) -> None:
+    """Remember the source rows the next read must skip because the warehouse keeps its
+    own copy of them on purpose: the rows anonymized (under their new key, or their old
+    one where the key stayed), and the rows whose foreign key stayed or followed its parent
+    at the source where the warehouse holds a vault token."""
+    plan = outcome.plan or SourcePlan()
+    key = table.column(table.key).header
+    kept = table.name in plan.kept_keys
+    fixed = sorted(plan.fixed.get(table.name, set()))
+    con.execute(
+        f"INSERT INTO core.source_anonymized SELECT DISTINCT table_name,"
+        f" {'row_key' if kept else 'value'} FROM requests.source_changes WHERE table_name = ?"
+        " AND action = 'anonymize' AND column_name = ? AND value IS NOT NULL"
+        " AND request_id IN (SELECT unnest(CAST(? AS VARCHAR[])))"
+        " UNION SELECT table_name, row_key FROM requests.source_changes WHERE table_name = ?"
+        " AND action NOT IN ('delete', 'anonymize')"
+        " AND column_name IN (SELECT unnest(CAST(? AS VARCHAR[])))"
+        " AND request_id IN (SELECT unnest(CAST(? AS VARCHAR[])))",
+        [table.name, key, requests, table.name, fixed, requests],
+    )
+
+
 def _ledger(
     con: duckdb.DuckDBPyConnection,
     policy: Policy,
@@ -590,6 +817,7 @@ def _ledger(
 ) -> list[LedgerEntry]:
     """One entry per request, source table and action: keys, source columns, row count."""
     spec = policy.data_schema.tables
+    notes = outcome.plan.notes if outcome.plan else {}
     rows = con.execute(
         "SELECT request_id, table_name, action, list(DISTINCT row_key ORDER BY row_key),"
         " list(DISTINCT column_name ORDER BY column_name) FILTER (column_name IS NOT NULL)"
@@ -605,9 +833,17 @@ def _ledger(
             table_name=f"postgres:{spec[table].source.postgres.table}",  # type: ignore[union-attr]
             columns=list(columns or []),
             keys=list(keys),
-            reason=f"{request}: carried back to source ${outcome.source}",
+            reason=f"{request}: carried back to source ${outcome.source}"
+            + _at_source(notes.get(table, {}), columns or []),
             strategy=action,
             details={"rows": len(keys)},
         )
         for request, table, action, keys, columns in rows
     ]
+
+
+def _at_source(notes: dict[str, str], columns: list[str]) -> str:
+    """The ledger's word on the `columns` whose change the source's constraints altered
+    (names only: its details hold counts)."""
+    said = [f"{c} {notes[c]}" for c in columns if c in notes]
+    return f"; at the source: {', '.join(said)}" if said else ""
