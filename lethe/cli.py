@@ -565,6 +565,10 @@ def _print_sources(outcomes: list[SourceOutcome], title: str) -> None:
             )
     out.print(table)
     for o in outcomes:
+        # Where the source's own keys and constraints change what the plan does there.
+        for name, notes in sorted((o.plan.notes if o.plan else {}).items()):
+            for column, note in sorted(notes.items()):
+                out.print(f"${o.source} {name}.{column}: {note}", highlight=False, soft_wrap=True)
         if not o.ok:
             err.print(f"[yellow]refused:[/] {o.reason}", highlight=False, soft_wrap=True)
 

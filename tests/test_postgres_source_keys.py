@@ -27,6 +27,7 @@ from tests.test_postgres_sources import (
     erase_in_a_run,
     ingest_sources,
     request_state,
+    run,
     warehouse_rows,
 )
 
@@ -156,6 +157,9 @@ def test_erasure_keeps_the_shops_keys_and_foreign_keys_valid(keyed_shop, home: H
     create_keyed_shop(dsn, policy)
     before = {n: rows_at(dsn, n) for n in SOURCED}
     preview = prepare(home, policy)
+    # The command line's preview says where the source's own keys change the plan.
+    shown = run(home.root, "request", "erasure", "--subject", "C0001", "--dry-run")
+    assert f"${DSN_ENV} orders.contact_id: follows the new key of shop." in shown
     assert {n: rows_at(dsn, n) for n in SOURCED} == before  # the dry run changed nothing
 
     (outcome,) = erase_in_a_run(home, policy)
