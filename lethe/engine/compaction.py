@@ -112,6 +112,16 @@ def compact(
             source = f"{quote(old_catalog)}.{quote(schema)}.{quote(table)}"
             select = rows.select if rows else f"SELECT * FROM {source}"
             con.execute(f"INSERT INTO {target} {select}")
+        # Indexes are built once their table is full, which is cheaper than keeping them up
+        # row by row, and the new file is never without them.
+        indexes = con.execute(
+            "SELECT sql FROM duckdb_indexes() WHERE database_name = ? AND sql IS NOT NULL",
+            [old_catalog],
+        ).fetchall()
+        con.execute(f"USE {FRESH}")
+        for (ddl,) in indexes:
+            con.execute(ddl)
+        con.execute(f"USE {quote(old_catalog)}")
         if finish:
             con.execute(f"USE {FRESH}")
             finish(con)

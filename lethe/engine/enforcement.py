@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 
 from lethe.declaration.policy import Policy
-from lethe.declaration.strategies import quote
+from lethe.declaration.strategies import literal, quote
 from lethe.engine.audit import LedgerEntry, append
 from lethe.engine.compaction import Replacements, compact
 from lethe.engine.ddl import ensure_schemas
@@ -29,7 +29,7 @@ from lethe.engine.retention import (
     wanted_tokens_select,
 )
 from lethe.engine.tagging import tagged_tables
-from lethe.engine.vault import attach, ensure_tokens
+from lethe.engine.vault import TOKEN_PREFIX, attach, ensure_tokens
 from lethe.engine.warehouse import connect, table_columns
 from lethe.operations.home import Home
 from lethe.rights.subject_keys import hash_gone_keys
@@ -170,9 +170,10 @@ def forget_unused_tokens(warehouse: Path, home: Home, policy: Policy) -> int:
     """
     # NULLs excluded: one NULL would make every `NOT IN` unknown and forget nothing. UNION
     # ALL: `NOT IN` needs no duplicate-free list, and removing duplicates costs a hash table.
+    # Only values that look like tokens can be one: the others never reach that hash table.
     used = " UNION ALL ".join(
-        f"SELECT CAST({quote(p.column)} AS VARCHAR) FROM core.{quote(table)}"
-        f" WHERE {quote(p.column)} IS NOT NULL"
+        f"SELECT v FROM (SELECT CAST({quote(p.column)} AS VARCHAR) AS v FROM core.{quote(table)})"
+        f" WHERE starts_with(v, {literal(TOKEN_PREFIX)})"
         for table in tagged_tables(policy)
         for p in pseudonym_columns(policy, table)
     )

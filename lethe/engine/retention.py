@@ -127,14 +127,21 @@ def keep_flags(policy: Policy, table: str, columns: list[str]) -> list[str]:
     ]
 
 
+def _retained_sql(policy: Policy, table: str, column: str, sql_type: str, contract: bool) -> str:
+    """The new value of one column of a row `x` some purpose still keeps: the column as
+    it is if one of them keeps it, else the table's column rule applied."""
+    c = f"x.{quote(column)}"
+    kept = _kept(_column_keepers(policy, table, column))
+    # SPEC: a column the policy does not know is personal data until it says otherwise.
+    rule = policy.when_unkept[table].column.for_column(column) if contract else Erase()
+    return f"CASE WHEN {kept} THEN {c} ELSE {rule.sql(c, sql_type)} END"
+
+
 def column_sql(policy: Policy, table: str, column: str, sql_type: str, contract: bool) -> str:
     """The new value of one column, by the row's `_action`."""
     actions = policy.when_unkept[table]
     c = f"x.{quote(column)}"
-    kept = _kept(_column_keepers(policy, table, column))
-    # SPEC: a column the policy does not know is personal data until it says otherwise.
-    rule = actions.column.for_column(column) if contract else Erase()
-    retain = f"CASE WHEN {kept} THEN {c} ELSE {rule.sql(c, sql_type)} END"
+    retain = _retained_sql(policy, table, column, sql_type, contract)
     anonymized_rule = (
         actions.anonymized_rules().for_column(column)
         if contract
@@ -161,14 +168,25 @@ def column_sql(policy: Policy, table: str, column: str, sql_type: str, contract:
 ROW_ID = "_rid"  # the core row an `_act_<table>` row stands for (its rowid)
 
 
-def _acted(policy: Policy, table: str, columns: list[str]) -> str:
+def _acted(policy: Policy, table: str, columns: list[str], every_row: bool = False) -> str:
     """`core.<table>` joined with its staged `_act_<table>` (fresh tags, action, keep flags)
-    and with the vault tokens of its pseudonymized columns (`_token_<column>`)."""
+    and with the vault tokens of its pseudonymized columns (`_token_<column>`).
+
+    Only staged rows, or with `every_row` every row: one not staged comes out as stored,
+    with its stored tags and the action 'none' (`action_select` leaves out only such rows).
+    """
     # The staged mask becomes the purpose and legal-basis lists here, in the statement
     # that writes them.
     names, bases = mask_lists(policy, table, f"a.{MASK}")
-    staged = [f"{names} AS _purposes", f"{bases} AS _legal_bases"]
-    staged += [f"a.{quote(c)}" for c in ("_retain_until", "_state", "_action", "_request")]
+    tags = {"_purposes": names, "_legal_bases": bases, "_retain_until": "a._retain_until"}
+    tags["_state"] = "a._state"
+    action = "a._action"
+    if every_row:
+        unstaged = f"a.{ROW_ID} IS NULL"
+        tags = {c: f"CASE WHEN {unstaged} THEN c.{quote(c)} ELSE {v} END" for c, v in tags.items()}
+        action = "coalesce(a._action, 'none')"
+    staged = [f"{v} AS {quote(c)}" for c, v in tags.items()]
+    staged += [f"{action} AS _action", "a._request"]
     staged += [f"a.{keep_flag(k)}" for k in _keeper_lists(policy, table, columns)]
     copied = [c for c in columns if c not in FRESH_TAGS]
     pseudo = pseudonym_columns(policy, table)
@@ -180,12 +198,14 @@ def _acted(policy: Policy, table: str, columns: list[str]) -> str:
     )
     items = [f"c.{quote(col)}" for col in copied] + staged
     items += [f"t{i}.token AS {quote(TOKEN_PREFIX + p.column)}" for i, p in enumerate(pseudo)]
-    return f"SELECT {', '.join(items)} FROM {_staged(table)}{joins}"
+    return f"SELECT {', '.join(items)} FROM {_staged(table, every_row)}{joins}"
 
 
-def _staged(table: str) -> str:
-    """`core.<table>` as `c` joined with its staged actions `_act_<table>` as `a`."""
-    return f"core.{quote(table)} c JOIN _act_{table} a ON c.rowid = a.{ROW_ID}"
+def _staged(table: str, every_row: bool = False) -> str:
+    """`core.<table>` as `c` joined with its staged actions `_act_<table>` as `a` (a left
+    join with `every_row`)."""
+    join = "LEFT JOIN" if every_row else "JOIN"
+    return f"core.{quote(table)} c {join} _act_{table} a ON c.rowid = a.{ROW_ID}"
 
 
 def wanted_tokens_select(policy: Policy) -> str:
@@ -235,7 +255,8 @@ def enforce_select(policy: Policy, table: str, columns: list[str]) -> str:
     """The rows `core.<table>` keeps after enforcement, with their new values, in the order
     of `columns` (deleted rows are left out)."""
     values = ", ".join(f"{new} AS {quote(col)}" for col, new in _new_values(policy, table, columns))
-    return f"SELECT {values} FROM ({_acted(policy, table, columns)}) x WHERE x._action <> 'delete'"
+    acted = _acted(policy, table, columns, every_row=True)
+    return f"SELECT {values} FROM ({acted}) x WHERE x._action <> 'delete'"
 
 
 def ledger_select(policy: Policy, table: str, columns: list[str]) -> str:
@@ -280,16 +301,82 @@ def action_select(
 
     Tagging is part of the same statement, so enforcement never acts on stale tags. Only
     what decides the action is staged; the values are read again when the rows are written.
+    A row that enforcement leaves exactly as stored (`_unchanged`) is not staged, unless an
+    erasure request reaches it: on a daily run that is nearly every row, so the stage stays
+    small and the rewrite copies those rows as they are.
     """
     spec = policy.data_schema.tables[table]
     # What the row's subject is reached by: its key and its references.
     links = [spec.key, *(fk.column for fk in spec.foreign_keys)]
-    tagged = tag_select(policy, table, as_of, links, row_id=ROW_ID, request="_request", mask=True)
-    flags = "".join(f", {f}" for f in keep_flags(policy, table, columns))
-    return (
-        f"SELECT x.{ROW_ID}, x.{MASK}, x._retain_until, x._state,"
-        f" {action_sql(policy, table)} AS _action, x._request{flags} FROM ({tagged}) x"
+    # And the values a purpose may not keep, to tell whether the rule changes them.
+    checked = [c for c in _maybe_unkept(policy, table, columns) if c not in links]
+    tagged = tag_select(
+        policy,
+        table,
+        as_of,
+        links + checked,
+        row_id=ROW_ID,
+        request="_request",
+        mask=True,
+        previous=True,
     )
+    flags = keep_flags(policy, table, columns)
+    staged = [f"x.{ROW_ID}", f"x.{MASK}", "x._retain_until", "x._state", "x._action", "x._request"]
+    staged += [f"x.{keep_flag(k)}" for k in _keeper_lists(policy, table, columns)]
+    carried = [f"x._was{tag}" for tag in FRESH_TAGS] + [f"x.{quote(c)}" for c in links + checked]
+    decided = (
+        f"SELECT x.{ROW_ID}, x.{MASK}, x._retain_until, x._state,"
+        f" {action_sql(policy, table)} AS _action, x._request{''.join(f', {f}' for f in flags)},"
+        f" {', '.join(carried)} FROM ({tagged}) x"
+    )
+    return (
+        f"SELECT {', '.join(staged)} FROM ({decided}) x"
+        f" WHERE x._request IS NOT NULL OR ({_unchanged(policy, table, columns)}) IS NOT TRUE"
+    )
+
+
+def _maybe_unkept(policy: Policy, table: str, columns: list[str]) -> list[str]:
+    """The data columns of `columns` that not every purpose of `table` keeps: a row some
+    purpose keeps may lose them (`_retained_sql`)."""
+    every = [p.name for p in policy.purposes_for(table)]
+    return [c for c in _value_columns(columns) if _column_keepers(policy, table, c) != every]
+
+
+def _unchanged(policy: Policy, table: str, columns: list[str]) -> str:
+    """Whether enforcement writes the row `x` (fresh tags and action, keep flags, stored
+    tags as `_was<tag>`, the values of `_maybe_unkept`) exactly as it is stored: its tags
+    are the same and its action changes no value (already anonymized, or each column kept
+    or already as its rule makes it, pseudonyms included)."""
+    names, bases = mask_lists(policy, table, f"x.{MASK}")
+    same = [
+        f"x._was_purposes IS NOT DISTINCT FROM {names}",
+        f"x._was_legal_bases IS NOT DISTINCT FROM {bases}",
+        "x._was_retain_until IS NOT DISTINCT FROM x._retain_until",
+        "x._was_state IS NOT DISTINCT FROM x._state",
+    ]
+    spec = policy.data_schema.tables[table]
+    pseudo = {p.column for p in pseudonym_columns(policy, table)}
+
+    def all_stay(cols: list[str]) -> str:
+        # Most rows keep every column: the flags alone settle them, before any value is read.
+        flags = dict.fromkeys(_kept(_column_keepers(policy, table, c)) for c in cols)
+        stay = []
+        for c in cols:
+            contract = c in spec.column_names
+            sql_type = SQL_TYPES[spec.column(c).type] if contract else "VARCHAR"
+            new = _retained_sql(policy, table, c, sql_type, contract)
+            stay.append(f"({new}) IS NOT DISTINCT FROM x.{quote(c)}")
+        return f"(({' AND '.join(flags)}) OR ({' AND '.join(stay)}))" if cols else "true"
+
+    maybe = _maybe_unkept(policy, table, columns)
+    # A pseudonymized row keeps its tokens (`column_sql`); its other columns are retained.
+    no_op = (
+        "x._action = 'none'"
+        f" OR (x._action = 'retain' AND {all_stay(maybe)})"
+        f" OR (x._action = 'pseudonymize' AND x._state = {RowState.PSEUDONYMIZED.sql}"
+        f" AND {all_stay([c for c in maybe if c not in pseudo])})"
+    )
+    return f"{' AND '.join(same)} AND ({no_op})"
 
 
 def enforcement_plan(

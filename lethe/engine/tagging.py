@@ -220,13 +220,15 @@ def tag_select(
     row_id: str | None = None,
     request: str | None = None,
     mask: bool = False,
+    previous: bool = False,
 ) -> str:
     """SELECT of `core.<table>` with fresh `_purposes`, `_legal_bases`, `_retain_until`, `_state`.
 
     `columns` are the columns copied along (contract, carried extras and tag columns);
     `row_id` names an extra output column holding each row's DuckDB rowid, `request` one
     holding the open erasure request of the row's subject (or NULL); with `mask`, the
-    purposes come as their mask (`MASK`, see `mask_lists`) instead of the two lists. A
+    purposes come as their mask (`MASK`, see `mask_lists`) instead of the two lists; with
+    `previous`, the row's stored tags come along too, as `_was<tag>` (`_was_state`, ...). A
     subject with an erasure request keeps only the purposes that survive erasure, and what
     they keep is `restricted`.
     """
@@ -294,6 +296,9 @@ def tag_select(
     if request:
         inner.append(f"_er.request_id AS {quote(request)}")
         copied.append(quote(request))
+    if previous:
+        inner += [f"x.{tag} AS _was{tag}" for tag in FRESH_TAGS]
+        copied += [f"_was{tag}" for tag in FRESH_TAGS]
     if mask:
         rendered = MASK
     else:

@@ -145,6 +145,15 @@ def reveal_keys(con: duckdb.DuckDBPyConnection, policy: Policy, recent_only: boo
     """
     subject = policy.data_schema.subject_table
     columns = _present(con, policy)
+    held = " UNION ALL ".join(
+        f"SELECT CAST({quote(c)} AS VARCHAR) AS k FROM {s}.{quote(t)}" for s, t, c in columns
+    )
+    # No hash held anywhere (no gone subject named): hashing every key would match nothing.
+    if (
+        not columns
+        or not con.execute(f"SELECT count(*) FROM ({held}) WHERE {is_hash_sql('k')}").fetchone()[0]
+    ):
+        return 0
     bind(con)
     key = f"CAST({quote(subject.key)} AS VARCHAR)"
     since = "true"
