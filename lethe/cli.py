@@ -179,7 +179,13 @@ def _run_and_report(
     home: Home, when: dt.date, policy: Path | None, shards: list[str] | None = None
 ) -> None:
     from pipelines.launch import run_pipeline
-    from pipelines.sharded import run_sharded
+    from pipelines.sharded import ShardRun, run_sharded
+
+    def finished(run: ShardRun) -> None:
+        """One line per shard as it finishes (names, times and sizes only)."""
+        how = "done" if run.success else "[red]failed[/]"
+        memory = f", peak memory {run.peak_bytes / 2**20:,.0f} MiB" if run.peak_bytes else ""
+        err.print(f"shard {run.shard} {how} in {run.seconds:.1f} s{memory}", highlight=False)
 
     # The summary is read under the same lock: a run waiting for it would otherwise find
     # the warehouse open here.
@@ -194,7 +200,7 @@ def _run_and_report(
             progress.add_task(f"Running the pipeline as of {when}", total=None)
             path = str(policy) if policy else None
             if shard_count() > 1:
-                outcome = run_sharded(home, when, path, only=shards)
+                outcome = run_sharded(home, when, path, only=shards, progress=finished)
             else:
                 outcome = run_pipeline(home, when, path)
         loaded = load_policy(policy)

@@ -17,11 +17,24 @@ from lethe.engine.warehouse import connect
 from lethe.operations.files import owner_only_umask, restrict_tree
 from lethe.operations.home import Home
 from lethe.operations.lock import exclusive
-from lethe.operations.shards import SHARDS_ENV, ShardError, check_layout, shard_count
+from lethe.operations.routing import split_landing
+from lethe.operations.shards import (
+    SHARDS_ENV,
+    ShardError,
+    build_union,
+    check_layout,
+    check_sources,
+    shard_count,
+)
 from pipelines.jobs import SHARD_JOB, UNION_JOB
 
 SHARDED_JOBS = (SHARD_JOB, UNION_JOB)
 PARTITION_TAG = "dagster/partition"
+# Tags of the shard and union runs `lethe run` launches: it split the landing files before
+# the shard runs and built the union before the union run. Runs without them (the daily
+# schedule, the request sensor, the UI) do it themselves, under the LETHE_HOME lock.
+SPLIT_TAG = "lethe/split"
+UNION_TAG = "lethe/union"
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -60,8 +73,10 @@ class WarehouseResource(dg.ConfigurableResource):
             # would ingest and enforce beside the shards.
             raise ShardError(
                 f"{SHARDS_ENV}={shard_count()}: job {run.job_name} does not run on shards;"
-                " run `lethe run` (the shard-aware schedule and sensor are not built yet)"
+                f" run `lethe run`, or job {SHARD_JOB} by shard partition then {UNION_JOB}"
             )
+        if run is not None and run.job_name in SHARDED_JOBS:
+            self._prepare_sharded(context, run)
         target = self.for_shard(run.tags.get(PARTITION_TAG)) if run is not None else self
         with (
             owner_only_umask(),
@@ -73,6 +88,25 @@ class WarehouseResource(dg.ConfigurableResource):
                 # Dagster wrote this run's files before the umask above applied (when the
                 # process that launched the run did not set one).
                 restrict_tree(self.paths().dagster)
+
+    def _prepare_sharded(self, context: dg.InitResourceContext, run: dg.DagsterRun) -> None:
+        """Before a shard run, split the top landing files into the shards; before a union
+        run, build the union of the shards: each under the top LETHE_HOME's lock, unless
+        `lethe run` did it (its tags say so)."""
+        top, n = self.paths(), shard_count()
+        step = SPLIT_TAG if run.job_name == SHARD_JOB else UNION_TAG
+        if run.tags.get(step) is not None:
+            return
+        policy = _run_policy(run)
+        check_sources(policy)
+        with owner_only_umask(), exclusive(top.lock, wait_seconds=self.lock_wait_seconds):
+            check_layout(top, n)
+            if step == UNION_TAG:
+                build_union(top, policy, n, wait_seconds=self.lock_wait_seconds)
+                return
+            for refused in split_landing(top, policy, n, self.lock_wait_seconds).refused:
+                # The file waits in landing/ for the next split; this shard runs on.
+                context.log.warning(refused)
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -129,3 +163,9 @@ class PolicyResource(dg.ConfigurableResource):
         if not self.as_of:
             return dt.datetime.now(dt.UTC).date()
         return dt.date.fromisoformat(self.as_of)
+
+
+def _run_policy(run: dg.DagsterRun) -> Policy:
+    """The policy a run applies: its policy resource's file, else the definitions' own."""
+    config = run.run_config.get("resources", {}).get("policy", {}).get("config", {})
+    return PolicyResource(path=config.get("path", "")).load()

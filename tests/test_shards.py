@@ -304,14 +304,14 @@ def test_what_is_not_built_for_shards_is_refused_in_one_line(runs) -> None:
 def test_the_whole_pipeline_job_is_refused_on_a_sharded_home(
     runs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The daily schedule, the request sensor and the UI launch the whole pipeline job: on
-    the top warehouse (the shards' union) it would ingest and enforce beside the shards."""
+    """On the top warehouse (the shards' union) the whole pipeline job would ingest and
+    enforce beside the shards."""
     monkeypatch.setenv(SHARDS_ENV, str(N))
     outcome = run_pipeline(runs["four"], T)
     assert not outcome.success
     assert outcome.errors == [
-        f"{SHARDS_ENV}={N}: job lethe_pipeline does not run on shards; run `lethe run`"
-        " (the shard-aware schedule and sensor are not built yet)"
+        f"{SHARDS_ENV}={N}: job lethe_pipeline does not run on shards; run `lethe run`,"
+        " or job lethe_shard by shard partition then lethe_union"
     ]
 
 

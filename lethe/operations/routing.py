@@ -34,7 +34,14 @@ from lethe.engine.ingest import (
 )
 from lethe.engine.warehouse import sql_type
 from lethe.operations.home import Home
-from lethe.operations.shards import attach_shards, scratch, shard_homes, shard_name, shard_sql
+from lethe.operations.shards import (
+    attach_shards,
+    holding_shards,
+    scratch,
+    shard_homes,
+    shard_name,
+    shard_sql,
+)
 
 UNROUTED = shard_name(0)  # where rows without a known subject go, to be quarantined
 
@@ -185,10 +192,11 @@ def _write_shards(
     return {home.root.name: counts.get(home.root.name, 0) for home in homes}
 
 
-def split_landing(home: Home, policy: Policy, n: int) -> Split:
+def split_landing(home: Home, policy: Policy, n: int, wait_seconds: float = 0) -> Split:
     """Move every landing file of `home` into its shards' landing/, each row to its
     subject's shard; a file that cannot be read, or whose table still has an unloaded
-    earlier split in a shard, stays in landing/ and is named in `refused`."""
+    earlier split in a shard, stays in landing/ and is named in `refused`. No shard's run
+    writes meanwhile (waited for up to `wait_seconds`)."""
     schema = policy.data_schema
     homes = [h.ensure() for h in shard_homes(home, n)]
     staging = home.shards / ".split"
@@ -197,7 +205,7 @@ def split_landing(home: Home, policy: Policy, n: int) -> Split:
     result = Split(refused=[f"{home.landing / e}" for e in landing_leftovers(home.landing, schema)])
     routed: set[str] = set()
     try:
-        with scratch() as con:
+        with holding_shards(homes, wait_seconds), scratch() as con:
             shards = attach_shards(con, homes)
             for table in schema.tables.values():
                 if table.source.postgres:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import duckdb
 
@@ -86,6 +86,17 @@ def _reading(shard: Home) -> Iterator[duckdb.DuckDBPyConnection]:
             con.close()
 
 
+@contextmanager
+def holding_shards(homes: list[Home], wait_seconds: float = 0) -> Iterator[None]:
+    """The shards' LETHE_HOME locks, shared, for reading across shard files (a split, a
+    union): no shard's run writes meanwhile, so each shard is read wholly before or wholly
+    after a run of it."""
+    with ExitStack() as stack:
+        for shard in homes:
+            stack.enter_context(exclusive(shard.lock, wait_seconds, shared=True))
+        yield
+
+
 def check_layout(home: Home, n: int) -> None:
     """Refuse a shard count that differs from the shards already under `home` (re-sharding
     is not built yet): with shards, the top warehouse only holds their union, and a
@@ -139,10 +150,11 @@ def attach_shards(con: duckdb.DuckDBPyConnection, homes: list[Home]) -> list[str
     return aliases
 
 
-def build_union(home: Home, policy: Policy, n: int) -> dict[str, int]:
+def build_union(home: Home, policy: Policy, n: int, wait_seconds: float = 0) -> dict[str, int]:
     """Replace the top warehouse's core and request tables by the union of the shards',
     so analysts' datasets and the record of processing see every subject; rows per core
-    table.
+    table. No shard's run writes meanwhile (waited for up to `wait_seconds`): each shard
+    is read wholly before or wholly after its run.
 
     The top file is rewritten into a fresh file and swapped in (`compact`), as enforcement
     does: a union written over the old one would leave values the shards have erased
@@ -175,7 +187,8 @@ def build_union(home: Home, policy: Policy, n: int) -> dict[str, int]:
 
     if not any(shard.warehouse.exists() for shard in homes):
         return {}
-    compact(home.warehouse, prepare=union)
+    with holding_shards(homes, wait_seconds):
+        compact(home.warehouse, prepare=union)
     con = connect(home.warehouse, read_only=True)
     try:
         return {
