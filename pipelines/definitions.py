@@ -12,11 +12,13 @@ from assets.operations import operations_assets
 from assets.requests import request_assets
 from assets.tagging import tagging_assets
 from lethe.declaration.policy import Policy, load_policy
+from lethe.operations.shards import shard_count
 from pipelines.jobs import pipeline_job, shard_job, union_job
 from pipelines.partitions import by_shard
 from pipelines.resources import PolicyResource, WarehouseResource
 from pipelines.schedules import daily_retention
-from sensors.requests import pending_requests_sensor
+from sensors.requests import pending_requests
+from sensors.shards import shard_union
 
 
 def build_definitions(policy: Policy) -> dg.Definitions:
@@ -40,8 +42,11 @@ def build_definitions(policy: Policy) -> dg.Definitions:
             *compliance_assets(policy, [a.key for a in analytics]),
         ],
         jobs=[pipeline_job, shard_job, union_job],
-        schedules=[daily_retention(resource)],
-        sensors=[pending_requests_sensor],
+        schedules=[daily_retention(resource, shard_count())],
+        sensors=[
+            pending_requests(shard_count()),
+            *([shard_union(resource)] if shard_count() > 1 else []),
+        ],
         resources={"warehouse": WarehouseResource(), "policy": resource},
         # Every job, the UI's "Materialize all" included, runs in one process: DuckDB has one
         # writer, and a process per step would only add start-up time.

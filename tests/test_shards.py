@@ -3,6 +3,7 @@ gives exactly the rows of a 1-shard run, with a request that touches only its sh
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import signal
@@ -24,6 +25,9 @@ from lethe.operations.routing import split_landing
 from lethe.operations.shards import SHARDS_ENV, shard_homes, shard_of, shard_sql
 from lethe.rights.exports import export_dir
 from lethe.rights.requests import record_request
+from pipelines.definitions import build_definitions
+from pipelines.instance import prepare_instance
+from pipelines.jobs import SHARD_JOB, UNION_JOB
 from pipelines.launch import run_pipeline
 from pipelines.sharded import run_sharded
 
@@ -409,3 +413,79 @@ def test_a_killed_sharded_run_is_completed_by_the_next(runs, point: str, tmp_pat
     assert done.returncode == 0, done.stderr
     assert not any(home.landing.iterdir())
     assert _union(home) == runs["first"][1]
+
+
+def _succeeded(instance: dg.DagsterInstance, run_id: str) -> dg.RunStatusSensorContext:
+    """The context the union sensor gets when the run `run_id` has succeeded."""
+    run = instance.get_run_by_id(run_id)
+    (event,) = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_SUCCESS)
+    return dg.build_run_status_sensor_context(
+        sensor_name="shard_union_sensor",
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=event.dagster_event,
+    )
+
+
+def test_the_daily_schedule_runs_each_shard_then_the_union(
+    runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the daemon does: the schedule requests a run of each shard partition (each
+    splits the landing files it finds first), the union sensor waits for the last of them,
+    then its union run builds the union: the rows and extracts of `lethe run`. The request
+    sensor then routes a pending request to its subject's shard."""
+    home = Home(tmp_path / "home").ensure()
+    write_cases(home.landing)
+    monkeypatch.setenv(SHARDS_ENV, str(N))
+    monkeypatch.setenv("LETHE_HOME", str(home.root))
+    policy = load_policy(DEFAULT_POLICY)
+    defs = build_definitions(policy)
+    schedule = defs.resolve_schedule_def("daily_retention")
+    when = dt.datetime.combine(T, dt.time(2), tzinfo=dt.UTC)
+    union_sensor = defs.resolve_sensor_def("shard_union_sensor")
+    instance = prepare_instance(home)
+    requests = schedule.evaluate_tick(
+        dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=when,
+            repository_def=defs.get_repository_def(),
+        )
+    ).run_requests
+    assert [(r.job_name or schedule.job_name, r.partition_key) for r in requests] == [
+        (SHARD_JOB, s) for s in ("00", "01", "02", "03")
+    ]
+    assert len({r.tags["lethe/batch"] for r in requests}) == 1
+    try:
+        for i, request in enumerate(requests):
+            outcome = run_pipeline(
+                home, T, job=SHARD_JOB, partition_key=request.partition_key, tags=request.tags
+            )
+            assert outcome.success, outcome.errors
+            assert not any(home.landing.iterdir())  # the first shard run split them
+            tick = union_sensor(_succeeded(instance, outcome.run_id))
+            if i < len(requests) - 1:
+                assert isinstance(tick, dg.SkipReason), tick
+                continue
+            assert isinstance(tick, dg.RunRequest)
+            assert tick.run_key == request.tags["lethe/batch"]
+            assert tick.run_config["resources"]["policy"]["config"]["as_of"] == T.isoformat()
+        assert run_pipeline(home, T, job=UNION_JOB, tags=tick.tags).success
+    finally:
+        instance.dispose()
+    assert _union(home) == runs["first"][1]
+    assert _extracts(home) == runs["first"][3]
+
+    sensor = defs.resolve_sensor_def("pending_requests_sensor")
+    context = dg.build_sensor_context(cursor=None)
+    assert isinstance(sensor(context), dg.SkipReason)
+    shard = home.shard(shard_of(ACCESS, N))
+    con = connect(shard.warehouse)
+    try:
+        request = record_request(con, policy.data_schema, "access", ACCESS)
+    finally:
+        con.close()
+    (launched,) = sensor(context)
+    assert (launched.job_name, launched.partition_key) == (SHARD_JOB, shard.root.name)
+    assert launched.tags["lethe/batch_shards"] == shard.root.name
+    assert request.request_id in launched.run_key
+    assert isinstance(sensor(context), dg.SkipReason)  # launched once
