@@ -16,7 +16,7 @@ from lethe.engine.warehouse import connect
 from lethe.operations.home import Home
 from lethe.rights.requests import record_request
 from lethe.sources.propagation import preview_request
-from tests.conftest import DEFAULT_POLICY, REPO, full_rows
+from tests.conftest import DEFAULT_POLICY, REPO
 from tests.request_cases import hashed
 from tests.test_postgres_sources import (
     AS_OF,
@@ -26,8 +26,10 @@ from tests.test_postgres_sources import (
     core_count,
     erase_in_a_run,
     ingest_sources,
+    insert_rows,
     request_state,
     run,
+    source_rows,
     warehouse_rows,
 )
 
@@ -94,18 +96,11 @@ def create_keyed_shop(
             if name == "orders":
                 cols.append("restricted boolean NOT NULL DEFAULT false")
             con.execute(f"CREATE TABLE shop.{AT[name]} ({', '.join(cols)})")
-            columns, data = full_rows(name, ROWS[name])
-            marks = ", ".join(["%s"] * len(columns))
-            with con.cursor() as cur:
-                cur.executemany(
-                    f"INSERT INTO shop.{AT[name]} ({', '.join(columns)}) VALUES ({marks})",
-                    [[r[c] for c in columns] for r in data],
-                )
+            insert_rows(con, name, ROWS[name], AT[name])
 
 
 def rows_at(dsn: str, name: str, columns: str = "*") -> list[tuple]:
-    with psycopg.connect(dsn) as con:
-        return con.execute(f"SELECT {columns} FROM shop.{AT[name]} ORDER BY 1").fetchall()
+    return source_rows(dsn, AT[name], columns)
 
 
 def orphans(dsn: str) -> int:

@@ -76,13 +76,16 @@ def create_shop(dsn: str, policy: Policy, **rows: list[dict[str, Any]]) -> None:
             insert_rows(con, name, rows.get(name, []))
 
 
-def insert_rows(con: psycopg.Connection, name: str, rows: list[dict[str, Any]]) -> None:
+def insert_rows(
+    con: psycopg.Connection, name: str, rows: list[dict[str, Any]], at: str | None = None
+) -> None:
+    """Rows of the schema's table `name` into the shop's table `at` (default: `name`)."""
     columns, data = full_rows(name, rows)
     if data:
         marks = ", ".join(["%s"] * len(columns))
         with con.cursor() as cur:
             cur.executemany(
-                f"INSERT INTO shop.{name} ({', '.join(columns)}) VALUES ({marks})",
+                f"INSERT INTO shop.{at or name} ({', '.join(columns)}) VALUES ({marks})",
                 [[r[c] for c in columns] for r in data],
             )
 
