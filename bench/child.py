@@ -40,9 +40,10 @@ def _peak_rss_bytes(reset: bool) -> int:
 
 
 def _cpu_seconds() -> float:
-    """User + system CPU time of this process, DuckDB's worker threads included."""
+    """User + system CPU time of this process, DuckDB's worker threads included, and of
+    the child processes it waited for (a stage's work may run in worker processes)."""
     times = os.times()
-    return times.user + times.system
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def main(argv: list[str] | None = None) -> int:

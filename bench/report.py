@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.shard_stages import ERASURE_SHARDS, ERASURES
 from bench.stages import STAGES
 
 NOT_AVAILABLE = "not available"
@@ -127,6 +128,22 @@ def comparisons(scale: Scale) -> list[dict[str, Any]]:
             ratio(pg_per_subject, pg_erasure),
             f"the same {pg_per_subject['details']['batch']:,} subjects",
         )
+    one, shards = _stage(scale, "first_load_one"), _stage(scale, "first_load_shards")
+    if one and shards:
+        add(
+            f"one warehouse ÷ {shards['details']['shards']} shards, first load",
+            ratio(one, shards),
+            f"the speed-up of shards: {shards['basis']}",
+        )
+    full, shard_erasure = _stage(scale, "full_erasure"), _stage(scale, "shard_erasure")
+    if full and shard_erasure:
+        details = shard_erasure["details"]
+        add(
+            f"full rewrite ÷ erasure on {details['shards']} shards",
+            ratio(full, shard_erasure),
+            f"{details['subjects']} subjects; {details['shards_rewritten']} of"
+            f" {details['shards']} shards rewritten, then the union",
+        )
     return out
 
 
@@ -186,9 +203,14 @@ def _at(scales: list[Scale], contacts: int, name: str) -> tuple[dict[str, Any] |
     return stage, ""
 
 
+def _ran(scales: list[Scale], *names: str) -> list[Scale]:
+    """The scales at which all of these stages ran."""
+    return [s for s in scales if all(_stage(s, n) for n in names)]
+
+
 def _largest(scales: list[Scale], *names: str) -> Scale | None:
     """The largest scale at which all of these stages ran."""
-    ran = [s for s in scales if all(_stage(s, n) for n in names)]
+    ran = _ran(scales, *names)
     return max(ran, key=lambda s: s["contacts"]) if ran else None
 
 
@@ -279,6 +301,7 @@ def targets(scales: list[Scale]) -> list[dict[str, Any]]:
         "pg_erasure",
         lambda r: r >= 100,
     )
+    shard_erasure_target(scales, line)
     ten = next((s for s in scales if s["contacts"] == 10 * MILLION), None)
     peaks = [
         st["peak_rss_bytes"]
@@ -290,6 +313,35 @@ def targets(scales: list[Scale]) -> list[dict[str, Any]]:
     else:
         line("peak memory at 10m < 8 GiB", max(peaks) < 8 * GIB, _bytes(max(peaks)))
     return lines
+
+
+SHARD_ERASURE_TARGET = (
+    f"erasure of {ERASURES} subjects on {ERASURE_SHARDS} shards ≥ 5× faster than a full rewrite"
+)
+Line = Callable[[str, bool | None, str], None]
+
+
+def shard_erasure_target(scales: list[Scale], line: Line) -> None:
+    """The shard erasure's target, judged at the largest scale where it ran on 16 shards
+    (a tiny run uses fewer)."""
+    ran = [
+        s
+        for s in _ran(scales, "shard_erasure", "full_erasure")
+        if s["stages"]["shard_erasure"]["details"]["shards"] == ERASURE_SHARDS
+    ]
+    if not ran:
+        why = f"shard_erasure or full_erasure did not run on {ERASURE_SHARDS} shards"
+        line(SHARD_ERASURE_TARGET, None, why)
+        return
+    scale = max(ran, key=lambda s: s["contacts"])
+    stages = scale["stages"]
+    value = ratio(stages["full_erasure"], stages["shard_erasure"])
+    rewritten = stages["shard_erasure"]["details"]["shards_rewritten"]
+    line(
+        SHARD_ERASURE_TARGET,
+        value >= 5,
+        f"{_ratio(value)} at {format_scale(scale['contacts'])}, {rewritten} shards rewritten",
+    )
 
 
 def build(meta: dict[str, Any], scales: list[Scale]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from conftest import REPO
 from bench import report
 from bench.postgres_stages import PostgresStage
 from bench.run import ladder, parse_scale
+from bench.shard_stages import ShardRuns
 from bench.stages import STAGES, Stage, generate_stage
 from tests.postgres import server_binaries
 
@@ -29,7 +30,7 @@ def test_harness_reports_every_stage_at_a_tiny_scale(tmp_path: Path) -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,  # the shard stages make a dozen Dagster runs, seconds each
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -158,3 +159,31 @@ def test_daily_targets() -> None:
     assert lines["no stage super-linear (slope ≤ 1.1)"]["status"] == "MISS"
     assert "enforce" in lines["no stage super-linear (slope ≤ 1.1)"]["value"]
     assert lines["peak memory at 10m < 8 GiB"]["value"] == "scale 10m not run"
+
+
+def test_shard_comparisons_and_target() -> None:
+    seconds = {"first_load_one": 40.0, "first_load_shards": 20.0}
+    seconds |= {"full_erasure": 30.0, "shard_erasure": 10.0}
+    scale = _scale(1_000_000, seconds)
+    scale["stages"]["first_load_shards"] |= {"details": {"shards": 4}, "basis": "4 shards"}
+    erasure = {"shards": 16, "shards_rewritten": 12, "subjects": 20}
+    scale["stages"]["shard_erasure"]["details"] = erasure
+    ratios = {c["what"]: c["ratio"] for c in report.comparisons(scale)}
+    assert ratios["one warehouse ÷ 4 shards, first load"] == 2.0
+    assert ratios["full rewrite ÷ erasure on 16 shards"] == 3.0
+    lines = {t["target"]: t for t in report.targets([scale])}
+    target = lines[report.SHARD_ERASURE_TARGET]
+    assert (target["status"], target["value"]) == ("MISS", "3× at 1m, 12 shards rewritten")
+
+    # A tiny run's erasure on 4 shards is not judged against the 16-shard target.
+    erasure["shards"] = 4
+    assert {t["target"]: t for t in report.targets([scale])}[report.SHARD_ERASURE_TARGET][
+        "status"
+    ] == "N/A"
+
+
+def test_shard_runs_tell_side_by_side_from_one_after_another() -> None:
+    after = ShardRuns([("00", 0.0, 1.0), ("01", 1.0, 2.0), ("02", 2.5, 3.0)], set())
+    beside = ShardRuns([("00", 0.0, 2.0), ("01", 0.5, 1.0), ("02", 0.8, 3.0)], set())
+    assert (after.at_once(), after.order()) == (1, "3 shard runs one after another")
+    assert (beside.at_once(), beside.order()) == (3, "3 shard runs side by side (up to 3 at once)")
