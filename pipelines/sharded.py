@@ -123,25 +123,27 @@ def run_shards(
         for item in ready:
             if not isinstance(item, int):
                 shard, _, recv, _ = unread[id(item)]
-                try:
-                    received[shard] = recv.recv()
-                except EOFError:  # the worker died before sending
-                    received[shard] = None
+                received[shard] = _receive(recv)
         for item in ready:
             if isinstance(item, int):
                 shard, process, recv, started = running.pop(item)
                 process.join()
                 if shard not in received and recv.poll():
-                    try:
-                        received[shard] = recv.recv()
-                    except EOFError:
-                        received[shard] = None
+                    received[shard] = _receive(recv)
                 recv.close()
                 run = _finished(shard, process.exitcode, received.get(shard), started)
                 done.append(run)
                 if progress:
                     progress(run)
     return done
+
+
+def _receive(recv: Connection) -> tuple | None:
+    """A worker's outcome, or None when it died before sending one."""
+    try:
+        return recv.recv()
+    except EOFError:
+        return None
 
 
 def _finished(shard: str, exitcode: int | None, result: tuple | None, started: float) -> ShardRun:
