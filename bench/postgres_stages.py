@@ -45,9 +45,9 @@ from bench.stages import (
     Stage,
     StageResult,
     Timed,
-    _record,
-    _subjects_from,
     erasure_batch,
+    record_requests,
+    subjects_from,
 )
 from lethe.declaration.policy import Policy, load_policy
 from lethe.declaration.strategies import quote
@@ -262,8 +262,8 @@ def pg_erasure_stage(ctx: Context) -> Timed:
     policy = shop_policy(ctx.work / "policy")
     template = _shop_template(ctx, policy)
     home = ctx.home_with_enforced_warehouse()
-    subjects = _subjects_from(home.warehouse, erasure_batch(ctx.contacts))
-    _record(home, "erasure", subjects)
+    subjects = subjects_from(home.warehouse, erasure_batch(ctx.contacts))
+    record_requests(home, "erasure", subjects)
     con = connect(home.warehouse)
     apply_pending(con, policy, REFERENCE, "bench", vault=home.vault)
     os.environ[SHOP_DSN_ENV] = _database("shop_set_based", template)
@@ -314,7 +314,7 @@ def pg_per_subject_stage(ctx: Context) -> Timed:
     policy = shop_policy(ctx.work / "policy")
     template = _shop_template(ctx, policy)
     batch = erasure_batch(ctx.contacts)
-    subjects = _subjects_from(ctx.enforced.warehouse, batch)[:PG_PER_SUBJECT_SAMPLE]
+    subjects = subjects_from(ctx.enforced.warehouse, batch)[:PG_PER_SUBJECT_SAMPLE]
     statements = _per_subject_statements(policy)
     pg = psycopg.connect(_database("shop_per_subject", template))
 

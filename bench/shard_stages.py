@@ -39,7 +39,7 @@ from bench.stages import (
     Stage,
     StageResult,
     Timed,
-    _subjects_from,
+    subjects_from,
 )
 from lethe.declaration.policy import load_policy
 from lethe.engine.warehouse import connect
@@ -296,7 +296,7 @@ def full_erasure_stage(ctx: Context) -> Timed:
     from pipelines.launch import run_pipeline
 
     home = _first_loaded(ctx, 1)
-    _request_erasures(home, _subjects_from(home.warehouse, ERASURES), 1)
+    _request_erasures(home, subjects_from(home.warehouse, ERASURES), 1)
 
     def run() -> StageResult:
         _checked(run_pipeline(home, REFERENCE, str(POLICY)), "erasure run on one warehouse")
@@ -314,7 +314,7 @@ def shard_erasure_stage(ctx: Context) -> Timed:
 
     shards = erasure_shards(ctx.contacts)
     home = _first_loaded(ctx, shards)
-    subjects = _subjects_from(home.warehouse, ERASURES)  # the union: every subject
+    subjects = subjects_from(home.warehouse, ERASURES)  # the union: every subject
     affected = _request_erasures(home, subjects, shards)
     files = [s.warehouse for s in shard_homes(home, shards)]
     stamps = {f: f.stat().st_mtime_ns for f in files}

@@ -156,7 +156,7 @@ def _sample_subjects(con: duckdb.DuckDBPyConnection, n: int) -> list[str]:
     return [r[0] for r in rows]
 
 
-def _subjects_from(path: Path, n: int) -> list[str]:
+def subjects_from(path: Path, n: int) -> list[str]:
     con = duckdb.connect(str(path), read_only=True)
     try:
         return _sample_subjects(con, n)
@@ -313,7 +313,7 @@ def enforce_stage(ctx: Context) -> Timed:
     return run
 
 
-def _record(home: Home, kind: str, subjects: list[str], day: dt.date = REFERENCE) -> list:
+def record_requests(home: Home, kind: str, subjects: list[str], day: dt.date = REFERENCE) -> list:
     """Pending requests for `subjects`, inserted set-based (set-up, not timed)."""
     from lethe.rights.requests import deadline_for, pending_requests
 
@@ -338,8 +338,8 @@ def access_export_stage(ctx: Context) -> Timed:
 
     home = ctx.home_with_enforced_warehouse()
     policy = load_policy(POLICY)
-    requests = _record(
-        home, "access", _subjects_from(home.warehouse, min(EXPORT_SUBJECTS, ctx.contacts))
+    requests = record_requests(
+        home, "access", subjects_from(home.warehouse, min(EXPORT_SUBJECTS, ctx.contacts))
     )
 
     def run() -> StageResult:
@@ -375,8 +375,8 @@ def erasure_stage(ctx: Context) -> Timed:
 
     home = ctx.home_with_enforced_warehouse()
     policy = load_policy(POLICY)
-    subjects = _subjects_from(home.warehouse, erasure_batch(ctx.contacts))
-    _record(home, "erasure", subjects)
+    subjects = subjects_from(home.warehouse, erasure_batch(ctx.contacts))
+    record_requests(home, "erasure", subjects)
 
     def run() -> StageResult:
         con = connect(home.warehouse)
@@ -503,7 +503,7 @@ def daily_stage(ctx: Context) -> Timed:
     home = ctx.home_with_enforced_warehouse()
     policy = load_policy(POLICY)
     delivered = _write_day_of_changes(ctx.landing, home.warehouse, home.landing)
-    _record(home, "erasure", _subjects_from(home.warehouse, DAILY_ERASURES), NEXT_DAY)
+    record_requests(home, "erasure", subjects_from(home.warehouse, DAILY_ERASURES), NEXT_DAY)
 
     def run() -> StageResult:
         con = connect(home.warehouse)
