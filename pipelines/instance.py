@@ -8,6 +8,7 @@ webserver, the daemon, run workers) share one instance.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from urllib.parse import urlsplit
 
@@ -17,6 +18,9 @@ import psycopg
 from lethe.errors import LetheError
 from lethe.operations.files import owner_only_umask, write_text
 from lethe.operations.home import Home
+from lethe.operations.shards import shard_count, worker_count
+from pipelines.jobs import TOP_RUN_TAG
+from pipelines.resources import PARTITION_TAG
 
 # One run at a time: runs the daemon launches (schedule, sensor, UI) queue behind each
 # other, and the LETHE_HOME lock makes any run wait for a `lethe run` in progress. No
@@ -31,6 +35,20 @@ concurrency:
     max_concurrent_runs: 1
 """
 
+# With subject shards, each shard is a LETHE_HOME of its own: the queue starts runs of
+# different shard partitions side by side (up to LETHE_SHARD_WORKERS), never two of one
+# shard, and one run of the top LETHE_HOME (the union) at a time. A union that overlaps a
+# shard run waits for that shard's lock.
+SHARDED_RUNS = """\
+    tag_concurrency_limits:
+      - key: {partition}
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+      - key: {top}
+        limit: 1
+"""
+
 # The variable holding the URL of the PostgreSQL database for runs, event logs and
 # schedules. The config names the variable, never its value: no password is written.
 PG_URL_ENV = "LETHE_DAGSTER_PG_URL"
@@ -42,18 +60,31 @@ storage:
       env: {PG_URL_ENV}
 """
 
-# What Lethe writes; any other dagster.yaml is the user's own and is left alone.
-_GENERATED = (INSTANCE_CONFIG, INSTANCE_CONFIG + POSTGRES_STORAGE)
+
+def _config(workers: int | None, postgres: bool) -> str:
+    """The dagster.yaml for one shard layout (`workers` None: no shards) and storage."""
+    text = INSTANCE_CONFIG
+    if workers is not None:
+        text = text.replace("max_concurrent_runs: 1", f"max_concurrent_runs: {workers}")
+        text += SHARDED_RUNS.format(partition=PARTITION_TAG, top=TOP_RUN_TAG)
+    return text + (POSTGRES_STORAGE if postgres else "")
+
+
+def _generated(text: str) -> bool:
+    """Whether `text` is a config Lethe writes (any other dagster.yaml is the user's own)."""
+    runs = re.search(r"max_concurrent_runs: (\d+)", text)
+    workers = int(runs.group(1)) if runs else 1
+    return any(text == _config(w, pg) for w in (None, workers) for pg in (False, True))
 
 
 def instance_config() -> str:
     """The dagster.yaml Lethe writes: SQLite storage, or PostgreSQL when LETHE_DAGSTER_PG_URL
-    is set (refused in one line when that database cannot be reached)."""
+    is set (refused in one line when that database cannot be reached); with LETHE_SHARDS > 1,
+    a run queue that starts the shards' runs side by side."""
     url = os.environ.get(PG_URL_ENV)
-    if url is None:
-        return INSTANCE_CONFIG
-    check_postgres(url)
-    return INSTANCE_CONFIG + POSTGRES_STORAGE
+    if url is not None:
+        check_postgres(url)
+    return _config(worker_count() if shard_count() > 1 else None, url is not None)
 
 
 def check_postgres(url: str) -> None:
@@ -94,9 +125,9 @@ def prepare_instance(home: Home) -> dg.DagsterInstance:
     config = home.dagster / "dagster.yaml"
     wanted = instance_config()
     current = config.read_text(encoding="utf-8") if config.exists() else None
-    if current is None or (current in _GENERATED and current != wanted):
+    if current is None or (_generated(current) and current != wanted):
         write_text(config, wanted)
-    elif current not in _GENERATED and PG_URL_ENV in os.environ and PG_URL_ENV not in current:
+    elif not _generated(current) and PG_URL_ENV in os.environ and PG_URL_ENV not in current:
         # A set variable that changes nothing would leave runs where the user does not
         # expect them.
         raise LetheError(

@@ -31,6 +31,9 @@ pipeline_job = dg.define_asset_job(
 UNION_GROUPS = ("analytics", "compliance")
 SHARD_JOB = "lethe_shard"
 UNION_JOB = "lethe_union"
+# Marks the runs that write the top LETHE_HOME of a sharded home: the run queue starts one
+# at a time (pipelines.instance).
+TOP_RUN_TAG = "lethe/top_home"
 
 shard_job = dg.define_asset_job(
     SHARD_JOB,
@@ -44,4 +47,5 @@ union_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups(*UNION_GROUPS),
     description="Over the union of every shard: analysts' datasets and compliance documents.",
     executor_def=dg.in_process_executor,
+    tags={TOP_RUN_TAG: "union"},
 )

@@ -23,19 +23,17 @@ from lethe.declaration.policy import load_policy
 from lethe.operations.home import Home
 from lethe.operations.routing import split_landing
 from lethe.operations.shards import (
-    ShardError,
     build_union,
     check_layout,
     check_sources,
     shard_count,
     shard_homes,
+    worker_count,
 )
 from pipelines.instance import prepare_instance
 from pipelines.jobs import SHARD_JOB, UNION_JOB
 from pipelines.launch import RunOutcome, run_pipeline
 from pipelines.resources import SPLIT_TAG, UNION_TAG
-
-WORKERS_ENV = "LETHE_SHARD_WORKERS"
 
 
 @dataclass
@@ -50,16 +48,6 @@ class ShardRun:
     errors: list[str] = field(default_factory=list)
     failed_checks: list[str] = field(default_factory=list)
     blocking: list[str] = field(default_factory=list)
-
-
-def worker_count() -> int:
-    """How many shards run at once: LETHE_SHARD_WORKERS, else the machine's cores."""
-    raw = os.environ.get(WORKERS_ENV, "").strip()
-    if not raw:
-        return os.cpu_count() or 1
-    if not raw.isdigit() or int(raw) < 1:
-        raise ShardError(f"{WORKERS_ENV}: {raw!r} is not a whole number of at least 1")
-    return int(raw)
 
 
 def _shard_worker(

@@ -20,13 +20,20 @@ import yaml
 # The Kubernetes run launcher cannot be instantiated outside a cluster (it loads the
 # in-cluster config), so its config is checked against its schema, as Dagster would.
 from dagster._config import process_config
+from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
+from dagster._core.test_utils import create_run_for_test
+from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
+    QueuedRunCoordinatorDaemon,
+)
 from dagster_k8s import K8sRunLauncher
 
 from lethe.errors import LetheError
 from lethe.operations.home import Home
+from lethe.operations.shards import SHARDS_ENV, WORKERS_ENV
 from pipelines.definitions import defs
 from pipelines.instance import INSTANCE_CONFIG, PG_URL_ENV, prepare_instance
-from pipelines.jobs import PIPELINE_JOB
+from pipelines.jobs import PIPELINE_JOB, union_job
+from pipelines.resources import PARTITION_TAG
 from tests.conftest import REPO, lethe_cli, lethe_env
 from tests.postgres import SUPERUSER, PostgresServer, _free_port
 
@@ -314,3 +321,60 @@ def test_image_builds_and_loads_the_definitions() -> None:
         assert check.returncode == 0, check.stderr[-3000:]
     finally:
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+def test_the_run_queue_starts_shards_side_by_side_but_never_one_shard_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With shards the daemon's own dequeue logic, over Lethe's instance config, starts runs
+    of different shards together (up to LETHE_SHARD_WORKERS), a second run of a shard only
+    after the first ended, and one union at a time."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))  # restored after the test
+    monkeypatch.delenv(PG_URL_ENV, raising=False)
+    monkeypatch.setenv(SHARDS_ENV, "4")
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    instance = prepare_instance(Home(tmp_path / "home").ensure())
+    daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
+    origin = RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("lethe"), "__repository__")
+
+    def queue(tags: dict[str, str]) -> str:
+        run = create_run_for_test(
+            instance,
+            job_name="queued",
+            status=dg.DagsterRunStatus.QUEUED,
+            tags=tags,
+            remote_job_origin=origin.get_job_origin("queued"),
+        )
+        return run.run_id
+
+    def dequeued() -> list[str]:
+        runs = daemon._get_runs_to_dequeue(instance, instance.get_concurrency_config(), None)
+        return [r.run_id for r in runs]
+
+    def status(run_id: str, to: dg.DagsterRunStatus) -> None:
+        instance.run_storage.handle_run_event(
+            run_id,
+            dg.DagsterEvent(
+                {
+                    dg.DagsterRunStatus.STARTED: "PIPELINE_START",
+                    dg.DagsterRunStatus.SUCCESS: "PIPELINE_SUCCESS",
+                }[to],
+                job_name="queued",
+            ),
+        )
+
+    try:
+        first, again, other, third = (queue({PARTITION_TAG: s}) for s in ("00", "00", "01", "02"))
+        unions = [queue(dict(union_job.tags)) for _ in range(2)]
+        assert dequeued() == [first, other, third]
+        for run_id in (first, other, third):
+            status(run_id, dg.DagsterRunStatus.STARTED)
+        assert dequeued() == []  # three workers busy
+        status(first, dg.DagsterRunStatus.SUCCESS)
+        assert dequeued() == [again]  # shard 00 again once its first run ended
+        status(again, dg.DagsterRunStatus.STARTED)
+        for run_id in (other, third):
+            status(run_id, dg.DagsterRunStatus.SUCCESS)
+        assert dequeued() == unions[:1]  # two workers free, one union at a time
+    finally:
+        instance.dispose()

@@ -22,14 +22,14 @@ from lethe.engine.ingest import ingest_table
 from lethe.engine.warehouse import connect
 from lethe.operations.home import Home
 from lethe.operations.routing import split_landing
-from lethe.operations.shards import SHARDS_ENV, shard_homes, shard_of, shard_sql
+from lethe.operations.shards import SHARDS_ENV, WORKERS_ENV, shard_homes, shard_of, shard_sql
 from lethe.rights.exports import export_dir
 from lethe.rights.requests import record_request
 from pipelines.definitions import build_definitions
 from pipelines.instance import prepare_instance
 from pipelines.jobs import SHARD_JOB, UNION_JOB
 from pipelines.launch import run_pipeline
-from pipelines.sharded import WORKERS_ENV, run_sharded
+from pipelines.sharded import run_sharded
 
 N = 4
 DROP = ("_ingested_at",)  # when a row was loaded: differs between any two runs

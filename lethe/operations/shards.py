@@ -30,6 +30,7 @@ from lethe.rights.requests import RequestError
 from lethe.rights.subjects import UnknownSubjectError, resolve_subject
 
 SHARDS_ENV = "LETHE_SHARDS"
+WORKERS_ENV = "LETHE_SHARD_WORKERS"
 MAX_SHARDS = 100  # shard folders are named by two digits
 # Schemas whose tables the top LETHE_HOME holds as the union of the shards' tables.
 UNION_SCHEMAS = ("core", "requests")
@@ -46,6 +47,16 @@ def shard_count() -> int:
         return 1
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_SHARDS:
         raise ShardError(f"{SHARDS_ENV}: {raw!r} is not a whole number from 1 to {MAX_SHARDS}")
+    return int(raw)
+
+
+def worker_count() -> int:
+    """How many shards run at once: LETHE_SHARD_WORKERS, else the machine's cores."""
+    raw = os.environ.get(WORKERS_ENV, "").strip()
+    if not raw:
+        return os.cpu_count() or 1
+    if not raw.isdigit() or int(raw) < 1:
+        raise ShardError(f"{WORKERS_ENV}: {raw!r} is not a whole number of at least 1")
     return int(raw)
 
 
