@@ -9,15 +9,26 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
-from conftest import DEFAULT_POLICY, REPO, ingest_all, lethe_cli, lethe_env, write_landing
+from conftest import (
+    DEFAULT_POLICY,
+    LETHE_BIN,
+    REPO,
+    ingest_all,
+    lethe_cli,
+    lethe_env,
+    write_landing,
+)
 from retention_cases import CONTACTS, T, comparable, order, shipment, write_cases
 
 from lethe.declaration.policy import Policy, load_policy
+from lethe.engine.audit import verify
+from lethe.engine.compaction import SCRATCH_SUFFIXES
 from lethe.engine.ingest import ingest_table
 from lethe.engine.warehouse import connect
 from lethe.operations.home import Home
@@ -490,3 +501,41 @@ def test_the_daily_schedule_runs_each_shard_then_the_union(
     assert launched.tags["lethe/batch_shards"] == shard.root.name
     assert request.request_id in launched.run_key
     assert isinstance(sensor(context), dg.SkipReason)  # launched once
+
+
+def test_a_run_killed_while_shard_workers_write_leaves_whole_shards(runs, tmp_path: Path) -> None:
+    """`lethe run` and its shard workers killed at once (SIGKILL to the process group) while
+    a worker rewrites its shard's warehouse: every shard's warehouse still opens with a
+    ledger that verifies (the rewrite is a fresh file not yet swapped in), and the next run
+    completes with the rows of an uninterrupted run and no scratch file left."""
+    home = Home(tmp_path / "home").ensure()
+    write_cases(home.landing)
+    env = lethe_env(home.root, **{SHARDS_ENV: str(N), WORKERS_ENV: "2"})
+    run = subprocess.Popen(
+        [str(LETHE_BIN), "run", "--as-of", T.isoformat()],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(home.root.glob(f"shards/*/*{SCRATCH_SUFFIXES[0]}")):
+            assert run.poll() is None, "the run ended before any shard rewrote its warehouse"
+            assert time.monotonic() < deadline, "no shard rewrite seen in 300 s"
+            time.sleep(0.02)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    for shard in shard_homes(home, N):
+        if shard.warehouse.exists():
+            con = connect(shard.warehouse, read_only=True)
+            try:
+                assert verify(con).ok, shard.root.name
+            finally:
+                con.close()
+    done = lethe_cli("run", "--as-of", T.isoformat(), home=home.root, **{SHARDS_ENV: str(N)})
+    assert done.returncode == 0, done.stderr
+    assert _union(home) == runs["first"][1]
+    assert not [p for p in home.root.rglob("*") if p.name.endswith(SCRATCH_SUFFIXES)]
