@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 import retention_cases as rc
-from conftest import TAGGED_TABLES
+from conftest import TAGGED_TABLES, write_landing, write_landing_set
+from conftest import ingest_all as ingest_all_duckdb
 
 from lethe.declaration.policy import Policy
 from lethe.engine.enforcement import EnforcementResult, enforce
 from lethe.engine.engines import PostgresEngine
+from lethe.engine.ingest import IngestError
 from lethe.engine.keyhash import key_hash
 from lethe.engine.postgres_warehouse import (
     WarehouseError,
@@ -30,6 +32,10 @@ from lethe.engine.postgres_warehouse import (
     verify,
 )
 from lethe.engine.postgres_warehouse import enforce as enforce_postgres
+from lethe.engine.postgres_warehouse import (
+    ingest_table as pg_ingest_table,
+)
+from lethe.engine.warehouse import connect
 from lethe.operations.home import Home
 from tests.postgres import PostgresServer
 
@@ -217,3 +223,47 @@ def test_enforcement_as_of_a_later_date_only_rewrites_what_changes(
     later = enforce_postgres(both.pg, policy, rc.T2, "run-T2")
     assert later.counts.get("orders", {}).get("pseudonymize"), later.counts
     assert verify(both.pg.con).ok
+
+
+def test_ingest_quarantines_and_retries_as_on_duckdb(
+    postgres: PostgresServer, policy: Policy, tmp_path: Path
+) -> None:
+    """Bad rows go to the quarantine, an order waits for its contact and loads once it
+    arrives, a refused file stays in landing/: on PostgreSQL as on DuckDB."""
+    duck_home, pg_landing = Home(tmp_path / "duck").ensure(), tmp_path / "pg" / "landing"
+    first = {
+        "contacts": [rc.contact("c1"), rc.contact("c2", birth_date="not-a-date")],
+        "orders": [rc.order("o1", "c1", OLD_ORDER, None), rc.order("o9", "c9", OLD_ORDER, None)],
+    }
+    second = {"contacts": [rc.contact("c9")]}
+    pg = open_engine(postgres.new_database())
+    duck = connect(duck_home.warehouse)
+    try:
+        for delivery in (first, second):
+            for landing in (duck_home.landing, pg_landing):
+                write_landing_set(landing, **delivery)
+            ingest_all_duckdb(duck, duck_home.landing, policy)
+            ingest_all(pg, pg_landing, policy)
+            for table in ("contacts", "orders"):
+                want = duck.execute(f"SELECT {KEYS[table]} FROM core.{table} ORDER BY 1")
+                got = pg.con.execute(f"SELECT {KEYS[table]} FROM core.{table} ORDER BY 1")
+                assert got.fetchall() == want.fetchall(), table
+            want = duck.execute(QUARANTINE).fetchall()
+            assert pg.con.execute(QUARANTINE).fetchall() == want
+        assert [r[:3] for r in want] == [("contacts", 2, "birth_date")]
+        assert not list(pg_landing.iterdir())
+        write_landing(pg_landing, "contacts", [rc.contact("c3")], omit=("email",))
+        with pytest.raises(IngestError) as refused:
+            pg_ingest_table(pg, pg_landing, "contacts", policy)
+        assert str(refused.value).startswith(str(pg_landing / "contacts.csv"))
+        assert (pg_landing / "contacts.csv").exists()
+    finally:
+        duck.close()
+        pg.close()
+
+
+OLD_ORDER = "2025-01-01T00:00:00"
+KEYS = {"contacts": "contact_id, _state", "orders": "order_id, contact_id"}
+QUARANTINE = (
+    "SELECT table_name, row_number, column_name, reason FROM core.quarantine ORDER BY 1, 2, 3"
+)
