@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import retention_cases as rc
-from conftest import TAGGED_TABLES, write_landing, write_landing_set
+from conftest import TAGGED_TABLES, lethe_cli, write_landing, write_landing_set
 from conftest import ingest_all as ingest_all_duckdb
 
 from lethe.declaration.policy import Policy
@@ -267,3 +267,31 @@ KEYS = {"contacts": "contact_id, _state", "orders": "order_id, contact_id"}
 QUARANTINE = (
     "SELECT table_name, row_number, column_name, reason FROM core.quarantine ORDER BY 1, 2, 3"
 )
+
+
+def test_lethe_run_on_a_postgres_warehouse(postgres: PostgresServer, tmp_path: Path) -> None:
+    """`LETHE_WAREHOUSE=postgresql://…`: `lethe run` ingests and enforces there, `lethe audit
+    verify` checks its ledger, what is not built there is refused in one line before any
+    change, and the URL's password is never printed or written under LETHE_HOME."""
+    password = "pw-kept-out-5d2e"
+    database = postgres.new_database().rsplit("/", 1)[1]
+    dsn = f"postgresql://lethe_test:{password}@127.0.0.1:{postgres.port}/{database}"
+    home = Home(tmp_path / "home").ensure()
+    rc.write_cases(home.landing)
+    runs = [lethe_cli("run", "--as-of", str(T), home=home.root, LETHE_WAREHOUSE=dsn)]
+    first = runs[0]
+    assert first.returncode == 0, first.stderr
+    assert "enforce contacts: anonymize 14" in first.stdout
+    assert "not run on PostgreSQL yet: requests, exports" in first.stdout
+    assert not home.warehouse.exists() and not home.vault.exists()
+    runs.append(lethe_cli("audit", "verify", home=home.root, LETHE_WAREHOUSE=dsn))
+    assert runs[-1].returncode == 0 and "9 entries, chain intact" in runs[-1].stdout
+    for args in (("backup",), ("request", "erasure", "--subject", "acc_keep")):
+        refused = lethe_cli(*args, home=home.root, LETHE_WAREHOUSE=dsn)
+        runs.append(refused)
+        assert refused.returncode == 1
+        assert refused.stderr.count("\n") == 1, refused.stderr
+        assert f"lethe {args[0]} does not run on a PostgreSQL warehouse yet" in refused.stderr
+    assert not home.warehouse.exists()
+    assert not any(password in r.stdout + r.stderr for r in runs)
+    assert rc.scan_files(home.root, {"password": password}) == {}

@@ -41,7 +41,9 @@ import os
 import secrets
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -547,3 +549,63 @@ def _forget_unused_tokens(pg: psycopg.Connection, policy: Policy) -> int:
         return 0
     (sql,) = render((f"DELETE FROM vault.tokens WHERE token NOT IN ({used})",), POSTGRES)
     return pg.execute(sql).rowcount
+
+
+# --- a run ----------------------------------------------------------------------------------
+
+WAREHOUSE_ENV = "LETHE_WAREHOUSE"
+RUNS_HERE = "`lethe run` (ingest and enforcement) and `lethe audit verify`"
+NOT_BUILT = "requests, exports, analytics, backups and the Dagster assets"
+
+
+def dsn_from_env() -> str | None:
+    """The PostgreSQL URL LETHE_WAREHOUSE names, or None (the DuckDB warehouse under
+    LETHE_HOME). The URL is only ever passed to the driver: never printed or written."""
+    value = os.environ.get(WAREHOUSE_ENV, "").strip()
+    return value if is_postgres(value) else None
+
+
+def refuse_here(what: str) -> None:
+    """Refuse `what` in one line, before any change, when the warehouse is a PostgreSQL
+    database, where it does not run yet."""
+    dsn = dsn_from_env()
+    if dsn:
+        raise WarehouseError(
+            f"{describe(dsn)}: {what} does not run on a PostgreSQL warehouse yet (only {RUNS_HERE})"
+        )
+
+
+@dataclass
+class RunResult:
+    """What one run on the PostgreSQL warehouse did."""
+
+    run_id: str
+    ingested: dict[str, IngestResult] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # table: the one-line reason
+    enforced: EnforcementResult | None = None
+
+
+def run(dsn: str, landing: Path, policy: Policy, as_of: dt.date) -> RunResult:
+    """Ingest every table's landing file, then enforce, under Lethe's advisory lock.
+
+    A refused landing file stays in landing/ and is reported, and the run goes on, as the
+    Dagster pipeline does on DuckDB. A failure of the database (the server going away) is
+    one `WarehouseError` naming the warehouse; each step is its own transaction, so what
+    committed stays and the next run completes the rest.
+    """
+    result = RunResult(uuid.uuid4().hex)
+    engine = open_engine(dsn)
+    try:
+        with engine.lock():
+            create(engine, policy.data_schema)
+            for name in policy.data_schema.tables:
+                try:
+                    result.ingested[name] = ingest_table(engine, landing, name, policy)
+                except IngestError as exc:
+                    result.refused[name] = str(exc)
+            result.enforced = enforce(engine, policy, as_of, result.run_id)
+    except psycopg.Error as exc:
+        raise WarehouseError(f"{describe(dsn)}: the run stopped: {reason(exc)}") from None
+    finally:
+        engine.close()
+    return result
