@@ -22,9 +22,11 @@ What runs on PostgreSQL so far:
 - the ledger: entries checked, key-hashed and chained by `lethe.engine.audit.ledger_rows`,
   and `verify` checks a copy read into DuckDB with `lethe.engine.audit.verify`.
 
-Not yet: tagging as a step of its own (enforcement writes the fresh tags of every row it
-stages), requests, exports, analytics, backups, PostgreSQL sources, and replacing the keys
-of erased subjects in Lethe's own tables by their keyed hashes.
+`run` is what `lethe run` does with LETHE_WAREHOUSE set to a PostgreSQL URL (ingest, then
+enforcement); `refuse_here` refuses the rest in one line. Not yet here: tagging as a step of
+its own (enforcement writes the fresh tags of every row it stages), requests, exports,
+analytics, backups, PostgreSQL sources, Dagster runs, and replacing the keys of erased
+subjects in Lethe's own tables by their keyed hashes.
 
 What `VACUUM FULL` cannot remove: PostgreSQL's write-ahead log (`pg_wal/`) holds the
 replaced values until its segments are recycled (after later checkpoints), and so does any
