@@ -187,14 +187,19 @@ def test_no_erased_value_is_left_in_the_table_files(warehouses, postgres: Postgr
     """
     both = warehouses
     both.pg.con.execute("CHECKPOINT")
-    (folder,) = both.pg.con.execute(
-        "SELECT 'base/' || oid FROM pg_database WHERE datname = current_database()"
-    ).fetchone()
     erased = rc.erased_values()
     kept = rc.kept_values()
-    files = Path(postgres.data) / folder
+    files = _database_files(both.pg, postgres)
     assert rc.scan_files(files, kept), "the scan finds no kept value: it would find nothing"
     assert rc.scan_files(files, erased) == {}
+
+
+def _database_files(pg: PostgresEngine, server: PostgresServer) -> Path:
+    """The folder under `base/` of the engine's database (its tables' files)."""
+    (folder,) = pg.con.execute(
+        "SELECT 'base/' || oid FROM pg_database WHERE datname = current_database()"
+    ).fetchone()
+    return Path(server.data) / folder
 
 
 def test_a_wrong_dsn_is_one_line_naming_the_warehouse_without_its_password(
@@ -252,6 +257,14 @@ def test_ingest_quarantines_and_retries_as_on_duckdb(
             assert pg.con.execute(QUARANTINE).fetchall() == want
         assert [r[:3] for r in want] == [("contacts", 2, "birth_date")]
         assert not list(pg_landing.iterdir())
+        # A re-delivered row replaces the stored one, whose values leave the table files.
+        write_landing_set(pg_landing, contacts=[rc.contact("c1", email="new-c1@example.test")])
+        ingest_all(pg, pg_landing, policy)
+        pg.con.execute("CHECKPOINT")
+        files = _database_files(pg, postgres)
+        old = {"the replaced e-mail": rc.contact("c1")["email"]}
+        assert rc.scan_files(files, {"the new e-mail": "new-c1@example.test"})
+        assert rc.scan_files(files, old) == {}
         write_landing(pg_landing, "contacts", [rc.contact("c3")], omit=("email",))
         with pytest.raises(IngestError) as refused:
             pg_ingest_table(pg, pg_landing, "contacts", policy)

@@ -306,9 +306,12 @@ def ingest_table(
         except IngestError as exc:
             raise IngestError(str(exc).replace(str(scratch), str(landing))) from None
         with engine.transaction():
-            _write_back(pg, mem, table)
+            replaced = _write_back(pg, mem, table)
         if original and staged and not staged.exists():
             original.unlink()
+        # Replaced rows (a re-delivered contact, a quarantined row loaded or dropped) would
+        # keep their old values in dead tuples until the table is rewritten.
+        engine.purge(replaced)
         return result
     finally:
         mem.close()
@@ -328,10 +331,14 @@ def _mirror(pg: psycopg.Connection, mem: duckdb.DuckDBPyConnection, table: Table
     mem.execute("CREATE TEMP TABLE _logged AS SELECT * FROM core.ingest_log")
 
 
-def _write_back(pg: psycopg.Connection, mem: duckdb.DuckDBPyConnection, table: Table) -> None:
+def _write_back(
+    pg: psycopg.Connection, mem: duckdb.DuckDBPyConnection, table: Table
+) -> list[tuple[str, str]]:
     """Carry what the in-memory ingest changed to PostgreSQL (inside the caller's
     transaction): new carried columns, the loaded rows (replacing those with their keys),
-    the table's quarantine and the new ingest log entries."""
+    the table's quarantine and the new ingest log entries. Returns the tables whose rows
+    it deleted, (schema, table) pairs."""
+    replaced = []
     target = pgsql.Identifier("core", table.name)
     present = {
         r[0]
@@ -352,11 +359,13 @@ def _write_back(pg: psycopg.Connection, mem: duckdb.DuckDBPyConnection, table: T
         pg.execute(pgsql.SQL("CREATE TEMP TABLE _loaded (LIKE {}) ON COMMIT DROP").format(target))
         copy_in(mem.sql(loaded), pg, "_loaded")
         key = pgsql.Identifier(table.key)
-        pg.execute(
+        deleted = pg.execute(
             pgsql.SQL("DELETE FROM {} WHERE {} IN (SELECT {} FROM _loaded)").format(
                 target, key, key
             )
-        )
+        ).rowcount
+        if deleted:
+            replaced.append(("core", table.name))
         names = pgsql.SQL(", ").join(pgsql.Identifier(c) for c in columns)
         pg.execute(
             pgsql.SQL("INSERT INTO {} ({}) SELECT {} FROM _loaded").format(target, names, names)
@@ -368,11 +377,13 @@ def _write_back(pg: psycopg.Connection, mem: duckdb.DuckDBPyConnection, table: T
     if changed:
         pg.execute("DELETE FROM core.quarantine WHERE table_name = %s", [table.name])
         copy_in(mem.table("core.quarantine"), pg, "core.quarantine")
+        replaced.append(("core", "quarantine"))
     copy_in(
         mem.sql("SELECT * FROM core.ingest_log EXCEPT ALL SELECT * FROM _logged"),
         pg,
         "core.ingest_log",
     )
+    return replaced
 
 
 def ingest_all(engine: PostgresEngine, landing: Path, policy: Policy) -> dict[str, IngestResult]:
