@@ -103,9 +103,8 @@ def describe(dsn: str) -> str:
         return "PostgreSQL warehouse (LETHE_WAREHOUSE is not a valid connection URL)"
     user = f"{parts['user']}@" if parts.get("user") else ""
     port = f":{parts['port']}" if parts.get("port") else ""
-    return f"PostgreSQL warehouse postgresql://{user}{parts.get('host', '')}{port}/" + str(
-        parts.get("dbname", "")
-    )
+    where = f"{user}{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
+    return f"PostgreSQL warehouse postgresql://{where}"
 
 
 def open_engine(dsn: str) -> PostgresEngine:
