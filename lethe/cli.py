@@ -35,6 +35,7 @@ from lethe.compliance.summary import (
 from lethe.declaration.fides import fides_yaml
 from lethe.declaration.policy import LEGAL_BASIS_ARTICLE, Policy, load_policy
 from lethe.declaration.schema import Schema, load_schema
+from lethe.engine import postgres_warehouse as warehouse_db
 from lethe.engine.audit import verify
 from lethe.engine.keyhash import short
 from lethe.engine.states import STORED_STATES
@@ -83,6 +84,14 @@ app.add_typer(audit_app, name="audit")
 
 out = Console()
 err = Console(stderr=True)
+# What runs on a PostgreSQL warehouse (LETHE_WAREHOUSE); every other command is refused.
+ON_POSTGRES = frozenset({"run", "audit", "policy", "schema", "generate"})
+
+
+@app.callback()
+def _where_it_runs(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand not in ON_POSTGRES:
+        warehouse_db.refuse_here(f"lethe {ctx.invoked_subcommand}")
 
 
 # Exit codes (README "Exit codes"): 0 done, and these.
@@ -170,9 +179,43 @@ def run(
                 f" {', '.join(shard_names(shard_count()))})",
                 USAGE,
             )
+    dsn = warehouse_db.dsn_from_env()
+    if dsn:
+        if shard_count() > 1:
+            warehouse_db.refuse_here(f"LETHE_SHARDS={shard_count()}")
+        _run_on_postgres(dsn, Home.from_env().ensure(), when, load_policy(policy))
+        return
     home = Home.from_env()
     check_layout(home, shard_count())
     _run_and_report(home.ensure(), when, policy, shard)
+
+
+def _run_on_postgres(dsn: str, home: Home, when: dt.date, policy: Policy) -> None:
+    """`lethe run` on a PostgreSQL warehouse: ingest and enforcement, reported in lines."""
+    where = warehouse_db.describe(dsn)
+    with err.status(f"Running ingest and enforcement as of {when} on the {where}"):
+        result = warehouse_db.run(dsn, home.landing, policy, when)
+    out.print(f"{where}, as of {when} (run {result.run_id[:8]}):", highlight=False)
+    for name, ingested in result.ingested.items():
+        out.print(
+            f"  ingest {name}: read {ingested.rows_read:,}, loaded {ingested.rows_loaded:,},"
+            f" quarantined {ingested.rows_quarantined:,}, loaded from quarantine"
+            f" {ingested.rows_retried:,}, waiting {ingested.rows_waiting:,}"
+            + (f" ({ingested.note})" if ingested.note else ""),
+            highlight=False,
+        )
+    enforced = result.enforced
+    assert enforced is not None
+    for name, counts in enforced.counts.items():
+        done = ", ".join(f"{action} {n:,}" for action, n in sorted(counts.items())) or "nothing"
+        out.print(f"  enforce {name}: {done}", highlight=False)
+    out.print(
+        f"  ledger: {enforced.ledger_entries} entries; vault: {enforced.forgotten_tokens}"
+        f" unused tokens forgotten; not run on PostgreSQL yet: {warehouse_db.NOT_BUILT}",
+        highlight=False,
+    )
+    if result.refused:
+        _fail("; ".join(result.refused.values()))
 
 
 def _run_and_report(
@@ -429,6 +472,17 @@ def hold_release(
 def audit_verify() -> None:
     """Check the audit ledger's hash chain: any edited, removed or reordered entry fails.
     With subject shards, every shard's ledger and the top one (each its own chain)."""
+    dsn = warehouse_db.dsn_from_env()
+    if dsn:
+        engine = warehouse_db.open_engine(dsn)
+        try:
+            result = warehouse_db.verify(engine.con)
+        finally:
+            engine.close()
+        if not result.ok:
+            _fail(f"audit ledger: {result.problem}")
+        out.print(f"audit ledger: {result.entries} entries, chain intact")
+        return
     home = _home_with_warehouse()
     n = shard_count()
     shards = [s for s in shard_homes(home, n) if s.warehouse.exists()] if n > 1 else []

@@ -13,6 +13,7 @@ from pydantic import Field, PrivateAttr
 
 from lethe.declaration.policy import Policy, load_policy
 from lethe.engine.ddl import ensure_schemas
+from lethe.engine.postgres_warehouse import refuse_here
 from lethe.engine.warehouse import connect
 from lethe.operations.files import owner_only_umask, restrict_tree
 from lethe.operations.home import Home
@@ -65,6 +66,7 @@ class WarehouseResource(dg.ConfigurableResource):
 
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[WarehouseResource]:
+        refuse_here("a Dagster run")  # its assets run on the DuckDB warehouse only
         run = context.run
         if run is not None and run.job_name not in SHARDED_JOBS:
             check_layout(self.paths(), shard_count())

@@ -30,6 +30,7 @@ import duckdb
 import psycopg
 
 from lethe.declaration.strategies import quote
+from lethe.engine.postgres_warehouse import copy_in
 from lethe.engine.rendering import POSTGRES, render
 
 SUPERUSER = "lethe_test"
@@ -154,16 +155,6 @@ def running_server(durable: bool = False) -> Iterator[PostgresServer]:
         server.remove()
 
 
-def _csv_value(name: str, type_: str) -> str:
-    """DuckDB SQL writing a column as PostgreSQL's COPY reads it (lists as array literals)."""
-    column = quote(name)
-    if not type_.endswith("[]"):
-        return column
-    # Each element double-quoted, its backslashes and double quotes escaped.
-    element = r"""'"' || replace(replace(x, '\', '\\'), '"', '\"') || '"'"""
-    return f"'{{' || array_to_string(list_transform({column}, lambda x: {element}), ',') || '}}'"
-
-
 def copy_from_duckdb(
     duck: duckdb.DuckDBPyConnection,
     pg: psycopg.Connection,
@@ -172,31 +163,12 @@ def copy_from_duckdb(
     ddl: str | None = None,
 ) -> int:
     """Create `schema.table` on the server (`ddl` in DuckDB's dialect, by default the
-    DuckDB table's columns and types) and fill it with DuckDB's rows by one COPY; the rows.
-
-    The rows go through a CSV file in a temporary folder that DuckDB writes and the client
-    streams, so millions of rows never become Python objects.
-    """
+    DuckDB table's columns and types) and fill it with DuckDB's rows by one COPY
+    (`lethe.engine.postgres_warehouse.copy_in`, streamed in Arrow batches); the rows."""
     described = duck.execute(f"DESCRIBE {schema}.{quote(table)}").fetchall()
     if ddl is None:
         columns = ", ".join(f"{quote(r[0])} {r[1]}" for r in described)
         ddl = f"CREATE TABLE {schema}.{quote(table)} ({columns})"
     for sql in render((ddl,), POSTGRES):
         pg.execute(sql)
-    names = ", ".join(quote(r[0]) for r in described)
-    values = ", ".join(_csv_value(r[0], r[1]) for r in described)
-    with tempfile.TemporaryDirectory(prefix="lethe-copy-") as folder:
-        csv = Path(folder) / "rows.csv"
-        duck.execute(
-            f"COPY (SELECT {values} FROM {schema}.{quote(table)}) TO '{csv}'"
-            " (FORMAT csv, HEADER false)"
-        )
-        with (
-            csv.open("rb") as rows,
-            pg.cursor().copy(
-                f"COPY {schema}.{quote(table)} ({names}) FROM STDIN (FORMAT csv)"
-            ) as copy,
-        ):
-            while block := rows.read(1 << 20):
-                copy.write(block)
-    return duck.execute(f"SELECT count(*) FROM {schema}.{quote(table)}").fetchone()[0]
+    return copy_in(duck.table(f"{schema}.{quote(table)}"), pg, f"{schema}.{quote(table)}")

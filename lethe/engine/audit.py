@@ -31,7 +31,7 @@ import itertools
 import json
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -172,13 +172,32 @@ def append(con: duckdb.DuckDBPyConnection, entries: Sequence[LedgerEntry]) -> li
     """
     if not entries:
         return []
+    table = ledger_rows(entries, head(con), lambda keys: hashed_keys(con, keys))
+    view = f"_lethe_ledger_{uuid.uuid4().hex}"
+    con.register(view, table)
+    try:
+        con.execute(f"INSERT INTO audit.ledger ({_SELECT}) SELECT {_SELECT} FROM {view}")
+    finally:
+        con.unregister(view)
+    return table["hash"].to_pylist()
+
+
+def ledger_rows(
+    entries: Sequence[LedgerEntry],
+    last: tuple[int, str],
+    hash_keys: Callable[[pa.LargeListArray], pa.LargeListArray],
+) -> pa.Table:
+    """The ledger rows (every column, in order) of `entries` appended after the entry
+    `last` (its seq and hash, as `head` gives them), their keys hashed by `hash_keys`
+    (`hashed_keys` on a connection); every entry is checked first. What `append` writes,
+    for a ledger in any engine."""
     now = _utc_naive(dt.datetime.now(dt.UTC))
     for i, entry in enumerate(entries):
         _check(entry, i)
-    keys = _hashed(con, _string_lists([e.keys for e in entries], "keys"))
+    keys = hash_keys(_string_lists([e.keys for e in entries], "keys"))
     columns = _string_lists([e.columns for e in entries], "columns")
 
-    last_seq, prev = head(con)
+    last_seq, prev = last
     n = len(entries)
     seqs = list(range(last_seq + 1, last_seq + n + 1))
     recorded = [e.recorded_at or now for e in entries]
@@ -190,7 +209,7 @@ def append(con: duckdb.DuckDBPyConnection, entries: Sequence[LedgerEntry]) -> li
     }
     values.update(seq=seqs, recorded_at=recorded, key_count=key_counts, details=details)
     hashes = _chain(_texts(values, _keys_json(columns), _keys_json(keys)), prev)
-    table = pa.table(
+    return pa.table(
         {
             "seq": pa.array(seqs, pa.int64()),
             "recorded_at": pa.array(recorded, pa.timestamp("us")),
@@ -208,13 +227,6 @@ def append(con: duckdb.DuckDBPyConnection, entries: Sequence[LedgerEntry]) -> li
             "hash": pa.array(hashes, pa.string()),
         }
     )
-    view = f"_lethe_ledger_{uuid.uuid4().hex}"
-    con.register(view, table)
-    try:
-        con.execute(f"INSERT INTO audit.ledger ({_SELECT}) SELECT {_SELECT} FROM {view}")
-    finally:
-        con.unregister(view)
-    return hashes
 
 
 def _texts(
@@ -417,12 +429,15 @@ def _string_lists(lists: list[Sequence[str]], name: str) -> pa.Array:
     return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), flat.to_arrow())
 
 
-def _hashed(con: duckdb.DuckDBPyConnection, keys: pa.LargeListArray) -> pa.LargeListArray:
+def hashed_keys(
+    con: duckdb.DuckDBPyConnection, keys: pa.LargeListArray, secret: bytes | None = None
+) -> pa.LargeListArray:
     """The same lists with every key replaced by its keyed hash, computed in one statement
-    (DuckDB keeps the order of a plain projection)."""
+    on `con` (DuckDB keeps the order of a plain projection), with `secret` (default: the
+    vault's of `con`'s warehouse, `lethe.engine.keyhash.secret_for`)."""
     if len(keys.values) == 0:
         return keys
-    bind(con)
+    bind(con, secret)
     view = f"_lethe_keys_{uuid.uuid4().hex}"
     con.register(view, pa.table({"k": keys.values}))
     try:

@@ -99,9 +99,11 @@ class PostgresEngine:
 
     dialect = POSTGRES
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, connect_timeout: int | None = None) -> None:
         # Autocommit outside `transaction()`: VACUUM refuses to run inside a transaction.
-        self.con = psycopg.connect(dsn, autocommit=True, application_name="lethe")
+        self.con = psycopg.connect(
+            dsn, autocommit=True, application_name="lethe", connect_timeout=connect_timeout
+        )
         self.con.execute("SET TIME ZONE 'UTC'")
 
     def render(self, plan: Plan) -> list[str]:

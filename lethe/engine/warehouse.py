@@ -42,9 +42,12 @@ def sql_type(table: Table, column: str) -> str:
 
 
 def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open a DuckDB file with Lethe's session settings; new files are owner-only."""
+    """Open a DuckDB file with Lethe's session settings; new files are owner-only.
+
+    `:memory:` opens an in-memory database with the same settings (it spills to the same
+    private folder), e.g. as the staging engine of a PostgreSQL warehouse."""
     path = Path(path)
-    existed = path.exists()
+    existed = str(path) == ":memory:" or path.exists()
     con = duckdb.connect(str(path), read_only=read_only)
     if not existed and not read_only:
         os.chmod(path, 0o600)

@@ -76,6 +76,11 @@ def reason(exc: BaseException) -> str:
             return _REASONS[code]
     if isinstance(exc, psycopg.OperationalError):
         text = str(exc).lower()
+        # Refused at connect time, the error carries no SQLSTATE: only libpq's words.
+        if "password authentication failed" in text:
+            return _REASONS["28P01"]
+        if "database" in text and "does not exist" in text:
+            return _REASONS["3D000"]
         if "refused" in text or "no such file" in text:
             return "connection refused (is the server up?)"
         if "timeout" in text or "timed out" in text:
