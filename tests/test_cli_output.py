@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from conftest import lethe_cli, write_landing_set
+from retention_cases import T, write_cases
 
 from lethe.compliance.summary import RUN_ACTIONS, run_actions
 from lethe.engine.warehouse import connect
@@ -367,3 +368,43 @@ def test_exit_codes_are_the_readmes(tmp_path: Path, case: str) -> None:
         assert len(errors) == 1 and "unexpected" in errors[0] and "LETHE_DEBUG=1" in errors[0]
         debug = lethe_cli(*args(tmp_path), home=home, cwd=tmp_path, timeout=60, LETHE_DEBUG="1")
         assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_lethe_warehouse_puts_the_duckdb_file_elsewhere_and_the_vault_stays_home(
+    tmp_path: Path,
+) -> None:
+    """LETHE_WAREHOUSE as a file path (SPEC "Engines and scale"): the runs, a request and the
+    audit use that file; LETHE_HOME holds no warehouse, the vault stays in LETHE_HOME (apart
+    from the warehouse) and an erased subject's values are in neither file."""
+    home, elsewhere = Home(tmp_path / "home").ensure(), tmp_path / "data" / "shop.duckdb"
+    elsewhere.parent.mkdir()
+    write_cases(home.landing)
+    env = {"LETHE_WAREHOUSE": str(elsewhere)}
+    assert lethe_cli("run", "--as-of", T.isoformat(), home=home.root, **env).returncode == 0
+    erased = lethe_cli(
+        "request", "erasure", "--subject", "zx-ctr_open@example.test", home=home.root, **env
+    )
+    assert erased.returncode == 0, erased.stderr
+    assert lethe_cli("run", "--as-of", T.isoformat(), home=home.root, **env).returncode == 0
+    assert lethe_cli("audit", "verify", home=home.root, **env).returncode == 0
+    assert not home.warehouse.exists()
+    assert sorted(p.name for p in elsewhere.parent.iterdir()) == [elsewhere.name]
+    con = connect(elsewhere, read_only=True)
+    try:
+        (done,) = con.execute(
+            "SELECT count(*) FROM requests.requests WHERE status = 'done'"
+        ).fetchone()
+    finally:
+        con.close()
+    assert done == 1
+    for path in (elsewhere, home.vault):
+        assert b"Qwertyson-ctr_open-x" not in path.read_bytes(), path.name
+
+
+def test_a_lethe_warehouse_url_of_another_engine_is_refused_in_one_line(tmp_path: Path) -> None:
+    result = lethe_cli("requests", home=tmp_path / "home", LETHE_WAREHOUSE="mysql://db/shop")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: LETHE_WAREHOUSE: mysql:// is not a warehouse Lethe can use"
+        " (a DuckDB file path or a postgresql:// URL)"
+    ]

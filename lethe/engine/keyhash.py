@@ -30,6 +30,7 @@ import duckdb
 from lethe.engine.ddl import ensure_vault
 from lethe.engine.warehouse import connect
 from lethe.errors import LetheError
+from lethe.operations.home import Home
 
 PREFIX = "kh_"
 HEX_DIGITS = 32
@@ -90,7 +91,7 @@ def read_secret(vault: Path) -> bytes:
 
 def secret_for(con: duckdb.DuckDBPyConnection) -> bytes:
     """The secret of the vault of `con`'s warehouse: the vault attached to `con` AS vault,
-    else vault.duckdb beside the warehouse file (scratch copies of it included)."""
+    else the vault of the warehouse file (`vault_of`)."""
     attached = con.execute(
         "SELECT path FROM duckdb_databases() WHERE database_name = 'vault'"
     ).fetchall()
@@ -104,7 +105,16 @@ def secret_for(con: duckdb.DuckDBPyConnection) -> bytes:
     ).fetchall()
     if not current or not current[0][0]:
         raise KeyHashError("keys are hashed with the vault's secret: the warehouse has no file")
-    return read_secret(Path(current[0][0]).with_name(VAULT_FILE))
+    return read_secret(vault_of(Path(current[0][0]).resolve()))
+
+
+def vault_of(warehouse: Path) -> Path:
+    """The vault of a warehouse file or of a scratch copy beside it: vault.duckdb beside it,
+    or LETHE_HOME's when LETHE_WAREHOUSE keeps the warehouse in another folder."""
+    home = Home.from_env()
+    if home.warehouse_file is not None and warehouse.parent == home.warehouse_file.parent:
+        return home.vault
+    return warehouse.with_name(VAULT_FILE)
 
 
 def bind(con: duckdb.DuckDBPyConnection, secret: bytes | None = None) -> None:

@@ -78,6 +78,7 @@ from lethe.engine.tagging import tagged_tables
 from lethe.engine.vault import TOKEN_PREFIX
 from lethe.engine.warehouse import connect, table_columns
 from lethe.errors import LetheError
+from lethe.operations.home import POSTGRES_SCHEMES, WAREHOUSE_ENV
 from lethe.sources.postgres import CONNECT_TIMEOUT, reason
 
 BATCH = 50_000  # rows per Arrow batch moved between DuckDB and PostgreSQL
@@ -92,7 +93,7 @@ class WarehouseError(LetheError):
 
 def is_postgres(location: str) -> bool:
     """Whether LETHE_WAREHOUSE names a PostgreSQL database rather than a DuckDB file."""
-    return location.startswith(("postgresql://", "postgres://"))
+    return location.startswith(POSTGRES_SCHEMES)
 
 
 def describe(dsn: str) -> str:
@@ -565,7 +566,6 @@ def _forget_unused_tokens(pg: psycopg.Connection, policy: Policy) -> int:
 
 # --- a run ----------------------------------------------------------------------------------
 
-WAREHOUSE_ENV = "LETHE_WAREHOUSE"
 RUNS_HERE = "`lethe run` (ingest and enforcement) and `lethe audit verify`"
 NOT_BUILT = "requests, exports, analytics, backups and the Dagster assets"
 

@@ -1,4 +1,5 @@
-"""The LETHE_HOME layout (SPEC "LETHE_HOME"): every file Lethe writes lives under it."""
+"""The LETHE_HOME layout (SPEC "LETHE_HOME"): every file Lethe writes lives under it, but a
+DuckDB warehouse that LETHE_WAREHOUSE puts elsewhere."""
 
 from __future__ import annotations
 
@@ -6,17 +7,38 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lethe.errors import LetheError
+
+WAREHOUSE_ENV = "LETHE_WAREHOUSE"
+# LETHE_WAREHOUSE values that name a PostgreSQL database (lethe.engine.postgres_warehouse).
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
 
 @dataclass(frozen=True)
 class Home:
-    """Paths under one LETHE_HOME."""
+    """Paths under one LETHE_HOME; `warehouse_file` is a DuckDB warehouse kept elsewhere."""
 
     root: Path
+    warehouse_file: Path | None = None
 
     @classmethod
     def from_env(cls, root: str | Path | None = None) -> Home:
-        """`root`, else the LETHE_HOME environment variable, else `./.lethe` (absolute)."""
-        return cls(Path(root or os.environ.get("LETHE_HOME") or ".lethe").resolve())
+        """`root`, else the LETHE_HOME environment variable, else `./.lethe` (absolute).
+
+        LETHE_WAREHOUSE, when it is a file path (not a `postgresql://` URL), is the DuckDB
+        warehouse of that LETHE_HOME; a shard's LETHE_HOME keeps its own.
+        """
+        top = Path(os.environ.get("LETHE_HOME") or ".lethe").resolve()
+        home = Path(root).resolve() if root else top
+        file = os.environ.get(WAREHOUSE_ENV, "").strip()
+        if not file or file.startswith(POSTGRES_SCHEMES) or home != top:
+            return cls(home)
+        if "://" in file:
+            raise LetheError(
+                f"{WAREHOUSE_ENV}: {file.split('://')[0]}:// is not a warehouse Lethe can use"
+                " (a DuckDB file path or a postgresql:// URL)"
+            )
+        return cls(home, Path(file).expanduser().resolve())
 
     @property
     def landing(self) -> Path:
@@ -24,7 +46,7 @@ class Home:
 
     @property
     def warehouse(self) -> Path:
-        return self.root / "warehouse.duckdb"
+        return self.warehouse_file or self.root / "warehouse.duckdb"
 
     @property
     def vault(self) -> Path:
