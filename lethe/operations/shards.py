@@ -33,6 +33,9 @@ SHARDS_ENV = "LETHE_SHARDS"
 MAX_SHARDS = 100  # shard folders are named by two digits
 # Schemas whose tables the top LETHE_HOME holds as the union of the shards' tables.
 UNION_SCHEMAS = ("core", "requests")
+# Where a re-shard builds the new layout, and the file that commits it.
+RESHARD_STAGING = ".reshard"
+RESHARD_COMMIT = "commit.json"
 
 
 class ShardError(LetheError):
@@ -98,20 +101,23 @@ def holding_shards(homes: list[Home], wait_seconds: float = 0) -> Iterator[None]
 
 
 def check_layout(home: Home, n: int) -> None:
-    """Refuse a shard count that differs from the shards already under `home` (re-sharding
-    is not built yet): with shards, the top warehouse only holds their union, and a
-    warehouse without shards holds every subject."""
+    """Refuse a shard count that differs from the shards already under `home`, or a
+    re-shard left half done: with shards, the top warehouse only holds their union, and a
+    warehouse without shards holds every subject. `lethe run` re-shards
+    (`lethe.operations.resharding`)."""
+    if (home.root / RESHARD_STAGING / RESHARD_COMMIT).exists():
+        raise ShardError(f"{home.root}: a re-shard was interrupted; `lethe run` completes it")
     present = [p.name for p in home.shards.iterdir()] if home.shards.is_dir() else []
     present = [p for p in present if p.isdigit()]
     if n > 1 and not present and home.warehouse.exists():
         raise ShardError(
-            f"{SHARDS_ENV}={n}: {home.root} has an unsharded warehouse; moving it into"
-            " shards is not built yet (unset the variable)"
+            f"{SHARDS_ENV}={n}: {home.root} has an unsharded warehouse; `lethe run` moves"
+            f" it into {n} shards"
         )
     if present and len(present) != n:
         raise ShardError(
-            f"{SHARDS_ENV}={n}: {home.shards} has {len(present)} shards; changing the"
-            " number of shards is not built yet"
+            f"{SHARDS_ENV}={n}: {home.shards} has {len(present)} shards; `lethe run`"
+            f" re-shards it to {n}"
         )
 
 
