@@ -582,3 +582,67 @@ def test_a_killed_reshard_leaves_one_layout_and_the_next_run_completes_it(
     assert moved is not None and (moved.before, moved.after) == (1, N)
     assert _union(home) == runs["second"][1]
     assert not (home.root / ".reshard").exists() and not home.vault.exists()
+
+
+def test_every_shard_vault_holds_the_same_key_secret(runs) -> None:
+    found = set()
+    for s in shard_homes(runs["four"], N):
+        con = duckdb.connect(str(s.vault), read_only=True)
+        try:
+            found |= {bytes(r[0]) for r in con.execute("SELECT secret FROM key_secret").fetchall()}
+        finally:
+            con.close()
+    assert len(found) == 1
+
+
+def _tokens(home: Home) -> tuple[set[str], set[str]]:
+    """The tokens in the core tables and those in the vault."""
+    con = connect(home.warehouse, read_only=True)
+    try:
+        columns = con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = 'core' AND data_type = 'VARCHAR'"
+        ).fetchall()
+        used = {
+            r[0]
+            for table, column in columns
+            for r in con.execute(
+                f'SELECT "{column}" FROM core."{table}" WHERE "{column}" LIKE ?', ["tok_%"]
+            ).fetchall()
+        }
+    finally:
+        con.close()
+    con = duckdb.connect(str(home.vault), read_only=True)
+    try:
+        held = {r[0] for r in con.execute("SELECT token FROM tokens").fetchall()}
+    finally:
+        con.close()
+    return used, held
+
+
+def test_tokens_two_shards_issued_for_one_value_become_one(runs, tmp_path: Path) -> None:
+    """Two old vaults each issued a token for the same value; merged into one warehouse,
+    the earlier token is kept and the rows holding the other one get it."""
+    home = _copied(runs["four"], tmp_path / "home")
+    first, second = [s for s in shard_homes(home, N) if s.vault.exists() and _tokens(s)[0]][:2]
+    con = duckdb.connect(str(first.vault), read_only=True)
+    kind, value = con.execute("SELECT kind, value FROM tokens ORDER BY token LIMIT 1").fetchone()
+    con.close()
+    con = duckdb.connect(str(second.vault))
+    con.execute(
+        "UPDATE tokens SET value = ?, created_at = TIMESTAMP '2099-01-01' WHERE token ="
+        " (SELECT min(token) FROM tokens WHERE kind = ?)",
+        [value, kind],
+    )
+    con.close()
+    tokens = sum(len(_tokens(s)[1]) for s in shard_homes(home, N) if s.vault.exists())
+    moved = reshard(home, load_policy(DEFAULT_POLICY), 1, T)
+    assert moved is not None and moved.after == 1
+    used, held = _tokens(home)
+    assert used <= held and len(held) == tokens - 1
+    con = connect(home.warehouse, read_only=True)
+    try:
+        (details,) = con.execute("SELECT details FROM audit.ledger WHERE seq = 1").fetchone()
+    finally:
+        con.close()
+    assert json.loads(details)["tokens_merged"] == 1

@@ -22,6 +22,8 @@ from lethe.declaration.schema import Schema
 from lethe.declaration.strategies import quote
 from lethe.engine.compaction import Replacements, compact
 from lethe.engine.ddl import ensure_schemas
+from lethe.engine.keyhash import read_secret
+from lethe.engine.vault import open_vault
 from lethe.engine.warehouse import connect, has_table, spill_directory
 from lethe.errors import LetheError
 from lethe.operations.home import Home
@@ -119,6 +121,29 @@ def check_layout(home: Home, n: int) -> None:
             f"{SHARDS_ENV}={n}: {home.shards} has {len(present)} shards; `lethe run`"
             f" re-shards it to {n}"
         )
+
+
+def share_key_secret(homes: list[Home]) -> None:
+    """Give every shard's new vault the key secret of the first shard that has one (else
+    of shard 00, created): a keyed hash of a gone subject's key then matches in whichever
+    shard the subject is delivered again, also after a re-shard moved it."""
+    missing = [h for h in homes if not h.vault.exists()]
+    if not missing:
+        return
+    source = next((h for h in homes if h.vault.exists()), missing[0])
+    secret = read_secret(source.vault)
+    for shard in missing:
+        if shard == source:
+            continue
+        con = open_vault(shard.vault)
+        try:
+            con.execute(
+                "INSERT INTO vault.key_secret SELECT ?, now()"
+                " WHERE NOT EXISTS (SELECT 1 FROM vault.key_secret)",
+                [secret],
+            )
+        finally:
+            con.close()
 
 
 def check_sources(policy: Policy) -> None:
