@@ -548,16 +548,20 @@ def test_a_one_warehouse_home_reshards_to_the_rows_of_four_shards(runs, tmp_path
 
 
 @pytest.mark.parametrize(
-    ("point", "committed"),
+    ("point", "committed", "full_run"),
     [
         # Two of the new shards written aside, nothing committed: the old layout stays.
-        ("lethe.operations.resharding:_write_shard:after:2", False),
+        ("lethe.operations.resharding:_write_shard:after:2", False, False),
         # Committed, the old warehouse moved aside, the new shards not yet in place.
-        ("lethe.operations.resharding:_step_aside:after:1", True),
+        ("lethe.operations.resharding:_step_aside:after:1", True, False),
+        # The same, completed by a whole `lethe run` (make slow: a run of every shard).
+        pytest.param(
+            "lethe.operations.resharding:_step_aside:after:1", True, True, marks=pytest.mark.slow
+        ),
     ],
 )
 def test_a_killed_reshard_leaves_one_layout_and_the_next_run_completes_it(
-    runs, point: str, committed: bool, tmp_path: Path
+    runs, point: str, committed: bool, full_run: bool, tmp_path: Path
 ) -> None:
     home = _copied(runs["one"], tmp_path / "home")
     env = lethe_env(home.root, **{SHARDS_ENV: str(N)})
@@ -577,9 +581,14 @@ def test_a_killed_reshard_leaves_one_layout_and_the_next_run_completes_it(
     else:
         assert current_shards(home) == 1
         assert comparable(home, drop=DROP) == runs["second"][0]
-    # What the next `lethe run` does first (its full run is the one tested above).
-    moved = reshard(home, load_policy(DEFAULT_POLICY), N, T)
-    assert moved is not None and (moved.before, moved.after) == (1, N)
+    if full_run:
+        done = lethe_cli("run", "--as-of", T.isoformat(), home=home.root, **{SHARDS_ENV: str(N)})
+        assert done.returncode == 0, done.stderr
+        assert "re-sharded from 1 to 4 shards" in done.stderr
+    else:
+        # What the next `lethe run` does first, before its shards' runs.
+        moved = reshard(home, load_policy(DEFAULT_POLICY), N, T)
+        assert moved is not None and (moved.before, moved.after) == (1, N)
     assert _union(home) == runs["second"][1]
     assert not (home.root / ".reshard").exists() and not home.vault.exists()
 
