@@ -134,7 +134,7 @@ def reshard(home: Home, policy: Policy, n: int, as_of: dt.date) -> Resharding | 
                 f" run with {SHARDS_ENV}={before} once, then change it"
             )
         with ExitStack() as stack:
-            for old in olds[1:] if before == 1 else olds:
+            for old in olds if before > 1 else []:  # the top lock is held already
                 stack.enter_context(exclusive(old.lock))
             plan = _build(home, policy, olds, n, as_of)
             _complete(home, policy, plan)
@@ -439,9 +439,8 @@ def _copy_answers(olds: list[Home], targets: list[Home], shards: dict[str, str])
 
 def _commit(stage: Path, plan: dict) -> None:
     """Write the commit file atomically: from here on the new layout is the home's."""
-    for path in sorted(stage.rglob("*"), reverse=True):
-        if path.is_file():
-            fsync(path)
+    for path in sorted(stage.rglob("*"), reverse=True):  # files, then their folders
+        fsync(path)
     temporary = stage / f"{COMMIT}.tmp"
     temporary.write_text(json.dumps(plan, sort_keys=True))
     fsync(temporary)
