@@ -515,6 +515,7 @@ def test_a_one_warehouse_home_reshards_to_the_rows_of_four_shards(runs, tmp_path
     assert _union(home) == runs["second"][1]
     _one_shard_per_subject(home, N)
     assert not home.vault.exists() and not (home.root / ".reshard").exists()
+    assert _holding(home, [f"zx-{ERASED}@example.test", f"Qwertyson-{ERASED}-x"]) == []
     assert not list(export_dir(home).glob("*"))  # the answer went with its request
     assert list(export_dir(home.shard(shard_of(ACCESS, N))).glob("R-*.zip"))
     assert reshard(home, policy, N, T) is None  # nothing to move any more
