@@ -45,6 +45,7 @@ from lethe.operations.backup import create_backup
 from lethe.operations.files import owner_only_umask
 from lethe.operations.home import Home
 from lethe.operations.lock import exclusive
+from lethe.operations.resharding import LEDGERS, reshard
 from lethe.operations.restore import restore as restore_backup
 from lethe.operations.shards import (
     check_layout,
@@ -186,7 +187,8 @@ def run(
         _run_on_postgres(dsn, Home.from_env().ensure(), when, load_policy(policy))
         return
     home = Home.from_env()
-    check_layout(home, shard_count())
+    if shard:
+        check_layout(home, shard_count())  # a run of some shards re-shards nothing
     _run_and_report(home.ensure(), when, policy, shard)
 
 
@@ -233,6 +235,15 @@ def _run_and_report(
     # The summary is read under the same lock: a run waiting for it would otherwise find
     # the warehouse open here.
     with exclusive(home.lock):
+        if not shards:
+            moved = reshard(home, load_policy(policy), shard_count(), when)
+            if moved:
+                err.print(
+                    f"re-sharded from {moved.before} to {moved.after} shards:"
+                    f" {sum(moved.rows.values()):,} rows written; earlier ledgers in"
+                    f" {moved.ledgers}",
+                    highlight=False,
+                )
         with Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -471,7 +482,8 @@ def hold_release(
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Check the audit ledger's hash chain: any edited, removed or reordered entry fails.
-    With subject shards, every shard's ledger and the top one (each its own chain)."""
+    With subject shards, every shard's ledger and the top one (each its own chain), and
+    the ledgers kept from before each re-shard."""
     dsn = warehouse_db.dsn_from_env()
     if dsn:
         engine = warehouse_db.open_engine(dsn)
@@ -490,6 +502,17 @@ def audit_verify() -> None:
         with _warehouse(write=False, home=where) as con:
             result = verify(con)
         name = "audit ledger" if where == home else f"audit ledger of shard {where.root.name}"
+        if not result.ok:
+            _fail(f"{name}: {result.problem}")
+        out.print(f"{name}: {result.entries} entries, chain intact")
+    # The ledgers of the layouts before each re-shard, kept read-only.
+    for path in sorted(home.root.glob(f"{LEDGERS}/*/*.duckdb")):
+        con = connect(path, read_only=True)
+        try:
+            result = verify(con)
+        finally:
+            con.close()
+        name = f"archived audit ledger {path.parent.name}/{path.stem}"
         if not result.ok:
             _fail(f"{name}: {result.problem}")
         out.print(f"{name}: {result.entries} entries, chain intact")

@@ -4,6 +4,7 @@ gives exactly the rows of a 1-shard run, with a request that touches only its sh
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -32,6 +33,7 @@ from lethe.engine.compaction import SCRATCH_SUFFIXES
 from lethe.engine.ingest import ingest_table
 from lethe.engine.warehouse import connect
 from lethe.operations.home import Home
+from lethe.operations.resharding import current_shards, reshard
 from lethe.operations.routing import split_landing
 from lethe.operations.shards import SHARDS_ENV, WORKERS_ENV, shard_homes, shard_of, shard_sql
 from lethe.rights.exports import export_dir
@@ -126,9 +128,9 @@ def test_a_delivery_is_split_by_subject_and_nothing_is_dropped(
     assert reasons and all("orphan foreign key" in r[0] for r in reasons)
 
 
-def _union(home: Home) -> dict[str, list[tuple]]:
+def _union(home: Home, n: int = N) -> dict[str, list[tuple]]:
     merged: dict[str, list[tuple]] = {}
-    for s in shard_homes(home, N):
+    for s in shard_homes(home, n):
         for table, rows in comparable(s, drop=DROP).items():
             merged.setdefault(table, []).extend(rows)
     return {t: sorted(rows, key=repr) for t, rows in merged.items()}
@@ -191,6 +193,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
         "second": second,
         "before": before,
         "after": _files(four),
+        "one": one,
         "four": four,
         "left": _holding(four, [f"zx-{ERASED}@example.test", f"Qwertyson-{ERASED}-x"]),
     }
@@ -217,9 +220,14 @@ def test_four_shards_give_the_rows_of_one_warehouse(runs) -> None:
 
 
 def test_every_subject_lives_in_one_shard(runs) -> None:
+    _one_shard_per_subject(runs["four"], N)
+
+
+def _one_shard_per_subject(home: Home, n: int) -> None:
+    """Every subject's row in the shard its key hashes to, its orders beside it."""
     contacts: dict[str, str] = {}  # contact -> the shard holding it
     orders: list[tuple[str, str]] = []  # (contact, the shard holding the order)
-    for s in shard_homes(runs["four"], N):
+    for s in shard_homes(home, n):
         con = connect(s.warehouse, read_only=True)
         try:
             for (key,) in con.execute(
@@ -233,7 +241,7 @@ def test_every_subject_lives_in_one_shard(runs) -> None:
             ]
         finally:
             con.close()
-    assert contacts and all(shard_of(k, N) == name for k, name in contacts.items())
+    assert contacts and all(shard_of(k, n) == name for k, name in contacts.items())
     beside = [(c, name) for c, name in orders if c in contacts]
     assert beside and all(contacts[c] == name for c, name in beside)
 
@@ -297,17 +305,15 @@ def test_the_command_line_sees_every_shard(runs) -> None:
 
 def test_what_is_not_built_for_shards_is_refused_in_one_line(runs) -> None:
     home = runs["four"]
-    done = lethe_cli("run", "--as-of", T.isoformat(), home=home.root, **{SHARDS_ENV: "2"})
+    done = lethe_cli("requests", home=home.root, **{SHARDS_ENV: "2"})
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        f"error: {SHARDS_ENV}=2: {home.shards} has {N} shards; changing the number of shards"
-        " is not built yet"
+        f"error: {SHARDS_ENV}=2: {home.shards} has {N} shards; `lethe run` re-shards it to 2"
     ]
     done = lethe_cli("requests", home=home.root)  # LETHE_SHARDS unset: the top is a union
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        f"error: {SHARDS_ENV}=1: {home.shards} has {N} shards; changing the number of shards"
-        " is not built yet"
+        f"error: {SHARDS_ENV}=1: {home.shards} has {N} shards; `lethe run` re-shards it to 1"
     ]
     done = lethe_cli("backup", home=home.root, **{SHARDS_ENV: str(N)})
     assert done.returncode == 1
@@ -539,3 +545,163 @@ def test_a_run_killed_while_shard_workers_write_leaves_whole_shards(runs, tmp_pa
     assert done.returncode == 0, done.stderr
     assert _union(home) == runs["first"][1]
     assert not [p for p in home.root.rglob("*") if p.name.endswith(SCRATCH_SUFFIXES)]
+
+
+def _copied(home: Home, root: Path) -> Home:
+    shutil.copytree(home.root, root)
+    return Home(root)
+
+
+def test_a_one_warehouse_home_reshards_to_the_rows_of_four_shards(runs, tmp_path: Path) -> None:
+    """The one-warehouse home after its requests, moved into 4 shards: the rows a 4-shard
+    home has from the start, every subject in its shard, no old file left, the ledgers
+    verifiable; then back through 2 shards (tokens of two old vaults meet) to one."""
+    policy = load_policy(DEFAULT_POLICY)
+    home = _copied(runs["one"], tmp_path / "home")
+    moved = reshard(home, policy, N, T)
+    assert moved is not None and (moved.before, moved.after) == (1, N)
+    assert sorted(moved.rows) == ["00", "01", "02", "03"] and all(moved.rows.values())
+    assert _union(home) == runs["second"][1]
+    _one_shard_per_subject(home, N)
+    assert not home.vault.exists() and not (home.root / ".reshard").exists()
+    assert _holding(home, [f"zx-{ERASED}@example.test", f"Qwertyson-{ERASED}-x"]) == []
+    assert not list(export_dir(home).glob("*"))  # the answer went with its request
+    assert list(export_dir(home.shard(shard_of(ACCESS, N))).glob("R-*.zip"))
+    assert reshard(home, policy, N, T) is None  # nothing to move any more
+
+    done = lethe_cli("audit", "verify", home=home.root, **{SHARDS_ENV: str(N)})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    archived = [line for line in lines if line.startswith("archived audit ledger")]
+    assert len(archived) == 1 and archived[0].split(": ")[0].endswith("-from-1/top")
+    assert int(archived[0].split(": ")[1].split()[0]) > 0  # the old chain, kept whole
+    for s in shard_homes(home, N):
+        con = connect(s.warehouse, read_only=True)
+        try:
+            (action, details, keys) = con.execute(
+                "SELECT action, details, keys FROM audit.ledger WHERE seq = 1"
+            ).fetchone()
+        finally:
+            con.close()
+        assert action == "reshard" and keys == []
+        assert json.loads(details)["rows"] == moved.rows[s.root.name]
+
+    assert reshard(home, policy, 2, T).before == N
+    assert _union(home, 2) == runs["second"][1]
+    _one_shard_per_subject(home, 2)
+    assert reshard(home, policy, 1, T).after == 1
+    assert not home.shards.exists()
+    assert comparable(home, drop=DROP) == runs["second"][0]
+    done = lethe_cli("audit", "verify", home=home.root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("archived audit ledger") == 1 + N + 2 + 1
+
+
+@pytest.mark.parametrize(
+    ("point", "committed", "full_run"),
+    [
+        # Two of the new shards written aside, nothing committed: the old layout stays.
+        ("lethe.operations.resharding:_write_shard:after:2", False, False),
+        # Committed, the old warehouse moved aside, the new shards not yet in place.
+        ("lethe.operations.resharding:_step_aside:after:1", True, False),
+        # The same, completed by a whole `lethe run` (make slow: a run of every shard).
+        pytest.param(
+            "lethe.operations.resharding:_step_aside:after:1", True, True, marks=pytest.mark.slow
+        ),
+    ],
+)
+def test_a_killed_reshard_leaves_one_layout_and_the_next_run_completes_it(
+    runs, point: str, committed: bool, full_run: bool, tmp_path: Path
+) -> None:
+    home = _copied(runs["one"], tmp_path / "home")
+    env = lethe_env(home.root, **{SHARDS_ENV: str(N)})
+    killed = subprocess.run(
+        [sys.executable, str(DRIVER), point, "--", "run", "--as-of", T.isoformat()],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-500:]
+    if committed:
+        done = lethe_cli("requests", home=home.root, **{SHARDS_ENV: str(N)})
+        assert done.returncode == 1
+        assert "a re-shard was interrupted; `lethe run` completes it" in done.stderr
+    else:
+        assert current_shards(home) == 1
+        assert comparable(home, drop=DROP) == runs["second"][0]
+    if full_run:
+        done = lethe_cli("run", "--as-of", T.isoformat(), home=home.root, **{SHARDS_ENV: str(N)})
+        assert done.returncode == 0, done.stderr
+        assert "re-sharded from 1 to 4 shards" in done.stderr
+    else:
+        # What the next `lethe run` does first, before its shards' runs.
+        moved = reshard(home, load_policy(DEFAULT_POLICY), N, T)
+        assert moved is not None and (moved.before, moved.after) == (1, N)
+    assert _union(home) == runs["second"][1]
+    assert not (home.root / ".reshard").exists() and not home.vault.exists()
+
+
+def test_every_shard_vault_holds_the_same_key_secret(runs) -> None:
+    found = set()
+    for s in shard_homes(runs["four"], N):
+        con = duckdb.connect(str(s.vault), read_only=True)
+        try:
+            found |= {bytes(r[0]) for r in con.execute("SELECT secret FROM key_secret").fetchall()}
+        finally:
+            con.close()
+    assert len(found) == 1
+
+
+def _tokens(home: Home) -> tuple[set[str], set[str]]:
+    """The tokens in the core tables and those in the vault."""
+    con = connect(home.warehouse, read_only=True)
+    try:
+        columns = con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = 'core' AND data_type = 'VARCHAR'"
+        ).fetchall()
+        used = {
+            r[0]
+            for table, column in columns
+            for r in con.execute(
+                f'SELECT "{column}" FROM core."{table}" WHERE "{column}" LIKE ?', ["tok_%"]
+            ).fetchall()
+        }
+    finally:
+        con.close()
+    con = duckdb.connect(str(home.vault), read_only=True)
+    try:
+        held = {r[0] for r in con.execute("SELECT token FROM tokens").fetchall()}
+    finally:
+        con.close()
+    return used, held
+
+
+def test_tokens_two_shards_issued_for_one_value_become_one(runs, tmp_path: Path) -> None:
+    """Two old vaults each issued a token for the same value; merged into one warehouse,
+    the earlier token is kept and the rows holding the other one get it."""
+    home = _copied(runs["four"], tmp_path / "home")
+    first, second = [s for s in shard_homes(home, N) if s.vault.exists() and _tokens(s)[0]][:2]
+    con = duckdb.connect(str(first.vault), read_only=True)
+    kind, value = con.execute("SELECT kind, value FROM tokens ORDER BY token LIMIT 1").fetchone()
+    con.close()
+    con = duckdb.connect(str(second.vault))
+    con.execute(
+        "UPDATE tokens SET value = ?, created_at = TIMESTAMP '2099-01-01' WHERE token ="
+        " (SELECT min(token) FROM tokens WHERE kind = ?)",
+        [value, kind],
+    )
+    con.close()
+    tokens = sum(len(_tokens(s)[1]) for s in shard_homes(home, N) if s.vault.exists())
+    moved = reshard(home, load_policy(DEFAULT_POLICY), 1, T)
+    assert moved is not None and moved.after == 1
+    used, held = _tokens(home)
+    assert used <= held and len(held) == tokens - 1
+    con = connect(home.warehouse, read_only=True)
+    try:
+        (details,) = con.execute("SELECT details FROM audit.ledger WHERE seq = 1").fetchone()
+    finally:
+        con.close()
+    assert json.loads(details)["tokens_merged"] == 1

@@ -61,6 +61,7 @@ ACTIONS = frozenset(
         "restore",
         "purge",
         "backup",
+        "reshard",
     }
 )
 # A strategy is recorded by name only (or names, comma-separated, for an entry that

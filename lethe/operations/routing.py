@@ -41,6 +41,7 @@ from lethe.operations.shards import (
     shard_homes,
     shard_name,
     shard_sql,
+    share_key_secret,
 )
 
 UNROUTED = shard_name(0)  # where rows without a known subject go, to be quarantined
@@ -199,6 +200,7 @@ def split_landing(home: Home, policy: Policy, n: int, wait_seconds: float = 0) -
     writes meanwhile (waited for up to `wait_seconds`)."""
     schema = policy.data_schema
     homes = [h.ensure() for h in shard_homes(home, n)]
+    share_key_secret(homes)
     staging = home.shards / ".split"
     shutil.rmtree(staging, ignore_errors=True)  # a killed split's files
     staging.mkdir(mode=0o700, parents=True)

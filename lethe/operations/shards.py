@@ -22,6 +22,8 @@ from lethe.declaration.schema import Schema
 from lethe.declaration.strategies import quote
 from lethe.engine.compaction import Replacements, compact
 from lethe.engine.ddl import ensure_schemas
+from lethe.engine.keyhash import read_secret
+from lethe.engine.vault import open_vault
 from lethe.engine.warehouse import connect, has_table, spill_directory
 from lethe.errors import LetheError
 from lethe.operations.home import Home
@@ -34,6 +36,9 @@ WORKERS_ENV = "LETHE_SHARD_WORKERS"
 MAX_SHARDS = 100  # shard folders are named by two digits
 # Schemas whose tables the top LETHE_HOME holds as the union of the shards' tables.
 UNION_SCHEMAS = ("core", "requests")
+# Where a re-shard builds the new layout, and the file that commits it.
+RESHARD_STAGING = ".reshard"
+RESHARD_COMMIT = "commit.json"
 
 
 class ShardError(LetheError):
@@ -109,21 +114,47 @@ def holding_shards(homes: list[Home], wait_seconds: float = 0) -> Iterator[None]
 
 
 def check_layout(home: Home, n: int) -> None:
-    """Refuse a shard count that differs from the shards already under `home` (re-sharding
-    is not built yet): with shards, the top warehouse only holds their union, and a
-    warehouse without shards holds every subject."""
+    """Refuse a shard count that differs from the shards already under `home`, or a
+    re-shard left half done: with shards, the top warehouse only holds their union, and a
+    warehouse without shards holds every subject. `lethe run` re-shards
+    (`lethe.operations.resharding`)."""
+    if (home.root / RESHARD_STAGING / RESHARD_COMMIT).exists():
+        raise ShardError(f"{home.root}: a re-shard was interrupted; `lethe run` completes it")
     present = [p.name for p in home.shards.iterdir()] if home.shards.is_dir() else []
     present = [p for p in present if p.isdigit()]
     if n > 1 and not present and home.warehouse.exists():
         raise ShardError(
-            f"{SHARDS_ENV}={n}: {home.root} has an unsharded warehouse; moving it into"
-            " shards is not built yet (unset the variable)"
+            f"{SHARDS_ENV}={n}: {home.root} has an unsharded warehouse; `lethe run` moves"
+            f" it into {n} shards"
         )
     if present and len(present) != n:
         raise ShardError(
-            f"{SHARDS_ENV}={n}: {home.shards} has {len(present)} shards; changing the"
-            " number of shards is not built yet"
+            f"{SHARDS_ENV}={n}: {home.shards} has {len(present)} shards; `lethe run`"
+            f" re-shards it to {n}"
         )
+
+
+def share_key_secret(homes: list[Home]) -> None:
+    """Give every shard's new vault the key secret of the first shard that has one (else
+    of shard 00, created): a keyed hash of a gone subject's key then matches in whichever
+    shard the subject is delivered again, also after a re-shard moved it."""
+    missing = [h for h in homes if not h.vault.exists()]
+    if not missing:
+        return
+    source = next((h for h in homes if h.vault.exists()), missing[0])
+    secret = read_secret(source.vault)
+    for shard in missing:
+        if shard == source:
+            continue
+        con = open_vault(shard.vault)
+        try:
+            con.execute(
+                "INSERT INTO vault.key_secret SELECT ?, now()"
+                " WHERE NOT EXISTS (SELECT 1 FROM vault.key_secret)",
+                [secret],
+            )
+        finally:
+            con.close()
 
 
 def check_sources(policy: Policy) -> None:
