@@ -35,6 +35,7 @@ from lethe.compliance.summary import (
 from lethe.declaration.fides import fides_yaml
 from lethe.declaration.policy import LEGAL_BASIS_ARTICLE, Policy, load_policy
 from lethe.declaration.schema import Schema, load_schema
+from lethe.engine import postgres_run
 from lethe.engine import postgres_warehouse as warehouse_db
 from lethe.engine.audit import verify
 from lethe.engine.keyhash import short
@@ -55,6 +56,7 @@ from lethe.operations.shards import (
     shard_names,
     subject_shard,
 )
+from lethe.rights import postgres_requests
 from lethe.rights.exports import export_dir
 from lethe.rights.holds import place_hold, release_hold
 from lethe.rights.requests import (
@@ -86,7 +88,7 @@ app.add_typer(audit_app, name="audit")
 out = Console()
 err = Console(stderr=True)
 # What runs on a PostgreSQL warehouse (LETHE_WAREHOUSE); every other command is refused.
-ON_POSTGRES = frozenset({"run", "audit", "policy", "schema", "generate"})
+ON_POSTGRES = frozenset({"run", "request", "requests", "audit", "policy", "schema", "generate"})
 
 
 @app.callback()
@@ -193,10 +195,11 @@ def run(
 
 
 def _run_on_postgres(dsn: str, home: Home, when: dt.date, policy: Policy) -> None:
-    """`lethe run` on a PostgreSQL warehouse: ingest and enforcement, reported in lines."""
+    """`lethe run` on a PostgreSQL warehouse: ingest, requests, enforcement and answers,
+    reported in lines."""
     where = warehouse_db.describe(dsn)
-    with err.status(f"Running ingest and enforcement as of {when} on the {where}"):
-        result = warehouse_db.run(dsn, home.landing, policy, when)
+    with err.status(f"Running the pipeline as of {when} on the {where}"):
+        result = postgres_run.run(dsn, home, policy, when)
     out.print(f"{where}, as of {when} (run {result.run_id[:8]}):", highlight=False)
     for name, ingested in result.ingested.items():
         out.print(
@@ -206,11 +209,17 @@ def _run_on_postgres(dsn: str, home: Home, when: dt.date, policy: Policy) -> Non
             + (f" ({ingested.note})" if ingested.note else ""),
             highlight=False,
         )
-    enforced = result.enforced
-    assert enforced is not None
+    carried = ", ".join(f"{kind} {n:,}" for kind, n in result.requests.items() if n)
+    out.print(f"  requests carried out: {carried or 'none'}", highlight=False)
+    enforced, answers = result.enforced, result.answers
+    assert enforced is not None and answers is not None
     for name, counts in enforced.counts.items():
         done = ", ".join(f"{action} {n:,}" for action, n in sorted(counts.items())) or "nothing"
         out.print(f"  enforce {name}: {done}", highlight=False)
+    out.print(
+        f"  answers: {answers.exports} exports written, {answers.erasures} erasures answered",
+        highlight=False,
+    )
     out.print(
         f"  ledger: {enforced.ledger_entries} entries; vault: {enforced.forgotten_tokens}"
         f" unused tokens forgotten; not run on PostgreSQL yet: {warehouse_db.NOT_BUILT}",
@@ -554,9 +563,17 @@ def request(
         _fail(f"TYPE: {kind!r} is not one of {' | '.join(REQUEST_TYPES)} | extend", USAGE)
     if request_id and kind != "extend":
         _fail(f"request {kind}: takes no request id (only `request extend ID` does)", USAGE)
+    dsn = warehouse_db.dsn_from_env()
+    if dsn and (dry_run or shard_count() > 1):
+        warehouse_db.refuse_here("lethe request --dry-run" if dry_run else "LETHE_SHARDS > 1")
     if kind == "extend":
         if not request_id:
             _fail("request extend: give the request id", USAGE)
+        if dsn:
+            with postgres_requests.opened(dsn, "extending the request") as engine:
+                extended = postgres_requests.extend(engine, load_policy(), request_id, reason or "")
+            out.print(f"{extended.request_id}: deadline extended to {extended.deadline:%Y-%m-%d}")
+            return
         with _warehouse(home=_request_home(request_id)) as con:
             extended = extend_request(con, request_id, reason or "")
         out.print(f"{extended.request_id}: deadline extended to {extended.deadline:%Y-%m-%d}")
@@ -576,8 +593,14 @@ def request(
             )
         _print_sources(outcomes, f"{kind} request (dry run: nothing recorded or changed)")
         return
-    with _warehouse(home=_subject_home(subject)) as con:
-        recorded = record_request(con, schema, kind, subject, changes, reason)
+    if dsn:
+        with postgres_requests.opened(dsn, "recording the request") as engine:
+            recorded = postgres_requests.record(
+                engine, load_policy(), kind, subject, changes, reason
+            )
+    else:
+        with _warehouse(home=_subject_home(subject)) as con:
+            recorded = record_request(con, schema, kind, subject, changes, reason)
     out.print(
         f"{recorded.request_id}: {recorded.type} request recorded;"
         f" due by {recorded.deadline:%Y-%m-%d}",
@@ -663,12 +686,20 @@ def list_requests_command(
     """List data-subject requests with status, deadline and answer.
 
     An answer is where the export file is, or what was done."""
-    home = _home_with_warehouse()
-    n = shard_count()
+    dsn = warehouse_db.dsn_from_env()
     rows = []
-    for where in [home] if n == 1 else [s for s in shard_homes(home, n) if s.warehouse.exists()]:
-        with _warehouse(write=False, home=where) as con:
-            rows += [(where, *r) for r in list_requests(con, overdue_only=overdue)]
+    if dsn:
+        home = Home.from_env()
+        with postgres_requests.opened(dsn, "listing the requests") as engine:
+            rows = [(home, *r) for r in postgres_requests.listing(engine, overdue_only=overdue)]
+    else:
+        home = _home_with_warehouse()
+        n = shard_count()
+        for where in (
+            [home] if n == 1 else [s for s in shard_homes(home, n) if s.warehouse.exists()]
+        ):
+            with _warehouse(write=False, home=where) as con:
+                rows += [(where, *r) for r in list_requests(con, overdue_only=overdue)]
     rows.sort(key=lambda r: (r[4], r[1]))  # received, id: as one warehouse lists them
     if not rows:
         out.print("No overdue requests." if overdue else "No data-subject requests yet.")

@@ -89,12 +89,23 @@ def read_secret(vault: Path) -> bytes:
     return _SECRETS[path]
 
 
+def vault_attached(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether a vault (a file, or a mirror in memory) is attached to `con` AS vault."""
+    return bool(
+        con.execute("SELECT 1 FROM duckdb_databases() WHERE database_name = 'vault'").fetchall()
+    )
+
+
 def secret_for(con: duckdb.DuckDBPyConnection) -> bytes:
     """The secret of the vault of `con`'s warehouse: the vault attached to `con` AS vault,
     else the vault of the warehouse file (`vault_of`)."""
     attached = con.execute(
         "SELECT path FROM duckdb_databases() WHERE database_name = 'vault'"
     ).fetchall()
+    if attached and attached[0][0] is None:
+        # A vault in memory: the mirror of a PostgreSQL warehouse's vault schema holds the
+        # secret in its own `key_secret` table (lethe.rights.postgres_requests).
+        return _secret_in(con, "vault")
     if attached:
         path = Path(attached[0][0]).resolve()
         if path not in _SECRETS:

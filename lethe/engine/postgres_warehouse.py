@@ -43,9 +43,7 @@ import os
 import secrets
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -218,14 +216,16 @@ def pull(
     target: str,
     where: pgsql.Composable = _EVERY_ROW,
     columns: list[str] | None = None,
+    into: str | None = None,
 ) -> None:
-    """Copy the rows of `target` (schema.table on both sides) matching `where` from
-    PostgreSQL into the same table of DuckDB connection `mem`, streamed by COPY (CSV) as
-    Arrow batches; only `columns` (default all of `mem`'s table) are read.
+    """Copy the rows of `target` (schema.table) matching `where` from PostgreSQL into the
+    same table of DuckDB connection `mem` (or its table `into`, schema.table), streamed by
+    COPY (CSV) as Arrow batches; only `columns` (default all of `mem`'s table) are read.
 
     Values travel as text and DuckDB casts them to its column types; arrays as JSON.
     """
-    schema, table = target.split(".")
+    into = into or target
+    schema, table = into.split(".")
     described = dict(
         mem.execute(
             "SELECT column_name, data_type FROM information_schema.columns"
@@ -240,7 +240,7 @@ def pull(
         for n in names
     )
     query = pgsql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT (FORMAT csv)").format(
-        selected, pgsql.Identifier(schema, table), where
+        selected, pgsql.Identifier(*target.split(".")), where
     )
     read = pacsv.ReadOptions(column_names=names, block_size=1 << 22)
     convert = pacsv.ConvertOptions(
@@ -264,7 +264,7 @@ def pull(
         mem.register("_pulled", reader)
         try:
             mem.execute(
-                f"INSERT INTO {target} ({', '.join(quote(n) for n in names)})"
+                f"INSERT INTO {into} ({', '.join(quote(n) for n in names)})"
                 f" SELECT {casts} FROM _pulled"
             )
         finally:
@@ -585,39 +585,3 @@ def refuse_here(what: str) -> None:
         raise WarehouseError(
             f"{describe(dsn)}: {what} does not run on a PostgreSQL warehouse yet (only {RUNS_HERE})"
         )
-
-
-@dataclass
-class RunResult:
-    """What one run on the PostgreSQL warehouse did."""
-
-    run_id: str
-    ingested: dict[str, IngestResult] = field(default_factory=dict)
-    refused: dict[str, str] = field(default_factory=dict)  # table: the one-line reason
-    enforced: EnforcementResult | None = None
-
-
-def run(dsn: str, landing: Path, policy: Policy, as_of: dt.date) -> RunResult:
-    """Ingest every table's landing file, then enforce, under Lethe's advisory lock.
-
-    A refused landing file stays in landing/ and is reported, and the run goes on, as the
-    Dagster pipeline does on DuckDB. A failure of the database (the server going away) is
-    one `WarehouseError` naming the warehouse; each step is its own transaction, so what
-    committed stays and the next run completes the rest.
-    """
-    result = RunResult(uuid.uuid4().hex)
-    engine = open_engine(dsn)
-    try:
-        with engine.lock():
-            create(engine, policy.data_schema)
-            for name in policy.data_schema.tables:
-                try:
-                    result.ingested[name] = ingest_table(engine, landing, name, policy)
-                except IngestError as exc:
-                    result.refused[name] = str(exc)
-            result.enforced = enforce(engine, policy, as_of, result.run_id)
-    except psycopg.Error as exc:
-        raise WarehouseError(f"{describe(dsn)}: the run stopped: {reason(exc)}") from None
-    finally:
-        engine.close()
-    return result

@@ -18,7 +18,7 @@ import polars as pl
 
 from lethe.declaration.policy import Policy
 from lethe.engine.audit import LedgerEntry, append
-from lethe.engine.keyhash import is_hash_sql
+from lethe.engine.keyhash import is_hash_sql, vault_attached
 from lethe.engine.states import RowState
 from lethe.engine.vault import attach
 from lethe.engine.warehouse import transaction
@@ -98,7 +98,10 @@ def answer_pending(
     if not exports and not erasures:
         _delete_gone_exports(con, home)
         return result
-    attach(con, home.vault)
+    # On a PostgreSQL warehouse the caller has attached a mirror of its vault already.
+    own_vault = not vault_attached(con)
+    if own_vault:
+        attach(con, home.vault)
     try:
         docs = build_documents(con, policy, exports, now) if exports else {}
         paths = {r.request_id: write_export(home, policy, docs[r.request_id]) for r in exports}
@@ -166,7 +169,8 @@ def answer_pending(
                 )
             result.erasures = len(erasures)
     finally:
-        con.execute("DETACH vault")
+        if own_vault:
+            con.execute("DETACH vault")
     _delete_gone_exports(con, home)
     result.exports = len(exports)
     return result

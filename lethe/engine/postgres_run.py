@@ -1,0 +1,69 @@
+"""One run of the pipeline on a PostgreSQL warehouse (`lethe run` with
+`LETHE_WAREHOUSE=postgresql://…`), in the order of the DuckDB pipeline: ingest every
+table's landing file, carry out the pending requests (`lethe.rights.postgres_requests`),
+enforce, then answer the requests (exports under LETHE_HOME/exports)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+
+import psycopg
+
+from lethe.declaration.policy import Policy
+from lethe.engine.enforcement import EnforcementResult
+from lethe.engine.ingest import IngestError, IngestResult
+from lethe.engine.postgres_warehouse import (
+    WarehouseError,
+    create,
+    describe,
+    enforce,
+    ingest_table,
+    open_engine,
+)
+from lethe.operations.home import Home
+from lethe.rights import postgres_requests
+from lethe.rights.answers import Answers
+from lethe.sources.postgres import reason
+
+
+@dataclass
+class RunResult:
+    """What one run on the PostgreSQL warehouse did."""
+
+    run_id: str
+    ingested: dict[str, IngestResult] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # table: the one-line reason
+    requests: dict[str, int] = field(default_factory=dict)  # carried out per type
+    enforced: EnforcementResult | None = None
+    answers: Answers | None = None
+
+
+def run(dsn: str, home: Home, policy: Policy, as_of: dt.date) -> RunResult:
+    """Ingest, carry out requests, enforce and answer, under Lethe's advisory lock.
+
+    A refused landing file stays in landing/ and is reported, and the run goes on, as the
+    Dagster pipeline does on DuckDB. A failure of the database (the server going away) is
+    one `WarehouseError` naming the warehouse; each step is its own transaction, so what
+    committed stays and the next run completes the rest (a request stays pending until its
+    answer commits).
+    """
+    result = RunResult(uuid.uuid4().hex)
+    engine = open_engine(dsn)
+    try:
+        with engine.lock():
+            create(engine, policy.data_schema)
+            for name in policy.data_schema.tables:
+                try:
+                    result.ingested[name] = ingest_table(engine, home.landing, name, policy)
+                except IngestError as exc:
+                    result.refused[name] = str(exc)
+            result.requests = postgres_requests.intake(engine, policy, as_of, result.run_id)
+            result.enforced = enforce(engine, policy, as_of, result.run_id)
+            result.answers = postgres_requests.answer(engine, home, policy, as_of, result.run_id)
+    except psycopg.Error as exc:
+        raise WarehouseError(f"{describe(dsn)}: the run stopped: {reason(exc)}") from None
+    finally:
+        engine.close()
+    return result

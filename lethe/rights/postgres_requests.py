@@ -1,0 +1,433 @@
+"""Data-subject requests on a PostgreSQL warehouse (`LETHE_WAREHOUSE=postgresql://…`).
+
+The rules stay in `lethe.rights`, written once: each step runs the same function
+(`record_request`, `extend_request`, `list_requests`, `apply_pending` and
+`register_erasure_tokens`, `answer_pending`) on an in-memory DuckDB that mirrors what that
+function reads of the database, then carries what it wrote back, set-based, in the
+PostgreSQL transaction that read the mirror, under Lethe's advisory lock:
+
+- the mirror holds the requests the step works on, the erasure register, the rows of their
+  subjects in every declared table (found along `lethe.engine.reach`, by the subject's key
+  and by the vault tokens standing for it), what else the function reads (the quarantine,
+  the export log of those subjects, the ledger's last entry) and a vault in memory with the
+  warehouse's key secret and only the tokens those rows and subjects need; nothing of it
+  is written to a file;
+- what the function changed goes back by comparing each mirrored table with its copy as
+  read: rows changed or removed leave the database by their keys and the changed ones are
+  copied in (COPY), new rows of the append-only tables (erasure register, export log,
+  ledger: already hashed and chained, continuing the database's chain) are appended;
+  tables that lost rows are then rewritten by `VACUUM FULL`, so a value a rectification
+  replaced, or an erased subject's quarantined copy, leaves the table files.
+
+`lethe run` calls `intake` after ingest and before enforcement (rectification, objection
+and restriction carried out, erasures registered in `requests.erasures`, which the
+enforcement plan reads, so the same rewrite erases them) and `answer` after enforcement
+(access and portability exports under LETHE_HOME/exports, erasure answers).
+
+Not here yet: carrying requests back to PostgreSQL sources (`--dry-run`, propagation) and
+replacing a gone subject's key in these tables by its keyed hash (on DuckDB, enforcement
+does it); the ledger hashes every key it records, as on DuckDB.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import duckdb
+import psycopg
+from psycopg import sql as pgsql
+
+from lethe.declaration.policy import Policy
+from lethe.declaration.schema import Schema
+from lethe.declaration.strategies import literal, quote
+from lethe.engine.ddl import ensure_schemas, ensure_vault
+from lethe.engine.engines import PostgresEngine
+from lethe.engine.postgres_warehouse import (
+    WarehouseError,
+    copy_in,
+    create,
+    describe,
+    key_secret,
+    open_engine,
+    pull,
+)
+from lethe.engine.reach import reach
+from lethe.engine.rendering import POSTGRES, render
+from lethe.engine.retention import pseudonym_columns
+from lethe.engine.tagging import tagged_tables
+from lethe.engine.vault import TOKEN_PREFIX
+from lethe.engine.warehouse import connect, table_columns
+from lethe.operations.home import Home
+from lethe.rights.answers import Answers, answer_pending
+from lethe.rights.requests import (
+    Request,
+    apply_pending,
+    extend_request,
+    list_requests,
+    record_request,
+    register_erasure_tokens,
+)
+from lethe.rights.subject_keys import subject_token_kinds
+from lethe.rights.subjects import email_column
+from lethe.sources.postgres import reason
+
+Name = tuple[str, str]  # (schema, table)
+REQUESTS: Name = ("requests", "requests")
+ERASURES: Name = ("requests", "erasures")
+LEDGER: Name = ("audit", "ledger")
+EXPORT_LOG: Name = ("audit", "export_log")
+QUARANTINE: Name = ("core", "quarantine")
+OWNERS = "_owners"  # PostgreSQL temp table: the keys and tokens of the step's subjects
+_PENDING = pgsql.SQL("status = 'pending'")
+
+
+class _Mirror:
+    """An in-memory DuckDB warehouse holding what one step reads of the PostgreSQL one.
+
+    `keyed` tables go back by key, `appended` ones by their new rows, `whole` ones (mirrored
+    entirely) as a whole when changed; `read` snapshots each as it was read.
+    """
+
+    def __init__(self, pg: psycopg.Connection, schema: Schema) -> None:
+        self.pg = pg
+        self.schema = schema
+        self.mem = connect(":memory:")
+        self.keyed: dict[Name, str] = {}
+        self.appended: list[Name] = []
+        self.whole: list[Name] = []
+        ensure_schemas(self.mem, schema)
+        for table in schema.tables:
+            self._carry_extra_columns(table)
+        # The vault in memory: the warehouse's key secret hashes the ledger's keys.
+        self.mem.execute("ATTACH ':memory:' AS vault")
+        ensure_vault(self.mem)
+        self.mem.execute("INSERT INTO vault.key_secret VALUES (?, now())", [key_secret(pg)])
+        last = pgsql.SQL("seq = (SELECT max(seq) FROM audit.ledger)")
+        self.pull(LEDGER, last, appended=True)
+
+    def _carry_extra_columns(self, table: str) -> None:
+        """Add the columns a load carried into `core.<table>` beyond the declared ones."""
+        present = set(table_columns(self.mem, "core", table))
+        for (name,) in self.pg.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = 'core' AND table_name = %s ORDER BY ordinal_position",
+            [table],
+        ).fetchall():
+            if name not in present:
+                self.mem.execute(
+                    f"ALTER TABLE core.{quote(table)} ADD COLUMN {quote(name)} VARCHAR"
+                )
+
+    def pull(
+        self,
+        name: Name,
+        where: pgsql.Composable,
+        *,
+        key: str | None = None,
+        appended: bool = False,
+        whole: bool = False,
+        columns: list[str] | None = None,
+    ) -> None:
+        """Copy the rows of `name` matching `where` into the mirror and say how they go back."""
+        pull(self.pg, self.mem, ".".join(name), where, columns)
+        if key:
+            self.keyed[name] = key
+        if appended:
+            self.appended.append(name)
+        if whole:
+            self.whole.append(name)
+
+    def owners(self, requests: pgsql.Composable) -> None:
+        """Fill the PostgreSQL temp table `_owners` with the subjects of the `requests`
+        (a condition on requests.requests naming only its own columns): their keys, the
+        vault tokens that stand for them and the tokens their erasures registered."""
+        kinds = subject_token_kinds(self.schema)
+        self.pg.execute(f"CREATE TEMP TABLE {OWNERS} (subject_key text) ON COMMIT DROP")
+        self.pg.execute(
+            pgsql.SQL(
+                "INSERT INTO {owners} SELECT subject_key FROM requests.requests WHERE {r}"
+                " UNION SELECT t.token FROM vault.tokens t JOIN requests.requests q"
+                " ON t.value = q.subject_key WHERE {q} AND t.kind = ANY(%s)"
+                " UNION SELECT e.subject_key FROM requests.erasures e"
+                " JOIN requests.requests q USING (request_id) WHERE {q}"
+            ).format(owners=pgsql.Identifier(OWNERS), r=requests, q=requests),
+            [kinds],
+        )
+
+    def pull_subject_rows(self) -> None:
+        """Mirror every row of every declared table whose subject is in `_owners`."""
+        for name, spec in self.schema.tables.items():
+            self.pull(("core", name), _rendered_condition(_owned(self.schema, name)), key=spec.key)
+
+    def pull_tokens(self, policy: Policy) -> None:
+        """Mirror the vault tokens the step needs: those in the mirrored rows' pseudonymized
+        columns, and those standing for an owner's or an erased subject's key."""
+        used = [
+            f"SELECT CAST({quote(p.column)} AS VARCHAR) AS token FROM core.{quote(table)}"
+            f" WHERE starts_with(CAST({quote(p.column)} AS VARCHAR), {literal(TOKEN_PREFIX)})"
+            for table in tagged_tables(policy)
+            for p in pseudonym_columns(policy, table)
+            if p.column in table_columns(self.mem, "core", table)
+        ]
+        self.pg.execute("CREATE TEMP TABLE _seen_tokens (token text) ON COMMIT DROP")
+        if used:
+            copy_in(self.mem.sql(" UNION ".join(used)), self.pg, "_seen_tokens")
+        where = pgsql.SQL(
+            "token IN (SELECT token FROM _seen_tokens) OR (kind = ANY({kinds}) AND value IN"
+            " (SELECT subject_key FROM {owners} UNION SELECT subject_key FROM requests.erasures))"
+        ).format(
+            kinds=pgsql.Literal(subject_token_kinds(self.schema)),
+            owners=pgsql.Identifier(OWNERS),
+        )
+        # Pulled beside the vault (a table of the in-memory catalog has the schema `pull`
+        # looks up), then moved into it.
+        self.mem.execute("CREATE TABLE main._vault_tokens AS SELECT * FROM vault.tokens LIMIT 0")
+        pull(self.pg, self.mem, "vault.tokens", where, into="main._vault_tokens")
+        self.mem.execute("INSERT INTO vault.tokens SELECT * FROM main._vault_tokens")
+        self.mem.execute("DROP TABLE main._vault_tokens")
+
+    def freeze(self) -> None:
+        """Keep a copy of each mirrored table as read, to tell later what the step changed."""
+        for name in [*self.keyed, *self.appended, *self.whole]:
+            self.mem.execute(f"CREATE TEMP TABLE {_read(name)} AS SELECT * FROM {_table(name)}")
+
+    def carry_back(self) -> list[Name]:
+        """Write what the step changed in the mirror to PostgreSQL (inside the caller's
+        transaction); returns the tables that lost rows there (to purge)."""
+        replaced: list[Name] = []
+        for name, key in self.keyed.items():
+            if self._replace_by_key(name, key):
+                replaced.append(name)
+        for name in self.appended:
+            added = self.mem.sql(
+                f"SELECT * FROM {_table(name)} EXCEPT ALL SELECT * FROM {_read(name)}"
+            )
+            copy_in(added, self.pg, _table(name))
+        for name in self.whole:
+            if self._changed(name):
+                self.pg.execute(pgsql.SQL("DELETE FROM {}").format(pgsql.Identifier(*name)))
+                copy_in(self.mem.table(".".join(name)), self.pg, _table(name))
+                replaced.append(name)
+        return replaced
+
+    def _changed(self, name: Name) -> bool:
+        now, then = _table(name), _read(name)
+        return bool(
+            self.mem.execute(
+                f"SELECT count(*) FROM (SELECT * FROM {now} EXCEPT ALL SELECT * FROM {then}"
+                f" UNION ALL (SELECT * FROM {then} EXCEPT ALL SELECT * FROM {now}))"
+            ).fetchall()[0][0]
+        )
+
+    def _replace_by_key(self, name: Name, key: str) -> bool:
+        """Replace the database's rows whose mirrored row changed or went; True when it
+        deleted any."""
+        now, then, k = _table(name), _read(name), quote(key)
+        changed = f"SELECT * FROM {now} EXCEPT ALL SELECT * FROM {then}"
+        keys = (
+            f"SELECT CAST({k} AS VARCHAR) AS k FROM ({changed})"
+            f" UNION (SELECT CAST({k} AS VARCHAR) FROM {then}"
+            f" EXCEPT SELECT CAST({k} AS VARCHAR) FROM {now})"
+        )
+        if not self.mem.execute(f"SELECT count(*) FROM ({keys})").fetchall()[0][0]:
+            return False
+        self.pg.execute("CREATE TEMP TABLE _replaced (k text) ON COMMIT DROP")
+        copy_in(self.mem.sql(keys), self.pg, "_replaced")
+        deleted = self.pg.execute(
+            pgsql.SQL("DELETE FROM {} WHERE CAST({} AS text) IN (SELECT k FROM _replaced)").format(
+                pgsql.Identifier(*name), pgsql.Identifier(key)
+            )
+        ).rowcount
+        copy_in(self.mem.sql(changed), self.pg, _table(name))
+        self.pg.execute("DROP TABLE _replaced")
+        return deleted > 0
+
+    def close(self) -> None:
+        self.mem.close()
+
+
+def _table(name: Name) -> str:
+    return f"{name[0]}.{quote(name[1])}"
+
+
+def _read(name: Name) -> str:
+    return quote(f"_read_{name[0]}_{name[1]}")
+
+
+def _owned(schema: Schema, table: str) -> str:
+    """WHERE condition (DuckDB dialect) on `core.<table>`: rows whose subject, reached
+    along `lethe.engine.reach` and compared as text, is in `_owners`."""
+    key = quote(schema.tables[table].key)
+    r = reach(schema, table, "_own")
+    return (
+        f"{key} IN (SELECT _own.{key} FROM core.{quote(table)} _own{r.joins}"
+        f" WHERE CAST({r.subject} AS VARCHAR) IN (SELECT subject_key FROM {OWNERS}))"
+    )
+
+
+def _rendered_condition(condition: str) -> pgsql.Composable:
+    """A WHERE condition written in DuckDB's dialect, rendered for PostgreSQL."""
+    (statement,) = render((f"SELECT 1 WHERE {condition}",), POSTGRES)
+    return pgsql.SQL(statement.split(" WHERE ", 1)[1])
+
+
+@contextmanager
+def _step(engine: PostgresEngine, schema: Schema) -> Iterator[_Mirror]:
+    """One step: under the advisory lock and in one transaction, a mirror to fill and run a
+    function on; what it changed is carried back on success (nothing on a failure), and
+    tables that lost rows are purged after the commit."""
+    replaced: list[Name] = []
+    create(engine, schema)
+    with engine.lock():
+        with engine.transaction():
+            mirror = _Mirror(engine.con, schema)
+            try:
+                yield mirror
+                replaced = mirror.carry_back()
+            finally:
+                mirror.close()
+        engine.purge(replaced)
+
+
+@contextmanager
+def opened(dsn: str, what: str) -> Iterator[PostgresEngine]:
+    """The engine on the warehouse for one command; a failure of the database while it
+    runs is one `WarehouseError` naming the warehouse and `what` was being done."""
+    engine = open_engine(dsn)
+    try:
+        yield engine
+    except psycopg.Error as exc:
+        raise WarehouseError(f"{describe(dsn)}: {what} stopped: {reason(exc)}") from None
+    finally:
+        engine.close()
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def record(
+    engine: PostgresEngine,
+    policy: Policy,
+    type_: str,
+    subject: str,
+    changes: dict[str, str] | None = None,
+    why: str | None = None,
+) -> Request:
+    """`lethe request TYPE --subject …`: `record_request` on the PostgreSQL warehouse.
+
+    The mirror holds the subject table's rows `record_request` may read: those whose key is
+    the given subject, or, for an e-mail address or a corrected one, every row's key,
+    e-mail and state (an address must identify one subject).
+    """
+    schema = policy.data_schema
+    subject_table = schema.subject_table
+    address = email_column(schema)
+    with _step(engine, schema) as mirror:
+        key = pgsql.SQL("CAST({} AS text) IN ({}, {})").format(
+            pgsql.Identifier(subject_table.key),
+            pgsql.Literal(subject),
+            pgsql.Literal(subject.strip()),
+        )
+        by_email = address is not None and ("@" in subject or address in (changes or {}))
+        where = pgsql.SQL("true") if by_email else key
+        columns = [subject_table.key, *([address] if address else []), "_state"]
+        mirror.pull(("core", subject_table.name), where, columns=columns)
+        mirror.appended.append(REQUESTS)
+        mirror.freeze()
+        recorded = record_request(mirror.mem, schema, type_, subject, changes, why)
+    return recorded
+
+
+def extend(engine: PostgresEngine, policy: Policy, request_id: str, why: str) -> Request:
+    """`lethe request extend ID --reason …`: `extend_request` on the PostgreSQL warehouse."""
+    with _step(engine, policy.data_schema) as mirror:
+        one = pgsql.SQL("request_id = {}").format(pgsql.Literal(request_id))
+        mirror.pull(REQUESTS, one, key="request_id")
+        mirror.freeze()
+        extended = extend_request(mirror.mem, request_id, why)
+    return extended
+
+
+def listing(engine: PostgresEngine, overdue_only: bool = False) -> list[tuple]:
+    """`lethe requests`: `list_requests` over a copy of the PostgreSQL warehouse's
+    requests (read in one statement; nothing is locked or written)."""
+    mem = connect(":memory:")
+    try:
+        ensure_schemas(mem)
+        if engine.con.execute("SELECT to_regclass('requests.requests')").fetchone()[0]:
+            pull(engine.con, mem, ".".join(REQUESTS))
+        return list_requests(mem, overdue_only=overdue_only)
+    finally:
+        mem.close()
+
+
+# --- a run ----------------------------------------------------------------------------------
+
+
+def intake(engine: PostgresEngine, policy: Policy, as_of: dt.date, run_id: str) -> dict[str, int]:
+    """Carry out pending rectifications, objections and restrictions and register pending
+    erasures (with the tokens standing for erased keys), as the DuckDB pipeline's intake
+    does before tagging; returns requests handled per type."""
+    schema = policy.data_schema
+    with _step(engine, schema) as mirror:
+        mirror.pull(REQUESTS, _PENDING, key="request_id")
+        mirror.pull(ERASURES, pgsql.SQL("true"), appended=True)
+        mirror.owners(_PENDING)
+        mirror.pull_subject_rows()
+        if _corrects_emails(mirror.mem, schema):
+            _pull_other_emails(mirror)
+        mirror.pull(QUARANTINE, pgsql.SQL("true"), whole=True)
+        mirror.pull_tokens(policy)
+        mirror.freeze()
+        done = apply_pending(mirror.mem, policy, as_of, run_id)
+        register_erasure_tokens(mirror.mem, schema)
+    return done
+
+
+def _corrects_emails(mem: duckdb.DuckDBPyConnection, schema: Schema) -> bool:
+    """Whether a pending rectification corrects the e-mail address (then `apply_pending`
+    checks it against every other subject's)."""
+    address = email_column(schema)
+    changes = mem.execute(
+        "SELECT changes FROM requests.requests WHERE status = 'pending'"
+        " AND type = 'rectification' AND changes IS NOT NULL"
+    ).fetchall()
+    return address is not None and any(address in json.loads(c) for (c,) in changes)
+
+
+def _pull_other_emails(mirror: _Mirror) -> None:
+    """The key, e-mail and state of every subject the mirror does not hold yet."""
+    subject = mirror.schema.subject_table
+    address = email_column(mirror.schema)
+    assert address is not None
+    others = pgsql.SQL("CAST({} AS text) NOT IN (SELECT subject_key FROM {})").format(
+        pgsql.Identifier(subject.key), pgsql.Identifier(OWNERS)
+    )
+    pull(mirror.pg, mirror.mem, f"core.{subject.name}", others, [subject.key, address, "_state"])
+
+
+def answer(
+    engine: PostgresEngine, home: Home, policy: Policy, as_of: dt.date, run_id: str
+) -> Answers:
+    """Answer pending access, portability and erasure requests after enforcement, as the
+    DuckDB pipeline does: exports under `home`'s exports/, answers and ledger entries in
+    the database."""
+    schema = policy.data_schema
+    with _step(engine, schema) as mirror:
+        mirror.pull(REQUESTS, _PENDING, key="request_id")
+        mirror.pull(ERASURES, pgsql.SQL("true"))
+        pending = pgsql.SQL("request_id IN (SELECT request_id FROM requests.requests WHERE {})")
+        mirror.pull(("requests", "propagations"), pending.format(_PENDING))
+        mirror.owners(_PENDING)
+        mirror.pull_subject_rows()
+        mine = pgsql.SQL("subject_key IN (SELECT subject_key FROM {})").format(
+            pgsql.Identifier(OWNERS)
+        )
+        mirror.pull(EXPORT_LOG, mine, appended=True)
+        mirror.pull_tokens(policy)
+        mirror.freeze()
+        answered = answer_pending(mirror.mem, home, policy, as_of, run_id)
+    return answered
