@@ -22,11 +22,13 @@ What runs on PostgreSQL so far:
 - the ledger: entries checked, key-hashed and chained by `lethe.engine.audit.ledger_rows`,
   and `verify` checks a copy read into DuckDB with `lethe.engine.audit.verify`.
 
-`run` is what `lethe run` does with LETHE_WAREHOUSE set to a PostgreSQL URL (ingest, then
-enforcement); `refuse_here` refuses the rest in one line. Not yet here: tagging as a step of
-its own (enforcement writes the fresh tags of every row it stages), requests, exports,
-analytics, backups, PostgreSQL sources, Dagster runs, and replacing the keys of erased
-subjects in Lethe's own tables by their keyed hashes.
+Data-subject requests (recorded, listed, carried out and answered) run here through
+`lethe.rights.postgres_requests`, and `lethe.engine.postgres_run.run` is what `lethe run`
+does with LETHE_WAREHOUSE set to a PostgreSQL URL (ingest, requests, enforcement, answers);
+`refuse_here` refuses the rest in one line. Not yet here: tagging as a step of its own
+(enforcement writes the fresh tags of every row it stages), analytics, holds, processors
+and breaches, backups, `lethe request --dry-run` and PostgreSQL sources, Dagster runs, and
+replacing the keys of erased subjects in Lethe's own tables by their keyed hashes.
 
 What `VACUUM FULL` cannot remove: PostgreSQL's write-ahead log (`pg_wal/`) holds the
 replaced values until its segments are recycled (after later checkpoints), and so does any
@@ -566,8 +568,11 @@ def _forget_unused_tokens(pg: psycopg.Connection, policy: Policy) -> int:
 
 # --- a run ----------------------------------------------------------------------------------
 
-RUNS_HERE = "`lethe run` (ingest and enforcement) and `lethe audit verify`"
-NOT_BUILT = "requests, exports, analytics, backups and the Dagster assets"
+RUNS_HERE = (
+    "`lethe run` (ingest, requests, enforcement, answers), `lethe request`, `lethe requests`"
+    " and `lethe audit verify`"
+)
+NOT_BUILT = "analytics, holds, processors and breaches, backups and the Dagster assets"
 
 
 def dsn_from_env() -> str | None:

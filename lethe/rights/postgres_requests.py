@@ -379,7 +379,11 @@ def intake(engine: PostgresEngine, policy: Policy, as_of: dt.date, run_id: str) 
         mirror.pull_subject_rows()
         if _corrects_emails(mirror.mem, schema):
             _pull_other_emails(mirror)
-        mirror.pull(QUARANTINE, pgsql.SQL("true"), whole=True)
+        erasing = mirror.mem.execute(
+            "SELECT count(*) FROM requests.requests WHERE type = 'erasure'"
+        ).fetchall()[0][0]
+        if erasing:  # an erasure forgets the subject's quarantined rows (the only reader)
+            mirror.pull(QUARANTINE, pgsql.SQL("true"), whole=True)
         mirror.pull_tokens(policy)
         mirror.freeze()
         done = apply_pending(mirror.mem, policy, as_of, run_id)
