@@ -607,11 +607,14 @@ def request(
         highlight=False,
     )
     answer = _NEXT_ANSWER.get(recorded.type, "shows it done")
-    out.print(
-        "Next: the next pipeline run carries it out (`lethe run` now, or the request sensor"
-        " within a minute while Dagster runs, `make ui`); then `lethe requests` " + answer + ".",
-        highlight=False,
+    # No Dagster sensor watches a PostgreSQL warehouse (yet): only `lethe run` carries it out.
+    when = (
+        "`lethe run` carries it out"
+        if dsn
+        else "the next pipeline run carries it out (`lethe run` now, or the request sensor"
+        " within a minute while Dagster runs, `make ui`)"
     )
+    out.print(f"Next: {when}; then `lethe requests` {answer}.", highlight=False)
 
 
 # What `lethe requests` shows once a request of each type is carried out.

@@ -37,7 +37,12 @@ from lethe.operations.home import Home
 from lethe.rights import postgres_requests
 from lethe.rights.answers import answer_pending
 from lethe.rights.exports import export_dir
-from lethe.rights.requests import apply_pending
+from lethe.rights.requests import (
+    EXTENDED_DEADLINE,
+    RequestError,
+    apply_pending,
+    deadline_for,
+)
 from lethe.rights.subjects import UnknownSubjectError
 from tests.postgres import PostgresServer
 
@@ -343,3 +348,24 @@ def test_an_unknown_subject_is_one_line_and_records_nothing(
     with pytest.raises(UnknownSubjectError, match="no contacts row has that contact_id"):
         postgres_requests.record(both.pg, policy, "erasure", "c-nobody")
     assert both.pg.con.execute("SELECT count(*) FROM requests.requests").fetchone() == (count,)
+
+
+def test_a_request_is_due_in_a_month_and_extends_once(both: Warehouses, policy: Policy) -> None:
+    """Deadlines by `lethe.rights.requests`' rules, on the database, each step in the ledger."""
+    (entries,) = both.pg.con.execute("SELECT count(*) FROM audit.ledger").fetchone()
+    recorded = postgres_requests.record(both.pg, policy, "access", rq.CTRL["email"])
+    assert recorded.subject_key == rq.CTRL["contact_id"]
+    assert recorded.deadline == deadline_for(recorded.received_at)
+    extended = postgres_requests.extend(both.pg, policy, recorded.request_id, "many files")
+    assert extended.deadline == EXTENDED_DEADLINE.add_to(recorded.received_at)
+    (stored,) = both.pg.con.execute(
+        "SELECT deadline, extended, extension_reason FROM requests.requests WHERE request_id = %s",
+        [recorded.request_id],
+    ).fetchall()
+    assert stored == (extended.deadline, True, "many files")
+    with pytest.raises(RequestError, match="already extended once"):
+        postgres_requests.extend(both.pg, policy, recorded.request_id, "again")
+    assert both.pg.con.execute("SELECT count(*) FROM audit.ledger").fetchone() == (entries + 2,)
+    assert verify(both.pg.con).ok
+    listed = postgres_requests.listing(both.pg)
+    assert [r[5] for r in listed if r[0] == recorded.request_id] == ["pending"]

@@ -335,7 +335,7 @@ def record(
         where = pgsql.SQL("true") if by_email else key
         columns = [subject_table.key, *([address] if address else []), "_state"]
         mirror.pull(("core", subject_table.name), where, columns=columns)
-        mirror.appended.append(REQUESTS)
+        mirror.pull(REQUESTS, pgsql.SQL("false"), appended=True)
         mirror.freeze()
         recorded = record_request(mirror.mem, schema, type_, subject, changes, why)
     return recorded
