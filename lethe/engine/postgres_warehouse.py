@@ -39,6 +39,7 @@ cache may hold them for a while.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import itertools
 import os
@@ -144,7 +145,13 @@ def ddl_statements(schema: Schema) -> list[str]:
     ensure_schemas(recorder, schema)  # type: ignore[arg-type]
     recorder.execute(f"CREATE SCHEMA IF NOT EXISTS {VAULT}")
     ensure_vault(recorder)  # type: ignore[arg-type]
-    return render(tuple(recorder.statements), POSTGRES)
+    return list(_rendered(tuple(recorder.statements)))
+
+
+@functools.cache
+def _rendered(statements: tuple[str, ...]) -> tuple[str, ...]:
+    # Every command and run step creates what is missing first: render each DDL once.
+    return tuple(render(statements, POSTGRES))
 
 
 def create(engine: PostgresEngine, schema: Schema) -> None:
