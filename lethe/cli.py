@@ -565,7 +565,9 @@ def request(
         _fail(f"request {kind}: takes no request id (only `request extend ID` does)", USAGE)
     dsn = warehouse_db.dsn_from_env()
     if dsn and (dry_run or shard_count() > 1):
-        warehouse_db.refuse_here("lethe request --dry-run" if dry_run else "LETHE_SHARDS > 1")
+        warehouse_db.refuse_here(
+            "lethe request --dry-run" if dry_run else f"LETHE_SHARDS={shard_count()}"
+        )
     if kind == "extend":
         if not request_id:
             _fail("request extend: give the request id", USAGE)
