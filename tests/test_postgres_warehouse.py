@@ -194,6 +194,33 @@ def test_no_erased_value_is_left_in_the_table_files(warehouses, postgres: Postgr
     assert rc.scan_files(files, erased) == {}
 
 
+def test_column_statistics_keep_no_erased_value(
+    postgres: PostgresServer, policy: Policy, tmp_path: Path
+) -> None:
+    """ANALYZE (as autovacuum runs it) before and after enforcement: `pg_statistic` keeps
+    sample values that VACUUM FULL leaves (and that are stored compressed, out of reach of
+    the file scan), so the columns holding personal data gather none; Lethe's tag columns
+    keep theirs."""
+    rc.write_cases(tmp_path)
+    pg = open_engine(postgres.new_database())
+    try:
+        ingest_all(pg, tmp_path, policy)
+        pg.con.execute("ANALYZE")
+        enforce_postgres(pg, policy, T, "run-T")
+        stats = " ".join(
+            str(row)
+            for row in pg.con.execute(
+                "SELECT tablename, attname, most_common_vals::text, histogram_bounds::text"
+                " FROM pg_stats WHERE schemaname IN ('core', 'requests', 'vault')"
+            ).fetchall()
+        )
+    finally:
+        pg.close()
+    assert "'_state'" in stats and "active" in stats, "no statistics at all: proves nothing"
+    assert not [d for d, value in rc.erased_values().items() if value in stats]
+    assert not [d for d, value in rc.kept_values().items() if value in stats]
+
+
 def _database_files(pg: PostgresEngine, server: PostgresServer) -> Path:
     """The folder under `base/` of the engine's database (its tables' files)."""
     (folder,) = pg.con.execute(

@@ -33,7 +33,8 @@ replacing the keys of erased subjects in Lethe's own tables by their keyed hashe
 What `VACUUM FULL` cannot remove: PostgreSQL's write-ahead log (`pg_wal/`) holds the
 replaced values until its segments are recycled (after later checkpoints), and so does any
 WAL archive or streaming replica; the server's memory and the operating system's page
-cache may hold them for a while.
+cache may hold them for a while. Column statistics, which VACUUM FULL also leaves, are
+never gathered for columns that hold personal data (`NO_STATISTICS`).
 """
 
 from __future__ import annotations
@@ -154,10 +155,26 @@ def _rendered(statements: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(render(statements, POSTGRES))
 
 
+# Column statistics (`pg_statistic`, filled by ANALYZE and autovacuum) keep sample values
+# (most common values, histogram bounds) that neither a DELETE nor VACUUM FULL removes: the
+# columns that hold personal data gather none. Lethe's own tag columns (`_state`, …) keep
+# theirs, so the planner still sees how rows spread over states and retention dates.
+NO_STATISTICS = f"""SELECT format('ALTER TABLE %I.%I ALTER COLUMN %I SET STATISTICS 0',
+        n.nspname, c.relname, a.attname)
+    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname IN ('core', 'requests', '{VAULT}') AND c.relkind = 'r' AND a.attnum > 0
+      AND NOT a.attisdropped AND coalesce(a.attstattarget, -1) <> 0
+      AND NOT (n.nspname = 'core' AND starts_with(a.attname, '_'))"""
+
+
 def create(engine: PostgresEngine, schema: Schema) -> None:
-    """Create the warehouse's schemas and tables where missing, in one transaction."""
+    """Create the warehouse's schemas and tables where missing, in one transaction; columns
+    that hold personal data keep no statistics (`NO_STATISTICS`)."""
     with engine.transaction():
         for sql in ddl_statements(schema):
+            engine.con.execute(sql)
+        for (sql,) in engine.con.execute(NO_STATISTICS).fetchall():
             engine.con.execute(sql)
 
 
