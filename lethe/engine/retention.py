@@ -168,25 +168,17 @@ def column_sql(policy: Policy, table: str, column: str, sql_type: str, contract:
 ROW_ID = "_rid"  # the core row an `_act_<table>` row stands for (its rowid)
 
 
-def _acted(policy: Policy, table: str, columns: list[str], every_row: bool = False) -> str:
-    """`core.<table>` joined with its staged `_act_<table>` (fresh tags, action, keep flags)
-    and with the vault tokens of its pseudonymized columns (`_token_<column>`).
-
-    Only staged rows, or with `every_row` every row: one not staged comes out as stored,
-    with its stored tags and the action 'none' (`action_select` leaves out only such rows).
-    """
+def _acted(policy: Policy, table: str, columns: list[str]) -> str:
+    """The staged rows of `core.<table>` joined with their `_act_<table>` (fresh tags,
+    action, keep flags) and with the vault tokens of their pseudonymized columns
+    (`_token_<column>`)."""
     # The staged mask becomes the purpose and legal-basis lists here, in the statement
     # that writes them.
     names, bases = mask_lists(policy, table, f"a.{MASK}")
     tags = {"_purposes": names, "_legal_bases": bases, "_retain_until": "a._retain_until"}
     tags["_state"] = "a._state"
-    action = "a._action"
-    if every_row:
-        unstaged = f"a.{ROW_ID} IS NULL"
-        tags = {c: f"CASE WHEN {unstaged} THEN c.{quote(c)} ELSE {v} END" for c, v in tags.items()}
-        action = "coalesce(a._action, 'none')"
     staged = [f"{v} AS {quote(c)}" for c, v in tags.items()]
-    staged += [f"{action} AS _action", "a._request"]
+    staged += ["a._action", "a._request"]
     staged += [f"a.{keep_flag(k)}" for k in _keeper_lists(policy, table, columns)]
     copied = [c for c in columns if c not in FRESH_TAGS]
     pseudo = pseudonym_columns(policy, table)
@@ -198,7 +190,7 @@ def _acted(policy: Policy, table: str, columns: list[str], every_row: bool = Fal
     )
     items = [f"c.{quote(col)}" for col in copied] + staged
     items += [f"t{i}.token AS {quote(TOKEN_PREFIX + p.column)}" for i, p in enumerate(pseudo)]
-    return f"SELECT {', '.join(items)} FROM {_staged(table, every_row)}{joins}"
+    return f"SELECT {', '.join(items)} FROM {_staged(table)}{joins}"
 
 
 def _staged(table: str, every_row: bool = False) -> str:
@@ -253,10 +245,18 @@ def _new_values(policy: Policy, table: str, columns: list[str]) -> list[tuple[st
 
 def enforce_select(policy: Policy, table: str, columns: list[str]) -> str:
     """The rows `core.<table>` keeps after enforcement, with their new values, in the order
-    of `columns` (deleted rows are left out)."""
+    of `columns` (deleted rows are left out).
+
+    A row not staged is written as stored, with no expression evaluated over it: on a daily
+    run that is nearly every row, so the rewrite costs about what a plain copy does.
+    """
     values = ", ".join(f"{new} AS {quote(col)}" for col, new in _new_values(policy, table, columns))
-    acted = _acted(policy, table, columns, every_row=True)
-    return f"SELECT {values} FROM ({acted}) x WHERE x._action <> 'delete'"
+    stored = ", ".join(f"c.{quote(col)}" for col in columns)
+    return (
+        f"SELECT {stored} FROM {_staged(table, every_row=True)} WHERE a.{ROW_ID} IS NULL"
+        f" UNION ALL SELECT {values} FROM ({_acted(policy, table, columns)}) x"
+        " WHERE x._action <> 'delete'"
+    )
 
 
 def ledger_select(policy: Policy, table: str, columns: list[str]) -> str:
@@ -320,19 +320,47 @@ def action_select(
         mask=True,
         previous=True,
     )
-    flags = keep_flags(policy, table, columns)
+    keepers = _keeper_lists(policy, table, columns)
     staged = [f"x.{ROW_ID}", f"x.{MASK}", "x._retain_until", "x._state", "x._action", "x._request"]
-    staged += [f"x.{keep_flag(k)}" for k in _keeper_lists(policy, table, columns)]
+    staged += [f"x.{keep_flag(k)}" for k in keepers]
     carried = [f"x._was{tag}" for tag in FRESH_TAGS] + [f"x.{quote(c)}" for c in links + checked]
+    flags = "".join(f", m.{keep_flag(k)}" for k in keepers)
+    anonymized = f"coalesce(x._state = {RowState.ANONYMIZED.sql}, false)"
     decided = (
-        f"SELECT x.{ROW_ID}, x.{MASK}, x._retain_until, x._state,"
-        f" {action_sql(policy, table)} AS _action, x._request{''.join(f', {f}' for f in flags)},"
-        f" {', '.join(carried)} FROM ({tagged}) x"
+        f"SELECT x.{ROW_ID}, x.{MASK}, x._retain_until, x._state, m._action, x._request,"
+        f" m._new_purposes, m._new_legal_bases{flags}, {', '.join(carried)} FROM ({tagged}) x"
+        f" LEFT JOIN {_by_mask(policy, table, columns)} m"
+        f" ON m.{MASK} = x.{MASK} AND m._anonymized = {anonymized}"
     )
     return (
         f"SELECT {', '.join(staged)} FROM ({decided}) x"
         f" WHERE x._request IS NOT NULL OR ({_unchanged(policy, table, columns)}) IS NOT TRUE"
     )
+
+
+def _by_mask(policy: Policy, table: str, columns: list[str]) -> str:
+    """What depends only on a row's purpose mask and on whether it is anonymized, one row
+    per combination: the tag lists, the action and the keep flags.
+
+    Joined to the rows by mask, these are computed once per combination instead of once
+    per row; and the filter of `action_select`, which reads them many times, reads columns
+    (DuckDB would otherwise copy the whole mask expression into it at every reference).
+    """
+    combinations = ", ".join(
+        f"({m}, {state})"
+        for m in range(1 << len(policy.purposes_for(table)))
+        for state in ("NULL", RowState.ANONYMIZED.sql)
+    )
+    names, bases = mask_lists(policy, table, f"x.{MASK}")
+    items = [
+        f"x.{MASK}",
+        "x._state IS NOT NULL AS _anonymized",
+        f"{names} AS _new_purposes",
+        f"{bases} AS _new_legal_bases",
+        f"{action_sql(policy, table)} AS _action",
+        *keep_flags(policy, table, columns),
+    ]
+    return f"(SELECT {', '.join(items)} FROM (VALUES {combinations}) x({MASK}, _state))"
 
 
 def _maybe_unkept(policy: Policy, table: str, columns: list[str]) -> list[str]:
@@ -344,13 +372,13 @@ def _maybe_unkept(policy: Policy, table: str, columns: list[str]) -> list[str]:
 
 def _unchanged(policy: Policy, table: str, columns: list[str]) -> str:
     """Whether enforcement writes the row `x` (fresh tags and action, keep flags, stored
-    tags as `_was<tag>`, the values of `_maybe_unkept`) exactly as it is stored: its tags
-    are the same and its action changes no value (already anonymized, or each column kept
-    or already as its rule makes it, pseudonyms included)."""
-    names, bases = mask_lists(policy, table, f"x.{MASK}")
+    tags as `_was<tag>`, the fresh lists as `_new_purposes` and `_new_legal_bases`, the
+    values of `_maybe_unkept`) exactly as it is stored: its tags are the same and its action
+    changes no value (already anonymized, or each column kept or already as its rule makes
+    it, pseudonyms included)."""
     same = [
-        f"x._was_purposes IS NOT DISTINCT FROM {names}",
-        f"x._was_legal_bases IS NOT DISTINCT FROM {bases}",
+        "x._was_purposes IS NOT DISTINCT FROM x._new_purposes",
+        "x._was_legal_bases IS NOT DISTINCT FROM x._new_legal_bases",
         "x._was_retain_until IS NOT DISTINCT FROM x._retain_until",
         "x._was_state IS NOT DISTINCT FROM x._state",
     ]
