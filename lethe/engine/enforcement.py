@@ -62,21 +62,41 @@ def stage_tokens(con: duckdb.DuckDBPyConnection, policy: Policy) -> None:
     """
     con.execute(f"CREATE OR REPLACE TEMP TABLE _wanted AS {wanted_tokens_select(policy)}")
     ensure_tokens(con, con.table("_wanted"))
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {TOKENS} AS SELECT t.kind, t.value, t.token"
-        " FROM vault.tokens t JOIN (SELECT DISTINCT kind, value FROM _wanted) w"
-        " ON t.kind = w.kind AND t.value = w.value"
-    )
+    con.execute(TOKENS_TABLE)
     con.execute("DROP TABLE _wanted")
 
 
-def _ledger_entries(
+# The tokens of the values about to be pseudonymized (temp table `_wanted`), as `_tokens`.
+TOKENS_TABLE = (
+    f"CREATE OR REPLACE TEMP TABLE {TOKENS} AS SELECT t.kind, t.value, t.token"
+    " FROM vault.tokens t JOIN (SELECT DISTINCT kind, value FROM _wanted) w"
+    " ON t.kind = w.kind AND t.value = w.value"
+)
+
+
+def forget_tokens_sql(policy: Policy) -> str:
+    """The DELETE of the vault tokens no pseudonymized column of the warehouse holds."""
+    # NULLs excluded: one NULL would make every `NOT IN` unknown and forget nothing. UNION
+    # ALL: `NOT IN` needs no duplicate-free list, and removing duplicates costs a hash table.
+    # Only values that look like tokens can be one: the others never reach that hash table.
+    used = " UNION ALL ".join(
+        f"SELECT v FROM (SELECT CAST({quote(p.column)} AS VARCHAR) AS v FROM core.{quote(table)})"
+        f" WHERE starts_with(v, {literal(TOKEN_PREFIX)})"
+        for table in tagged_tables(policy)
+        for p in pseudonym_columns(policy, table)
+    )
+    return f"DELETE FROM vault.tokens WHERE token NOT IN ({used or 'SELECT NULL'})"
+
+
+def ledger_entries(
     con: duckdb.DuckDBPyConnection,
     policy: Policy,
     plans: dict[str, tuple[list[str], Plan]],
     as_of: dt.date,
     run_id: str,
 ) -> tuple[list[LedgerEntry], dict[str, dict[str, int]]]:
+    """The ledger entries of staged `plans` (from each plan's facts query, run on `con`)
+    and the rows per table and action."""
     entries, counts = [], {}
     pseudo_names = ", ".join(p.name for p in policy.all_purposes().values() if p.pseudonymizes)
     for table, (columns, plan) in plans.items():
@@ -143,7 +163,7 @@ def enforce(
             stage_tokens(con, policy)
         finally:
             con.execute("DETACH vault")
-        entries, counts = _ledger_entries(con, policy, plans, as_of, run_id)
+        entries, counts = ledger_entries(con, policy, plans, as_of, run_id)
         staged.extend(entries)
         result.counts = counts
         enforced: Replacements = {
@@ -168,22 +188,11 @@ def forget_unused_tokens(warehouse: Path, home: Home, policy: Policy) -> int:
     Runs after the swap, so a crash in between only delays it to the next run; the vault
     file is then compacted so the forgotten values leave no trace in it.
     """
-    # NULLs excluded: one NULL would make every `NOT IN` unknown and forget nothing. UNION
-    # ALL: `NOT IN` needs no duplicate-free list, and removing duplicates costs a hash table.
-    # Only values that look like tokens can be one: the others never reach that hash table.
-    used = " UNION ALL ".join(
-        f"SELECT v FROM (SELECT CAST({quote(p.column)} AS VARCHAR) AS v FROM core.{quote(table)})"
-        f" WHERE starts_with(v, {literal(TOKEN_PREFIX)})"
-        for table in tagged_tables(policy)
-        for p in pseudonym_columns(policy, table)
-    )
     con = connect(warehouse)
     try:
         attach(con, home.vault)
         try:
-            forgotten = con.execute(
-                f"DELETE FROM vault.tokens WHERE token NOT IN ({used or 'SELECT NULL'})"
-            ).fetchone()[0]
+            forgotten = con.execute(forget_tokens_sql(policy)).fetchone()[0]
             con.execute("CHECKPOINT vault")
             # Free blocks also remain after a crash between a delete and its compaction.
             free = con.execute(

@@ -60,11 +60,16 @@ from psycopg.conninfo import conninfo_to_dict
 
 from lethe.declaration.policy import Policy
 from lethe.declaration.schema import Schema, Table
-from lethe.declaration.strategies import literal, quote
+from lethe.declaration.strategies import quote
 from lethe.engine import audit
 from lethe.engine import ingest as duckdb_ingest
 from lethe.engine.ddl import ensure_ledger, ensure_schemas, ensure_vault
-from lethe.engine.enforcement import EnforcementResult, _ledger_entries
+from lethe.engine.enforcement import (
+    TOKENS_TABLE,
+    EnforcementResult,
+    forget_tokens_sql,
+    ledger_entries,
+)
 from lethe.engine.engines import PostgresEngine
 from lethe.engine.ingest import IngestError, IngestResult, landing_file
 from lethe.engine.plan import Plan
@@ -72,12 +77,11 @@ from lethe.engine.rendering import POSTGRES, render
 from lethe.engine.retention import (
     TOKENS,
     enforcement_plan,
-    pseudonym_columns,
     wanted_tokens_select,
 )
 from lethe.engine.states import RowState
 from lethe.engine.tagging import tagged_tables
-from lethe.engine.vault import TOKEN_PREFIX
+from lethe.engine.vault import issue_tokens_sql, new_salt
 from lethe.engine.warehouse import connect, table_columns
 from lethe.errors import LetheError
 from lethe.operations.home import POSTGRES_SCHEMES, WAREHOUSE_ENV
@@ -480,33 +484,17 @@ class _Rendered:
 
 def _issue_tokens(pg: psycopg.Connection, policy: Policy) -> None:
     """Issue vault tokens for every value about to be pseudonymized, in SQL, and expose the
-    tokens of those values as the temp table `_tokens`, as `enforce_select` reads them.
-
-    A token is the prefix and 32 hex digits of the SHA-256 of a per-run secret and
-    PostgreSQL's `gen_random_uuid()` (from its strong random source), as random as the
-    DuckDB vault's; the same (kind, value) keeps its token (unique index, ON CONFLICT).
-    """
-    for sql in render((f"CREATE TEMP TABLE _wanted AS {wanted_tokens_select(policy)}",), POSTGRES):
+    tokens of those values as the temp table `_tokens`, as `enforce_select` reads them: the
+    DuckDB vault's statements, rendered for PostgreSQL (whose `gen_random_uuid()` draws
+    from its strong random source)."""
+    statements = (
+        f"CREATE TEMP TABLE _wanted AS {wanted_tokens_select(policy)}",
+        issue_tokens_sql("_wanted", *new_salt()),
+        TOKENS_TABLE,
+        "DROP TABLE _wanted",
+    )
+    for sql in render(statements, POSTGRES):
         pg.execute(sql)
-    pg.execute(
-        "INSERT INTO vault.tokens (subject, kind, value, token, created_at)"
-        " SELECT min(subject), kind, value, %(prefix)s || left(encode(sha256(convert_to("
-        "%(salt)s || gen_random_uuid()::text, 'UTF8')), 'hex'), 32), %(now)s FROM _wanted w"
-        " WHERE kind IS NOT NULL AND value IS NOT NULL AND NOT EXISTS (SELECT 1 FROM"
-        " vault.tokens t WHERE t.kind = w.kind AND t.value = w.value)"
-        " GROUP BY kind, value ON CONFLICT DO NOTHING",
-        {
-            "prefix": TOKEN_PREFIX,
-            "salt": secrets.token_hex(32),
-            "now": dt.datetime.now(dt.UTC).replace(tzinfo=None),
-        },
-    )
-    pg.execute(
-        f"CREATE TEMP TABLE {TOKENS} AS SELECT t.kind, t.value, t.token FROM vault.tokens t"
-        " JOIN (SELECT DISTINCT kind, value FROM _wanted) w"
-        " ON t.kind = w.kind AND t.value = w.value"
-    )
-    pg.execute("DROP TABLE _wanted")
 
 
 def enforce(
@@ -530,7 +518,7 @@ def enforce(
             for _, plan in plans.values():
                 engine.run(Plan(plan.name, plan.statements[:1]))
             _issue_tokens(pg, policy)
-            entries, result.counts = _ledger_entries(
+            entries, result.counts = ledger_entries(
                 _Rendered(pg),  # type: ignore[arg-type]
                 policy,
                 plans,
@@ -578,15 +566,7 @@ def _rewrite(engine: PostgresEngine, table: str, columns: list[str], plan: Plan)
 
 def _forget_unused_tokens(pg: psycopg.Connection, policy: Policy) -> int:
     """Delete the vault tokens no row of the warehouse refers to any more; the count."""
-    used = " UNION ALL ".join(
-        f"SELECT v FROM (SELECT CAST({quote(p.column)} AS VARCHAR) AS v FROM core.{quote(table)})"
-        f" AS u WHERE starts_with(v, {literal(TOKEN_PREFIX)})"
-        for table in tagged_tables(policy)
-        for p in pseudonym_columns(policy, table)
-    )
-    if not used:
-        return 0
-    (sql,) = render((f"DELETE FROM vault.tokens WHERE token NOT IN ({used})",), POSTGRES)
+    (sql,) = render((forget_tokens_sql(policy),), POSTGRES)
     return pg.execute(sql).rowcount
 
 

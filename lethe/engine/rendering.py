@@ -10,6 +10,7 @@ leaves as DuckDB-only SQL is rewritten here, as expression transforms, in one pl
   (built under another name and renamed when it reads the table it replaces);
 - `GROUP BY ALL` becomes the positions of the select items that are not aggregates;
 - `contains(text, part)` becomes `strpos(text, part) > 0`;
+- `sha256(text)` hashes `convert_to(text, 'UTF8')` (PostgreSQL's takes bytes);
 - a subquery in FROM or JOIN without an alias gets one (PostgreSQL before 16 needs it).
 
 DuckDB gets the generated text unchanged: parsing it costs more than DuckDB needs to run it.
@@ -35,6 +36,13 @@ def _contains(node: exp.Expression) -> exp.Expression:
         return exp.GT(
             this=exp.func("strpos", node.this, node.expression), expression=exp.Literal.number(0)
         )
+    return node
+
+
+def _hash_text(node: exp.Expression) -> exp.Expression:
+    # DuckDB hashes text; PostgreSQL's sha256 takes bytes.
+    if isinstance(node, exp.SHA2):
+        node.set("this", exp.func("convert_to", node.this, exp.Literal.string("UTF8")))
     return node
 
 
@@ -84,7 +92,12 @@ def _replace_table(statement: exp.Expression) -> list[exp.Expression]:
 def to_postgres(sql: str) -> list[str]:
     """One DuckDB-dialect statement as the PostgreSQL statements doing the same."""
     statement = sqlglot.parse_one(sql, read=DUCKDB)
-    statement = statement.transform(_row_id).transform(_contains).transform(_group_by_all)
+    statement = (
+        statement.transform(_row_id)
+        .transform(_contains)
+        .transform(_hash_text)
+        .transform(_group_by_all)
+    )
     _alias_subqueries(statement)
     return [s.sql(POSTGRES) for s in _replace_table(statement)]
 

@@ -50,6 +50,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from lethe.declaration.strategies import literal
 from lethe.engine.ddl import ensure_vault
 from lethe.engine.warehouse import connect as connect_file
 from lethe.errors import LetheError
@@ -99,35 +100,45 @@ def attach(con: duckdb.DuckDBPyConnection, path: Path | str, *, read_only: bool 
         ensure_vault(con)
 
 
+def issue_tokens_sql(source: str, salt: str, now: dt.datetime) -> str:
+    """The INSERT issuing tokens for the (kind, value) pairs of relation `source` (columns
+    subject, kind, value) that have none yet, in DuckDB's dialect (rendered per engine).
+
+    The token mixes `salt`, a per-call secret from the OS CSPRNG, into the engine's
+    `gen_random_uuid()`, whose generator need not be cryptographic (DuckDB's is reset by
+    setseed()): a token stays unpredictable even to someone who knows that state.
+    """
+    return f"""INSERT INTO vault.tokens (subject, kind, value, token, created_at)
+        SELECT min(subject), kind, value,
+               {literal(TOKEN_PREFIX)} || left(sha256({literal(salt)}
+                   || CAST(gen_random_uuid() AS VARCHAR)), 32),
+               CAST({literal(now.isoformat(sep=" "))} AS TIMESTAMP)
+        FROM (SELECT CAST(subject AS VARCHAR) AS subject, CAST(kind AS VARCHAR) AS kind,
+                     CAST(value AS VARCHAR) AS value
+              FROM {source}) AS s
+        WHERE kind IS NOT NULL AND value IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM vault.tokens AS t
+                          WHERE t.kind = s.kind AND t.value = s.value)
+        GROUP BY kind, value
+        ON CONFLICT DO NOTHING"""
+
+
+def new_salt() -> tuple[str, dt.datetime]:
+    """A fresh token salt and the issue time, for `issue_tokens_sql`."""
+    return secrets.token_hex(32), dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
 def ensure_tokens(vault_con: duckdb.DuckDBPyConnection, rows: Rows) -> int:
     """Issue tokens for the (kind, value) pairs of `rows` that have none yet; idempotent.
 
     `rows` has columns subject, kind and value (any type, compared as text); rows with
     a NULL kind or value are skipped (NULL stays NULL). Where one value appears for
     several subjects, the smallest subject is recorded. Returns the number of tokens
-    issued. One INSERT ... SELECT; existing pairs are skipped, and a pair another
-    writer issued meanwhile is left as it is (ON CONFLICT DO NOTHING).
+    issued. One INSERT ... SELECT (`issue_tokens_sql`); existing pairs are skipped, and a
+    pair another writer issued meanwhile is left as it is (ON CONFLICT DO NOTHING).
     """
-    # The token mixes a per-call secret from the OS CSPRNG into DuckDB's uuid, whose
-    # generator is not cryptographic and is reset by setseed(): a token stays
-    # unpredictable even to someone who knows that generator's state.
-    salt = secrets.token_hex(32)
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     with _registered(vault_con, rows, ("subject", "kind", "value")) as src:
-        result = vault_con.execute(
-            f"""INSERT INTO vault.tokens (subject, kind, value, token, created_at)
-            SELECT min(subject), kind, value,
-                   ? || left(sha256(? || CAST(gen_random_uuid() AS VARCHAR)), 32), ?
-            FROM (SELECT CAST(subject AS VARCHAR) AS subject, CAST(kind AS VARCHAR) AS kind,
-                         CAST(value AS VARCHAR) AS value
-                  FROM {src}) AS s
-            WHERE kind IS NOT NULL AND value IS NOT NULL
-              AND NOT EXISTS (SELECT 1 FROM vault.tokens AS t
-                              WHERE t.kind = s.kind AND t.value = s.value)
-            GROUP BY kind, value
-            ON CONFLICT DO NOTHING""",
-            [TOKEN_PREFIX, salt, now],
-        ).fetchall()
+        result = vault_con.execute(issue_tokens_sql(src, *new_salt())).fetchall()
     return int(result[0][0]) if result else 0
 
 
