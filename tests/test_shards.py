@@ -404,6 +404,19 @@ def test_each_shard_runs_as_a_partition_in_the_top_instance(runs) -> None:
 DRIVER = Path(__file__).with_name("reliability_driver.py")
 
 
+def _killed_at(point: str, env: dict[str, str]) -> None:
+    """`lethe run` as of T killed at `point` of the code (tests/reliability_driver.py)."""
+    killed = subprocess.run(
+        [sys.executable, str(DRIVER), point, "--", "run", "--as-of", T.isoformat()],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-500:]
+
+
 @pytest.mark.parametrize(
     "point",
     [
@@ -418,15 +431,7 @@ def test_a_killed_sharded_run_is_completed_by_the_next(runs, point: str, tmp_pat
     home = Home(tmp_path / "home").ensure()
     write_cases(home.landing)
     env = lethe_env(home.root, **{SHARDS_ENV: str(N), WORKERS_ENV: "1"})
-    killed = subprocess.run(
-        [sys.executable, str(DRIVER), point, "--", "run", "--as-of", T.isoformat()],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-500:]
+    _killed_at(point, env)
     done = lethe_cli("run", "--as-of", T.isoformat(), home=home.root, **{SHARDS_ENV: str(N)})
     assert done.returncode == 0, done.stderr
     assert not any(home.landing.iterdir())
@@ -615,15 +620,7 @@ def test_a_killed_reshard_leaves_one_layout_and_the_next_run_completes_it(
 ) -> None:
     home = _copied(runs["one"], tmp_path / "home")
     env = lethe_env(home.root, **{SHARDS_ENV: str(N)})
-    killed = subprocess.run(
-        [sys.executable, str(DRIVER), point, "--", "run", "--as-of", T.isoformat()],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-500:]
+    _killed_at(point, env)
     if committed:
         done = lethe_cli("requests", home=home.root, **{SHARDS_ENV: str(N)})
         assert done.returncode == 1
