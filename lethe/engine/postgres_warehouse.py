@@ -576,7 +576,9 @@ RUNS_HERE = (
     "`lethe run` (ingest, requests, enforcement, answers), `lethe request`, `lethe requests`"
     " and `lethe audit verify`"
 )
-NOT_BUILT = "analytics, holds, processors and breaches, backups and the Dagster assets"
+NOT_BUILT = (
+    "analytics, litigation hold commands, processors and breaches, backups and the Dagster assets"
+)
 
 
 def dsn_from_env() -> str | None:

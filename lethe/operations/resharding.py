@@ -130,7 +130,7 @@ def reshard(home: Home, policy: Policy, n: int, as_of: dt.date) -> Resharding | 
         ]
         if waiting:
             raise ShardError(
-                f"{SHARDS_ENV}={n}: {waiting[0].landing} holds a delivery not loaded yet;"
+                f"{SHARDS_ENV}={n}: {waiting[0].landing} has a delivery not loaded yet;"
                 f" run with {SHARDS_ENV}={before} once, then change it"
             )
         with ExitStack() as stack:
