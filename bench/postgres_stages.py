@@ -5,6 +5,10 @@
   tables written as new tables), one transaction, run by `PostgresEngine` on the ingested
   fixture's core tables copied into the server (COPY and ANALYZE, not timed) and by
   `DuckDBEngine` on a copy of the same file.
+- `pg_enforce`: the whole enforcement on a PostgreSQL warehouse
+  (`lethe.engine.postgres_warehouse.enforce`: staging, vault tokens, ledger, rewrite of the
+  changed tables, VACUUM FULL) on the scale's landing files ingested there with
+  `ingest_all` (not timed); the report sets it against the DuckDB `enforce` stage.
 - `pg_erasure`: 10,000 erasures carried back to a shop database the way the product does
   it (`lethe.sources.propagation`: the change set planned in the warehouse, then one COPY
   and one statement per table and action, one transaction).
@@ -201,6 +205,37 @@ def pg_plans_stage(ctx: Context) -> Timed:
     return run
 
 
+# --- the whole enforcement on a PostgreSQL warehouse ---------------------------------
+
+
+def pg_enforce_stage(ctx: Context) -> Timed:
+    """`postgres_warehouse.enforce` as of the reference date on a fresh copy of the
+    scale's landing files ingested into a PostgreSQL warehouse."""
+    from lethe.engine.postgres_warehouse import enforce, ingest_all, open_engine
+
+    policy = load_policy(POLICY)
+
+    def build(dsn: str) -> None:
+        landing = ctx.work / "pg_landing"  # ingest removes the files it loaded
+        shutil.copytree(ctx.landing, landing)
+        engine = open_engine(dsn)
+        try:
+            ingest_all(engine, landing, policy)
+        finally:
+            engine.con.close()
+
+    template = _template(f"warehouse_{ctx.contacts}", build)
+    engine = open_engine(_database("warehouse_run", template))
+
+    def run() -> StageResult:
+        result = enforce(engine, policy, REFERENCE, run_id="bench")
+        return StageResult(
+            details={"counts": result.counts, "ledger_entries": result.ledger_entries}
+        )
+
+    return run
+
+
 # --- erasure at a PostgreSQL source ----------------------------------------------------
 
 
@@ -337,6 +372,13 @@ POSTGRES_STAGES: dict[str, Stage] = {
     for s in (
         PostgresStage("duck_plans", "enforcement plans on DuckDB", "lethe", duck_plans_stage),
         PostgresStage("pg_plans", "enforcement plans on PostgreSQL", "lethe", pg_plans_stage),
+        PostgresStage(
+            "pg_enforce",
+            "enforcement on a PostgreSQL warehouse",
+            "lethe",
+            pg_enforce_stage,
+            requires=("lethe.engine.postgres_warehouse", "enforce"),
+        ),
         PostgresStage(
             "pg_erasure",
             "erasure at a PostgreSQL source",

@@ -121,6 +121,13 @@ def comparisons(scale: Scale) -> list[dict[str, Any]]:
             ratio(pg_plans, duck_plans),
             "the same plans on the same rows (above 1: DuckDB is faster)",
         )
+    pg_enforce = _stage(scale, "pg_enforce")
+    if pg_enforce and enforce:
+        add(
+            "PostgreSQL warehouse ÷ DuckDB, enforcement",
+            ratio(pg_enforce, enforce),
+            "the whole enforcement on the same landing (above 1: DuckDB is faster)",
+        )
     pg_erasure, pg_per_subject = _stage(scale, "pg_erasure"), _stage(scale, "pg_per_subject")
     if pg_erasure and pg_per_subject:
         add(

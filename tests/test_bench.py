@@ -75,6 +75,9 @@ def test_harness_reports_every_stage_at_a_tiny_scale(tmp_path: Path) -> None:
             # The same plans on the same rows: the same actions on both engines.
             plans = [scale["stages"][n]["details"]["actions"] for n in ("pg_plans", "duck_plans")]
             assert plans[0] == plans[1] and plans[0], plans
+            # The whole enforcement on either warehouse: the same rows per table and action.
+            counts = [scale["stages"][n]["details"]["counts"] for n in ("pg_enforce", "enforce")]
+            assert counts[0] == counts[1] and counts[0], counts
     assert {t["status"] for t in result["targets"]} <= {"PASS", "MISS", "N/A"}
     assert result["growth"]["enforce"]["verdict"].startswith("n/a")
 
@@ -160,7 +163,14 @@ def test_targets_compare_within_the_same_run() -> None:
 def test_postgres_targets_and_comparisons() -> None:
     scale = _scale(
         100_000,
-        {"pg_erasure": 2.0, "pg_per_subject": 40.0, "pg_plans": 3.0, "duck_plans": 1.0},
+        {
+            "pg_erasure": 2.0,
+            "pg_per_subject": 40.0,
+            "pg_plans": 3.0,
+            "duck_plans": 1.0,
+            "pg_enforce": 10.0,
+            "enforce": 4.0,
+        },
     )
     scale["stages"]["pg_per_subject"]["details"] = {"batch": 10_000}
     lines = {t["target"]: t for t in report.targets([scale])}
@@ -168,6 +178,7 @@ def test_postgres_targets_and_comparisons() -> None:
     assert (target["status"], target["value"]) == ("MISS", "20× at 100k")
     ratios = {c["what"]: c["ratio"] for c in report.comparisons(scale)}
     assert ratios["PostgreSQL ÷ DuckDB, enforcement plans"] == 3.0
+    assert ratios["PostgreSQL warehouse ÷ DuckDB, enforcement"] == 2.5
     assert ratios["per-subject ÷ set-based erasure at a PostgreSQL source"] == 20.0
 
 
