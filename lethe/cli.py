@@ -56,7 +56,7 @@ from lethe.operations.shards import (
     shard_names,
     subject_shard,
 )
-from lethe.rights import postgres_requests
+from lethe.rights import postgres_holds, postgres_requests
 from lethe.rights.exports import export_dir
 from lethe.rights.holds import place_hold, release_hold
 from lethe.rights.requests import (
@@ -88,7 +88,9 @@ app.add_typer(audit_app, name="audit")
 out = Console()
 err = Console(stderr=True)
 # What runs on a PostgreSQL warehouse (LETHE_WAREHOUSE); every other command is refused.
-ON_POSTGRES = frozenset({"run", "request", "requests", "audit", "policy", "schema", "generate"})
+ON_POSTGRES = frozenset(
+    {"run", "request", "requests", "hold", "audit", "policy", "schema", "generate"}
+)
 
 
 @app.callback()
@@ -464,6 +466,15 @@ def _warehouse(write: bool = True, home: Home | None = None) -> Iterator[duckdb.
             con.close()
 
 
+def _hold_dsn() -> str | None:
+    """The PostgreSQL warehouse a hold command acts on, or None (DuckDB); subject shards
+    are not built there."""
+    dsn = warehouse_db.dsn_from_env()
+    if dsn and shard_count() > 1:
+        warehouse_db.refuse_here(f"LETHE_SHARDS={shard_count()}")
+    return dsn
+
+
 @hold_app.command("add")
 def hold_add(
     subject: Annotated[str, typer.Option(help="The subject's key or e-mail address.")],
@@ -471,8 +482,13 @@ def hold_add(
 ) -> None:
     """Freeze every row of a data subject until the hold is released."""
     policy = load_policy()
-    with _warehouse(home=_subject_home(subject)) as con:
-        hold_id = place_hold(con, policy, subject, reason)
+    dsn = _hold_dsn()
+    if dsn:
+        with postgres_requests.opened(dsn, "placing the hold") as engine:
+            hold_id = postgres_holds.place(engine, policy, subject, reason)
+    else:
+        with _warehouse(home=_subject_home(subject)) as con:
+            hold_id = place_hold(con, policy, subject, reason)
     out.print(f"hold {hold_id} placed; the subject's rows are frozen from the next run")
 
 
@@ -483,8 +499,13 @@ def hold_release(
 ) -> None:
     """Release a subject's open holds; retention applies again from the next run."""
     policy = load_policy()
-    with _warehouse(home=_subject_home(subject)) as con:
-        n = release_hold(con, policy, subject, reason)
+    dsn = _hold_dsn()
+    if dsn:
+        with postgres_requests.opened(dsn, "releasing the hold") as engine:
+            n = postgres_holds.release(engine, policy, subject, reason)
+    else:
+        with _warehouse(home=_subject_home(subject)) as con:
+            n = release_hold(con, policy, subject, reason)
     out.print(f"{n} hold(s) released")
 
 

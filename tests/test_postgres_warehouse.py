@@ -322,11 +322,11 @@ def test_lethe_run_on_a_postgres_warehouse(postgres: PostgresServer, tmp_path: P
     first = runs[0]
     assert first.returncode == 0, first.stderr
     assert "enforce contacts: anonymize 14" in first.stdout
-    assert "not run on PostgreSQL yet: analytics, litigation hold commands" in first.stdout
+    assert "not run on PostgreSQL yet: analytics, processors and breaches" in first.stdout
     assert not home.warehouse.exists() and not home.vault.exists()
     runs.append(lethe_cli("audit", "verify", home=home.root, LETHE_WAREHOUSE=dsn))
     assert runs[-1].returncode == 0 and "9 entries, chain intact" in runs[-1].stdout
-    for args in (("backup",), ("hold", "add", "--subject", "acc_keep", "--reason", "case")):
+    for args in (("backup",), ("processor", "list")):
         refused = lethe_cli(*args, home=home.root, LETHE_WAREHOUSE=dsn)
         runs.append(refused)
         assert refused.returncode == 1

@@ -23,11 +23,12 @@ What runs on PostgreSQL so far:
   and `verify` checks a copy read into DuckDB with `lethe.engine.audit.verify`.
 
 Data-subject requests (recorded, listed, carried out and answered) run here through
-`lethe.rights.postgres_requests`, and `lethe.engine.postgres_run.run` is what `lethe run`
+`lethe.rights.postgres_requests`, litigation holds (placed and released) through
+`lethe.rights.postgres_holds`, and `lethe.engine.postgres_run.run` is what `lethe run`
 does with LETHE_WAREHOUSE set to a PostgreSQL URL (ingest, requests, enforcement, answers);
 `refuse_here` refuses the rest in one line. Not yet here: tagging as a step of its own
-(enforcement writes the fresh tags of every row it stages), analytics, holds, processors
-and breaches, backups, `lethe request --dry-run` and PostgreSQL sources, Dagster runs, and
+(enforcement writes the fresh tags of every row it stages), analytics, processors and
+breaches, backups, `lethe request --dry-run` and PostgreSQL sources, Dagster runs, and
 replacing the keys of erased subjects in Lethe's own tables by their keyed hashes.
 
 What `VACUUM FULL` cannot remove: PostgreSQL's write-ahead log (`pg_wal/`) holds the
@@ -574,11 +575,9 @@ def _forget_unused_tokens(pg: psycopg.Connection, policy: Policy) -> int:
 
 RUNS_HERE = (
     "`lethe run` (ingest, requests, enforcement, answers), `lethe request`, `lethe requests`"
-    " and `lethe audit verify`"
+    ", `lethe hold add|release` and `lethe audit verify`"
 )
-NOT_BUILT = (
-    "analytics, litigation hold commands, processors and breaches, backups and the Dagster assets"
-)
+NOT_BUILT = "analytics, processors and breaches, backups and the Dagster assets"
 
 
 def dsn_from_env() -> str | None:

@@ -157,6 +157,19 @@ class _Mirror:
             [kinds],
         )
 
+    def pull_named_subject(self, subject: str, every_row: bool = False) -> None:
+        """Mirror the subject table's rows `resolve_subject` may read for `subject` as
+        given: the key, e-mail and state of the row whose key it is, or of every row when it
+        is an e-mail address or `every_row` (an address must identify one subject)."""
+        table = self.schema.subject_table
+        address = email_column(self.schema)
+        key = pgsql.SQL("CAST({} AS text) IN ({}, {})").format(
+            pgsql.Identifier(table.key), pgsql.Literal(subject), pgsql.Literal(subject.strip())
+        )
+        by_email = address is not None and ("@" in subject or every_row)
+        columns = [table.key, *([address] if address else []), "_state"]
+        self.pull(("core", table.name), pgsql.SQL("true") if by_email else key, columns=columns)
+
     def pull_subject_rows(self) -> None:
         """Mirror every row of every declared table whose subject is in `_owners`."""
         for name, spec in self.schema.tables.items():
@@ -323,18 +336,9 @@ def record(
     e-mail and state (an address must identify one subject).
     """
     schema = policy.data_schema
-    subject_table = schema.subject_table
     address = email_column(schema)
     with _step(engine, schema) as mirror:
-        key = pgsql.SQL("CAST({} AS text) IN ({}, {})").format(
-            pgsql.Identifier(subject_table.key),
-            pgsql.Literal(subject),
-            pgsql.Literal(subject.strip()),
-        )
-        by_email = address is not None and ("@" in subject or address in (changes or {}))
-        where = pgsql.SQL("true") if by_email else key
-        columns = [subject_table.key, *([address] if address else []), "_state"]
-        mirror.pull(("core", subject_table.name), where, columns=columns)
+        mirror.pull_named_subject(subject, every_row=address in (changes or {}))
         mirror.pull(REQUESTS, pgsql.SQL("false"), appended=True)
         mirror.freeze()
         recorded = record_request(mirror.mem, schema, type_, subject, changes, why)
