@@ -24,7 +24,7 @@ from psycopg import sql as pgsql
 from lethe.declaration.policy import Policy
 from lethe.engine.engines import PostgresEngine
 from lethe.rights.holds import hold_columns, place_hold, release_hold
-from lethe.rights.postgres_requests import _step
+from lethe.rights.postgres_requests import mirrored_step
 from lethe.rights.subjects import resolve_subject
 
 
@@ -36,7 +36,7 @@ def _holds_of(
     `lethe.rights.holds` on; what it changed is carried back when the block ends."""
     schema = policy.data_schema
     h = hold_columns(policy)
-    with _step(engine, schema) as mirror:
+    with mirrored_step(engine, schema) as mirror:
         mirror.pull_named_subject(subject)
         # Resolved here to mirror only that subject's holds; the function resolves it again.
         key = resolve_subject(mirror.mem, schema, subject)

@@ -84,7 +84,7 @@ OWNERS = "_owners"  # PostgreSQL temp table: the keys and tokens of the step's s
 _PENDING = pgsql.SQL("status = 'pending'")
 
 
-class _Mirror:
+class Mirror:
     """An in-memory DuckDB warehouse holding what one step reads of the PostgreSQL one.
 
     `keyed` tables go back by key, `appended` ones by their new rows, `whole` ones (mirrored
@@ -288,7 +288,7 @@ def _rendered_condition(condition: str) -> pgsql.Composable:
 
 
 @contextmanager
-def _step(engine: PostgresEngine, schema: Schema) -> Iterator[_Mirror]:
+def mirrored_step(engine: PostgresEngine, schema: Schema) -> Iterator[Mirror]:
     """One step: under the advisory lock and in one transaction, a mirror to fill and run a
     function on; what it changed is carried back on success (nothing on a failure), and
     tables that lost rows are purged after the commit."""
@@ -296,7 +296,7 @@ def _step(engine: PostgresEngine, schema: Schema) -> Iterator[_Mirror]:
     create(engine, schema)
     with engine.lock():
         with engine.transaction():
-            mirror = _Mirror(engine.con, schema)
+            mirror = Mirror(engine.con, schema)
             try:
                 yield mirror
                 replaced = mirror.carry_back()
@@ -337,7 +337,7 @@ def record(
     """
     schema = policy.data_schema
     address = email_column(schema)
-    with _step(engine, schema) as mirror:
+    with mirrored_step(engine, schema) as mirror:
         mirror.pull_named_subject(subject, every_row=address in (changes or {}))
         mirror.pull(REQUESTS, pgsql.SQL("false"), appended=True)
         mirror.freeze()
@@ -347,7 +347,7 @@ def record(
 
 def extend(engine: PostgresEngine, policy: Policy, request_id: str, why: str) -> Request:
     """`lethe request extend ID --reason …`: `extend_request` on the PostgreSQL warehouse."""
-    with _step(engine, policy.data_schema) as mirror:
+    with mirrored_step(engine, policy.data_schema) as mirror:
         one = pgsql.SQL("request_id = {}").format(pgsql.Literal(request_id))
         mirror.pull(REQUESTS, one, key="request_id")
         mirror.freeze()
@@ -376,7 +376,7 @@ def intake(engine: PostgresEngine, policy: Policy, as_of: dt.date, run_id: str) 
     erasures (with the tokens standing for erased keys), as the DuckDB pipeline's intake
     does before tagging; returns requests handled per type."""
     schema = policy.data_schema
-    with _step(engine, schema) as mirror:
+    with mirrored_step(engine, schema) as mirror:
         mirror.pull(REQUESTS, _PENDING, key="request_id")
         mirror.pull(ERASURES, pgsql.SQL("true"), appended=True)
         mirror.owners(_PENDING)
@@ -406,7 +406,7 @@ def _corrects_emails(mem: duckdb.DuckDBPyConnection, schema: Schema) -> bool:
     return address is not None and any(address in json.loads(c) for (c,) in changes)
 
 
-def _pull_other_emails(mirror: _Mirror) -> None:
+def _pull_other_emails(mirror: Mirror) -> None:
     """The key, e-mail and state of every subject the mirror does not hold yet."""
     subject = mirror.schema.subject_table
     address = email_column(mirror.schema)
@@ -424,7 +424,7 @@ def answer(
     DuckDB pipeline does: exports under `home`'s exports/, answers and ledger entries in
     the database."""
     schema = policy.data_schema
-    with _step(engine, schema) as mirror:
+    with mirrored_step(engine, schema) as mirror:
         mirror.pull(REQUESTS, _PENDING, key="request_id")
         mirror.pull(ERASURES, pgsql.SQL("true"))
         pending = pgsql.SQL("request_id IN (SELECT request_id FROM requests.requests WHERE {})")
