@@ -23,12 +23,14 @@ What runs on PostgreSQL so far:
   and `verify` checks a copy read into DuckDB with `lethe.engine.audit.verify`.
 
 Data-subject requests (recorded, listed, carried out and answered) run here through
-`lethe.rights.postgres_requests`, and `lethe.engine.postgres_run.run` is what `lethe run`
-does with LETHE_WAREHOUSE set to a PostgreSQL URL (ingest, requests, enforcement, answers);
-`refuse_here` refuses the rest in one line. Not yet here: tagging as a step of its own
-(enforcement writes the fresh tags of every row it stages), analytics, holds, processors
-and breaches, backups, `lethe request --dry-run` and PostgreSQL sources, Dagster runs, and
-replacing the keys of erased subjects in Lethe's own tables by their keyed hashes.
+`lethe.rights.postgres_requests`, the analysts' datasets through
+`lethe.compliance.postgres_analytics` (the release plans rendered and run in the database,
+the Parquet extracts written from the released tables), and `lethe.engine.postgres_run.run`
+is what `lethe run` does with LETHE_WAREHOUSE set to a PostgreSQL URL (ingest, requests,
+enforcement, answers, analytics); `refuse_here` refuses the rest in one line. Not yet here:
+tagging as a step of its own (enforcement writes the fresh tags of every row it stages),
+holds, processors and breaches, backups, `lethe request --dry-run` and PostgreSQL sources,
+Dagster runs, and replacing the keys of erased subjects in Lethe's own tables by their keyed hashes.
 
 What `VACUUM FULL` cannot remove: PostgreSQL's write-ahead log (`pg_wal/`) holds the
 replaced values until its segments are recycled (after later checkpoints), and so does any
@@ -63,7 +65,7 @@ from lethe.declaration.schema import Schema, Table
 from lethe.declaration.strategies import quote
 from lethe.engine import audit
 from lethe.engine import ingest as duckdb_ingest
-from lethe.engine.ddl import ensure_ledger, ensure_schemas, ensure_vault
+from lethe.engine.ddl import ensure_ledger, ensure_releases, ensure_schemas, ensure_vault
 from lethe.engine.enforcement import (
     TOKENS_TABLE,
     EnforcementResult,
@@ -148,6 +150,7 @@ def ddl_statements(schema: Schema) -> list[str]:
     """Every CREATE of a PostgreSQL warehouse and its vault schema, rendered for PostgreSQL."""
     recorder = _Recorder()
     ensure_schemas(recorder, schema)  # type: ignore[arg-type]
+    ensure_releases(recorder)  # type: ignore[arg-type]
     recorder.execute(f"CREATE SCHEMA IF NOT EXISTS {VAULT}")
     ensure_vault(recorder)  # type: ignore[arg-type]
     return list(_rendered(tuple(recorder.statements)))
@@ -573,12 +576,10 @@ def _forget_unused_tokens(pg: psycopg.Connection, policy: Policy) -> int:
 # --- a run ----------------------------------------------------------------------------------
 
 RUNS_HERE = (
-    "`lethe run` (ingest, requests, enforcement, answers), `lethe request`, `lethe requests`"
-    " and `lethe audit verify`"
+    "`lethe run` (ingest, requests, enforcement, answers, analytics), `lethe request`,"
+    " `lethe requests` and `lethe audit verify`"
 )
-NOT_BUILT = (
-    "analytics, litigation hold commands, processors and breaches, backups and the Dagster assets"
-)
+NOT_BUILT = "litigation hold commands, processors and breaches, backups and the Dagster assets"
 
 
 def dsn_from_env() -> str | None:
