@@ -197,8 +197,8 @@ def run(
 
 
 def _run_on_postgres(dsn: str, home: Home, when: dt.date, policy: Policy) -> None:
-    """`lethe run` on a PostgreSQL warehouse: ingest, requests, enforcement and answers,
-    reported in lines."""
+    """`lethe run` on a PostgreSQL warehouse: ingest, requests, enforcement, answers and
+    analytics, reported in lines."""
     where = warehouse_db.describe(dsn)
     with err.status(f"Running the pipeline as of {when} on the {where}"):
         result = postgres_run.run(dsn, home, policy, when)
@@ -222,6 +222,19 @@ def _run_on_postgres(dsn: str, home: Home, when: dt.date, policy: Policy) -> Non
         f"  answers: {answers.exports} exports written, {answers.erasures} erasures answered",
         highlight=False,
     )
+    for name, (released, check) in result.releases.items():
+        out.print(
+            f"  analytics {name}: {released.rows:,} rows (k = {released.k});"
+            f" {released.suppressed:,} of {released.records:,} records suppressed"
+            f" in {released.suppressed_cells:,} cells",
+            highlight=False,
+        )
+        if not check.passed:
+            err.print(
+                f"[yellow]check failed:[/] analytics/{name} k_anonymity: {check.describe()}",
+                highlight=False,
+                soft_wrap=True,
+            )
     out.print(
         f"  ledger: {enforced.ledger_entries} entries; vault: {enforced.forgotten_tokens}"
         f" unused tokens forgotten; not run on PostgreSQL yet: {warehouse_db.NOT_BUILT}",

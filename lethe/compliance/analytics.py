@@ -17,7 +17,9 @@ after retention enforcement:
    the declared `generalize` order) and are grouped again; what is still too small at the
    top is suppressed.
 3. Release: the released records grouped by their final labels. Every released row counts
-   at least k distinct subjects, and no row holds an identifier or a token.
+   at least k distinct subjects, and no row holds an identifier or a token. `publish_plan`
+   then replaces `analytics.<dataset>` and its row in the register of releases, counted in
+   SQL, so a PostgreSQL warehouse runs the same plans (`lethe.compliance.postgres_analytics`).
 
 Only the warehouse is read: the vault is never opened.
 """
@@ -32,6 +34,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -467,10 +470,6 @@ class Release:
         return self.generalized / self.records if self.records else 0.0
 
 
-def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
-    return int(con.execute(sql).fetchall()[0][0])
-
-
 # --- the Parquet extract ---------------------------------------------------------------------
 
 _TIME_STEPS = ("month", "quarter", "year", "years")
@@ -551,6 +550,84 @@ def extract_table(
     )
 
 
+# Where a record left out of a release is counted in the register (`_exclusion` otherwise).
+_EXCLUDED = ("restricted", "held", "pseudonymized")
+_STAGED = ("all", "pending", "cells", "assigned", "suppressed", "released")
+
+
+def publish_plan(policy: Policy, dataset: Dataset) -> Plan:
+    """Statements that replace `analytics.<dataset>` by the staged release (`release_plan`)
+    and its row in the register of releases, whose counts are computed from the staged
+    tables; `released_counts` reads them back."""
+    table = f"{SCHEMA}.{quote(dataset.name)}"
+    name = literal(dataset.name)
+    labels = ", ".join(quote(c) for c in dataset.labels)
+    columns = ", ".join(quote(c.name) for c in dataset.columns)
+    all_records = "SELECT count(*) FROM _an_all"
+    excluded = [f"({all_records} WHERE _exclusion = {literal(e)})" for e in _EXCLUDED]
+    other = ", ".join(literal(r) for r in _EXCLUDED)
+    counts = [
+        f"(SELECT count(*) FROM {table})",
+        f"({all_records} WHERE _exclusion IS NULL)",
+        "(SELECT count(*) FROM _an_assigned WHERE _level > 0)",
+        "(SELECT count(*) FROM _an_suppressed)",
+        f"(SELECT count(*) FROM (SELECT DISTINCT {labels} FROM _an_suppressed) _cells)",
+        *excluded,
+        f"({all_records} WHERE _exclusion NOT IN ({other}))",
+    ]
+    statements = (
+        f"CREATE OR REPLACE TABLE {table} AS SELECT {columns} FROM _an_released ORDER BY {labels}",
+        f"DELETE FROM {RELEASES} WHERE dataset = {name}",
+        f"INSERT INTO {RELEASES} SELECT {name}, now()::TIMESTAMP,"
+        f" {k_of(policy, dataset)}, {', '.join(counts)}",
+    )
+    return Plan(f"publish {dataset.name}", statements)
+
+
+def released_counts(dataset: Dataset) -> str:
+    """SELECT of what the register says of the dataset's release, and its fewest subjects
+    in a row: the `Release` counts, in `released` order."""
+    return (
+        "SELECT rows, records, generalized, suppressed, suppressed_cells, excluded_restricted,"
+        " excluded_held, excluded_pseudonymized, excluded_other,"
+        f" (SELECT min({quote(SUBJECTS)}) FROM {SCHEMA}.{quote(dataset.name)})"
+        f" FROM {RELEASES} WHERE dataset = {literal(dataset.name)}"
+    )
+
+
+def drop_staged() -> Plan:
+    """Statements that drop the tables `release_plan` stages."""
+    return Plan("drop staged", tuple(f"DROP TABLE IF EXISTS _an_{t}" for t in _STAGED))
+
+
+def write_extract(
+    arrow: pa.Table, home: Home, policy: Policy, dataset: Dataset, as_of: dt.date | None
+) -> Path:
+    """Replace the dataset's Parquet extract by `arrow` (the released table) as
+    `extract_table` shapes it; its path."""
+    path = exports_dir(home) / f"{dataset.name}.parquet"
+    with replacing(path) as temp_path:
+        pq.write_table(extract_table(arrow, policy, dataset, as_of), temp_path)
+    return path
+
+
+def released(policy: Policy, dataset: Dataset, counts: tuple[Any, ...], path: Path) -> Release:
+    """The `Release` of a dataset from its `released_counts` row and its extract's path."""
+    rows, records, generalized, suppressed, cells, *excluded, min_subjects = counts
+    return Release(
+        dataset=dataset.name,
+        k=k_of(policy, dataset),
+        rows=int(rows),
+        records=int(records),
+        generalized=int(generalized),
+        suppressed=int(suppressed),
+        suppressed_cells=int(cells),
+        excluded=dict(zip((*_EXCLUDED, "other"), map(int, excluded), strict=True)),
+        min_subjects=None if min_subjects is None else int(min_subjects),
+        path=path,
+    )
+
+
 def release(
     con: duckdb.DuckDBPyConnection,
     home: Home,
@@ -562,76 +639,21 @@ def release(
 
     `as_of` (the run's date; by default the latest enforcement's) is written into the
     extract's metadata."""
-    k = k_of(policy, dataset)
     try:
         for sql in release_plan(policy, dataset).statements:
             con.execute(sql)
-        excluded = {"restricted": 0, "held": 0, "pseudonymized": 0, "other": 0}
-        for reason, n in con.execute(
-            "SELECT _exclusion, count(*) FROM _an_all WHERE _exclusion IS NOT NULL GROUP BY 1"
-        ).fetchall():
-            key = reason if reason in excluded else "other"
-            excluded[key] += int(n)
-        records = _count(con, "SELECT count(*) FROM _an_all WHERE _exclusion IS NULL")
-        generalized = _count(con, "SELECT count(*) FROM _an_assigned WHERE _level > 0")
-        suppressed = _count(con, "SELECT count(*) FROM _an_suppressed")
-        labels = ", ".join(quote(c) for c in dataset.labels)
-        suppressed_cells = _count(
-            con, f"SELECT count(*) FROM (SELECT DISTINCT {labels} FROM _an_suppressed)"
-        )
-        columns = ", ".join(quote(c.name) for c in dataset.columns)
-        table = f"{SCHEMA}.{quote(dataset.name)}"
         with transaction(con):
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-            con.execute(
-                f"CREATE OR REPLACE TABLE {table} AS SELECT {columns} FROM _an_released"
-                f" ORDER BY {labels}"
-            )
             ensure_releases(con)
-            con.execute(f"DELETE FROM {RELEASES} WHERE dataset = ?", [dataset.name])
-            con.execute(
-                f"INSERT INTO {RELEASES} SELECT ?, now()::TIMESTAMP, ?, count(*), ?, ?, ?, ?,"
-                f" ?, ?, ?, ? FROM {table}",
-                [
-                    dataset.name,
-                    k,
-                    records,
-                    generalized,
-                    suppressed,
-                    suppressed_cells,
-                    excluded["restricted"],
-                    excluded["held"],
-                    excluded["pseudonymized"],
-                    excluded["other"],
-                ],
-            )
-        rows, min_subjects = con.execute(
-            f"SELECT count(*), min({quote(SUBJECTS)}) FROM {table}"
-        ).fetchall()[0]
+            for sql in publish_plan(policy, dataset).statements:
+                con.execute(sql)
+        counts = con.execute(released_counts(dataset)).fetchall()[0]
     finally:
-        for temp in ("all", "pending", "cells", "assigned", "suppressed", "released"):
-            con.execute(f"DROP TABLE IF EXISTS _an_{temp}")
-    path = exports_dir(home) / f"{dataset.name}.parquet"
-    extract = extract_table(
-        con.sql(f"SELECT * FROM {table}").to_arrow_table(),
-        policy,
-        dataset,
-        as_of or _as_of(con),
-    )
-    with replacing(path) as temp_path:
-        pq.write_table(extract, temp_path)
-    return Release(
-        dataset=dataset.name,
-        k=k,
-        rows=int(rows),
-        records=records,
-        generalized=generalized,
-        suppressed=suppressed,
-        suppressed_cells=suppressed_cells,
-        excluded=excluded,
-        min_subjects=None if min_subjects is None else int(min_subjects),
-        path=path,
-    )
+        for sql in drop_staged().statements:
+            con.execute(sql)
+    arrow = con.sql(f"SELECT * FROM {SCHEMA}.{quote(dataset.name)}").to_arrow_table()
+    path = write_extract(arrow, home, policy, dataset, as_of or _as_of(con))
+    return released(policy, dataset, counts, path)
 
 
 @dataclass(frozen=True)
@@ -670,26 +692,34 @@ def check_k_anonymity(con: duckdb.DuckDBPyConnection, dataset: Dataset, k: int) 
     """Check the released table: every quasi-identifier combination appears once and counts
     at least k subjects, and the table holds only the declared columns."""
     present = table_columns(con, SCHEMA, dataset.name)
+    return k_check(dataset, k, present, lambda sql: con.execute(sql).fetchall()[0])
+
+
+def k_check(
+    dataset: Dataset,
+    k: int,
+    present: list[str],
+    row_of: Callable[[str], tuple[Any, ...]],
+) -> KCheck:
+    """`check_k_anonymity` of a released table whose columns are `present`, its one query
+    (DuckDB dialect) run by `row_of`, which returns its one row."""
     if not present:
         raise MissingReleaseError(f"{SCHEMA}.{dataset.name} does not exist")
     declared = {c.name for c in dataset.columns}
     table = f"{SCHEMA}.{quote(dataset.name)}"
     labels = ", ".join(quote(c) for c in dataset.labels if c in present)
-    rows, violations, min_subjects = con.execute(
-        f"SELECT count(*), count(*) FILTER (WHERE {quote(SUBJECTS)} IS NULL"
-        f" OR {quote(SUBJECTS)} < ?), min({quote(SUBJECTS)}) FROM {table}",
-        [k],
-    ).fetchall()[0]
-    duplicates = _count(
-        con,
-        f"SELECT count(*) FROM (SELECT {labels} FROM {table} GROUP BY {labels}"
-        " HAVING count(*) > 1)",
+    subjects = quote(SUBJECTS)
+    row = row_of(
+        f"SELECT count(*), count(*) FILTER (WHERE {subjects} IS NULL OR {subjects} < {int(k)}),"
+        f" min({subjects}), (SELECT count(*) FROM (SELECT {labels} FROM {table}"
+        f" GROUP BY {labels} HAVING count(*) > 1) _repeated) FROM {table}"
     )
+    rows, violations, min_subjects, duplicates = row
     return KCheck(
         k=k,
         rows=int(rows),
         violations=int(violations),
-        duplicates=duplicates,
+        duplicates=int(duplicates),
         unexpected_columns=tuple(c for c in present if c not in declared),
         min_subjects=None if min_subjects is None else int(min_subjects),
     )

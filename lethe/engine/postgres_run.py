@@ -1,7 +1,8 @@
 """One run of the pipeline on a PostgreSQL warehouse (`lethe run` with
 `LETHE_WAREHOUSE=postgresql://…`), in the order of the DuckDB pipeline: ingest every
 table's landing file, carry out the pending requests (`lethe.rights.postgres_requests`),
-enforce, then answer the requests (exports under LETHE_HOME/exports)."""
+enforce, answer the requests (exports under LETHE_HOME/exports), then release the analysts'
+datasets (`lethe.compliance.postgres_analytics`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from lethe.compliance.analytics import KCheck, Release
+from lethe.compliance.postgres_analytics import release_all
 from lethe.declaration.policy import Policy
 from lethe.engine.enforcement import EnforcementResult
 from lethe.engine.ingest import IngestError, IngestResult
@@ -38,10 +41,12 @@ class RunResult:
     requests: dict[str, int] = field(default_factory=dict)  # carried out per type
     enforced: EnforcementResult | None = None
     answers: Answers | None = None
+    releases: dict[str, tuple[Release, KCheck]] = field(default_factory=dict)  # by dataset
 
 
 def run(dsn: str, home: Home, policy: Policy, as_of: dt.date) -> RunResult:
-    """Ingest, carry out requests, enforce and answer, under Lethe's advisory lock.
+    """Ingest, carry out requests, enforce, answer and release the analysts' datasets,
+    under Lethe's advisory lock.
 
     A refused landing file stays in landing/ and is reported, and the run goes on, as the
     Dagster pipeline does on DuckDB. A failure of the database (the server going away) is
@@ -62,6 +67,8 @@ def run(dsn: str, home: Home, policy: Policy, as_of: dt.date) -> RunResult:
             result.requests = postgres_requests.intake(engine, policy, as_of, result.run_id)
             result.enforced = enforce(engine, policy, as_of, result.run_id)
             result.answers = postgres_requests.answer(engine, home, policy, as_of, result.run_id)
+            # After the answers: a request's deadline does not wait on the analysts.
+            result.releases = release_all(engine, home, policy, as_of)
     except psycopg.Error as exc:
         raise WarehouseError(f"{describe(dsn)}: the run stopped: {reason(exc)}") from None
     finally:

@@ -24,12 +24,14 @@ What runs on PostgreSQL so far:
 
 Data-subject requests (recorded, listed, carried out and answered) run here through
 `lethe.rights.postgres_requests`, litigation holds (placed and released) through
-`lethe.rights.postgres_holds`, and `lethe.engine.postgres_run.run` is what `lethe run`
-does with LETHE_WAREHOUSE set to a PostgreSQL URL (ingest, requests, enforcement, answers);
-`refuse_here` refuses the rest in one line. Not yet here: tagging as a step of its own
-(enforcement writes the fresh tags of every row it stages), analytics, processors and
-breaches, backups, `lethe request --dry-run` and PostgreSQL sources, Dagster runs, and
-replacing the keys of erased subjects in Lethe's own tables by their keyed hashes.
+`lethe.rights.postgres_holds`, the analysts' datasets through
+`lethe.compliance.postgres_analytics` (the release plans rendered and run in the database,
+the Parquet extracts written from the released tables), and `lethe.engine.postgres_run.run`
+is what `lethe run` does with LETHE_WAREHOUSE set to a PostgreSQL URL (ingest, requests,
+enforcement, answers, analytics); `refuse_here` refuses the rest in one line. Not yet here:
+tagging as a step of its own (enforcement writes the fresh tags of every row it stages),
+processors and breaches, backups, `lethe request --dry-run` and PostgreSQL sources, Dagster
+runs, and replacing the keys of erased subjects in Lethe's own tables by their keyed hashes.
 
 What `VACUUM FULL` cannot remove: PostgreSQL's write-ahead log (`pg_wal/`) holds the
 replaced values until its segments are recycled (after later checkpoints), and so does any
@@ -64,7 +66,7 @@ from lethe.declaration.schema import Schema, Table
 from lethe.declaration.strategies import quote
 from lethe.engine import audit
 from lethe.engine import ingest as duckdb_ingest
-from lethe.engine.ddl import ensure_ledger, ensure_schemas, ensure_vault
+from lethe.engine.ddl import ensure_ledger, ensure_releases, ensure_schemas, ensure_vault
 from lethe.engine.enforcement import (
     TOKENS_TABLE,
     EnforcementResult,
@@ -149,6 +151,7 @@ def ddl_statements(schema: Schema) -> list[str]:
     """Every CREATE of a PostgreSQL warehouse and its vault schema, rendered for PostgreSQL."""
     recorder = _Recorder()
     ensure_schemas(recorder, schema)  # type: ignore[arg-type]
+    ensure_releases(recorder)  # type: ignore[arg-type]
     recorder.execute(f"CREATE SCHEMA IF NOT EXISTS {VAULT}")
     ensure_vault(recorder)  # type: ignore[arg-type]
     return list(_rendered(tuple(recorder.statements)))
@@ -574,10 +577,10 @@ def _forget_unused_tokens(pg: psycopg.Connection, policy: Policy) -> int:
 # --- a run ----------------------------------------------------------------------------------
 
 RUNS_HERE = (
-    "`lethe run` (ingest, requests, enforcement, answers), `lethe request`, `lethe requests`"
-    ", `lethe hold add|release` and `lethe audit verify`"
+    "`lethe run` (ingest, requests, enforcement, answers, analytics), `lethe request`,"
+    " `lethe requests`, `lethe hold add|release` and `lethe audit verify`"
 )
-NOT_BUILT = "analytics, processors and breaches, backups and the Dagster assets"
+NOT_BUILT = "processors and breaches, backups and the Dagster assets"
 
 
 def dsn_from_env() -> str | None:
