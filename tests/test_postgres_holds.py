@@ -12,9 +12,6 @@ alike on both.
 from __future__ import annotations
 
 import datetime as dt
-import decimal
-import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +19,7 @@ from typing import Any
 import pytest
 import retention_cases as rc
 from conftest import TAGGED_TABLES, lethe_cli
+from engine_values import Plain
 
 from lethe.declaration.policy import Policy
 from lethe.engine.enforcement import enforce
@@ -43,7 +41,6 @@ REASON = "case 7/2026"
 # A hold placed now holds from now on and its release ends it now: the runs are as of a
 # date after both (two days ahead, safe across midnight UTC).
 LATER = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=2)
-HOLD_ID = re.compile(r"H-[0-9a-f]{12}")
 # Stamped with the time each command ran (and the hold's retention date, from its release).
 HOLD_TIMES = ("placed_at", "released_at", "_retain_until")
 LEDGER = (
@@ -93,37 +90,12 @@ def run_on_duckdb(home: Home, policy: Policy, act, run_id: str) -> None:
     enforce(home, policy, LATER, run_id)
 
 
-class Plain:
-    """One warehouse's values made comparable with the other's: tokens as the (kind, value)
-    they stand for, keyed hashes as the key, surrogates and hold ids as placeholders."""
-
-    def __init__(self, tokens: dict[str, tuple[str, str]], secret: bytes) -> None:
-        self.tokens = tokens
-        cases = {"contacts": rc.CONTACTS, "consents": rc.CONSENTS, "orders": rc.ORDERS}
-        keys = [r[rc.TABLES[t].key] for t, rows in cases.items() for r in rows]
-        keys += [r["shipment_id"] for r in rc.SHIPMENTS]
-        self.keys = {key_hash(secret, k): k for k in keys}
-
-    def __call__(self, value: Any) -> Any:
-        if isinstance(value, str) and rc.TOKEN.fullmatch(value):
-            return ("token", *self.tokens.get(value, ("?", "?")))
-        if isinstance(value, str) and rc.SURROGATE.fullmatch(value):
-            return "<surrogate>"
-        if isinstance(value, str) and value[:1] == "{":
-            return self(json.loads(value))  # DuckDB reads JSON as text, psycopg parses it
-        if isinstance(value, str):
-            return HOLD_ID.sub("<hold>", self.keys.get(value, value))
-        if isinstance(value, decimal.Decimal):
-            return str(value)
-        if isinstance(value, list):
-            return tuple(self(v) for v in value)
-        if isinstance(value, dict):
-            return tuple(sorted((k, self(v)) for k, v in value.items()))
-        return value
-
-    def rows(self, rows: list[dict[str, Any]], drop: tuple[str, ...] = ()) -> list[tuple]:
-        out = [tuple(sorted((k, self(v)) for k, v in r.items() if k not in drop)) for r in rows]
-        return sorted(out, key=repr)
+def _hashes(secret: bytes) -> dict[str, str]:
+    """{keyed hash: key} of every key of the cases, with a warehouse's secret."""
+    cases = {"contacts": rc.CONTACTS, "consents": rc.CONSENTS, "orders": rc.ORDERS}
+    keys = [r[rc.TABLES[t].key] for t, rows in cases.items() for r in rows]
+    keys += [r["shipment_id"] for r in rc.SHIPMENTS]
+    return {key_hash(secret, k): k for k in keys}
 
 
 def _duck(both: Warehouses, sql: str) -> tuple[Plain, list[dict[str, Any]]]:
@@ -134,7 +106,7 @@ def _duck(both: Warehouses, sql: str) -> tuple[Plain, list[dict[str, Any]]]:
         rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
     finally:
         con.close()
-    return Plain(rc.vault_values(both.duck), read_secret(both.duck.vault)), rows
+    return Plain(rc.vault_values(both.duck), _hashes(read_secret(both.duck.vault))), rows
 
 
 def _pg(both: Warehouses, sql: str) -> tuple[Plain, list[dict[str, Any]]]:
@@ -144,7 +116,7 @@ def _pg(both: Warehouses, sql: str) -> tuple[Plain, list[dict[str, Any]]]:
     cur = both.pg.con.execute(sql)
     names = [d.name for d in cur.description]
     rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-    return Plain(tokens, key_secret(both.pg.con)), rows
+    return Plain(tokens, _hashes(key_secret(both.pg.con))), rows
 
 
 def assert_alike(both: Warehouses) -> None:

@@ -12,7 +12,6 @@ subject's values left in the database's table files.
 
 from __future__ import annotations
 
-import decimal
 import json
 import re
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import pytest
 import request_cases as rq
 import retention_cases as rc
 from conftest import TAGGED_TABLES, home_env, lethe_cli, write_landing_set
+from engine_values import Plain
 
 from lethe.declaration.policy import Policy
 from lethe.engine import postgres_run
@@ -158,54 +158,17 @@ def _key_names(secret: bytes) -> dict[str, str]:
     return {key_hash(secret, k): k for k in keys}
 
 
-class Plain:
-    """Values of one warehouse made comparable with the other's: tokens as the (kind,
-    value) they stand for, keyed hashes as the key, request ids as the request's name,
-    surrogates, times of day and JSON text as placeholders or parsed."""
-
-    def __init__(self, tokens: dict[str, tuple[str, str]], secret: bytes, ids: dict[str, str]):
-        self.tokens = tokens
-        self.keys = _key_names(secret)
-        self.ids = {v: k for k, v in ids.items()}
-
-    def text(self, value: str) -> str:
-        for rid, name in self.ids.items():
-            value = value.replace(rid, f"<{name}>")
-        for hashed, key in self.keys.items():
-            value = value.replace(hashed, key)
-        return value
-
-    def __call__(self, value: Any) -> Any:
-        if isinstance(value, str) and rc.TOKEN.fullmatch(value):
-            return ("token", *self.tokens.get(value, ("?", "?")))
-        if isinstance(value, str) and rc.SURROGATE.fullmatch(value):
-            return "<surrogate>"
-        if isinstance(value, str) and value[:1] in "{[":
-            return self(json.loads(value))  # DuckDB reads JSON as text, psycopg parses it
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, decimal.Decimal):
-            return str(value)
-        if isinstance(value, list):
-            return tuple(self(v) for v in value)
-        if isinstance(value, dict):
-            return tuple(sorted((k, self(v)) for k, v in value.items()))
-        return value
-
-    def rows(self, rows: list[dict[str, Any]], drop: tuple[str, ...] = ()) -> list[tuple]:
-        out = [tuple(sorted((k, self(v)) for k, v in r.items() if k not in drop)) for r in rows]
-        return sorted(out, key=repr)
-
-
 def _duck_plain(both: Warehouses) -> Plain:
-    return Plain(rc.vault_values(both.duck), read_secret(both.duck.vault), both.duck_ids)
+    return Plain(
+        rc.vault_values(both.duck), _key_names(read_secret(both.duck.vault)), both.duck_ids
+    )
 
 
 def _pg_plain(both: Warehouses) -> Plain:
     tokens = {
         t: (k, v) for t, k, v in both.pg.con.execute("SELECT token, kind, value FROM vault.tokens")
     }
-    return Plain(tokens, key_secret(both.pg.con), both.pg_ids)
+    return Plain(tokens, _key_names(key_secret(both.pg.con)), both.pg_ids)
 
 
 def _duck_dicts(both: Warehouses, sql: str) -> list[dict[str, Any]]:
