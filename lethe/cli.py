@@ -37,7 +37,7 @@ from lethe.declaration.policy import LEGAL_BASIS_ARTICLE, Policy, load_policy
 from lethe.declaration.schema import Schema, load_schema
 from lethe.engine import postgres_run
 from lethe.engine import postgres_warehouse as warehouse_db
-from lethe.engine.audit import verify
+from lethe.engine.audit import VerifyResult, verify
 from lethe.engine.keyhash import short
 from lethe.engine.states import STORED_STATES
 from lethe.engine.warehouse import connect
@@ -184,10 +184,8 @@ def run(
                 f" {', '.join(shard_names(shard_count()))})",
                 USAGE,
             )
-    dsn = warehouse_db.dsn_from_env()
+    dsn = _postgres_warehouse()
     if dsn:
-        if shard_count() > 1:
-            warehouse_db.refuse_here(f"LETHE_SHARDS={shard_count()}")
         _run_on_postgres(dsn, Home.from_env().ensure(), when, load_policy(policy))
         return
     home = Home.from_env()
@@ -479,9 +477,9 @@ def _warehouse(write: bool = True, home: Home | None = None) -> Iterator[duckdb.
             con.close()
 
 
-def _hold_dsn() -> str | None:
-    """The PostgreSQL warehouse a hold command acts on, or None (DuckDB); subject shards
-    are not built there."""
+def _postgres_warehouse() -> str | None:
+    """The PostgreSQL warehouse (LETHE_WAREHOUSE) a command acts on, or None (DuckDB);
+    subject shards are not built there."""
     dsn = warehouse_db.dsn_from_env()
     if dsn and shard_count() > 1:
         warehouse_db.refuse_here(f"LETHE_SHARDS={shard_count()}")
@@ -495,7 +493,7 @@ def hold_add(
 ) -> None:
     """Freeze every row of a data subject until the hold is released."""
     policy = load_policy()
-    dsn = _hold_dsn()
+    dsn = _postgres_warehouse()
     if dsn:
         with postgres_requests.opened(dsn, "placing the hold") as engine:
             hold_id = postgres_holds.place(engine, policy, subject, reason)
@@ -512,7 +510,7 @@ def hold_release(
 ) -> None:
     """Release a subject's open holds; retention applies again from the next run."""
     policy = load_policy()
-    dsn = _hold_dsn()
+    dsn = _postgres_warehouse()
     if dsn:
         with postgres_requests.opened(dsn, "releasing the hold") as engine:
             n = postgres_holds.release(engine, policy, subject, reason)
@@ -520,6 +518,13 @@ def hold_release(
         with _warehouse(home=_subject_home(subject)) as con:
             n = release_hold(con, policy, subject, reason)
     out.print(f"{n} hold(s) released")
+
+
+def _report_chain(name: str, result: VerifyResult) -> None:
+    """One line for a verified ledger; a broken chain fails the command, naming the entry."""
+    if not result.ok:
+        _fail(f"{name}: {result.problem}")
+    out.print(f"{name}: {result.entries} entries, chain intact")
 
 
 @audit_app.command("verify")
@@ -534,9 +539,7 @@ def audit_verify() -> None:
             result = warehouse_db.verify(engine.con)
         finally:
             engine.close()
-        if not result.ok:
-            _fail(f"audit ledger: {result.problem}")
-        out.print(f"audit ledger: {result.entries} entries, chain intact")
+        _report_chain("audit ledger", result)
         return
     home = _home_with_warehouse()
     n = shard_count()
@@ -545,9 +548,7 @@ def audit_verify() -> None:
         with _warehouse(write=False, home=where) as con:
             result = verify(con)
         name = "audit ledger" if where == home else f"audit ledger of shard {where.root.name}"
-        if not result.ok:
-            _fail(f"{name}: {result.problem}")
-        out.print(f"{name}: {result.entries} entries, chain intact")
+        _report_chain(name, result)
     # The ledgers of the layouts before each re-shard, kept read-only.
     for path in sorted(home.root.glob(f"{LEDGERS}/*/*.duckdb")):
         con = connect(path, read_only=True)
@@ -555,10 +556,7 @@ def audit_verify() -> None:
             result = verify(con)
         finally:
             con.close()
-        name = f"archived audit ledger {path.parent.name}/{path.stem}"
-        if not result.ok:
-            _fail(f"{name}: {result.problem}")
-        out.print(f"{name}: {result.entries} entries, chain intact")
+        _report_chain(f"archived audit ledger {path.parent.name}/{path.stem}", result)
 
 
 @app.command()
@@ -597,21 +595,18 @@ def request(
         _fail(f"TYPE: {kind!r} is not one of {' | '.join(REQUEST_TYPES)} | extend", USAGE)
     if request_id and kind != "extend":
         _fail(f"request {kind}: takes no request id (only `request extend ID` does)", USAGE)
-    dsn = warehouse_db.dsn_from_env()
-    if dsn and (dry_run or shard_count() > 1):
-        warehouse_db.refuse_here(
-            "lethe request --dry-run" if dry_run else f"LETHE_SHARDS={shard_count()}"
-        )
+    dsn = _postgres_warehouse()
+    if dsn and dry_run:
+        warehouse_db.refuse_here("lethe request --dry-run")
     if kind == "extend":
         if not request_id:
             _fail("request extend: give the request id", USAGE)
         if dsn:
             with postgres_requests.opened(dsn, "extending the request") as engine:
                 extended = postgres_requests.extend(engine, load_policy(), request_id, reason or "")
-            out.print(f"{extended.request_id}: deadline extended to {extended.deadline:%Y-%m-%d}")
-            return
-        with _warehouse(home=_request_home(request_id)) as con:
-            extended = extend_request(con, request_id, reason or "")
+        else:
+            with _warehouse(home=_request_home(request_id)) as con:
+                extended = extend_request(con, request_id, reason or "")
         out.print(f"{extended.request_id}: deadline extended to {extended.deadline:%Y-%m-%d}")
         return
     if not subject:
