@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lethe.compliance import postgres_processors
 from lethe.compliance.breaches import close_breach, list_breaches, mark_notified, record_breach
 from lethe.compliance.processors import export_to_processor, processor_access, revoke
 from lethe.compliance.summary import (
@@ -90,6 +91,7 @@ err = Console(stderr=True)
 # What runs on a PostgreSQL warehouse (LETHE_WAREHOUSE); every other command is refused.
 ON_POSTGRES = frozenset(
     {"run", "request", "requests", "hold", "audit", "policy", "schema", "generate"}
+    | {"processor", "breach"}
 )
 
 
@@ -233,6 +235,7 @@ def _run_on_postgres(dsn: str, home: Home, when: dt.date, policy: Policy) -> Non
                 highlight=False,
                 soft_wrap=True,
             )
+    _report_processors(result)
     out.print(
         f"  ledger: {enforced.ledger_entries} entries; vault: {enforced.forgotten_tokens}"
         f" unused tokens forgotten; not run on PostgreSQL yet: {warehouse_db.NOT_BUILT}",
@@ -240,6 +243,33 @@ def _run_on_postgres(dsn: str, home: Home, when: dt.date, policy: Policy) -> Non
     )
     if result.refused:
         _fail("; ".join(result.refused.values()))
+
+
+def _report_processors(result: postgres_run.RunResult) -> None:
+    """The run's processor review, and the checks the DuckDB pipeline's processors and
+    breaches assets make (refused exports to assess, overdue notifications)."""
+    report = result.processors
+    assert report is not None
+    out.print(
+        f"  processors: {sum(a.allowed for a in report.access)} of {len(report.access)} with"
+        f" access; {report.expired_exports} export files deleted",
+        highlight=False,
+    )
+    for r in report.open_refusals:
+        err.print(
+            "[yellow]check failed:[/] compliance/processors no_unassessed_refused_export:"
+            f" {r.processor}: export refused {r.at:%Y-%m-%d %H:%M} UTC ({r.reason}),"
+            f" breach {r.breach_id} to assess",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for b, late in result.overdue_breaches:
+        err.print(
+            "[yellow]check failed:[/] compliance/breaches no_overdue_breach_notification:"
+            f" {b.breach_id}: {', '.join(late)}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _run_and_report(
@@ -832,8 +862,14 @@ def _when(value: str | None, option: str) -> dt.datetime | None:
 def processor_list(policy: PolicyOption = None) -> None:
     """List the policy's processors and whether they may receive exports now."""
     loaded = load_policy(policy)
-    with _warehouse(write=False) as con:
-        accesses = processor_access(con, loaded, dt.datetime.now(dt.UTC))
+    now = dt.datetime.now(dt.UTC)
+    dsn = _postgres_warehouse()
+    if dsn:
+        with postgres_requests.opened(dsn, "listing the processors") as engine:
+            accesses = postgres_processors.access(engine, loaded, now)
+    else:
+        with _warehouse(write=False) as con:
+            accesses = processor_access(con, loaded, now)
     table = Table(title="Processors")
     for col in ("processor", "purpose", "contract end", "access now"):
         table.add_column(col)
@@ -856,11 +892,16 @@ def processor_export(
     has ended or its access was revoked."""
     loaded = load_policy(policy)
     _unsharded("processor export")
-    with _warehouse() as con:
-        home = Home.from_env().ensure()
-        made = export_to_processor(
-            con, home, loaded, name, dt.datetime.now(dt.UTC), f"cli-{uuid.uuid4()}"
-        )
+    now, run_id = dt.datetime.now(dt.UTC), f"cli-{uuid.uuid4()}"
+    dsn = _postgres_warehouse()
+    if dsn:
+        with postgres_requests.opened(dsn, "exporting to the processor") as engine:
+            home = Home.from_env().ensure()
+            made = postgres_processors.export(engine, home, loaded, name, now, run_id)
+    else:
+        with _warehouse() as con:
+            home = Home.from_env().ensure()
+            made = export_to_processor(con, home, loaded, name, now, run_id)
     rows = ", ".join(f"{n:,} {t}" for t, n in made.rows.items())
     out.print(f"{made.export_id}: {rows} exported to {made.path}", highlight=False)
 
@@ -873,8 +914,14 @@ def processor_revoke(
 ) -> None:
     """End a processor's export access at once."""
     loaded = load_policy(policy)
-    with _warehouse() as con:
-        access = revoke(con, loaded, name, reason, dt.datetime.now(dt.UTC))
+    now = dt.datetime.now(dt.UTC)
+    dsn = _postgres_warehouse()
+    if dsn:
+        with postgres_requests.opened(dsn, "revoking the access") as engine:
+            access = postgres_processors.revoke_access(engine, loaded, name, reason, now)
+    else:
+        with _warehouse() as con:
+            access = revoke(con, loaded, name, reason, now)
     out.print(f"{name}: export access ended ({access.reason})", highlight=False)
 
 
@@ -897,18 +944,20 @@ def breach_record(
     """Record a personal data breach; prints the notification deadlines."""
     loaded = load_policy(policy)
     now = dt.datetime.now(dt.UTC)
-    with _warehouse() as con:
-        breach = record_breach(
-            con,
-            loaded,
-            description,
-            _when(aware_at, "--aware-at") or now,
-            now,
-            processor=processor,
-            processor_aware_at=_when(processor_aware_at, "--processor-aware-at"),
-            processor_notified_at=_when(processor_notified_at, "--processor-notified-at"),
-            subjects_affected=subjects,
-        )
+    aware = _when(aware_at, "--aware-at") or now
+    details = {
+        "processor": processor,
+        "processor_aware_at": _when(processor_aware_at, "--processor-aware-at"),
+        "processor_notified_at": _when(processor_notified_at, "--processor-notified-at"),
+        "subjects_affected": subjects,
+    }
+    dsn = _postgres_warehouse()
+    if dsn:
+        with postgres_requests.opened(dsn, "recording the breach") as engine:
+            breach = postgres_processors.record(engine, loaded, description, aware, now, **details)
+    else:
+        with _warehouse() as con:
+            breach = record_breach(con, loaded, description, aware, now, **details)
     stamp = "%Y-%m-%d %H:%M UTC"
     due = f"{breach.breach_id} recorded; notify the authority by"
     due += f" {breach.authority_deadline.strftime(stamp)}"
@@ -929,8 +978,14 @@ def breach_notified(
     if party not in ("authority", "processor"):
         _fail(f"--party: {party!r} is not authority or processor", USAGE)
     now = dt.datetime.now(dt.UTC)
-    with _warehouse() as con:
-        mark_notified(con, breach_id, party, _when(at, "--at") or now, now)  # type: ignore[arg-type]
+    when = _when(at, "--at") or now
+    dsn = _postgres_warehouse()
+    if dsn:
+        with postgres_requests.opened(dsn, "recording the notification") as engine:
+            postgres_processors.notified(engine, load_policy(), breach_id, party, when, now)  # type: ignore[arg-type]
+    else:
+        with _warehouse() as con:
+            mark_notified(con, breach_id, party, when, now)  # type: ignore[arg-type]
     out.print(f"{breach_id}: {party} notification recorded", highlight=False)
 
 
@@ -940,8 +995,14 @@ def breach_close(
     reason: Annotated[str, typer.Option(help="Why it is unlikely to result in a risk.")],
 ) -> None:
     """Close a breach assessed as unlikely to result in a risk (no authority notification)."""
-    with _warehouse() as con:
-        close_breach(con, breach_id, reason, dt.datetime.now(dt.UTC))
+    now = dt.datetime.now(dt.UTC)
+    dsn = _postgres_warehouse()
+    if dsn:
+        with postgres_requests.opened(dsn, "closing the breach") as engine:
+            postgres_processors.close(engine, load_policy(), breach_id, reason, now)
+    else:
+        with _warehouse() as con:
+            close_breach(con, breach_id, reason, now)
     out.print(f"{breach_id}: closed without notification; the assessment is recorded")
 
 
@@ -951,8 +1012,13 @@ def breach_list(
 ) -> None:
     """List breach records with their deadlines."""
     now = dt.datetime.now(dt.UTC)
-    with _warehouse(write=False) as con:
-        register = list_breaches(con)
+    dsn = _postgres_warehouse()
+    if dsn:
+        with postgres_requests.opened(dsn, "listing the breaches") as engine:
+            register = postgres_processors.register(engine)
+    else:
+        with _warehouse(write=False) as con:
+            register = list_breaches(con)
     title = "Overdue breaches" if overdue else "Breaches"
     table = _table(title, "id", "aware (UTC)", "authority deadline", "status", "source", texts=5)
     for column in table.columns[:4]:

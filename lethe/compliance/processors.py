@@ -126,18 +126,26 @@ def revoke(
     return access_of(processor, now, revoked)
 
 
-def export_select(policy: Policy, processor: Processor, table: str) -> str:
-    """The shared columns (and the key, as `_key`) of the rows the processor may receive."""
+def export_where(policy: Policy, processor: Processor, table: str) -> str:
+    """The condition (DuckDB dialect) on `core.<table>` selecting the rows the processor may
+    receive: kept for its purpose, never restricted, pseudonymized ones only for a purpose
+    that keeps them pseudonymized."""
     purpose = policy.purposes[processor.purpose]
-    cols = ", ".join(quote(c) for c in processor.data_shared[table])
     states = [RowState.RESTRICTED.sql, RowState.EXPIRED.sql]
     if table not in purpose.pseudonymizes:
         states.append(RowState.PSEUDONYMIZED.sql)
+    return (
+        f"list_contains(_purposes, {literal(purpose.name)}) AND _state NOT IN ({', '.join(states)})"
+    )
+
+
+def export_select(policy: Policy, processor: Processor, table: str) -> str:
+    """The shared columns (and the key, as `_key`) of the rows the processor may receive."""
+    cols = ", ".join(quote(c) for c in processor.data_shared[table])
     key = policy.data_schema.tables[table].key
     return (
-        f"SELECT CAST({quote(key)} AS VARCHAR) AS _key, {cols}"
-        f" FROM core.{quote(table)} WHERE list_contains(_purposes, {literal(purpose.name)})"
-        f" AND _state NOT IN ({', '.join(states)}) ORDER BY 1"
+        f"SELECT CAST({quote(key)} AS VARCHAR) AS _key, {cols} FROM core.{quote(table)}"
+        f" WHERE {export_where(policy, processor, table)} ORDER BY 1"
     )
 
 
@@ -283,7 +291,7 @@ def processor_report(
 
 
 # Ledger actions after which an exported value is no longer what the warehouse holds.
-_INVALIDATING = ("erase", "anonymize", "delete", "pseudonymize", "rectify")
+INVALIDATING = ("erase", "anonymize", "delete", "pseudonymize", "rectify")
 
 
 def expire_processor_exports(
@@ -301,7 +309,7 @@ def expire_processor_exports(
         if dt.datetime.fromtimestamp(p.stat().st_mtime, dt.UTC).replace(tzinfo=None) <= cutoff
     }
     if has_table(con, "audit", "export_log") and has_table(con, "audit", "ledger"):
-        actions = ", ".join(literal(a) for a in _INVALIDATING)
+        actions = ", ".join(literal(a) for a in INVALIDATING)
         stale |= {
             directory / recipient / name
             for recipient, name in con.execute(

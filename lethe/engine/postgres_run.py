@@ -1,8 +1,9 @@
 """One run of the pipeline on a PostgreSQL warehouse (`lethe run` with
 `LETHE_WAREHOUSE=postgresql://…`), in the order of the DuckDB pipeline: ingest every
 table's landing file, carry out the pending requests (`lethe.rights.postgres_requests`),
-enforce, answer the requests (exports under LETHE_HOME/exports), then release the analysts'
-datasets (`lethe.compliance.postgres_analytics`)."""
+enforce, answer the requests (exports under LETHE_HOME/exports), review the processors'
+exports and the breach register (`lethe.compliance.postgres_processors`), then release the
+analysts' datasets (`lethe.compliance.postgres_analytics`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from lethe.compliance import postgres_processors
 from lethe.compliance.analytics import KCheck, Release
+from lethe.compliance.breaches import Breach
 from lethe.compliance.postgres_analytics import release_all
+from lethe.compliance.processors import ProcessorReport
 from lethe.declaration.policy import Policy
 from lethe.engine.enforcement import EnforcementResult
 from lethe.engine.ingest import IngestError, IngestResult
@@ -42,6 +46,8 @@ class RunResult:
     enforced: EnforcementResult | None = None
     answers: Answers | None = None
     releases: dict[str, tuple[Release, KCheck]] = field(default_factory=dict)  # by dataset
+    processors: ProcessorReport | None = None
+    overdue_breaches: list[tuple[Breach, list[str]]] = field(default_factory=list)
 
 
 def run(dsn: str, home: Home, policy: Policy, as_of: dt.date) -> RunResult:
@@ -67,6 +73,11 @@ def run(dsn: str, home: Home, policy: Policy, as_of: dt.date) -> RunResult:
             result.requests = postgres_requests.intake(engine, policy, as_of, result.run_id)
             result.enforced = enforce(engine, policy, as_of, result.run_id)
             result.answers = postgres_requests.answer(engine, home, policy, as_of, result.run_id)
+            # After this run's erasures, as the processors asset: exports holding erased rows go.
+            now = dt.datetime.now(dt.UTC)
+            result.processors, result.overdue_breaches = postgres_processors.review(
+                engine, home, policy, now
+            )
             # After the answers: a request's deadline does not wait on the analysts.
             result.releases = release_all(engine, home, policy, as_of)
     except psycopg.Error as exc:

@@ -66,7 +66,14 @@ from lethe.declaration.schema import Schema, Table
 from lethe.declaration.strategies import quote
 from lethe.engine import audit
 from lethe.engine import ingest as duckdb_ingest
-from lethe.engine.ddl import ensure_ledger, ensure_releases, ensure_schemas, ensure_vault
+from lethe.engine.ddl import (
+    ensure_breaches,
+    ensure_events,
+    ensure_ledger,
+    ensure_releases,
+    ensure_schemas,
+    ensure_vault,
+)
 from lethe.engine.enforcement import (
     TOKENS_TABLE,
     EnforcementResult,
@@ -152,6 +159,8 @@ def ddl_statements(schema: Schema) -> list[str]:
     recorder = _Recorder()
     ensure_schemas(recorder, schema)  # type: ignore[arg-type]
     ensure_releases(recorder)  # type: ignore[arg-type]
+    ensure_events(recorder)  # type: ignore[arg-type]
+    ensure_breaches(recorder)  # type: ignore[arg-type]
     recorder.execute(f"CREATE SCHEMA IF NOT EXISTS {VAULT}")
     ensure_vault(recorder)  # type: ignore[arg-type]
     return list(_rendered(tuple(recorder.statements)))

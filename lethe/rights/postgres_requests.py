@@ -173,7 +173,7 @@ class Mirror:
     def pull_subject_rows(self) -> None:
         """Mirror every row of every declared table whose subject is in `_owners`."""
         for name, spec in self.schema.tables.items():
-            self.pull(("core", name), _rendered_condition(_owned(self.schema, name)), key=spec.key)
+            self.pull(("core", name), rendered_condition(_owned(self.schema, name)), key=spec.key)
 
     def pull_tokens(self, policy: Policy) -> None:
         """Mirror the vault tokens the step needs: those in the mirrored rows' pseudonymized
@@ -281,7 +281,7 @@ def _owned(schema: Schema, table: str) -> str:
     )
 
 
-def _rendered_condition(condition: str) -> pgsql.Composable:
+def rendered_condition(condition: str) -> pgsql.Composable:
     """A WHERE condition written in DuckDB's dialect, rendered for PostgreSQL."""
     (statement,) = render((f"SELECT 1 WHERE {condition}",), POSTGRES)
     return pgsql.SQL(statement.split(" WHERE ", 1)[1])
