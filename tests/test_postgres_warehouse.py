@@ -25,6 +25,7 @@ from lethe.engine.engines import PostgresEngine
 from lethe.engine.ingest import IngestError
 from lethe.engine.keyhash import key_hash
 from lethe.engine.postgres_warehouse import (
+    NOT_BUILT,
     WarehouseError,
     ingest_all,
     key_secret,
@@ -322,11 +323,11 @@ def test_lethe_run_on_a_postgres_warehouse(postgres: PostgresServer, tmp_path: P
     first = runs[0]
     assert first.returncode == 0, first.stderr
     assert "enforce contacts: anonymize 14" in first.stdout
-    assert "not run on PostgreSQL yet: processors and breaches" in first.stdout
+    assert f"not run on PostgreSQL yet: {NOT_BUILT}" in first.stdout
     assert not home.warehouse.exists() and not home.vault.exists()
     runs.append(lethe_cli("audit", "verify", home=home.root, LETHE_WAREHOUSE=dsn))
     assert runs[-1].returncode == 0 and "9 entries, chain intact" in runs[-1].stdout
-    for args in (("backup",), ("processor", "list")):
+    for args in (("backup",), ("demo",)):
         refused = lethe_cli(*args, home=home.root, LETHE_WAREHOUSE=dsn)
         runs.append(refused)
         assert refused.returncode == 1
