@@ -247,6 +247,23 @@ def test_on_the_command_line_and_in_a_run(both: Warehouses, policy: Policy) -> N
     breaches = cli(both, "breach", "list")
     assert breaches.returncode == 0, breaches.stderr
     assert both.pg_ids["manual"] in breaches.stdout and "refused export" in breaches.stdout
+    recorded = cli(
+        both,
+        "breach",
+        "record",
+        "--description=A courier's scanner was lost",
+        "--processor=balikobot",
+        f"--processor-aware-at={NOW:%Y-%m-%dT%H:%M}",
+    )
+    assert recorded.returncode == 0, recorded.stderr
+    assert "balikobot must notify you by" in recorded.stdout
+    (breach_id,) = BREACH_ID.findall(recorded.stdout)
+    notified = cli(both, "breach", "notified", breach_id, "--party", "processor")
+    assert notified.returncode == 0, notified.stderr
+    (controller_notified,) = both.pg.con.execute(
+        "SELECT controller_notified_at FROM audit.breaches WHERE breach_id = %s", [breach_id]
+    ).fetchone()
+    assert controller_notified is not None
     missing = cli(both, "breach", "close", "B-000000000000", "--reason", "x")
     assert missing.returncode == 1 and "no breach 'B-000000000000'" in missing.stderr
 
