@@ -7,7 +7,9 @@ functions the command line calls, on PostgreSQL with their PostgreSQL steps: exp
 processors, an export after the contract end (refused, a breach opened), a revocation and
 an export refused after it, a breach recorded by hand, notifications and a closing. Both
 hold the same events, breaches, export log and ledger entries and wrote the same export
-files; the PostgreSQL ledger verifies. Then, on the command line, an export refused there
+files (a restricted row in neither); the PostgreSQL ledger verifies. An export whose records
+the database refuses leaves no file and writes nothing. Then, on the command line, an export
+refused there
 is one line, the registers list, and a later `lethe run` deletes the export files holding
 rows its enforcement erased, as the DuckDB pipeline's processors asset does.
 """
@@ -227,6 +229,36 @@ def test_the_same_scenario_gives_the_same_rows_and_files_on_both_engines(
     ).fetchone()
     assert entries == 2  # one per shared table of the two exports
     assert verify(both.pg.con).ok
+
+
+REFUSE_LOG = """CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql
+    AS $$ BEGIN RAISE EXCEPTION 'the export log is read-only today'; END $$"""
+
+
+def test_an_export_whose_records_do_not_commit_leaves_no_file(both: Warehouses) -> None:
+    """The database refuses the export log (a trigger): one line, no file, nothing written."""
+    state = (
+        "SELECT (SELECT count(*) FROM audit.ledger), (SELECT count(*) FROM audit.export_log),"
+        " (SELECT count(*) FROM audit.processor_events)"
+    )
+    before = both.pg.con.execute(state).fetchone()
+    files = sorted((both.pg_home.exports / "processors").rglob("*"))
+    trigger = "CREATE TRIGGER refuse BEFORE INSERT ON audit.export_log EXECUTE FUNCTION refuse()"
+    with both.pg.con.transaction():
+        both.pg.con.execute(REFUSE_LOG)
+        both.pg.con.execute(trigger)
+    try:
+        failed = cli(both, "processor", "export", "balikobot")
+    finally:
+        with both.pg.con.transaction():
+            both.pg.con.execute("DROP TRIGGER refuse ON audit.export_log")
+            both.pg.con.execute("DROP FUNCTION public.refuse()")
+    assert failed.returncode == 1, failed.stdout
+    assert failed.stderr.count("\n") == 1, failed.stderr
+    assert "exporting to the processor stopped" in failed.stderr
+    assert "refused by a trigger or rule" in failed.stderr
+    assert sorted((both.pg_home.exports / "processors").rglob("*")) == files
+    assert both.pg.con.execute(state).fetchone() == before
 
 
 def test_on_the_command_line_and_in_a_run(both: Warehouses, policy: Policy) -> None:
