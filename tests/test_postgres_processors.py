@@ -9,9 +9,9 @@ an export refused after it, a breach recorded by hand, notifications and a closi
 hold the same events, breaches, export log and ledger entries and wrote the same export
 files (a restricted row in neither); the PostgreSQL ledger verifies. An export whose records
 the database refuses leaves no file and writes nothing. Then, on the command line, an export
-refused there
-is one line, the registers list, and a later `lethe run` deletes the export files holding
-rows its enforcement erased, as the DuckDB pipeline's processors asset does.
+refused there is one line, breaches are recorded and listed, and a later `lethe run` deletes
+the export files holding rows its enforcement erased, as the DuckDB pipeline's processors
+asset does.
 """
 
 from __future__ import annotations
