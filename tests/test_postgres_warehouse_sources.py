@@ -201,17 +201,26 @@ def test_incremental_source_on_a_postgres_warehouse(
     shop, warehouse = postgres.new_database(), postgres.new_database()
     monkeypatch.setenv(DSN_ENV, shop)
     policy = shop_policy(tmp_path / "policy", incremental={"contacts": "created_at"})
-    create_shop(shop, policy, contacts=[{"created_at": "2020-01-01T00:00:00"}])
+    active = {"last_active_at": "2025-06-01T00:00:00"}  # kept by the account's purpose
+    contacts = [
+        {"created_at": "2020-01-01T00:00:00", **active},
+        {"contact_id": "C0002", "created_at": "2021-01-01T00:00:00", **active},
+    ]
+    create_shop(shop, policy, contacts=contacts)
     home = Home(tmp_path / "home").ensure()
-    assert pg_run(warehouse, home, policy).ingested["contacts"].rows_read == 1
+    assert pg_run(warehouse, home, policy).ingested["contacts"].rows_read == 2
     with psycopg.connect(shop, autocommit=True) as con:
-        con.execute("UPDATE shop.contacts SET first_name = 'Eva'")  # before the mark: not read
-        insert_rows(con, "contacts", [{"contact_id": "C0009", "created_at": "2021-06-01"}])
+        # Before the mark: not read again.
+        con.execute("UPDATE shop.contacts SET first_name = 'Eva' WHERE contact_id = 'C0001'")
+        new = {"contact_id": "C0009", "created_at": "2021-06-01", **active}
+        insert_rows(con, "contacts", [new])
     again = pg_run(warehouse, home, policy).ingested["contacts"]
-    # From the mark on (inclusive): the row at the mark is known already, the new one loads.
-    assert (again.rows_read, again.rows_loaded) == (2, 1)
+    # From the mark on (inclusive): the row at the mark is known already (not counted as
+    # read, as on DuckDB), the new one loads.
+    assert (again.rows_read, again.rows_loaded) == (1, 1)
     assert pg_rows(warehouse, "SELECT contact_id, first_name FROM core.contacts ORDER BY 1") == [
         ("C0001", "Jan"),
+        ("C0002", "Jan"),
         ("C0009", "Jan"),
     ]
     assert pg_rows(warehouse, "SELECT high_water FROM core.source_marks") == [
