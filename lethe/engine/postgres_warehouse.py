@@ -13,7 +13,8 @@ What runs on PostgreSQL so far:
 - ingest (`ingest_table`): a landing file is read, screened and typed by DuckDB in memory,
   by `lethe.engine.ingest` exactly as for a DuckDB warehouse, against a mirror of what that
   reads of the database (the keys foreign keys point at, the table's restricted keys, its
-  quarantine and ingest log); the loaded rows, the quarantine and the log entry then move
+  quarantine and ingest log; for a PostgreSQL source all its rows, its mark and the keys
+  Lethe anonymized there); the loaded rows, the quarantine and the log entry then move
   to PostgreSQL by COPY, streamed in Arrow batches, in one transaction;
 - enforcement (`enforce`): the same plans, run by `PostgresEngine` in one transaction
   (stage, issue vault tokens in SQL, rewrite the tables that change, append the ledger
@@ -314,8 +315,8 @@ def pull(
 def ingest_table(
     engine: PostgresEngine, landing: Path, table_name: str, policy: Policy
 ) -> IngestResult:
-    """Ingest a table's landing file into the PostgreSQL warehouse, as
-    `lethe.engine.ingest.ingest_table` does into a DuckDB one (module notes).
+    """Ingest a table's landing file (or read its PostgreSQL source) into the PostgreSQL
+    warehouse, as `lethe.engine.ingest.ingest_table` does into a DuckDB one (module notes).
 
     The landing file is removed only once PostgreSQL has committed its rows; a file refused
     (`IngestError`) stays in landing/ and nothing is written.
