@@ -25,6 +25,7 @@ from lethe.sources import postgres_propagation
 from lethe.sources.propagation import SourceOutcome, preview_request
 from tests.conftest import lethe_cli
 from tests.postgres import PostgresServer
+from tests.request_cases import hashed
 from tests.test_postgres_sources import (
     AS_OF,
     DSN_ENV,
@@ -139,6 +140,7 @@ def test_requests_reach_the_source_as_on_a_duckdb_warehouse(
         duck_preview = preview_request(con, policy, duck.vault, "erasure", "C0001", None, WHEN)
         record_request(con, policy.data_schema, "erasure", "C0001")
         record_request(con, policy.data_schema, "rectification", "C0002", RECTIFIED)
+        record_request(con, policy.data_schema, "restriction", "C0002")
     finally:
         con.close()
     duck_outcomes = erase_in_a_run(duck, policy)
@@ -166,6 +168,7 @@ def test_requests_reach_the_source_as_on_a_duckdb_warehouse(
 
     pg_record(warehouse, policy, "erasure", "C0001")
     pg_record(warehouse, policy, "rectification", "C0002", RECTIFIED)
+    pg_record(warehouse, policy, "restriction", "C0002")
     second = pg_run(warehouse, home, policy)
     assert summary(second.sources) == summary(duck_outcomes)
 
@@ -180,14 +183,24 @@ def test_requests_reach_the_source_as_on_a_duckdb_warehouse(
         secret = key_secret(con)
         ledger = con.execute(LEDGER).fetchall()
         assert verify(con).ok
-    duck_ledger = duck_rows(duck, LEDGER)
-    assert [(t, a, list(c)) for t, a, c, _ in ledger] == [(t, a, c) for t, a, c, _ in duck_ledger]
-    keys = {k: key_hash(secret, k) for k in ("C0001", "C0002", "K0001", "O0001", "S0001")}
-    assert [sorted(k) for *_, k in ledger] == [
-        sorted(keys[x] for x in row)
-        for row in [["K0001"], ["C0001"], ["C0002"], ["O0001"], ["O0001"], ["S0001"]]
+    raw = ("C0001", "C0002", "K0001", "O0001", "O0002", "S0001")
+    duck_keys = {hashed(duck, k): k for k in raw}
+    pg_keys = {key_hash(secret, k): k for k in raw}
+
+    def entries(rows: list[tuple], keys: dict[str, str]) -> list[tuple]:
+        return sorted((t, a, list(c), sorted(keys[k] for k in ks)) for t, a, c, ks in rows)
+
+    assert entries(ledger, pg_keys) == entries(duck_rows(duck, LEDGER), duck_keys)
+    assert [(t, a, k) for t, a, _, k in entries(ledger, pg_keys)] == [
+        ("postgres:shop.consents", "delete", ["K0001"]),
+        ("postgres:shop.contacts", "anonymize", ["C0001"]),
+        ("postgres:shop.contacts", "rectify", ["C0002"]),
+        ("postgres:shop.orders", "pseudonymize", ["O0001"]),
+        ("postgres:shop.orders", "restrict", ["O0001"]),
+        ("postgres:shop.orders", "restrict", ["O0002"]),
+        ("postgres:shop.shipments", "delete", ["S0001"]),
     ]
-    assert pg_rows(warehouse, "SELECT status FROM requests.requests") == [("done",), ("done",)]
+    assert pg_rows(warehouse, "SELECT status FROM requests.requests") == [("done",)] * 3
     assert pg_rows(warehouse, "SELECT count(*) FROM requests.source_changes") == [(0,)]
     # The next read brings nothing back: the warehouse holds what the source holds.
     third = pg_run(warehouse, home, policy)
