@@ -202,6 +202,16 @@ def test_requests_reach_the_source_as_on_a_duckdb_warehouse(
     ]
     assert pg_rows(warehouse, "SELECT status FROM requests.requests") == [("done",)] * 3
     assert pg_rows(warehouse, "SELECT count(*) FROM requests.source_changes") == [(0,)]
+    # No erased or replaced value is left in the warehouse's table files (the new one is).
+    with psycopg.connect(warehouse, autocommit=True) as con:
+        con.execute("CHECKPOINT")
+        (folder,) = con.execute(
+            "SELECT 'base/' || oid FROM pg_database WHERE datname = current_database()"
+        ).fetchone()
+    files = Path(postgres.data) / folder
+    gone = {"email of C0001": "c0001@example.com", "old email of C0002": "c0002@example.com"}
+    assert rc.scan_files(files, {"new email": RECTIFIED["email"]}).keys() == {"new email"}
+    assert rc.scan_files(files, gone) == {}
     # The next read brings nothing back: the warehouse holds what the source holds.
     third = pg_run(warehouse, home, policy)
     assert {n: third.ingested[n].rows_loaded for n in SOURCED} == dict.fromkeys(SOURCED, 0)
