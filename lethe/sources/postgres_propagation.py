@@ -77,22 +77,21 @@ def preview(
     pg = engine.con
     # One transaction, always rolled back: the preview request is written there only so
     # that `Mirror.owners` finds the subject's keys and tokens as for a recorded one.
-    pg.execute("BEGIN")
-    mirror = Mirror(pg, schema)
-    try:
-        mirror.pull_named_subject(subject)
-        key = resolve_subject(mirror.mem, schema, subject)
-        # The rows read to resolve the subject make way for all of the subject's rows.
-        mirror.mem.execute(f"DELETE FROM core.{quote(schema.subject_table.name)}")
-        pg.execute(
-            "INSERT INTO requests.requests (request_id, type, subject_key, received_at,"
-            " deadline, status) VALUES (%s, %s, %s, now(), now(), 'pending')",
-            [PREVIEW, type_, key],
-        )
-        mirror.owners(pgsql.SQL("request_id = {}").format(pgsql.Literal(PREVIEW)))
-        mirror.pull_subject_rows()
-        mirror.pull_tokens(policy)
-        return preview_request(mirror.mem, policy, None, type_, subject, changes, as_of)
-    finally:
-        mirror.close()
-        pg.execute("ROLLBACK")
+    with pg.transaction(force_rollback=True):
+        mirror = Mirror(pg, schema)
+        try:
+            mirror.pull_named_subject(subject)
+            key = resolve_subject(mirror.mem, schema, subject)
+            # The rows read to resolve the subject make way for all of the subject's rows.
+            mirror.mem.execute(f"DELETE FROM core.{quote(schema.subject_table.name)}")
+            pg.execute(
+                "INSERT INTO requests.requests (request_id, type, subject_key, received_at,"
+                " deadline, status) VALUES (%s, %s, %s, now(), now(), 'pending')",
+                [PREVIEW, type_, key],
+            )
+            mirror.owners(pgsql.SQL("request_id = {}").format(pgsql.Literal(PREVIEW)))
+            mirror.pull_subject_rows()
+            mirror.pull_tokens(policy)
+            return preview_request(mirror.mem, policy, None, type_, subject, changes, as_of)
+        finally:
+            mirror.close()
