@@ -68,6 +68,7 @@ from lethe.rights.requests import (
     parse_changes,
     record_request,
 )
+from lethe.sources import postgres_propagation
 from lethe.sources.propagation import SourceOutcome, preview_request
 from lethe.sources.propagation import propagate as propagate_changes
 
@@ -91,7 +92,7 @@ err = Console(stderr=True)
 # What runs on a PostgreSQL warehouse (LETHE_WAREHOUSE); every other command is refused.
 ON_POSTGRES = frozenset(
     {"run", "request", "requests", "hold", "audit", "policy", "schema", "generate"}
-    | {"processor", "breach"}
+    | {"processor", "breach", "propagate"}
 )
 
 
@@ -218,6 +219,8 @@ def _run_on_postgres(dsn: str, home: Home, when: dt.date, policy: Policy) -> Non
     for name, counts in enforced.counts.items():
         done = ", ".join(f"{action} {n:,}" for action, n in sorted(counts.items())) or "nothing"
         out.print(f"  enforce {name}: {done}", highlight=False)
+    if result.sources:
+        _print_sources(result.sources, "")
     out.print(
         f"  answers: {answers.exports} exports written, {answers.erasures} erasures answered",
         highlight=False,
@@ -626,8 +629,6 @@ def request(
     if request_id and kind != "extend":
         _fail(f"request {kind}: takes no request id (only `request extend ID` does)", USAGE)
     dsn = _postgres_warehouse()
-    if dsn and dry_run:
-        warehouse_db.refuse_here("lethe request --dry-run")
     if kind == "extend":
         if not request_id:
             _fail("request extend: give the request id", USAGE)
@@ -645,13 +646,19 @@ def request(
     changes = parse_changes(schema, set_ or []) if kind == "rectification" else None
     if set_ and kind != "rectification":
         _fail("--set applies to rectification requests only", USAGE)
-    if dry_run:
+    if dry_run and dsn:
+        with postgres_requests.opened(dsn, "previewing the request") as engine:
+            outcomes = postgres_propagation.preview(
+                engine, load_policy(), kind, subject, changes, _date(None)
+            )
+    elif dry_run:
         policy = load_policy()
         target = _subject_home(subject)
         with _warehouse(home=target) as con:
             outcomes = preview_request(
                 con, policy, target.vault, kind, subject, changes, _date(None)
             )
+    if dry_run:
         _print_sources(outcomes, f"{kind} request (dry run: nothing recorded or changed)")
         return
     if dsn:
@@ -704,10 +711,17 @@ def propagate(
     A source that refuses is rolled back and keeps its requests pending (exit 1)."""
     loaded = load_policy(policy)
     _unsharded("propagate")
-    with _warehouse(write=True) as con:
-        outcomes = propagate_changes(
-            con, loaded, f"cli-{uuid.uuid4()}", _date(None), dry_run=dry_run
-        )
+    dsn = _postgres_warehouse()
+    if dsn:
+        with postgres_requests.opened(dsn, "carrying the changes to the sources") as engine:
+            outcomes = postgres_propagation.propagate(
+                engine, loaded, f"cli-{uuid.uuid4()}", _date(None), dry_run=dry_run
+            )
+    else:
+        with _warehouse(write=True) as con:
+            outcomes = propagate_changes(
+                con, loaded, f"cli-{uuid.uuid4()}", _date(None), dry_run=dry_run
+            )
     _print_sources(outcomes, "dry run: rolled back, nothing changed" if dry_run else "")
     refused = [o.reason for o in outcomes if not o.ok]
     if refused and not dry_run:

@@ -308,10 +308,10 @@ def test_an_unknown_subject_is_one_line_and_records_nothing(
     assert refused.stderr.count("\n") == 1, refused.stderr
     assert "--subject: no contacts row has that e-mail address" in refused.stderr
     assert address not in refused.stderr
-    # Carrying a request to PostgreSQL sources is not built on a PostgreSQL warehouse.
+    # A dry run records nothing (this policy declares no PostgreSQL source to preview).
     dry = cli(both, "request", "erasure", "--subject", rq.CTRL["contact_id"], "--dry-run")
-    assert dry.returncode == 1 and dry.stderr.count("\n") == 1, dry.stderr
-    assert "lethe request --dry-run does not run on a PostgreSQL warehouse yet" in dry.stderr
+    assert dry.returncode == 0, dry.stderr
+    assert "no change for any PostgreSQL source" in dry.stdout
     with pytest.raises(UnknownSubjectError, match="no contacts row has that contact_id"):
         postgres_requests.record(both.pg, policy, "erasure", "c-nobody")
     assert both.pg.con.execute("SELECT count(*) FROM requests.requests").fetchone() == (count,)

@@ -1,9 +1,11 @@
 """One run of the pipeline on a PostgreSQL warehouse (`lethe run` with
 `LETHE_WAREHOUSE=postgresql://…`), in the order of the DuckDB pipeline: ingest every
-table's landing file, carry out the pending requests (`lethe.rights.postgres_requests`),
-enforce, answer the requests (exports under LETHE_HOME/exports), review the processors'
-exports and the breach register (`lethe.compliance.postgres_processors`), then release the
-analysts' datasets (`lethe.compliance.postgres_analytics`)."""
+table's landing file or PostgreSQL source, carry out the pending requests
+(`lethe.rights.postgres_requests`), enforce, carry the requests' changes to writable
+sources (`lethe.sources.postgres_propagation`), answer the requests (exports under
+LETHE_HOME/exports), review the processors' exports and the breach register
+(`lethe.compliance.postgres_processors`), then release the analysts' datasets
+(`lethe.compliance.postgres_analytics`)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,9 @@ from lethe.engine.postgres_warehouse import (
 from lethe.operations.home import Home
 from lethe.rights import postgres_requests
 from lethe.rights.answers import Answers
+from lethe.sources import postgres_propagation
 from lethe.sources.postgres import reason
+from lethe.sources.propagation import SourceOutcome
 
 
 @dataclass
@@ -44,6 +48,7 @@ class RunResult:
     refused: dict[str, str] = field(default_factory=dict)  # table: the one-line reason
     requests: dict[str, int] = field(default_factory=dict)  # carried out per type
     enforced: EnforcementResult | None = None
+    sources: list[SourceOutcome] = field(default_factory=list)  # writable sources' changes
     answers: Answers | None = None
     releases: dict[str, tuple[Release, KCheck]] = field(default_factory=dict)  # by dataset
     processors: ProcessorReport | None = None
@@ -72,6 +77,7 @@ def run(dsn: str, home: Home, policy: Policy, as_of: dt.date) -> RunResult:
                     result.refused[name] = str(exc)
             result.requests = postgres_requests.intake(engine, policy, as_of, result.run_id)
             result.enforced = enforce(engine, policy, as_of, result.run_id)
+            result.sources = postgres_propagation.propagate(engine, policy, result.run_id, as_of)
             result.answers = postgres_requests.answer(engine, home, policy, as_of, result.run_id)
             # After this run's erasures, as the processors asset: exports holding erased rows go.
             now = dt.datetime.now(dt.UTC)

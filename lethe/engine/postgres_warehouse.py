@@ -13,7 +13,8 @@ What runs on PostgreSQL so far:
 - ingest (`ingest_table`): a landing file is read, screened and typed by DuckDB in memory,
   by `lethe.engine.ingest` exactly as for a DuckDB warehouse, against a mirror of what that
   reads of the database (the keys foreign keys point at, the table's restricted keys, its
-  quarantine and ingest log); the loaded rows, the quarantine and the log entry then move
+  quarantine and ingest log; for a PostgreSQL source all its rows, its mark and the keys
+  Lethe anonymized there); the loaded rows, the quarantine and the log entry then move
   to PostgreSQL by COPY, streamed in Arrow batches, in one transaction;
 - enforcement (`enforce`): the same plans, run by `PostgresEngine` in one transaction
   (stage, issue vault tokens in SQL, rewrite the tables that change, append the ledger
@@ -29,10 +30,13 @@ Data-subject requests (recorded, listed, carried out and answered) run here thro
 `lethe.compliance.postgres_analytics` (the release plans rendered and run in the database,
 the Parquet extracts written from the released tables), and `lethe.engine.postgres_run.run`
 is what `lethe run` does with LETHE_WAREHOUSE set to a PostgreSQL URL (ingest, requests,
-enforcement, answers, analytics); `refuse_here` refuses the rest in one line. Not yet here:
+enforcement, answers, analytics); `refuse_here` refuses the rest in one line. PostgreSQL
+sources are read by the same ingest (the source's batches staged in the in-memory DuckDB,
+with the warehouse's rows of that table, its mark and its anonymized keys mirrored), and
+requests are carried back to them by `lethe.sources.postgres_propagation`. Not yet here:
 tagging as a step of its own (enforcement writes the fresh tags of every row it stages),
-backups, `lethe request --dry-run` and PostgreSQL sources, Dagster
-runs, and replacing the keys of erased subjects in Lethe's own tables by their keyed hashes.
+backups, Dagster runs, and replacing the keys of erased subjects in Lethe's own tables by
+their keyed hashes.
 
 What `VACUUM FULL` cannot remove: PostgreSQL's write-ahead log (`pg_wal/`) holds the
 replaced values until its segments are recycled (after later checkpoints), and so does any
@@ -321,17 +325,13 @@ def pull(
 def ingest_table(
     engine: PostgresEngine, landing: Path, table_name: str, policy: Policy
 ) -> IngestResult:
-    """Ingest a table's landing file into the PostgreSQL warehouse, as
-    `lethe.engine.ingest.ingest_table` does into a DuckDB one (module notes).
+    """Ingest a table's landing file (or read its PostgreSQL source) into the PostgreSQL
+    warehouse, as `lethe.engine.ingest.ingest_table` does into a DuckDB one (module notes).
 
     The landing file is removed only once PostgreSQL has committed its rows; a file refused
     (`IngestError`) stays in landing/ and nothing is written.
     """
     table = policy.data_schema.tables[table_name]
-    if table.source.postgres:
-        raise WarehouseError(
-            f"{table.name}: a PostgreSQL source cannot be ingested into a PostgreSQL warehouse yet"
-        )
     pg = engine.con
     mem = connect(":memory:")
     scratch = Path(tempfile.mkdtemp(prefix=".ingest-", dir=landing.parent))
@@ -366,13 +366,23 @@ def _mirror(pg: psycopg.Connection, mem: duckdb.DuckDBPyConnection, table: Table
     """Fill the in-memory warehouse with what ingesting `table` reads of the database."""
     for fk in table.foreign_keys:
         pull(pg, mem, f"core.{fk.ref_table}", columns=[fk.ref_column])
-    restricted = pgsql.SQL("_state = {}").format(pgsql.Literal(RowState.RESTRICTED.value))
-    pull(pg, mem, f"core.{table.name}", restricted, columns=[table.key, "_state"])
     mine = pgsql.SQL("table_name = {}").format(pgsql.Literal(table.name))
+    if table.source.postgres:
+        # A source read skips the rows the warehouse holds already (compared column by
+        # column) and those Lethe anonymized there, and reads from the table's mark.
+        columns = [*table.column_names, "_state", "_ingested_at"]
+        pull(pg, mem, f"core.{table.name}", columns=columns)
+        pull(pg, mem, "core.source_marks", mine)
+        pull(pg, mem, "core.source_anonymized", mine)
+    else:
+        restricted = pgsql.SQL("_state = {}").format(pgsql.Literal(RowState.RESTRICTED.value))
+        pull(pg, mem, f"core.{table.name}", restricted, columns=[table.key, "_state"])
     pull(pg, mem, "core.quarantine", mine)
     pull(pg, mem, "core.ingest_log", mine)
     mem.execute("CREATE TEMP TABLE _quarantined AS SELECT * FROM core.quarantine")
     mem.execute("CREATE TEMP TABLE _logged AS SELECT * FROM core.ingest_log")
+    known = f"SELECT {quote(table.key)}, _ingested_at FROM core.{quote(table.name)}"
+    mem.execute(f"CREATE TEMP TABLE _known AS {known}")
 
 
 def _write_back(
@@ -397,8 +407,13 @@ def _write_back(
         pg.execute(
             pgsql.SQL("ALTER TABLE {} ADD COLUMN {} text").format(target, pgsql.Identifier(extra))
         )
-    # The mirror's restricted rows carry no ingest time: the loaded rows all have one.
-    loaded = f"SELECT * FROM core.{quote(table.name)} WHERE _ingested_at IS NOT NULL"
+    # The loaded rows: each has an ingest time, and not one a mirrored row had.
+    k = quote(table.key)
+    loaded = (
+        f"SELECT * FROM core.{quote(table.name)} c WHERE _ingested_at IS NOT NULL"
+        f" AND NOT EXISTS (SELECT 1 FROM _known k WHERE k.{k} = c.{k}"
+        " AND k._ingested_at = c._ingested_at)"
+    )
     if mem.execute(f"SELECT count(*) FROM ({loaded})").fetchall()[0][0]:
         pg.execute(pgsql.SQL("CREATE TEMP TABLE _loaded (LIKE {}) ON COMMIT DROP").format(target))
         copy_in(mem.sql(loaded), pg, "_loaded")
@@ -427,6 +442,9 @@ def _write_back(
         pg,
         "core.ingest_log",
     )
+    if table.source.postgres:  # the source's new high-water mark, if incremental
+        pg.execute("DELETE FROM core.source_marks WHERE table_name = %s", [table.name])
+        copy_in(mem.table("core.source_marks"), pg, "core.source_marks")
     return replaced
 
 
@@ -588,8 +606,8 @@ def _forget_unused_tokens(pg: psycopg.Connection, policy: Policy) -> int:
 
 RUNS_HERE = (
     "`lethe run` (ingest, requests, enforcement, answers, analytics), `lethe request`,"
-    " `lethe requests`, `lethe hold add|release`, `lethe processor`, `lethe breach` and"
-    " `lethe audit verify`"
+    " `lethe requests`, `lethe hold add|release`, `lethe processor`, `lethe breach`,"
+    " `lethe propagate` and `lethe audit verify`"
 )
 NOT_BUILT = "backups and the Dagster assets"
 

@@ -24,9 +24,12 @@ and restriction carried out, erasures registered in `requests.erasures`, which t
 enforcement plan reads, so the same rewrite erases them) and `answer` after enforcement
 (access and portability exports under LETHE_HOME/exports, erasure answers).
 
-Not here yet: carrying requests back to PostgreSQL sources (`--dry-run`, propagation) and
-replacing a gone subject's key in these tables by its keyed hash (on DuckDB, enforcement
-does it); the ledger hashes every key it records, as on DuckDB.
+With writable PostgreSQL sources, `intake` also plans the changes carried back to them
+(`lethe.sources.propagation`, in the mirror: the change sets go back by request, the vault
+tokens it issues with them, so enforcement finds the same); `lethe.sources.postgres_propagation`
+carries them there. Not here yet: replacing a gone subject's key in these tables by its
+keyed hash (on DuckDB, enforcement does it); the ledger hashes every key it records, as on
+DuckDB.
 """
 
 from __future__ import annotations
@@ -73,6 +76,11 @@ from lethe.rights.requests import (
 from lethe.rights.subject_keys import subject_token_kinds
 from lethe.rights.subjects import email_column
 from lethe.sources.postgres import reason
+from lethe.sources.propagation import (
+    plan_erasures,
+    plan_rectifications_and_restrictions,
+    writable_sources,
+)
 
 Name = tuple[str, str]  # (schema, table)
 REQUESTS: Name = ("requests", "requests")
@@ -80,8 +88,14 @@ ERASURES: Name = ("requests", "erasures")
 LEDGER: Name = ("audit", "ledger")
 EXPORT_LOG: Name = ("audit", "export_log")
 QUARANTINE: Name = ("core", "quarantine")
+SOURCE_CHANGES: Name = ("requests", "source_changes")
+PROPAGATIONS: Name = ("requests", "propagations")
+TOKENS: Name = ("vault", "tokens")
 OWNERS = "_owners"  # PostgreSQL temp table: the keys and tokens of the step's subjects
 _PENDING = pgsql.SQL("status = 'pending'")
+OF_PENDING = pgsql.SQL(
+    "request_id IN (SELECT request_id FROM requests.requests WHERE status = 'pending')"
+)
 
 
 class Mirror:
@@ -175,22 +189,39 @@ class Mirror:
         for name, spec in self.schema.tables.items():
             self.pull(("core", name), rendered_condition(_owned(self.schema, name)), key=spec.key)
 
-    def pull_tokens(self, policy: Policy) -> None:
+    def pull_tokens(self, policy: Policy, issuing: bool = False) -> None:
         """Mirror the vault tokens the step needs: those in the mirrored rows' pseudonymized
-        columns, and those standing for an owner's or an erased subject's key."""
-        used = [
-            f"SELECT CAST({quote(p.column)} AS VARCHAR) AS token FROM core.{quote(table)}"
-            f" WHERE starts_with(CAST({quote(p.column)} AS VARCHAR), {literal(TOKEN_PREFIX)})"
+        columns, and those standing for an owner's or an erased subject's key.
+
+        `issuing`: the step may issue tokens (planning the changes carried to a source
+        pseudonymizes values, `lethe.sources.propagation`): the tokens the values of those
+        columns have already are mirrored too, and the tokens it issues go back."""
+        columns = [
+            (table, p)
             for table in tagged_tables(policy)
             for p in pseudonym_columns(policy, table)
             if p.column in table_columns(self.mem, "core", table)
         ]
+        used = [
+            f"SELECT CAST({quote(p.column)} AS VARCHAR) AS token FROM core.{quote(table)}"
+            f" WHERE starts_with(CAST({quote(p.column)} AS VARCHAR), {literal(TOKEN_PREFIX)})"
+            for table, p in columns
+        ]
         self.pg.execute("CREATE TEMP TABLE _seen_tokens (token text) ON COMMIT DROP")
         if used:
             copy_in(self.mem.sql(" UNION ".join(used)), self.pg, "_seen_tokens")
+        self.pg.execute("CREATE TEMP TABLE _seen_values (kind text, value text) ON COMMIT DROP")
+        if issuing and columns:
+            values = " UNION ".join(
+                f"SELECT {literal(p.kind)} AS kind, CAST({quote(p.column)} AS VARCHAR) AS value"
+                f" FROM core.{quote(table)} WHERE {quote(p.column)} IS NOT NULL"
+                for table, p in columns
+            )
+            copy_in(self.mem.sql(values), self.pg, "_seen_values")
         where = pgsql.SQL(
             "token IN (SELECT token FROM _seen_tokens) OR (kind = ANY({kinds}) AND value IN"
             " (SELECT subject_key FROM {owners} UNION SELECT subject_key FROM requests.erasures))"
+            " OR (kind, value) IN (SELECT kind, value FROM _seen_values)"
         ).format(
             kinds=pgsql.Literal(subject_token_kinds(self.schema)),
             owners=pgsql.Identifier(OWNERS),
@@ -201,6 +232,8 @@ class Mirror:
         pull(self.pg, self.mem, "vault.tokens", where, into="main._vault_tokens")
         self.mem.execute("INSERT INTO vault.tokens SELECT * FROM main._vault_tokens")
         self.mem.execute("DROP TABLE main._vault_tokens")
+        if issuing:
+            self.appended.append(TOKENS)
 
     def freeze(self) -> None:
         """Keep a copy of each mirrored table as read, to tell later what the step changed."""
@@ -236,14 +269,15 @@ class Mirror:
         )
 
     def _replace_by_key(self, name: Name, key: str) -> bool:
-        """Replace the database's rows whose mirrored row changed or went; True when it
-        deleted any."""
+        """Replace the database's rows of every key whose mirrored rows changed or went (a
+        key may have several rows: all of its mirrored rows go back); True when it deleted
+        any."""
         now, then, k = _table(name), _read(name), quote(key)
         changed = f"SELECT * FROM {now} EXCEPT ALL SELECT * FROM {then}"
         keys = (
             f"SELECT CAST({k} AS VARCHAR) AS k FROM ({changed})"
-            f" UNION (SELECT CAST({k} AS VARCHAR) FROM {then}"
-            f" EXCEPT SELECT CAST({k} AS VARCHAR) FROM {now})"
+            f" UNION SELECT CAST({k} AS VARCHAR) FROM (SELECT * FROM {then}"
+            f" EXCEPT ALL SELECT * FROM {now})"
         )
         if not self.mem.execute(f"SELECT count(*) FROM ({keys})").fetchall()[0][0]:
             return False
@@ -254,7 +288,11 @@ class Mirror:
                 pgsql.Identifier(*name), pgsql.Identifier(key)
             )
         ).rowcount
-        copy_in(self.mem.sql(changed), self.pg, _table(name))
+        copy_in(
+            self.mem.sql(f"SELECT * FROM {now} WHERE CAST({k} AS VARCHAR) IN ({keys})"),
+            self.pg,
+            _table(name),
+        )
         self.pg.execute("DROP TABLE _replaced")
         return deleted > 0
 
@@ -376,9 +414,13 @@ def intake(engine: PostgresEngine, policy: Policy, as_of: dt.date, run_id: str) 
     erasures (with the tokens standing for erased keys), as the DuckDB pipeline's intake
     does before tagging; returns requests handled per type."""
     schema = policy.data_schema
+    sourced = bool(writable_sources(policy))
     with mirrored_step(engine, schema) as mirror:
         mirror.pull(REQUESTS, _PENDING, key="request_id")
         mirror.pull(ERASURES, pgsql.SQL("true"), appended=True)
+        if sourced:  # the change sets planned so far for writable sources, by request
+            for name in (SOURCE_CHANGES, PROPAGATIONS):
+                mirror.pull(name, OF_PENDING, key="request_id")
         mirror.owners(_PENDING)
         mirror.pull_subject_rows()
         if _corrects_emails(mirror.mem, schema):
@@ -388,10 +430,14 @@ def intake(engine: PostgresEngine, policy: Policy, as_of: dt.date, run_id: str) 
         ).fetchall()[0][0]
         if erasing:  # an erasure forgets the subject's quarantined rows (the only reader)
             mirror.pull(QUARANTINE, pgsql.SQL("true"), whole=True)
-        mirror.pull_tokens(policy)
+        mirror.pull_tokens(policy, issuing=sourced)
         mirror.freeze()
+        # As the DuckDB intake: corrections planned for the sources as recorded, erasures
+        # once registered (their tokens issued in the mirror's vault, which goes back).
+        plan_rectifications_and_restrictions(mirror.mem, policy)
         done = apply_pending(mirror.mem, policy, as_of, run_id)
         register_erasure_tokens(mirror.mem, schema)
+        plan_erasures(mirror.mem, policy, as_of)
     return done
 
 
@@ -427,8 +473,7 @@ def answer(
     with mirrored_step(engine, schema) as mirror:
         mirror.pull(REQUESTS, _PENDING, key="request_id")
         mirror.pull(ERASURES, pgsql.SQL("true"))
-        pending = pgsql.SQL("request_id IN (SELECT request_id FROM requests.requests WHERE {})")
-        mirror.pull(("requests", "propagations"), pending.format(_PENDING))
+        mirror.pull(PROPAGATIONS, OF_PENDING)
         mirror.owners(_PENDING)
         mirror.pull_subject_rows()
         mine = pgsql.SQL("subject_key IN (SELECT subject_key FROM {})").format(

@@ -38,7 +38,8 @@ import io
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,7 @@ from lethe.declaration.strategies import Surrogate, literal, quote
 from lethe.engine.audit import LedgerEntry, append
 from lethe.engine.ddl import ensure_schemas
 from lethe.engine.enforcement import stage_tokens
+from lethe.engine.keyhash import vault_attached
 from lethe.engine.reach import reach
 from lethe.engine.retention import (
     TOKENS,
@@ -200,14 +202,15 @@ def _insert_rectifications_and_restrictions(con: duckdb.DuckDBPyConnection, poli
 
 
 def plan_erasures(
-    con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, vault: Path
+    con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, vault: Path | None = None
 ) -> int:
     """Plan the source changes of registered, pending erasure requests not planned yet
     (after `apply_pending` registered them, before the enforcement rewrite), from the same
     plan the rewrite runs; returns how many change rows were planned.
 
-    The pseudonymized values get their tokens from the `vault` file now, so the rewrite
-    finds the same ones. Also drops the planned changes of rectifications refused since.
+    The pseudonymized values get their tokens from the `vault` file now (or from the vault
+    attached already: a PostgreSQL warehouse's mirror), so the rewrite finds the same ones.
+    Also drops the planned changes of rectifications refused since.
     """
     if not _source_of(policy):
         return 0
@@ -221,11 +224,8 @@ def plan_erasures(
     try:
         if not _stage_erasures(con, policy, as_of):
             return 0
-        attach(con, vault)
-        try:
+        with _vault(con, vault):
             stage_tokens(con, policy)
-        finally:
-            con.execute("DETACH vault")
         with transaction(con):
             return _insert_erasures(con, policy)
     finally:
@@ -289,7 +289,7 @@ PREVIEW = "R-0-dry-run"  # sorts before every real request id (R-<hex>), so a su
 def preview_request(
     con: duckdb.DuckDBPyConnection,
     policy: Policy,
-    vault: Path,
+    vault: Path | None,
     type_: str,
     subject: str,
     changes: dict[str, str] | None,
@@ -303,7 +303,19 @@ def preview_request(
         return []
     ensure_schemas(con, policy.data_schema)
     subject_key = resolve_subject(con, policy.data_schema, subject)
-    attach(con, vault, read_only=True)
+    with _vault(con, vault, read_only=True):
+        return _preview(con, policy, sources, type_, subject_key, changes, as_of)
+
+
+def _preview(
+    con: duckdb.DuckDBPyConnection,
+    policy: Policy,
+    sources: dict[str, list[Table]],
+    type_: str,
+    subject_key: str,
+    changes: dict[str, str] | None,
+    as_of: dt.date,
+) -> list[SourceOutcome]:
     con.execute("BEGIN TRANSACTION")
     try:
         now = _now()
@@ -331,6 +343,22 @@ def preview_request(
         ]
     finally:
         con.execute("ROLLBACK")
+
+
+@contextmanager
+def _vault(
+    con: duckdb.DuckDBPyConnection, vault: Path | None, read_only: bool = False
+) -> Iterator[None]:
+    """The vault attached to `con` AS vault while planning: the one attached already (a
+    PostgreSQL warehouse's mirror), else the `vault` file, detached afterwards."""
+    if vault_attached(con):
+        yield
+        return
+    assert vault is not None, "no vault attached and no vault file given"
+    attach(con, vault, read_only=read_only)
+    try:
+        yield
+    finally:
         con.execute("DETACH vault")
 
 
