@@ -71,7 +71,7 @@ class Restored:
     pg: PostgresEngine
     dsn: str
     ids: dict[str, dict[str, str]] = field(default_factory=dict)  # side: {name: id}
-    at_backup: list[dict[str, Any]] = field(default_factory=list)  # PostgreSQL's contacts
+    at_backup: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # core tables
     cli: dict[str, Any] = field(default_factory=dict)  # completed `lethe` commands by name
 
 
@@ -125,7 +125,7 @@ def restored(
         r.cli["run-1"] = cli(r, "run", "--as-of", str(T))
         r.cli["backup"] = cli(r, "backup")
         pg_ids = {"backup": _backup_id(r.cli["backup"])}
-        r.at_backup = _pg_dicts(engine, "SELECT * FROM core.contacts")
+        r.at_backup = {t: _pg_dicts(engine, f"SELECT * FROM core.{t}") for t in TAGGED_TABLES}
         for name, kind, subject, changes in REQUESTS:
             sets = [f"--set={c}={v}" for c, v in (changes or {}).items()]
             done = cli(r, "request", kind, "--subject", subject, *sets)
@@ -220,12 +220,21 @@ def test_restore_on_postgres_keeps_the_erased_subject_erased(
 
 
 def test_restore_brings_back_the_backups_rows_of_everyone_else(restored: Restored) -> None:
+    """Every row but the erased subject's (kept ones pseudonymized, the contact anonymized
+    under a surrogate key) is as the backup held it: the street rectified since is the old
+    one again."""
     erin = rq.ERIN["contact_id"]
-    now = _pg_dicts(restored.pg, "SELECT * FROM core.contacts")
-    assert [c for c in now if c["contact_id"] == erin] == []
-    want = [c for c in restored.at_backup if c["contact_id"] != erin]
-    assert sorted(map(repr, now)) == sorted(map(repr, want))
-    (other,) = [c for c in now if c["contact_id"] == rq.OTHER["contact_id"]]
+    for table in TAGGED_TABLES:
+        key = rq.TABLES[table].key
+        erins = {r[key] for r in rq.rows_of(table, erin)}
+        now = _pg_dicts(restored.pg, f"SELECT * FROM core.{table}")
+        now = [r for r in now if r[key] not in erins and r["_state"] != "anonymized"]
+        want = [r for r in restored.at_backup[table] if r[key] not in erins]
+        assert sorted(map(repr, now)) == sorted(map(repr, want)), table
+    (other,) = _pg_dicts(
+        restored.pg,
+        f"SELECT street FROM core.contacts WHERE contact_id = '{rq.OTHER['contact_id']}'",
+    )
     assert other["street"] == rq.OTHER["street"] != NEW_STREET
 
 
