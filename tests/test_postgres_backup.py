@@ -29,15 +29,18 @@ from conftest import LETHE_BIN, TAGGED_TABLES, lethe_cli, lethe_env, write_landi
 from engine_values import Plain
 
 from lethe.declaration.policy import Policy
+from lethe.engine import postgres_run
 from lethe.engine.enforcement import enforce
 from lethe.engine.engines import PostgresEngine
 from lethe.engine.keyhash import key_hash, read_secret
 from lethe.engine.postgres_warehouse import key_secret, open_engine, verify
 from lethe.engine.tagging import tag_all
 from lethe.engine.warehouse import connect
-from lethe.operations.backup import create_backup
+from lethe.operations import postgres_backup
+from lethe.operations.backup import BackupError, create_backup
 from lethe.operations.home import Home
 from lethe.operations.restore import restore
+from lethe.rights import postgres_requests
 from lethe.rights.answers import answer_pending
 from lethe.rights.requests import apply_pending
 from tests.postgres import PostgresServer
@@ -122,16 +125,14 @@ def restored(
     engine = open_engine(dsn)
     r = Restored(duck, pg_home, engine, dsn, {"duck": {**duck_ids, "backup": duck_backup.id}})
     try:
-        r.cli["run-1"] = cli(r, "run", "--as-of", str(T))
+        postgres_run.run(dsn, pg_home, policy, T)
         r.cli["backup"] = cli(r, "backup")
         pg_ids = {"backup": _backup_id(r.cli["backup"])}
         r.at_backup = {t: _pg_dicts(engine, f"SELECT * FROM core.{t}") for t in TAGGED_TABLES}
         for name, kind, subject, changes in REQUESTS:
-            sets = [f"--set={c}={v}" for c, v in (changes or {}).items()]
-            done = cli(r, "request", kind, "--subject", subject, *sets)
-            assert done.returncode == 0, done.stderr
-            pg_ids[name] = done.stdout.split(":", 1)[0]
-        r.cli["run-2"] = cli(r, "run", "--as-of", str(T))
+            made = postgres_requests.record(engine, policy, kind, subject, changes)
+            pg_ids[name] = made.request_id
+        assert postgres_run.run(dsn, pg_home, policy, T).requests["erasure"] == 1
         r.cli["restore"] = cli(r, "restore", pg_ids["backup"])
         r.ids["pg"] = pg_ids
         yield r
@@ -168,8 +169,6 @@ def _pg_plain(r: Restored) -> Plain:
 
 
 def test_backup_and_restore_run_on_postgres(restored: Restored) -> None:
-    for name in ("run-1", "run-2"):
-        assert restored.cli[name].returncode == 0, restored.cli[name].stderr
     done = restored.cli["restore"]
     assert done.returncode == 0, done.stderr
     assert f"restored {restored.ids['pg']['backup']}; re-applied retention as of" in (done.stdout)
@@ -271,15 +270,16 @@ def _state(r: Restored) -> dict[str, list[str]]:
     return {t: sorted(map(repr, r.pg.con.execute(f"SELECT * FROM {t}"))) for t in tables}
 
 
-def test_a_bad_backup_id_is_one_line_and_changes_nothing(restored: Restored) -> None:
+def test_a_bad_backup_id_is_one_line_and_changes_nothing(
+    restored: Restored, policy: Policy
+) -> None:
     before = _state(restored)
-    for given, says in (
-        ("yesterday", "'yesterday' is not a backup id"),
-        ("20200101T000000Z", "20200101T000000Z: no such backup"),
-    ):
-        refused = cli(restored, "restore", given)
-        assert refused.returncode == 1, refused.stderr
-        assert refused.stderr.count("\n") == 1 and says in refused.stderr, refused.stderr
+    refused = cli(restored, "restore", "yesterday")
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert "'yesterday' is not a backup id" in refused.stderr
+    with pytest.raises(BackupError, match="20200101T000000Z: no such backup"):
+        postgres_backup.restore(restored.pg, restored.pg_home, "20200101T000000Z", policy)
     assert _state(restored) == before
 
 
