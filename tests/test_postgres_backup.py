@@ -315,3 +315,15 @@ def test_a_killed_restore_leaves_the_database_as_it_was_and_a_rerun_works(
         "SELECT action FROM audit.ledger ORDER BY seq DESC LIMIT 1"
     ).fetchone()
     assert action == "restore"
+
+
+def test_a_subject_erased_before_the_restore_and_delivered_again_is_erased_again(
+    restored: Restored, policy: Policy
+) -> None:
+    """The restore leaves the erasure register naming the subject by its key, which is how
+    the database's runs match a row delivered again."""
+    rq.redeliver(restored.pg_home, contacts=[rq.ERIN])
+    again = postgres_run.run(restored.dsn, restored.pg_home, policy, T)
+    assert again.ingested["contacts"].rows_loaded == 1
+    text = "\n".join(map(repr, restored.pg.con.execute("SELECT * FROM core.contacts")))
+    assert {w for w, v in rq.values_of(rq.ERIN).items() if v in text} == set()

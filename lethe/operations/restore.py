@@ -68,9 +68,12 @@ def restore(home: Home, backup_id: str, policy: Policy) -> RestoreResult:
     return restore_into(home, load_backup(home, backup_id), policy)
 
 
-def restore_into(home: Home, backup: Backup, policy: Policy) -> RestoreResult:
+def restore_into(
+    home: Home, backup: Backup, policy: Policy, hash_gone: bool = True
+) -> RestoreResult:
     """Restore `backup` over the warehouse and vault of `home` (module notes); a PostgreSQL
-    restore passes a scratch home holding copies of its database's tables and vault."""
+    restore passes a scratch home holding copies of its database's tables and vault, and
+    `hash_gone=False` (`lethe.engine.enforcement.enforce`)."""
     backup_id = backup.id
     scratch = scratch_path(home)
     scratch.unlink(missing_ok=True)
@@ -98,7 +101,7 @@ def restore_into(home: Home, backup: Backup, policy: Policy) -> RestoreResult:
         finally:
             con.close()
         if last_as_of is not None:
-            enforce(home, policy, last_as_of, run_id, warehouse=scratch)
+            enforce(home, policy, last_as_of, run_id, warehouse=scratch, hash_gone=hash_gone)
         con = connect(scratch)
         try:
             append(
