@@ -43,7 +43,7 @@ from lethe.engine.states import STORED_STATES
 from lethe.engine.warehouse import connect
 from lethe.errors import LetheError
 from lethe.operations import postgres_backup
-from lethe.operations.backup import create_backup
+from lethe.operations.backup import create_backup, expire_backups
 from lethe.operations.files import owner_only_umask
 from lethe.operations.home import Home
 from lethe.operations.lock import exclusive
@@ -778,10 +778,14 @@ def backup() -> None:
     """Write a compressed backup of the warehouse under LETHE_HOME/backups."""
     dsn = _postgres_warehouse()
     if dsn:
-        home = Home.from_env().ensure()
+        # No pipeline writes and expires backups there yet: this command also expires them.
+        home, policy = Home.from_env().ensure(), load_policy()
         with exclusive(home.lock), postgres_requests.opened(dsn, "the backup") as engine:
-            made = postgres_backup.backup(engine, home, load_policy())
+            made = postgres_backup.backup(engine, home, policy)
+            expired = expire_backups(home, policy.operations.backups)
         out.print(f"backup {made.id} written ({made.path})", highlight=False)
+        if expired:
+            out.print(f"{len(expired)} backup(s) past retention deleted", highlight=False)
         return
     _unsharded("backup")
     home = _home_with_warehouse().ensure()

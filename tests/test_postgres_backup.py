@@ -126,6 +126,9 @@ def restored(
     r = Restored(duck, pg_home, engine, dsn, {"duck": {**duck_ids, "backup": duck_backup.id}})
     try:
         postgres_run.run(dsn, pg_home, policy, T)
+        # Expired by `lethe backup`, which no run there does yet.
+        old = dt.datetime.now(dt.UTC) - dt.timedelta(days=81)
+        assert postgres_backup.backup(engine, pg_home, policy, now=old).path.is_dir()
         r.cli["backup"] = cli(r, "backup")
         pg_ids = {"backup": _backup_id(r.cli["backup"])}
         r.at_backup = {t: _pg_dicts(engine, f"SELECT * FROM core.{t}") for t in TAGGED_TABLES}
@@ -172,7 +175,9 @@ def test_backup_and_restore_run_on_postgres(restored: Restored) -> None:
     done = restored.cli["restore"]
     assert done.returncode == 0, done.stderr
     assert f"restored {restored.ids['pg']['backup']}; re-applied retention as of" in (done.stdout)
-    # The same backups/<id>/ as on DuckDB, and no scratch copy left under LETHE_HOME.
+    # The same backups/<id>/ as on DuckDB, and no scratch copy left under LETHE_HOME; the
+    # backup past the 80 days is gone.
+    assert "1 backup(s) past retention deleted" in restored.cli["backup"].stdout
     backups = restored.pg_home.backups
     assert [p.name for p in backups.iterdir()] == [restored.ids["pg"]["backup"]]
     backup = backups / restored.ids["pg"]["backup"]
