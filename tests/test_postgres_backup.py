@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import json
 import re
 import signal
 import subprocess
@@ -76,6 +77,7 @@ class Restored:
     ids: dict[str, dict[str, str]] = field(default_factory=dict)  # side: {name: id}
     at_backup: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # core tables
     cli: dict[str, Any] = field(default_factory=dict)  # completed `lethe` commands by name
+    seq_at_backup: int = 0  # the ledger's last entry when the backup was taken
 
 
 def cli(r: Restored, *args: str) -> Any:
@@ -132,9 +134,10 @@ def restored(
         r.cli["backup"] = cli(r, "backup")
         pg_ids = {"backup": _backup_id(r.cli["backup"])}
         r.at_backup = {t: _pg_dicts(engine, f"SELECT * FROM core.{t}") for t in TAGGED_TABLES}
+        (r.seq_at_backup,) = engine.con.execute("SELECT max(seq) FROM audit.ledger").fetchone()
         for name, kind, subject, changes in REQUESTS:
-            made = postgres_requests.record(engine, policy, kind, subject, changes)
-            pg_ids[name] = made.request_id
+            recorded = postgres_requests.record(engine, policy, kind, subject, changes)
+            pg_ids[name] = recorded.request_id
         assert postgres_run.run(dsn, pg_home, policy, T).requests["erasure"] == 1
         r.cli["restore"] = cli(r, "restore", pg_ids["backup"])
         r.ids["pg"] = pg_ids
@@ -183,6 +186,8 @@ def test_backup_and_restore_run_on_postgres(restored: Restored) -> None:
     backup = backups / restored.ids["pg"]["backup"]
     assert sorted(p.name for p in backup.iterdir()) == ["manifest.json", "warehouse.duckdb.gz"]
     assert (backup / "warehouse.duckdb.gz").stat().st_mode & 0o077 == 0
+    manifest = json.loads((backup / "manifest.json").read_text())
+    assert manifest["ledger_seq"] == restored.seq_at_backup > 0
     # Not vacuous: the backup holds the subject erased since.
     with gzip.open(backup / "warehouse.duckdb.gz") as fh:
         assert rq.ERIN["email"].encode() in fh.read()
