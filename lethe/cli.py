@@ -43,7 +43,8 @@ from lethe.engine.keyhash import short
 from lethe.engine.states import STORED_STATES
 from lethe.engine.warehouse import connect
 from lethe.errors import LetheError
-from lethe.operations.backup import create_backup
+from lethe.operations import postgres_backup
+from lethe.operations.backup import create_backup, expire_backups
 from lethe.operations.files import owner_only_umask
 from lethe.operations.home import Home
 from lethe.operations.lock import exclusive
@@ -92,7 +93,7 @@ err = Console(stderr=True)
 # What runs on a PostgreSQL warehouse (LETHE_WAREHOUSE); every other command is refused.
 ON_POSTGRES = frozenset(
     {"run", "request", "requests", "hold", "audit", "policy", "schema", "generate"}
-    | {"processor", "breach", "propagate"}
+    | {"processor", "breach", "propagate", "backup", "restore"}
 )
 
 
@@ -818,6 +819,17 @@ def _answer(home: Home, where: Home, answer: dict) -> str:
 @app.command()
 def backup() -> None:
     """Write a compressed backup of the warehouse under LETHE_HOME/backups."""
+    dsn = _postgres_warehouse()
+    if dsn:
+        # No pipeline writes and expires backups there yet: this command also expires them.
+        home, policy = Home.from_env().ensure(), load_policy()
+        with exclusive(home.lock), postgres_requests.opened(dsn, "the backup") as engine:
+            made = postgres_backup.backup(engine, home, policy)
+            expired = expire_backups(home, policy.operations.backups)
+        out.print(f"backup {made.id} written ({made.path})", highlight=False)
+        if expired:
+            out.print(f"{len(expired)} backup(s) past retention deleted", highlight=False)
+        return
     _unsharded("backup")
     home = _home_with_warehouse().ensure()
     with exclusive(home.lock):
@@ -836,8 +848,13 @@ def restore(
     loaded = load_policy(policy)
     if not home.backups.is_dir():
         _fail(f"no backups in {home.backups}: nothing to restore (is LETHE_HOME set?)")
+    dsn = _postgres_warehouse()
     with exclusive(home.lock):
-        result = restore_backup(home.ensure(), backup_id, loaded)
+        if dsn:
+            with postgres_requests.opened(dsn, "the restore") as engine:
+                result = postgres_backup.restore(engine, home.ensure(), backup_id, loaded)
+        else:
+            result = restore_backup(home.ensure(), backup_id, loaded)
     out.print(
         f"restored {backup_id}; re-applied retention as of {result.reapplied_as_of}"
         f" ({result.erasures_since_backup} erasure batches since the backup)",

@@ -327,7 +327,7 @@ def test_lethe_run_on_a_postgres_warehouse(postgres: PostgresServer, tmp_path: P
     assert not home.warehouse.exists() and not home.vault.exists()
     runs.append(lethe_cli("audit", "verify", home=home.root, LETHE_WAREHOUSE=dsn))
     assert runs[-1].returncode == 0 and "9 entries, chain intact" in runs[-1].stdout
-    for args in (("backup",), ("demo",)):
+    for args in (("demo",),):
         refused = lethe_cli(*args, home=home.root, LETHE_WAREHOUSE=dsn)
         runs.append(refused)
         assert refused.returncode == 1

@@ -30,13 +30,14 @@ Data-subject requests (recorded, listed, carried out and answered) run here thro
 `lethe.compliance.postgres_analytics` (the release plans rendered and run in the database,
 the Parquet extracts written from the released tables), and `lethe.engine.postgres_run.run`
 is what `lethe run` does with LETHE_WAREHOUSE set to a PostgreSQL URL (ingest, requests,
-enforcement, answers, analytics); `refuse_here` refuses the rest in one line. PostgreSQL
+enforcement, answers, analytics); backups and restore by table copies are
+`lethe.operations.postgres_backup`; `refuse_here` refuses the rest in one line. PostgreSQL
 sources are read by the same ingest (the source's batches staged in the in-memory DuckDB,
 with the warehouse's rows of that table, its mark and its anonymized keys mirrored), and
 requests are carried back to them by `lethe.sources.postgres_propagation`. Not yet here:
 tagging as a step of its own (enforcement writes the fresh tags of every row it stages),
-backups, Dagster runs, and replacing the keys of erased subjects in Lethe's own tables by
-their keyed hashes.
+Dagster runs, and replacing the keys of erased subjects in Lethe's own tables by their
+keyed hashes.
 
 What `VACUUM FULL` cannot remove: PostgreSQL's write-ahead log (`pg_wal/`) holds the
 replaced values until its segments are recycled (after later checkpoints), and so does any
@@ -607,9 +608,9 @@ def _forget_unused_tokens(pg: psycopg.Connection, policy: Policy) -> int:
 RUNS_HERE = (
     "`lethe run` (ingest, requests, enforcement, answers, analytics), `lethe request`,"
     " `lethe requests`, `lethe hold add|release`, `lethe processor`, `lethe breach`,"
-    " `lethe propagate` and `lethe audit verify`"
+    " `lethe propagate`, `lethe audit verify`, `lethe backup` and `lethe restore`"
 )
-NOT_BUILT = "backups and the Dagster assets"
+NOT_BUILT = "the Dagster assets"
 
 
 def dsn_from_env() -> str | None:

@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,28 +53,49 @@ def _ledger_seq(path: Path) -> int:
 
 def create_backup(home: Home, now: dt.datetime | None = None) -> Backup:
     """Write a compressed copy of the (checkpointed) warehouse; atomic via a temp dir."""
+
+    def checkpointed(_: Path) -> Path:
+        con = connect(home.warehouse)
+        try:
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        return home.warehouse
+
+    return store_backup(home, checkpointed, now)
+
+
+def store_backup(
+    home: Home, warehouse: Callable[[Path], Path], now: dt.datetime | None = None
+) -> Backup:
+    """Write a backup of the DuckDB warehouse file `warehouse(folder)` returns, given the
+    backup's half-written folder (owner-only; a file written there is removed with it):
+    compressed, with its manifest, then renamed into place (atomic). An existing backup of
+    the same second is returned as it is."""
     now = now or dt.datetime.now(dt.UTC)
     backup_id = now.strftime(_ID_FORMAT)
     target = home.backups / backup_id
     if target.exists():
         return load_backup(home, backup_id)
-    con = connect(home.warehouse)
-    try:
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
-    seq = _ledger_seq(home.warehouse)
     tmp = home.backups / f".{backup_id}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True, mode=0o700)
-    with home.warehouse.open("rb") as src, gzip.open(tmp / "warehouse.duckdb.gz", "wb", 6) as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-    os.chmod(tmp / "warehouse.duckdb.gz", 0o600)
-    write_text(
-        tmp / "manifest.json",
-        json.dumps({"id": backup_id, "created_at": now.isoformat(), "ledger_seq": seq}),
-    )
-    os.replace(tmp, target)
+    try:
+        source = warehouse(tmp)
+        seq = _ledger_seq(source)
+        with source.open("rb") as src, gzip.open(tmp / "warehouse.duckdb.gz", "wb", 6) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        os.chmod(tmp / "warehouse.duckdb.gz", 0o600)
+        if source.parent == tmp:  # a scratch copy: only the compressed one stays
+            source.unlink()
+            source.with_name(source.name + ".wal").unlink(missing_ok=True)
+        write_text(
+            tmp / "manifest.json",
+            json.dumps({"id": backup_id, "created_at": now.isoformat(), "ledger_seq": seq}),
+        )
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return Backup(backup_id, target, now, seq)
 
 

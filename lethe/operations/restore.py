@@ -24,7 +24,7 @@ from lethe.engine.audit import LedgerEntry, append
 from lethe.engine.ddl import ensure_schemas
 from lethe.engine.enforcement import enforce
 from lethe.engine.warehouse import connect, has_table
-from lethe.operations.backup import decompress, load_backup
+from lethe.operations.backup import Backup, decompress, load_backup
 from lethe.operations.home import Home
 from lethe.rights.requests import reapply_done
 from lethe.rights.subject_keys import reveal_keys
@@ -65,7 +65,16 @@ def scratch_path(home: Home) -> Path:
 
 def restore(home: Home, backup_id: str, policy: Policy) -> RestoreResult:
     """Restore `backup_id`, re-apply every later erasure, then swap it in atomically."""
-    backup = load_backup(home, backup_id)
+    return restore_into(home, load_backup(home, backup_id), policy)
+
+
+def restore_into(
+    home: Home, backup: Backup, policy: Policy, hash_gone: bool = True
+) -> RestoreResult:
+    """Restore `backup` over the warehouse and vault of `home` (module notes); a PostgreSQL
+    restore passes a scratch home holding copies of its database's tables and vault, and
+    `hash_gone=False` (`lethe.engine.enforcement.enforce`)."""
+    backup_id = backup.id
     scratch = scratch_path(home)
     scratch.unlink(missing_ok=True)
     decompress(backup, scratch)
@@ -92,7 +101,7 @@ def restore(home: Home, backup_id: str, policy: Policy) -> RestoreResult:
         finally:
             con.close()
         if last_as_of is not None:
-            enforce(home, policy, last_as_of, run_id, warehouse=scratch)
+            enforce(home, policy, last_as_of, run_id, warehouse=scratch, hash_gone=hash_gone)
         con = connect(scratch)
         try:
             append(

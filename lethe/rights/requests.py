@@ -662,9 +662,15 @@ def register_erasure_tokens(con: duckdb.DuckDBPyConnection, schema: Schema) -> i
 def reapply_done(con: duckdb.DuckDBPyConnection, policy: Policy) -> int:
     """Re-apply answered objections and restrictions (after a restore brought back older rows).
 
-    Erasures need nothing here: `requests.erasures` makes every later tagging erase again.
-    Returns the number of requests re-applied.
+    Erasures: `requests.erasures` makes every later tagging erase the rows again; their
+    rejected input rows (raw copies in the quarantine) are forgotten again here.
+    Returns the number of objections and restrictions re-applied.
     """
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _subjects AS SELECT DISTINCT subject_key"
+        " FROM requests.erasures"
+    )
+    _forget_quarantined(con, policy.data_schema)
     _withdraw_consents(
         con,
         policy,
