@@ -240,6 +240,17 @@ def _run_on_postgres(dsn: str, home: Home, when: dt.date, policy: Policy) -> Non
                 soft_wrap=True,
             )
     _report_processors(result)
+    logs, made = result.logs, result.backup
+    assert logs is not None and made is not None
+    out.print(
+        f"  logs: {logs.access_log} access and {logs.export_log} export entries,"
+        f" {logs.quarantine} quarantined rows past retention deleted",
+        highlight=False,
+    )
+    out.print(
+        f"  backup {made.id} written; {len(result.expired_backups)} past retention deleted",
+        highlight=False,
+    )
     out.print(
         f"  ledger: {enforced.ledger_entries} entries; vault: {enforced.forgotten_tokens}"
         f" unused tokens forgotten; not run on PostgreSQL yet: {warehouse_db.NOT_BUILT}",
@@ -821,7 +832,7 @@ def backup() -> None:
     """Write a compressed backup of the warehouse under LETHE_HOME/backups."""
     dsn = _postgres_warehouse()
     if dsn:
-        # No pipeline writes and expires backups there yet: this command also expires them.
+        # As a run there does, this command also deletes the backups past retention.
         home, policy = Home.from_env().ensure(), load_policy()
         with exclusive(home.lock), postgres_requests.opened(dsn, "the backup") as engine:
             made = postgres_backup.backup(engine, home, policy)

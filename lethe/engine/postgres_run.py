@@ -1,11 +1,13 @@
 """One run of the pipeline on a PostgreSQL warehouse (`lethe run` with
 `LETHE_WAREHOUSE=postgresql://…`), in the order of the DuckDB pipeline: ingest every
 table's landing file or PostgreSQL source, carry out the pending requests
-(`lethe.rights.postgres_requests`), enforce, carry the requests' changes to writable
+(`lethe.rights.postgres_requests`), apply the retention of Lethe's own logs
+(`lethe.operations.postgres_logs`), enforce, carry the requests' changes to writable
 sources (`lethe.sources.postgres_propagation`), answer the requests (exports under
 LETHE_HOME/exports), review the processors' exports and the breach register
-(`lethe.compliance.postgres_processors`), then release the analysts' datasets
-(`lethe.compliance.postgres_analytics`)."""
+(`lethe.compliance.postgres_processors`), release the analysts' datasets
+(`lethe.compliance.postgres_analytics`), then write the day's backup and delete those past
+retention (`lethe.operations.postgres_backup`)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ from lethe.engine.postgres_warehouse import (
     ingest_table,
     open_engine,
 )
+from lethe.operations import postgres_backup, postgres_logs
+from lethe.operations.activity_logs import LogPurge
+from lethe.operations.backup import Backup, expire_backups
 from lethe.operations.home import Home
 from lethe.rights import postgres_requests
 from lethe.rights.answers import Answers
@@ -52,6 +57,9 @@ class RunResult:
     answers: Answers | None = None
     releases: dict[str, tuple[Release, KCheck]] = field(default_factory=dict)  # by dataset
     processors: ProcessorReport | None = None
+    logs: LogPurge | None = None
+    backup: Backup | None = None
+    expired_backups: list[str] = field(default_factory=list)  # backup ids deleted
     overdue_breaches: list[tuple[Breach, list[str]]] = field(default_factory=list)
 
 
@@ -76,16 +84,20 @@ def run(dsn: str, home: Home, policy: Policy, as_of: dt.date) -> RunResult:
                 except IngestError as exc:
                     result.refused[name] = str(exc)
             result.requests = postgres_requests.intake(engine, policy, as_of, result.run_id)
+            now = dt.datetime.now(dt.UTC)
+            result.logs = postgres_logs.purge(engine, policy, now, result.run_id, as_of)
             result.enforced = enforce(engine, policy, as_of, result.run_id)
             result.sources = postgres_propagation.propagate(engine, policy, result.run_id, as_of)
             result.answers = postgres_requests.answer(engine, home, policy, as_of, result.run_id)
             # After this run's erasures, as the processors asset: exports holding erased rows go.
-            now = dt.datetime.now(dt.UTC)
             result.processors, result.overdue_breaches = postgres_processors.review(
                 engine, home, policy, now
             )
             # After the answers: a request's deadline does not wait on the analysts.
             result.releases = release_all(engine, home, policy, as_of)
+            # Last, as the backup asset: the day's backup holds the enforced warehouse.
+            result.backup = postgres_backup.backup(engine, home, policy)
+            result.expired_backups = expire_backups(home, policy.operations.backups)
     except psycopg.Error as exc:
         raise WarehouseError(f"{describe(dsn)}: the run stopped: {reason(exc)}") from None
     finally:

@@ -101,8 +101,9 @@ OF_PENDING = pgsql.SQL(
 class Mirror:
     """An in-memory DuckDB warehouse holding what one step reads of the PostgreSQL one.
 
-    `keyed` tables go back by key, `appended` ones by their new rows, `whole` ones (mirrored
-    entirely) as a whole when changed; `read` snapshots each as it was read.
+    `keyed` tables go back by key, `appended` ones by their new rows, `whole` ones (every
+    row matching the pull's condition mirrored) as a whole when changed; `read` snapshots
+    each as it was read.
     """
 
     def __init__(self, pg: psycopg.Connection, schema: Schema) -> None:
@@ -111,7 +112,7 @@ class Mirror:
         self.mem = connect(":memory:")
         self.keyed: dict[Name, str] = {}
         self.appended: list[Name] = []
-        self.whole: list[Name] = []
+        self.whole: dict[Name, pgsql.Composable] = {}
         ensure_schemas(self.mem, schema)
         for table in schema.tables:
             self._carry_extra_columns(table)
@@ -152,7 +153,7 @@ class Mirror:
         if appended:
             self.appended.append(name)
         if whole:
-            self.whole.append(name)
+            self.whole[name] = where
 
     def owners(self, requests: pgsql.Composable) -> None:
         """Fill the PostgreSQL temp table `_owners` with the subjects of the `requests`
@@ -252,9 +253,11 @@ class Mirror:
                 f"SELECT * FROM {_table(name)} EXCEPT ALL SELECT * FROM {_read(name)}"
             )
             copy_in(added, self.pg, _table(name))
-        for name in self.whole:
+        for name, where in self.whole.items():
             if self._changed(name):
-                self.pg.execute(pgsql.SQL("DELETE FROM {}").format(pgsql.Identifier(*name)))
+                self.pg.execute(
+                    pgsql.SQL("DELETE FROM {} WHERE {}").format(pgsql.Identifier(*name), where)
+                )
                 copy_in(self.mem.table(".".join(name)), self.pg, _table(name))
                 replaced.append(name)
         return replaced
