@@ -12,6 +12,7 @@ from assets.operations import operations_assets
 from assets.requests import request_assets
 from assets.tagging import tagging_assets
 from lethe.declaration.policy import Policy, load_policy
+from lethe.engine.postgres_warehouse import dsn_from_env
 from lethe.operations.shards import shard_count
 from pipelines.jobs import pipeline_job, shard_job, union_job
 from pipelines.partitions import by_shard
@@ -25,6 +26,10 @@ def build_definitions(policy: Policy) -> dg.Definitions:
     """The definitions describing `policy` and its schema; their runs apply that policy."""
     analytics = analytics_assets(policy)
     resource = PolicyResource.bound_to(policy)
+    # On a PostgreSQL warehouse (LETHE_WAREHOUSE) the steps that run there: tagging is part
+    # of enforcement's rewrite; log retention, backups and the compliance documents are not
+    # built there yet (`lethe.engine.postgres_warehouse.NOT_BUILT`).
+    postgres = dsn_from_env() is not None
     return dg.Definitions(
         assets=[
             *landing_specs(policy),
@@ -33,13 +38,13 @@ def build_definitions(policy: Policy) -> dg.Definitions:
                     leftovers_asset(policy),
                     *ingest_assets(policy),
                     *request_assets(policy),
-                    *tagging_assets(policy),
-                    *operations_assets(policy),
-                    *enforcement_assets(policy),
+                    *([] if postgres else tagging_assets(policy)),
+                    *([] if postgres else operations_assets(policy)),
+                    *enforcement_assets(policy, postgres),
                 ]
             ),
             *analytics,
-            *compliance_assets(policy, [a.key for a in analytics]),
+            *([] if postgres else compliance_assets(policy, [a.key for a in analytics])),
         ],
         jobs=[pipeline_job, shard_job, union_job],
         schedules=[daily_retention(resource, shard_count())],

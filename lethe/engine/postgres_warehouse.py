@@ -472,18 +472,19 @@ def verify(pg: psycopg.Connection) -> audit.VerifyResult:
 # --- enforcement ----------------------------------------------------------------------------
 
 
-class _Rendered:
-    """A DuckDB-like `execute(sql).fetchall()` for code that reads plan results: each
-    statement (DuckDB dialect) rendered for PostgreSQL and run there."""
+class Rendered:
+    """A DuckDB-like `execute(sql, params).fetchone()/fetchall()` for code that reads the
+    warehouse (plan results, table counts): each statement (DuckDB dialect, `?` parameters)
+    rendered for PostgreSQL and run there."""
 
     def __init__(self, pg: psycopg.Connection) -> None:
         self.pg = pg
 
-    def execute(self, sql: str) -> psycopg.Cursor[Any]:
+    def execute(self, sql: str, params: list[Any] | None = None) -> psycopg.Cursor[Any]:
         *before, last = render((sql,), POSTGRES)
         for statement in before:
             self.pg.execute(statement)
-        return self.pg.execute(last)
+        return self.pg.execute(last, params)
 
 
 def _issue_tokens(pg: psycopg.Connection, policy: Policy) -> None:
@@ -523,7 +524,7 @@ def enforce(
                 engine.run(Plan(plan.name, plan.statements[:1]))
             _issue_tokens(pg, policy)
             entries, result.counts = ledger_entries(
-                _Rendered(pg),  # type: ignore[arg-type]
+                Rendered(pg),  # type: ignore[arg-type]
                 policy,
                 plans,
                 as_of,
