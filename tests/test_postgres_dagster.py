@@ -208,6 +208,38 @@ def test_request_sensor_reads_pending_requests_from_postgres(runs: Runs, policy:
     assert isinstance(sensor(context), dg.SkipReason)  # launched once
 
 
+def test_definitions_on_postgres_load_with_the_daily_schedule(policy: Policy, runs: Runs) -> None:
+    defs = build_definitions(policy)
+    dg.Definitions.validate_loadable(defs)
+    schedule = defs.resolve_schedule_def("daily_retention")
+    assert schedule.job_name == PIPELINE_JOB
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_a_run_waits_for_the_advisory_lock_then_fails_in_one_line(
+    runs: Runs, policy: Policy, postgres: PostgresServer
+) -> None:
+    defs = build_definitions(policy)
+    other = open_engine(postgres.dsn(runs.engine.con.info.dbname))
+    try:
+        with other.lock():
+            result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
+                run_config={"resources": {"warehouse": {"config": {"lock_wait_seconds": 1}}}},
+                instance=dg.DagsterInstance.ephemeral(),
+                raise_on_error=False,
+            )
+    finally:
+        other.close()
+    assert not result.success
+    failures = [
+        ev.engine_event_data.error.message
+        for ev in result.all_events
+        if ev.event_type == dg.DagsterEventType.RESOURCE_INIT_FAILURE
+    ]
+    assert any("another Lethe process is writing" in m for m in failures), failures
+    assert not result.get_asset_materialization_events()
+
+
 def test_ledger_check_fails_after_an_edited_entry(runs: Runs, policy: Policy) -> None:
     runs.engine.con.execute(
         "UPDATE audit.ledger SET reason = reason || ' (edited)'"

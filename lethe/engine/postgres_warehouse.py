@@ -28,10 +28,11 @@ Data-subject requests (recorded, listed, carried out and answered) run here thro
 `lethe.compliance.postgres_analytics` (the release plans rendered and run in the database,
 the Parquet extracts written from the released tables), and `lethe.engine.postgres_run.run`
 is what `lethe run` does with LETHE_WAREHOUSE set to a PostgreSQL URL (ingest, requests,
-enforcement, answers, analytics); `refuse_here` refuses the rest in one line. Not yet here:
-tagging as a step of its own (enforcement writes the fresh tags of every row it stages),
-processors and breaches, backups, `lethe request --dry-run` and PostgreSQL sources, Dagster
-runs, and replacing the keys of erased subjects in Lethe's own tables by their keyed hashes.
+enforcement, answers, analytics); the Dagster assets call the same steps on such a
+warehouse. `refuse_here` refuses the rest in one line. Not yet here: tagging as a step of
+its own (enforcement writes the fresh tags of every row it stages), processors and
+breaches, backups, `lethe request --dry-run` and PostgreSQL sources, and replacing the
+keys of erased subjects in Lethe's own tables by their keyed hashes.
 
 What `VACUUM FULL` cannot remove: PostgreSQL's write-ahead log (`pg_wal/`) holds the
 replaced values until its segments are recycled (after later checkpoints), and so does any
@@ -579,9 +580,9 @@ def _forget_unused_tokens(pg: psycopg.Connection, policy: Policy) -> int:
 
 RUNS_HERE = (
     "`lethe run` (ingest, requests, enforcement, answers, analytics), `lethe request`,"
-    " `lethe requests`, `lethe hold add|release` and `lethe audit verify`"
+    " `lethe requests`, `lethe hold add|release`, `lethe audit verify` and Dagster runs"
 )
-NOT_BUILT = "processors and breaches, backups and the Dagster assets"
+NOT_BUILT = "processors and breaches, backups"
 
 
 def dsn_from_env() -> str | None:
