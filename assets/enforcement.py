@@ -25,6 +25,7 @@ from lethe.engine import postgres_warehouse
 from lethe.engine.audit import verify
 from lethe.engine.enforcement import enforce
 from lethe.engine.tagging import tagged_tables
+from lethe.rights import postgres_holds
 from pipelines.resources import PolicyResource, WarehouseResource
 
 ENFORCEMENT = core_key("retention_enforcement")
@@ -45,9 +46,8 @@ def holds_untouched(policy: Policy) -> str:
 
 
 def enforcement_assets(policy: Policy, postgres: bool = False) -> list[dg.AssetsDefinition]:
-    """The enforcement asset, with its checks, for the policy's purposes and tables; on a
-    PostgreSQL warehouse (`postgres`) without the held-rows check (the ledger's keyed
-    hashes are compared with DuckDB's macro)."""
+    """The enforcement asset, with its checks, for the policy's purposes and tables (on a
+    PostgreSQL warehouse with `postgres`: after the requests' intake)."""
     subjects = policy.data_schema.subject_table.name
     tables = list(policy.data_schema.tables)
     tagged = tagged_tables(policy)
@@ -87,17 +87,11 @@ def enforcement_assets(policy: Policy, postgres: bool = False) -> list[dg.Assets
                 blocking=True,
                 description="No row that no purpose keeps is still present un-anonymized.",
             ),
-            *(
-                []
-                if postgres
-                else [
-                    dg.AssetCheckSpec(
-                        holds_untouched(policy),
-                        asset=ENFORCEMENT,
-                        description=f"No ledger action of this run touched a row of a data"
-                        f" subject ({subjects}) under litigation hold.",
-                    )
-                ]
+            dg.AssetCheckSpec(
+                holds_untouched(policy),
+                asset=ENFORCEMENT,
+                description=f"No ledger action of this run touched a row of a data subject"
+                f" ({subjects}) under litigation hold.",
             ),
             dg.AssetCheckSpec(
                 LEDGER_CHAIN,
@@ -127,7 +121,7 @@ def enforcement_assets(policy: Policy, postgres: bool = False) -> list[dg.Assets
         with warehouse.connect() as con:
             past = rows_past_retention(con, loaded)
             if engine is not None:
-                touched = None
+                touched = postgres_holds.held_rows_touched(engine, loaded, context.run.run_id)
                 chain = postgres_warehouse.verify(engine.con)
             else:
                 touched = held_rows_touched(con, loaded, context.run.run_id)
@@ -166,13 +160,12 @@ def enforcement_assets(policy: Policy, postgres: bool = False) -> list[dg.Assets
             description=", ".join(f"{t}: {n}" for t, n in past.items() if n) or "none",
             metadata={"rows_past_retention": past},
         )
-        if touched is not None:
-            yield dg.AssetCheckResult(
-                asset_key=ENFORCEMENT,
-                check_name=holds_untouched(loaded),
-                passed=touched == 0,
-                description=f"{touched} held rows touched" if touched else "no held row touched",
-            )
+        yield dg.AssetCheckResult(
+            asset_key=ENFORCEMENT,
+            check_name=holds_untouched(loaded),
+            passed=touched == 0,
+            description=f"{touched} held rows touched" if touched else "no held row touched",
+        )
         yield dg.AssetCheckResult(
             asset_key=ENFORCEMENT,
             check_name=LEDGER_CHAIN,

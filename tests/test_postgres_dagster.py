@@ -16,18 +16,18 @@ import dagster as dg
 import pytest
 from engine_values import Plain
 
-from assets.enforcement import ENFORCEMENT, LEDGER_CHAIN, PAST_RETENTION
+from assets.enforcement import ENFORCEMENT, LEDGER_CHAIN, PAST_RETENTION, holds_untouched
 from assets.metadata import PURPOSE_COUNTS, core_key
 from assets.requests import NOTHING_OVERDUE
-from lethe.declaration.policy import Policy
-from lethe.engine import postgres_run
+from lethe.declaration.policy import HOLD_PURPOSE, Policy
+from lethe.engine import audit, postgres_run
 from lethe.engine.engines import PostgresEngine
-from lethe.engine.postgres_warehouse import ingest_all, open_engine
+from lethe.engine.postgres_warehouse import append, ingest_all, open_engine
 from lethe.engine.states import STORED_STATES
 from lethe.engine.tagging import tagged_tables
 from lethe.eshop.generate import generate
 from lethe.operations.home import Home
-from lethe.rights import postgres_requests
+from lethe.rights import postgres_holds, postgres_requests
 from pipelines.definitions import build_definitions
 from pipelines.jobs import PIPELINE_JOB
 from sensors.requests import pending_requests
@@ -67,10 +67,10 @@ def _erasure_of_first_subject(engine: PostgresEngine, home: Home, policy: Policy
     postgres_requests.record(engine, policy, "erasure", str(key))
 
 
-def run_job(policy: Policy) -> dg.ExecuteInProcessResult:
+def run_job(policy: Policy, as_of: dt.date = AS_OF) -> dg.ExecuteInProcessResult:
     """The pipeline job of the definitions built for the environment's warehouse."""
     defs = build_definitions(policy)
-    config = {"as_of": AS_OF.isoformat(), "path": defs.resources["policy"].path}
+    config = {"as_of": as_of.isoformat(), "path": defs.resources["policy"].path}
     return defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
         run_config={"resources": {"policy": {"config": config}}},
         instance=dg.DagsterInstance.ephemeral(),
@@ -238,6 +238,36 @@ def test_a_run_waits_for_the_advisory_lock_then_fails_in_one_line(
     ]
     assert any("another Lethe process is writing" in m for m in failures), failures
     assert not result.get_asset_materialization_events()
+
+
+def test_held_rows_check_on_postgres(runs: Runs, policy: Policy) -> None:
+    subject = policy.data_schema.subject_table
+    (key,) = runs.engine.con.execute(
+        f'SELECT "{subject.key}" FROM core."{subject.name}" WHERE _state = %s ORDER BY 1 LIMIT 1',
+        ["active"],
+    ).fetchone()
+    postgres_holds.place(runs.engine, policy, str(key), "case 1")
+    # As of a day after the hold was placed (now): the hold applies.
+    again = run_job(policy, dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1))
+    (held,) = runs.engine.con.execute(
+        f'SELECT count(*) FROM core."{subject.name}" WHERE %s = ANY(_purposes)', [HOLD_PURPOSE]
+    ).fetchone()
+    assert held == 1
+    check = _checks(again)[(ENFORCEMENT.to_user_string(), holds_untouched(policy))]
+    assert check.passed, check.description
+    # A ledger entry naming the held subject's row makes the same count fail.
+    forged = audit.LedgerEntry(
+        run_id="forged-run",
+        as_of=AS_OF,
+        action="erase",
+        reason="test",
+        table_name=subject.name,
+        keys=[str(key)],
+    )
+    with runs.engine.transaction():
+        append(runs.engine.con, [forged])
+    assert postgres_holds.held_rows_touched(runs.engine, policy, "forged-run") == 1
+    assert postgres_holds.held_rows_touched(runs.engine, policy, again.run_id) == 0
 
 
 def test_ledger_check_fails_after_an_edited_entry(runs: Runs, policy: Policy) -> None:
