@@ -5,14 +5,16 @@ import hashlib
 
 import dagster as dg
 import duckdb
+import psycopg
 
-from lethe.engine.postgres_warehouse import dsn_from_env, open_engine
+from lethe.engine.postgres_warehouse import WarehouseError, describe, dsn_from_env, open_engine
 from lethe.engine.warehouse import connect
 from lethe.operations.home import Home
 from lethe.operations.lock import LockedError, exclusive
 from lethe.operations.shards import shard_homes
 from lethe.rights.postgres_requests import pending_ids
 from lethe.rights.requests import pending_request_ids
+from lethe.sources.postgres import reason
 from pipelines.jobs import PIPELINE_JOB, SHARD_JOB, pipeline_job, shard_job
 from sensors.shards import BATCH_TAG, SHARDS_TAG
 
@@ -52,7 +54,10 @@ def pending_requests(shards: int) -> dg.SensorDefinition:
         home = Home.from_env()
         dsn = dsn_from_env()
         if dsn:
-            return _launch(context, {home.root.name: _pending_in_postgres(dsn)})
+            ids = _pending_in_postgres(dsn)
+            if isinstance(ids, dg.SkipReason):
+                return ids
+            return _launch(context, {home.root.name: ids})
         homes = [home] if shards == 1 else shard_homes(home, shards)
         homes = [h for h in homes if h.warehouse.exists()]
         if not homes:
@@ -102,12 +107,17 @@ def _launch(
     ]
 
 
-def _pending_in_postgres(dsn: str) -> list[str]:
+def _pending_in_postgres(dsn: str) -> list[str] | dg.SkipReason:
     """Ids of the pending requests in the PostgreSQL warehouse (read without its lock: a
-    reader sees the last committed state)."""
-    engine = open_engine(dsn)
+    reader sees the last committed state), or why they cannot be read now."""
+    try:
+        engine = open_engine(dsn)
+    except WarehouseError as exc:
+        return dg.SkipReason(f"{exc}; retrying next tick")
     try:
         return pending_ids(engine)
+    except psycopg.Error as exc:
+        return dg.SkipReason(f"{describe(dsn)}: {reason(exc)}; retrying next tick")
     finally:
         engine.close()
 

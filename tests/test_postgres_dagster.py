@@ -208,6 +208,18 @@ def test_request_sensor_reads_pending_requests_from_postgres(runs: Runs, policy:
     assert isinstance(sensor(context), dg.SkipReason)  # launched once
 
 
+def test_request_sensor_skips_while_the_warehouse_is_unreachable(
+    runs: Runs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Port 1 on the local host: nothing listens there.
+    monkeypatch.setenv("LETHE_WAREHOUSE", "postgresql://lethe:s3cret@127.0.0.1:1/shop")
+    skipped = pending_requests(1)(dg.build_sensor_context())
+    assert isinstance(skipped, dg.SkipReason)
+    message = skipped.skip_message or ""
+    assert "postgresql://lethe@127.0.0.1:1/shop" in message and "retrying" in message
+    assert "s3cret" not in message
+
+
 def test_definitions_on_postgres_load_with_the_daily_schedule(policy: Policy, runs: Runs) -> None:
     defs = build_definitions(policy)
     dg.Definitions.validate_loadable(defs)
