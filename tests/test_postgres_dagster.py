@@ -223,6 +223,10 @@ def test_request_sensor_skips_while_the_warehouse_is_unreachable(
 def test_definitions_on_postgres_load_with_the_daily_schedule(policy: Policy, runs: Runs) -> None:
     defs = build_definitions(policy)
     dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    for key in (ENFORCEMENT, core_key(policy.data_schema.subject_table.name)):
+        assert "postgres" in graph.get(key).kinds and "duckdb" not in graph.get(key).kinds
+    assert "VACUUM FULL" in (graph.get(ENFORCEMENT).description or "")
     schedule = defs.resolve_schedule_def("daily_retention")
     assert schedule.job_name == PIPELINE_JOB
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
