@@ -14,10 +14,12 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from conftest import write_landing
 from engine_values import Plain
 
 from assets.enforcement import ENFORCEMENT, LEDGER_CHAIN, PAST_RETENTION, holds_untouched
-from assets.metadata import PURPOSE_COUNTS, core_key
+from assets.ingest import ACCEPTED_CHECK
+from assets.metadata import PURPOSE_COUNTS, core_key, ingest_key
 from assets.requests import NOTHING_OVERDUE
 from lethe.declaration.policy import HOLD_PURPOSE, Policy
 from lethe.engine import audit, postgres_run
@@ -218,6 +220,25 @@ def test_request_sensor_skips_while_the_warehouse_is_unreachable(
     message = skipped.skip_message or ""
     assert "postgresql://lethe@127.0.0.1:1/shop" in message and "retrying" in message
     assert "s3cret" not in message
+
+
+def test_a_refused_file_fails_its_check_and_the_run_goes_on(
+    postgres: PostgresServer,
+    policy: Policy,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home = Home(tmp_path / "home").ensure()
+    bad = write_landing(home.landing, "consents", [{"consent_id": "K3", "contact_id": "C3"}])
+    bad.write_text(bad.read_text().replace(",purpose,", ",purpose ,", 1))
+    monkeypatch.setenv("LETHE_HOME", str(home.root))
+    monkeypatch.setenv("LETHE_WAREHOUSE", postgres.new_database())
+    result = run_job(policy)
+    check = _checks(result)[("ingest/consents", ACCEPTED_CHECK)]
+    assert not check.passed and "consents.csv" in (check.description or "")
+    assert _metadata(result, ingest_key("consents"))["rows_waiting_in_quarantine"] == 0
+    assert _metadata(result, core_key("consents"))["dagster/row_count"] == 0
+    assert bad.exists()  # left in place
 
 
 def test_definitions_on_postgres_load_with_the_daily_schedule(policy: Policy, runs: Runs) -> None:

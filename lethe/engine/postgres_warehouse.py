@@ -323,6 +323,7 @@ def ingest_table(
         raise WarehouseError(
             f"{table.name}: a PostgreSQL source cannot be ingested into a PostgreSQL warehouse yet"
         )
+    create(engine, policy.data_schema)  # a step of its own (Dagster) on a new database too
     pg = engine.con
     mem = connect(":memory:")
     scratch = Path(tempfile.mkdtemp(prefix=".ingest-", dir=landing.parent))
