@@ -21,10 +21,11 @@ from assets.enforcement import ENFORCEMENT, LEDGER_CHAIN, PAST_RETENTION, holds_
 from assets.ingest import ACCEPTED_CHECK
 from assets.metadata import PURPOSE_COUNTS, core_key, ingest_key
 from assets.requests import NOTHING_OVERDUE
+from lethe.compliance.inspection import rows_past_retention
 from lethe.declaration.policy import HOLD_PURPOSE, Policy
 from lethe.engine import audit, postgres_run
 from lethe.engine.engines import PostgresEngine
-from lethe.engine.postgres_warehouse import append, ingest_all, open_engine
+from lethe.engine.postgres_warehouse import Rendered, append, ingest_all, open_engine
 from lethe.engine.states import STORED_STATES
 from lethe.engine.tagging import tagged_tables
 from lethe.eshop.generate import generate
@@ -192,6 +193,29 @@ def test_checks_pass_on_postgres(runs: Runs) -> None:
         ("requests/answers", NOTHING_OVERDUE),
     ):
         assert checks[key].passed, key
+
+
+def test_past_retention_and_overdue_counts_fail_on_postgres(runs: Runs, policy: Policy) -> None:
+    """What the two checks count, read from the database: a row no purpose keeps and an
+    overdue request each count (inside a transaction rolled back afterwards)."""
+    subject = policy.data_schema.subject_table
+    reader = Rendered(runs.engine.con)
+    with pytest.raises(RuntimeError, match="roll back"), runs.engine.transaction():
+        runs.engine.con.execute(
+            f'UPDATE core."{subject.name}" SET _purposes = %s WHERE "{subject.key}" = (SELECT'
+            f' min("{subject.key}") FROM core."{subject.name}" WHERE _state = %s)',
+            [[], "active"],
+        )
+        assert rows_past_retention(reader, policy)[subject.name] == 1
+        runs.engine.con.execute(
+            "INSERT INTO requests.requests (request_id, type, subject_key, received_at,"
+            " deadline, extended, status) VALUES ('R-overdue', 'access', 'x',"
+            " now() - interval '40 days', now() - interval '9 days', false, 'pending')"
+        )
+        assert postgres_requests.counts(runs.engine)["overdue"] == 1
+        raise RuntimeError("roll back")
+    assert sum(rows_past_retention(reader, policy).values()) == 0
+    assert postgres_requests.counts(runs.engine)["overdue"] == 0
 
 
 def test_request_sensor_reads_pending_requests_from_postgres(runs: Runs, policy: Policy) -> None:
