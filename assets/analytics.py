@@ -12,6 +12,7 @@ from assets.metadata import (
     core_key,
     lineage_metadata,
 )
+from lethe.compliance import postgres_analytics
 from lethe.compliance.analytics import SCHEMA, Dataset, check_k_anonymity, datasets, k_of, release
 from lethe.declaration.policy import Policy
 from pipelines.resources import PolicyResource, WarehouseResource
@@ -93,9 +94,15 @@ def _build(policy: Policy, dataset: Dataset) -> dg.AssetsDefinition:
         declared = datasets(loaded).get(dataset.name)
         if declared is None:
             raise dg.Failure(f"{loaded.source}: analytics.datasets.{dataset.name}: not declared")
-        with warehouse.connect() as con:
-            result = release(con, warehouse.paths(), loaded, declared, as_of=policy.as_of_date())
-            check = check_k_anonymity(con, declared, k_of(loaded, declared))
+        home, as_of, k = warehouse.paths(), policy.as_of_date(), k_of(loaded, declared)
+        engine = warehouse.postgres()
+        if engine is not None:
+            result = postgres_analytics.release(engine, home, loaded, declared, as_of)
+            check = postgres_analytics.check_k_anonymity(engine, declared, k)
+        else:
+            with warehouse.connect() as con:
+                result = release(con, home, loaded, declared, as_of=as_of)
+                check = check_k_anonymity(con, declared, k)
         suppressed = (
             f"{result.suppressed} of {result.records} records suppressed"
             f" ({result.suppressed_share:.2%}) in {result.suppressed_cells} cells"

@@ -21,20 +21,31 @@ from lethe.compliance.inspection import held_rows_touched, rows_past_retention
 from lethe.compliance.summary import run_actions, run_totals
 from lethe.compliance.table_status import EXPIRY_WINDOW, table_status
 from lethe.declaration.policy import Policy
+from lethe.engine import postgres_warehouse
 from lethe.engine.audit import verify
 from lethe.engine.enforcement import enforce
 from lethe.engine.tagging import tagged_tables
+from lethe.rights import postgres_holds
 from pipelines.resources import PolicyResource, WarehouseResource
 
 ENFORCEMENT = core_key("retention_enforcement")
 PAST_RETENTION = "nothing_past_retention"
 LEDGER_CHAIN = "ledger_chain_intact"
-ENFORCEMENT_DESCRIPTION = (
+_ENFORCES = (
     "Applies the retention policy as of the run's date, physically: values no purpose keeps are"
     " erased or generalized, values a purpose keeps only as a pseudonym are replaced by vault "
     "tokens, rows no purpose keeps are anonymized or deleted, and a held data subject's rows "
-    "are left exactly as they are. The warehouse file is rewritten and swapped atomically, so "
+    "are left exactly as they are."
+)
+ENFORCEMENT_DESCRIPTION = (
+    f"{_ENFORCES} The warehouse file is rewritten and swapped atomically, so "
     "no erased value survives in free blocks; every action batch is recorded in audit.ledger."
+)
+# On a PostgreSQL warehouse (what the database still keeps for a while: README).
+ENFORCEMENT_IN_POSTGRES = (
+    f"{_ENFORCES} The tables whose rows change are rewritten in one transaction, then by"
+    " VACUUM FULL, so no erased value survives in their files (the write-ahead log keeps it"
+    " until its segments are recycled); every action batch is recorded in audit.ledger."
 )
 
 
@@ -43,8 +54,9 @@ def holds_untouched(policy: Policy) -> str:
     return f"held_{policy.data_schema.subject_table.name}_untouched"
 
 
-def enforcement_assets(policy: Policy) -> list[dg.AssetsDefinition]:
-    """The enforcement asset, with its checks, for the policy's purposes and tables."""
+def enforcement_assets(policy: Policy, postgres: bool = False) -> list[dg.AssetsDefinition]:
+    """The enforcement asset, with its checks, for the policy's purposes and tables (on a
+    PostgreSQL warehouse with `postgres`: after the requests' intake)."""
     subjects = policy.data_schema.subject_table.name
     tables = list(policy.data_schema.tables)
     tagged = tagged_tables(policy)
@@ -55,11 +67,15 @@ def enforcement_assets(policy: Policy) -> list[dg.AssetsDefinition]:
             dg.AssetSpec(
                 ENFORCEMENT,
                 group_name="enforcement",
-                deps=[dg.AssetKey(["audit", "log_retention"])],
+                # After the requests' intake: through log retention, which PostgreSQL
+                # warehouses do not run yet.
+                deps=[
+                    dg.AssetKey(["requests", "intake"] if postgres else ["audit", "log_retention"])
+                ],
                 owners=OWNERS,
                 kinds={"duckdb", "sql"},
                 metadata=all_purposes_metadata(policy),
-                description=ENFORCEMENT_DESCRIPTION,
+                description=ENFORCEMENT_IN_POSTGRES if postgres else ENFORCEMENT_DESCRIPTION,
             ),
             *(_core_spec(policy, t) for t in tables),
         ],
@@ -99,10 +115,13 @@ def enforcement_assets(policy: Policy) -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, policy: PolicyResource
     ):
         """Enforces retention, then records every core table as it is now."""
-        home = warehouse.paths()
+        home, engine = warehouse.paths(), warehouse.postgres()
         as_of = policy.as_of_date()
         loaded = policy.load()
-        result = enforce(home, loaded, as_of, context.run.run_id)
+        if engine is not None:
+            result = postgres_warehouse.enforce(engine, loaded, as_of, context.run.run_id)
+        else:
+            result = enforce(home, loaded, as_of, context.run.run_id)
         context.log.info(
             f"enforced as of {as_of}: {result.total('anonymize')} anonymized,"
             f" {result.total('pseudonymize')} pseudonymized, {result.total('delete')} deleted,"
@@ -110,8 +129,12 @@ def enforcement_assets(policy: Policy) -> list[dg.AssetsDefinition]:
         )
         with warehouse.connect() as con:
             past = rows_past_retention(con, loaded)
-            touched = held_rows_touched(con, loaded, context.run.run_id)
-            chain = verify(con)
+            if engine is not None:
+                touched = postgres_holds.held_rows_touched(engine, loaded, context.run.run_id)
+                chain = postgres_warehouse.verify(engine.con)
+            else:
+                touched = held_rows_touched(con, loaded, context.run.run_id)
+                chain = verify(con)
             statuses = [table_status(con, loaded, t, as_of) for t in tables]
             # Counted from the ledger by the same function as `lethe run`'s summary.
             totals = run_totals(con, context.run.run_id)

@@ -18,6 +18,7 @@ from assets.metadata import (
 )
 from lethe.declaration.policy import Policy
 from lethe.declaration.strategies import quote
+from lethe.engine import postgres_warehouse
 from lethe.engine.ingest import IngestError, IngestResult, ingest_table, waiting_rows
 from pipelines.resources import PolicyResource, WarehouseResource
 
@@ -71,9 +72,13 @@ def _build(policy: Policy, table_name: str) -> dg.AssetsDefinition:
                 " loaded definitions do; reload the definitions"
             )
         refused = None
+        landing, engine = warehouse.paths().landing, warehouse.postgres()
         with warehouse.connect() as con:
             try:
-                result = ingest_table(con, warehouse.paths().landing, table_name, loaded)
+                if engine is not None:
+                    result = postgres_warehouse.ingest_table(engine, landing, table_name, loaded)
+                else:
+                    result = ingest_table(con, landing, table_name, loaded)
             except IngestError as exc:
                 refused = str(exc)
                 waiting = waiting_rows(con, table_name)

@@ -5,6 +5,7 @@ import dagster as dg
 from assets.enforcement import ENFORCEMENT
 from assets.metadata import OWNERS, ingest_key
 from lethe.declaration.policy import Policy
+from lethe.rights import postgres_requests
 from lethe.rights.answers import answer_pending
 from lethe.rights.requests import apply_pending, request_counts
 from lethe.sources.propagation import (
@@ -40,12 +41,17 @@ def request_answers(
     exports (zip with JSON, CSV per table and an HTML summary under exports/requests, kept
     30 days), and erasure answers listing what is still kept, why and until when.
     """
-    home = warehouse.paths()
+    home, engine = warehouse.paths(), warehouse.postgres()
     loaded, as_of = policy.load(), policy.as_of_date()
-    with warehouse.connect() as con:
-        carried = propagate(con, loaded, context.run.run_id, as_of)
-        answers = answer_pending(con, home, loaded, as_of, context.run.run_id)
-        counts = request_counts(con)
+    if engine is not None:
+        carried = []  # PostgreSQL sources are not read into a PostgreSQL warehouse yet
+        answers = postgres_requests.answer(engine, home, loaded, as_of, context.run.run_id)
+        counts = postgres_requests.counts(engine)
+    else:
+        with warehouse.connect() as con:
+            carried = propagate(con, loaded, context.run.run_id, as_of)
+            answers = answer_pending(con, home, loaded, as_of, context.run.run_id)
+            counts = request_counts(con)
     for outcome in carried:
         # A source that refused keeps its requests pending; the next run retries.
         log = context.log.info if outcome.ok else context.log.warning
@@ -90,11 +96,15 @@ def request_assets(policy: Policy) -> list[dg.AssetsDefinition]:
         pending erasures (Art. 17) so that this run's tagging and enforcement erase the subject.
         """
         loaded, as_of, vault = policy.load(), policy.as_of_date(), warehouse.paths().vault
-        with warehouse.connect() as con:
-            # Source changes are planned from the requests as recorded and registered.
-            plan_rectifications_and_restrictions(con, loaded)
-            done = apply_pending(con, loaded, as_of, context.run.run_id, vault=vault)
-            plan_erasures(con, loaded, as_of, vault)
+        engine = warehouse.postgres()
+        if engine is not None:
+            done = postgres_requests.intake(engine, loaded, as_of, context.run.run_id)
+        else:
+            with warehouse.connect() as con:
+                # Source changes are planned from the requests as recorded and registered.
+                plan_rectifications_and_restrictions(con, loaded)
+                done = apply_pending(con, loaded, as_of, context.run.run_id, vault=vault)
+                plan_erasures(con, loaded, as_of, vault)
         context.log.info("requests carried out: " + ", ".join(f"{k} {v}" for k, v in done.items()))
         return dg.MaterializeResult(metadata={f"{k}_requests": v for k, v in done.items()})
 

@@ -12,6 +12,7 @@ from assets.operations import operations_assets
 from assets.requests import request_assets
 from assets.tagging import tagging_assets
 from lethe.declaration.policy import Policy, load_policy
+from lethe.engine.postgres_warehouse import dsn_from_env
 from lethe.operations.shards import shard_count
 from pipelines.jobs import pipeline_job, shard_job, union_job
 from pipelines.partitions import by_shard
@@ -25,21 +26,22 @@ def build_definitions(policy: Policy) -> dg.Definitions:
     """The definitions describing `policy` and its schema; their runs apply that policy."""
     analytics = analytics_assets(policy)
     resource = PolicyResource.bound_to(policy)
+    # On a PostgreSQL warehouse (LETHE_WAREHOUSE) the steps that run there: tagging is part
+    # of enforcement's rewrite; log retention, backups and the compliance documents are not
+    # built there yet (`lethe.engine.postgres_warehouse.NOT_BUILT`).
+    postgres = dsn_from_env() is not None
+    steps = [*ingest_assets(policy), *request_assets(policy)]
+    if not postgres:
+        steps += [*tagging_assets(policy), *operations_assets(policy)]
+    steps += enforcement_assets(policy, postgres)
+    if postgres:
+        steps, analytics = _in_postgres(steps), _in_postgres(analytics)
     return dg.Definitions(
         assets=[
             *landing_specs(policy),
-            *by_shard(
-                [
-                    leftovers_asset(policy),
-                    *ingest_assets(policy),
-                    *request_assets(policy),
-                    *tagging_assets(policy),
-                    *operations_assets(policy),
-                    *enforcement_assets(policy),
-                ]
-            ),
+            *by_shard([leftovers_asset(policy), *steps]),
             *analytics,
-            *compliance_assets(policy, [a.key for a in analytics]),
+            *([] if postgres else compliance_assets(policy, [a.key for a in analytics])),
         ],
         jobs=[pipeline_job, shard_job, union_job],
         schedules=[daily_retention(resource, shard_count())],
@@ -52,6 +54,17 @@ def build_definitions(policy: Policy) -> dg.Definitions:
         # writer, and a process per step would only add start-up time.
         executor=dg.in_process_executor,
     )
+
+
+def _in_postgres(assets: list[dg.AssetsDefinition]) -> list[dg.AssetsDefinition]:
+    """`assets` as they run on a PostgreSQL warehouse: of kind `postgres`, not `duckdb`."""
+
+    def kinds(spec: dg.AssetSpec) -> dg.AssetSpec:
+        return spec.replace_attributes(
+            kinds={"postgres" if k == "duckdb" else k for k in spec.kinds}
+        )
+
+    return [a.map_asset_specs(kinds) for a in assets]
 
 
 @dg.definitions

@@ -13,7 +13,8 @@ from pydantic import Field, PrivateAttr
 
 from lethe.declaration.policy import Policy, load_policy
 from lethe.engine.ddl import ensure_schemas
-from lethe.engine.postgres_warehouse import refuse_here
+from lethe.engine.engines import PostgresEngine
+from lethe.engine.postgres_warehouse import Rendered, dsn_from_env, open_engine, refuse_here
 from lethe.engine.warehouse import connect
 from lethe.operations.files import owner_only_umask, restrict_tree
 from lethe.operations.home import Home
@@ -39,11 +40,14 @@ UNION_TAG = "lethe/union"
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse under LETHE_HOME (empty `home` = the LETHE_HOME variable).
+    """The DuckDB warehouse under LETHE_HOME (empty `home` = the LETHE_HOME variable), or
+    the PostgreSQL warehouse LETHE_WAREHOUSE names (`postgres()`; LETHE_HOME then holds the
+    landing files, exports and the Dagster instance).
 
-    A run holds the LETHE_HOME lock from its first step to its last, whoever launched it
-    (`lethe run`, the daily schedule, the request sensor or the UI), so two runs never write
-    at once: a second run waits up to `lock_wait_seconds`, then fails in one line.
+    A run holds the LETHE_HOME lock (on PostgreSQL: Lethe's advisory lock, in the run's one
+    session) from its first step to its last, whoever launched it (`lethe run`, the daily
+    schedule, the request sensor or the UI), so two runs never write at once: a second run
+    waits up to `lock_wait_seconds`, then fails in one line.
     """
 
     home: str = ""
@@ -51,6 +55,12 @@ class WarehouseResource(dg.ConfigurableResource):
         default=1800.0,
         description="How long a run waits for another run on the same LETHE_HOME to finish.",
     )
+    # The run's session on a PostgreSQL warehouse (None: the DuckDB one).
+    _engine: PostgresEngine | None = PrivateAttr(default=None)
+
+    def postgres(self) -> PostgresEngine | None:
+        """The run's PostgreSQL warehouse, open for the run; None on a DuckDB warehouse."""
+        return self._engine
 
     def paths(self) -> Home:
         return Home.from_env(self.home or None).ensure()
@@ -66,7 +76,11 @@ class WarehouseResource(dg.ConfigurableResource):
 
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[WarehouseResource]:
-        refuse_here("a Dagster run")  # its assets run on the DuckDB warehouse only
+        dsn = dsn_from_env()
+        if dsn:
+            with self._on_postgres(dsn) as target:
+                yield target
+            return
         run = context.run
         if run is not None and run.job_name not in SHARDED_JOBS:
             check_layout(self.paths(), shard_count())
@@ -91,6 +105,26 @@ class WarehouseResource(dg.ConfigurableResource):
                 # process that launched the run did not set one).
                 restrict_tree(self.paths().dagster)
 
+    @contextmanager
+    def _on_postgres(self, dsn: str) -> Iterator[WarehouseResource]:
+        """The resource of a run on the PostgreSQL warehouse: one session for the whole run,
+        holding Lethe's advisory lock (each step nests its own in it)."""
+        if shard_count() > 1:
+            refuse_here(f"{SHARDS_ENV}={shard_count()}")
+        target = WarehouseResource(home=self.home, lock_wait_seconds=self.lock_wait_seconds)
+        target._engine = open_engine(dsn)
+        try:
+            with (
+                owner_only_umask(),
+                target._engine.lock(wait_seconds=self.lock_wait_seconds),
+            ):
+                try:
+                    yield target
+                finally:
+                    restrict_tree(self.paths().dagster)
+        finally:
+            target._engine.close()
+
     def _prepare_sharded(self, context: dg.InitResourceContext, run: dg.DagsterRun) -> None:
         """Before a shard run, split the top landing files into the shards; before a union
         run, build the union of the shards: each under the top LETHE_HOME's lock, unless
@@ -112,6 +146,12 @@ class WarehouseResource(dg.ConfigurableResource):
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The DuckDB warehouse; on PostgreSQL, a reader rendering each statement for it
+        (`Rendered`: the steps that read counts run unchanged, the writing steps call the
+        PostgreSQL functions with `postgres()`)."""
+        if self._engine is not None:
+            yield Rendered(self._engine.con)  # type: ignore[misc]
+            return
         con = connect(self.paths().warehouse)
         try:
             ensure_schemas(con)

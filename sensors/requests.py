@@ -5,12 +5,16 @@ import hashlib
 
 import dagster as dg
 import duckdb
+import psycopg
 
+from lethe.engine.postgres_warehouse import WarehouseError, describe, dsn_from_env, open_engine
 from lethe.engine.warehouse import connect
 from lethe.operations.home import Home
 from lethe.operations.lock import LockedError, exclusive
 from lethe.operations.shards import shard_homes
+from lethe.rights.postgres_requests import pending_ids
 from lethe.rights.requests import pending_request_ids
+from lethe.sources.postgres import reason
 from pipelines.jobs import PIPELINE_JOB, SHARD_JOB, pipeline_job, shard_job
 from sensors.shards import BATCH_TAG, SHARDS_TAG
 
@@ -48,6 +52,12 @@ def pending_requests(shards: int) -> dg.SensorDefinition:
     def _sensor(context: dg.SensorEvaluationContext):
         """Launches the pipeline when requests are pending that no run has picked up yet."""
         home = Home.from_env()
+        dsn = dsn_from_env()
+        if dsn:
+            ids = _pending_in_postgres(dsn)
+            if isinstance(ids, dg.SkipReason):
+                return ids
+            return _launch(context, {home.root.name: ids})
         homes = [home] if shards == 1 else shard_homes(home, shards)
         homes = [h for h in homes if h.warehouse.exists()]
         if not homes:
@@ -59,33 +69,57 @@ def pending_requests(shards: int) -> dg.SensorDefinition:
                 return ids
             if ids:
                 pending[where.root.name] = ids
-        if not pending:
-            return dg.SkipReason("no pending request")
-        count = sum(len(ids) for ids in pending.values())
-        if shards == 1:
-            key = ",".join(pending[home.root.name])
-        else:
-            key = ",".join(f"{s}:{i}" for s, ids in sorted(pending.items()) for i in ids)
-        if key == context.cursor:
-            return dg.SkipReason(f"{count} pending requests already launched")
-        context.update_cursor(key)
-        if shards == 1:
-            return dg.RunRequest(run_key=key, job_name=PIPELINE_JOB, tags=TRIGGER)
-        batch = {
-            BATCH_TAG: f"requests-{hashlib.sha256(key.encode()).hexdigest()[:16]}",
-            SHARDS_TAG: ",".join(sorted(pending)),
-        }
-        return [
-            dg.RunRequest(
-                run_key=f"{shard}:{','.join(ids)}",
-                job_name=SHARD_JOB,
-                partition_key=shard,
-                tags={**TRIGGER, **batch},
-            )
-            for shard, ids in sorted(pending.items())
-        ]
+        return _launch(context, pending, shards)
 
     return _sensor
+
+
+def _launch(
+    context: dg.SensorEvaluationContext, pending: dict[str, list[str]], shards: int = 1
+) -> dg.SkipReason | dg.RunRequest | list[dg.RunRequest]:
+    """The runs for the pending request ids by home (one home without shards), unless
+    the sensor launched them already (its cursor)."""
+    pending = {name: ids for name, ids in pending.items() if ids}
+    if not pending:
+        return dg.SkipReason("no pending request")
+    count = sum(len(ids) for ids in pending.values())
+    if shards == 1:
+        (key,) = (",".join(ids) for ids in pending.values())
+    else:
+        key = ",".join(f"{s}:{i}" for s, ids in sorted(pending.items()) for i in ids)
+    if key == context.cursor:
+        return dg.SkipReason(f"{count} pending requests already launched")
+    context.update_cursor(key)
+    if shards == 1:
+        return dg.RunRequest(run_key=key, job_name=PIPELINE_JOB, tags=TRIGGER)
+    batch = {
+        BATCH_TAG: f"requests-{hashlib.sha256(key.encode()).hexdigest()[:16]}",
+        SHARDS_TAG: ",".join(sorted(pending)),
+    }
+    return [
+        dg.RunRequest(
+            run_key=f"{shard}:{','.join(ids)}",
+            job_name=SHARD_JOB,
+            partition_key=shard,
+            tags={**TRIGGER, **batch},
+        )
+        for shard, ids in sorted(pending.items())
+    ]
+
+
+def _pending_in_postgres(dsn: str) -> list[str] | dg.SkipReason:
+    """Ids of the pending requests in the PostgreSQL warehouse (read without its lock: a
+    reader sees the last committed state), or why they cannot be read now."""
+    try:
+        engine = open_engine(dsn)
+    except WarehouseError as exc:
+        return dg.SkipReason(f"{exc}; retrying next tick")
+    try:
+        return pending_ids(engine)
+    except psycopg.Error as exc:
+        return dg.SkipReason(f"{describe(dsn)}: {reason(exc)}; retrying next tick")
+    finally:
+        engine.close()
 
 
 # Without shards (the sensor the definitions use is built for LETHE_SHARDS).

@@ -16,7 +16,10 @@ def rows_past_retention(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[
     return {
         t: con.execute(
             f"SELECT count(*) FROM core.{quote(t)}"
-            f" WHERE len(_purposes) = 0 AND _state <> {RowState.ANONYMIZED.sql}"
+            # Written to run on both engines: PostgreSQL's array_length of an empty
+            # array is NULL.
+            f" WHERE coalesce(array_length(_purposes), 0) = 0"
+            f" AND _state <> {RowState.ANONYMIZED.sql}"
         ).fetchone()[0]
         for t in tagged_tables(policy)
     }

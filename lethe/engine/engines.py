@@ -15,6 +15,7 @@ WAL archive or replica) is beyond what an engine can purge.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,11 +136,17 @@ class PostgresEngine:
             self.con.execute(pgsql.SQL("VACUUM FULL {}").format(pgsql.Identifier(schema, table)))
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Lethe's session advisory lock on the database; refused while another holds it."""
-        (got,) = self.con.execute("SELECT pg_try_advisory_lock(%s)", [ADVISORY_LOCK]).fetchone()
-        if not got:
-            raise LockedError("another Lethe process is writing to this PostgreSQL database")
+    def lock(self, wait_seconds: float = 0.0) -> Iterator[None]:
+        """Lethe's session advisory lock on the database; refused while another holds it
+        (after up to `wait_seconds`). Taken again by the session holding it, it nests."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            (got,) = self.con.execute("SELECT pg_try_advisory_lock(%s)", [ADVISORY_LOCK]).fetchone()
+            if got:
+                break
+            if time.monotonic() >= deadline:
+                raise LockedError("another Lethe process is writing to this PostgreSQL database")
+            time.sleep(0.5)
         try:
             yield
         finally:

@@ -30,14 +30,14 @@ Data-subject requests (recorded, listed, carried out and answered) run here thro
 `lethe.compliance.postgres_analytics` (the release plans rendered and run in the database,
 the Parquet extracts written from the released tables), and `lethe.engine.postgres_run.run`
 is what `lethe run` does with LETHE_WAREHOUSE set to a PostgreSQL URL (ingest, requests,
-enforcement, answers, analytics); backups and restore by table copies are
-`lethe.operations.postgres_backup`; `refuse_here` refuses the rest in one line. PostgreSQL
-sources are read by the same ingest (the source's batches staged in the in-memory DuckDB,
-with the warehouse's rows of that table, its mark and its anonymized keys mirrored), and
-requests are carried back to them by `lethe.sources.postgres_propagation`. Not yet here:
-tagging as a step of its own (enforcement writes the fresh tags of every row it stages),
-Dagster runs, and replacing the keys of erased subjects in Lethe's own tables by their
-keyed hashes.
+enforcement, answers, analytics); the Dagster assets call the same steps on such a
+warehouse; backups and restore by table copies are `lethe.operations.postgres_backup`;
+`refuse_here` refuses the rest in one line. PostgreSQL sources are read by the same ingest
+(the source's batches staged in the in-memory DuckDB, with the warehouse's rows of that
+table, its mark and its anonymized keys mirrored), and requests are carried back to them
+by `lethe.sources.postgres_propagation`. Not yet here: tagging as a step of its own
+(enforcement writes the fresh tags of every row it stages), and replacing the keys of
+erased subjects in Lethe's own tables by their keyed hashes.
 
 What `VACUUM FULL` cannot remove: PostgreSQL's write-ahead log (`pg_wal/`) holds the
 replaced values until its segments are recycled (after later checkpoints), and so does any
@@ -333,6 +333,7 @@ def ingest_table(
     (`IngestError`) stays in landing/ and nothing is written.
     """
     table = policy.data_schema.tables[table_name]
+    create(engine, policy.data_schema)  # a step of its own (Dagster) on a new database too
     pg = engine.con
     mem = connect(":memory:")
     scratch = Path(tempfile.mkdtemp(prefix=".ingest-", dir=landing.parent))
@@ -501,18 +502,19 @@ def verify(pg: psycopg.Connection) -> audit.VerifyResult:
 # --- enforcement ----------------------------------------------------------------------------
 
 
-class _Rendered:
-    """A DuckDB-like `execute(sql).fetchall()` for code that reads plan results: each
-    statement (DuckDB dialect) rendered for PostgreSQL and run there."""
+class Rendered:
+    """A DuckDB-like `execute(sql, params).fetchone()/fetchall()` for code that reads the
+    warehouse (plan results, table counts): each statement (DuckDB dialect, `?` parameters)
+    rendered for PostgreSQL and run there."""
 
     def __init__(self, pg: psycopg.Connection) -> None:
         self.pg = pg
 
-    def execute(self, sql: str) -> psycopg.Cursor[Any]:
+    def execute(self, sql: str, params: list[Any] | None = None) -> psycopg.Cursor[Any]:
         *before, last = render((sql,), POSTGRES)
         for statement in before:
             self.pg.execute(statement)
-        return self.pg.execute(last)
+        return self.pg.execute(last, params)
 
 
 def _issue_tokens(pg: psycopg.Connection, policy: Policy) -> None:
@@ -552,7 +554,7 @@ def enforce(
                 engine.run(Plan(plan.name, plan.statements[:1]))
             _issue_tokens(pg, policy)
             entries, result.counts = ledger_entries(
-                _Rendered(pg),  # type: ignore[arg-type]
+                Rendered(pg),  # type: ignore[arg-type]
                 policy,
                 plans,
                 as_of,
@@ -608,9 +610,10 @@ def _forget_unused_tokens(pg: psycopg.Connection, policy: Policy) -> int:
 RUNS_HERE = (
     "`lethe run` (ingest, requests, enforcement, answers, analytics), `lethe request`,"
     " `lethe requests`, `lethe hold add|release`, `lethe processor`, `lethe breach`,"
-    " `lethe propagate`, `lethe audit verify`, `lethe backup` and `lethe restore`"
+    " `lethe propagate`, `lethe audit verify`, `lethe backup`, `lethe restore` and"
+    " Dagster runs"
 )
-NOT_BUILT = "the Dagster assets"
+NOT_BUILT = "the Dagster runs' log retention, backups and compliance documents"
 
 
 def dsn_from_env() -> str | None:

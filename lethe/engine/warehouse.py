@@ -113,7 +113,9 @@ def has_table(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     """Whether `schema.table` exists (read-only connections cannot create it)."""
     return bool(
         con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
+            # information_schema: the same question on a PostgreSQL warehouse.
+            "SELECT count(*) FROM information_schema.tables"
+            " WHERE table_schema = ? AND table_name = ?",
             [schema, table],
         ).fetchone()[0]
     )

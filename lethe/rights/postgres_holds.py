@@ -21,10 +21,12 @@ from contextlib import contextmanager
 import duckdb
 from psycopg import sql as pgsql
 
-from lethe.declaration.policy import Policy
+from lethe.compliance import inspection
+from lethe.declaration.policy import HOLD_PURPOSE, Policy
 from lethe.engine.engines import PostgresEngine
+from lethe.engine.tagging import tagged_tables
 from lethe.rights.holds import hold_columns, place_hold, release_hold
-from lethe.rights.postgres_requests import mirrored_step
+from lethe.rights.postgres_requests import LEDGER, Mirror, mirrored_step
 from lethe.rights.subjects import resolve_subject
 
 
@@ -58,3 +60,20 @@ def release(engine: PostgresEngine, policy: Policy, subject: str, reason: str) -
     """`lethe hold release`: `release_hold` on the PostgreSQL warehouse; holds released."""
     with _holds_of(engine, policy, subject) as mem:
         return release_hold(mem, policy, subject, reason)
+
+
+def held_rows_touched(engine: PostgresEngine, policy: Policy, run_id: str) -> int:
+    """`lethe.compliance.inspection.held_rows_touched` on the PostgreSQL warehouse: held
+    rows a ledger entry of `run_id` names, counted on a mirror of the held rows' keys and
+    the run's ledger entries, with the warehouse's key secret (nothing is written back)."""
+    schema = policy.data_schema
+    mirror = Mirror(engine.con, schema)  # holds the ledger's last entry already
+    try:
+        held = pgsql.SQL("{} = ANY(_purposes)").format(pgsql.Literal(HOLD_PURPOSE))
+        for table in tagged_tables(policy):
+            mirror.pull(("core", table), held, columns=[schema.tables[table].key, "_purposes"])
+        runs = pgsql.SQL("run_id = {} AND seq < (SELECT max(seq) FROM audit.ledger)")
+        mirror.pull(LEDGER, runs.format(pgsql.Literal(run_id)))
+        return inspection.held_rows_touched(mirror.mem, policy, run_id)
+    finally:
+        mirror.close()

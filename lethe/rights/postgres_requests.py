@@ -70,8 +70,10 @@ from lethe.rights.requests import (
     apply_pending,
     extend_request,
     list_requests,
+    pending_request_ids,
     record_request,
     register_erasure_tokens,
+    request_counts,
 )
 from lethe.rights.subject_keys import subject_token_kinds
 from lethe.rights.subjects import email_column
@@ -396,17 +398,36 @@ def extend(engine: PostgresEngine, policy: Policy, request_id: str, why: str) ->
     return extended
 
 
-def listing(engine: PostgresEngine, overdue_only: bool = False) -> list[tuple]:
-    """`lethe requests`: `list_requests` over a copy of the PostgreSQL warehouse's
-    requests (read in one statement; nothing is locked or written)."""
+@contextmanager
+def _requests_copy(engine: PostgresEngine) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory copy of the PostgreSQL warehouse's requests (read in one statement;
+    nothing is locked or written)."""
     mem = connect(":memory:")
     try:
         ensure_schemas(mem)
         if engine.con.execute("SELECT to_regclass('requests.requests')").fetchone()[0]:
             pull(engine.con, mem, ".".join(REQUESTS))
-        return list_requests(mem, overdue_only=overdue_only)
+        yield mem
     finally:
         mem.close()
+
+
+def listing(engine: PostgresEngine, overdue_only: bool = False) -> list[tuple]:
+    """`lethe requests`: `list_requests` over a copy of the warehouse's requests."""
+    with _requests_copy(engine) as mem:
+        return list_requests(mem, overdue_only=overdue_only)
+
+
+def counts(engine: PostgresEngine) -> dict[str, int]:
+    """`request_counts` (open, done, refused, overdue) over a copy of the requests."""
+    with _requests_copy(engine) as mem:
+        return request_counts(mem)
+
+
+def pending_ids(engine: PostgresEngine) -> list[str]:
+    """`pending_request_ids` over a copy of the requests (the request sensor polls it)."""
+    with _requests_copy(engine) as mem:
+        return pending_request_ids(mem)
 
 
 # --- a run ----------------------------------------------------------------------------------
