@@ -6,6 +6,7 @@ import dagster as dg
 
 from assets.metadata import OWNERS, own_data_metadata
 from lethe.declaration.policy import Policy
+from lethe.operations import postgres_backup, postgres_logs
 from lethe.operations.activity_logs import purge_logs
 from lethe.operations.backup import create_backup, expire_backups, list_backups
 from pipelines.resources import PolicyResource, WarehouseResource
@@ -37,16 +38,18 @@ def operations_assets(policy: Policy) -> list[dg.AssetsDefinition]:
     def log_retention(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, policy: PolicyResource
     ) -> dg.MaterializeResult:
-        loaded = policy.load()
-        ops = loaded.operations
-        with warehouse.connect() as con:
-            purge = purge_logs(
-                con,
-                loaded,
-                dt.datetime.now(dt.UTC),
-                run_id=context.run.run_id,
-                as_of=policy.as_of_date(),
-            )
+        loaded, engine = policy.load(), warehouse.postgres()
+        ops, now, run_id, as_of = (
+            loaded.operations,
+            dt.datetime.now(dt.UTC),
+            context.run.run_id,
+            policy.as_of_date(),
+        )
+        if engine is not None:
+            purge = postgres_logs.purge(engine, loaded, now, run_id, as_of)
+        else:
+            with warehouse.connect() as con:
+                purge = purge_logs(con, loaded, now, run_id=run_id, as_of=as_of)
         context.log.info(f"access log: {purge.access_log} deleted; export log: {purge.export_log}")
         return dg.MaterializeResult(
             metadata={
@@ -84,9 +87,11 @@ def operations_assets(policy: Policy) -> list[dg.AssetsDefinition]:
     def warehouse_backup(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, policy: PolicyResource
     ):
-        home = warehouse.paths()
-        keep = policy.load().operations.backups
-        made = create_backup(home)
+        home, loaded, engine = warehouse.paths(), policy.load(), warehouse.postgres()
+        keep = loaded.operations.backups
+        made = (
+            create_backup(home) if engine is None else postgres_backup.backup(engine, home, loaded)
+        )
         expired = expire_backups(home, keep)
         now = dt.datetime.now(dt.UTC)
         remaining = list_backups(home)

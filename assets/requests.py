@@ -8,6 +8,7 @@ from lethe.declaration.policy import Policy
 from lethe.rights import postgres_requests
 from lethe.rights.answers import answer_pending
 from lethe.rights.requests import apply_pending, request_counts
+from lethe.sources import postgres_propagation
 from lethe.sources.propagation import (
     plan_erasures,
     plan_rectifications_and_restrictions,
@@ -44,7 +45,7 @@ def request_answers(
     home, engine = warehouse.paths(), warehouse.postgres()
     loaded, as_of = policy.load(), policy.as_of_date()
     if engine is not None:
-        carried = []  # PostgreSQL sources are not read into a PostgreSQL warehouse yet
+        carried = postgres_propagation.propagate(engine, loaded, context.run.run_id, as_of)
         answers = postgres_requests.answer(engine, home, loaded, as_of, context.run.run_id)
         counts = postgres_requests.counts(engine)
     else:

@@ -27,12 +27,12 @@ def build_definitions(policy: Policy) -> dg.Definitions:
     analytics = analytics_assets(policy)
     resource = PolicyResource.bound_to(policy)
     # On a PostgreSQL warehouse (LETHE_WAREHOUSE) the steps that run there: tagging is part
-    # of enforcement's rewrite; log retention, backups and the compliance documents are not
-    # built there yet (`lethe.engine.postgres_warehouse.NOT_BUILT`).
+    # of enforcement's rewrite; the compliance documents are not built there yet
+    # (`lethe.engine.postgres_warehouse.NOT_BUILT`).
     postgres = dsn_from_env() is not None
-    steps = [*ingest_assets(policy), *request_assets(policy)]
+    steps = [*ingest_assets(policy), *request_assets(policy), *operations_assets(policy)]
     if not postgres:
-        steps += [*tagging_assets(policy), *operations_assets(policy)]
+        steps += tagging_assets(policy)
     steps += enforcement_assets(policy, postgres)
     if postgres:
         steps, analytics = _in_postgres(steps), _in_postgres(analytics)

@@ -7,6 +7,7 @@ checks the ledger chain there, and the request sensor reads pending requests fro
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from lethe.engine.postgres_warehouse import Rendered, append, ingest_all, open_e
 from lethe.engine.states import STORED_STATES
 from lethe.engine.tagging import tagged_tables
 from lethe.eshop.generate import generate
+from lethe.operations.backup import list_backups
 from lethe.operations.home import Home
 from lethe.rights import postgres_holds, postgres_requests
 from pipelines.definitions import build_definitions
@@ -142,8 +144,18 @@ def test_the_pipeline_job_runs_the_postgresql_steps(runs: Runs, policy: Policy) 
     assert {f"ingest/{t}" for t in tables} | {f"core/{t}" for t in tables} <= done
     assert {"requests/intake", "requests/answers", "core/retention_enforcement"} <= done
     assert any(k.startswith("analytics/") for k in done), done
-    # Not built on PostgreSQL yet: tagging is enforcement's, no backups or compliance docs.
-    assert not any(k.startswith(("backups/", "compliance/")) for k in done), done
+    # The retention of Lethe's own logs and the day's backup, as on DuckDB; tagging is
+    # enforcement's there, and the compliance documents are not built there yet.
+    assert {"audit/log_retention", "backups/warehouse_backup"} <= done
+    assert not any(k.startswith("compliance/") for k in done), done
+    made = _metadata(runs.result, dg.AssetKey(["backups", "warehouse_backup"]))["backup_id"]
+    assert [b.id for b in list_backups(runs.home)] == [made]
+    # It holds the enforced warehouse: the ledger up to the run's erasure entries.
+    (last,) = runs.engine.con.execute(
+        "SELECT max(seq) FROM audit.ledger WHERE action <> 'release'"
+    ).fetchone()
+    manifest = json.loads((runs.home.backups / made / "manifest.json").read_text())
+    assert manifest["ledger_seq"] >= last > 0
     # The erasure recorded in the database was carried out and answered by the run.
     statuses = runs.engine.con.execute("SELECT status FROM requests.requests").fetchall()
     assert statuses == [("done",)]

@@ -613,7 +613,7 @@ RUNS_HERE = (
     " `lethe propagate`, `lethe audit verify`, `lethe backup`, `lethe restore` and"
     " Dagster runs"
 )
-NOT_BUILT = "the Dagster runs' log retention, backups and compliance documents"
+NOT_BUILT = "the Dagster runs' compliance documents (processors, breaches, record of processing)"
 
 
 def dsn_from_env() -> str | None:
