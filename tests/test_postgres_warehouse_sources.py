@@ -26,6 +26,7 @@ from lethe.sources.propagation import SourceOutcome, preview_request
 from tests.conftest import lethe_cli
 from tests.postgres import PostgresServer
 from tests.request_cases import hashed
+from tests.test_postgres_dagster import run_job
 from tests.test_postgres_sources import (
     AS_OF,
     DSN_ENV,
@@ -293,3 +294,28 @@ def test_a_refusing_source_leaves_the_request_pending_until_a_later_run(
     assert "shop.shipments" in shown and "1 deleted" in shown
     assert source_rows(shop, "shipments") == source_rows(shop, "consents") == []
     assert pg_rows(warehouse, state) == [("done", "done", None)]
+
+
+def test_a_dagster_run_carries_the_erasure_to_the_source(
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline job on a PostgreSQL warehouse reads the source and, in its answers
+    step, carries an erasure back to it, as `lethe run` does there."""
+    shop, warehouse = postgres.new_database(), postgres.new_database()
+    monkeypatch.setenv(DSN_ENV, shop)
+    policy = shop_policy(tmp_path / "policy")
+    create_shop(shop, policy, **KEPT)
+    home = Home(tmp_path / "home").ensure()
+    monkeypatch.setenv("LETHE_HOME", str(home.root))
+    monkeypatch.setenv("LETHE_WAREHOUSE", warehouse)
+    monkeypatch.delenv("LETHE_SHARDS", raising=False)
+    assert run_job(policy, WHEN).success
+    assert pg_rows(warehouse, "SELECT count(*) FROM core.shipments") != [(0,)]
+    pg_record(warehouse, policy, "erasure", "C0001")
+    assert run_job(policy, WHEN).success
+    assert source_rows(shop, "shipments") == source_rows(shop, "consents") == []
+    state = (
+        "SELECT r.status, p.status FROM requests.requests r"
+        " JOIN requests.propagations p USING (request_id)"
+    )
+    assert pg_rows(warehouse, state) == [("done", "done")]
