@@ -15,6 +15,7 @@ from assets.metadata import (
     core_key,
     lineage_metadata,
 )
+from lethe.compliance import postgres_processors
 from lethe.compliance.breaches import list_breaches
 from lethe.compliance.consent_health import build_consent_health, consent_purposes
 from lethe.compliance.processing_record import publish_record, render_markdown
@@ -132,8 +133,12 @@ def compliance_assets(
         after the contract end or a revocation is refused, logged and opens a breach record.
         Export files past the export retention, or holding a row erased since, are deleted.
         """
-        with warehouse.connect() as con:
-            report = review_processors(con, warehouse.paths(), policy.load(), _now())
+        engine = warehouse.postgres()
+        if engine is not None:
+            report, _ = postgres_processors.review(engine, warehouse.paths(), policy.load(), _now())
+        else:
+            with warehouse.connect() as con:
+                report = review_processors(con, warehouse.paths(), policy.load(), _now())
         rows = "\n".join(
             f"| {a.processor.name} | {a.processor.purpose} | {a.processor.contract_end or 'open'}"
             f" | {'yes' if a.allowed else 'no'}: {a.reason}"
@@ -194,8 +199,12 @@ def compliance_assets(
         with `lethe breach record`, then `lethe breach notified` or `lethe breach close`.
         """
         now = _now()
-        with warehouse.connect() as con:
-            register = list_breaches(con)
+        engine = warehouse.postgres()
+        if engine is not None:
+            register = postgres_processors.register(engine)
+        else:
+            with warehouse.connect() as con:
+                register = list_breaches(con)
         overdue = [(b, late) for b in register if (late := b.overdue(now))]
         rows = "\n".join(
             f"| {b.breach_id} | {b.source} | {b.processor or ''} | {b.aware_at:%Y-%m-%d %H:%M}"

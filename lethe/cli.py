@@ -251,6 +251,13 @@ def _run_on_postgres(dsn: str, home: Home, when: dt.date, policy: Policy) -> Non
         f"  backup {made.id} written; {len(result.expired_backups)} past retention deleted",
         highlight=False,
     )
+    if result.consent_health is not None and "html" in result.record:
+        asked = sum(result.consent_health.counts.values())
+        out.print(
+            f"  compliance: record of processing {result.record['html'].name},"
+            f" re-consent list {asked:,} rows",
+            highlight=False,
+        )
     out.print(
         f"  ledger: {enforced.ledger_entries} entries; vault: {enforced.forgotten_tokens}"
         f" unused tokens forgotten; not run on PostgreSQL yet: {warehouse_db.NOT_BUILT}",

@@ -26,9 +26,7 @@ def build_definitions(policy: Policy) -> dg.Definitions:
     """The definitions describing `policy` and its schema; their runs apply that policy."""
     analytics = analytics_assets(policy)
     resource = PolicyResource.bound_to(policy)
-    # On a PostgreSQL warehouse (LETHE_WAREHOUSE) the steps that run there: tagging is part
-    # of enforcement's rewrite; the compliance documents are not built there yet
-    # (`lethe.engine.postgres_warehouse.NOT_BUILT`).
+    # On a PostgreSQL warehouse (LETHE_WAREHOUSE) tagging is part of enforcement's rewrite.
     postgres = dsn_from_env() is not None
     steps = [*ingest_assets(policy), *request_assets(policy), *operations_assets(policy)]
     if not postgres:
@@ -41,7 +39,7 @@ def build_definitions(policy: Policy) -> dg.Definitions:
             *landing_specs(policy),
             *by_shard([leftovers_asset(policy), *steps]),
             *analytics,
-            *([] if postgres else compliance_assets(policy, [a.key for a in analytics])),
+            *compliance_assets(policy, [a.key for a in analytics]),
         ],
         jobs=[pipeline_job, shard_job, union_job],
         schedules=[daily_retention(resource, shard_count())],

@@ -22,13 +22,17 @@ from assets.enforcement import ENFORCEMENT, LEDGER_CHAIN, PAST_RETENTION, holds_
 from assets.ingest import ACCEPTED_CHECK
 from assets.metadata import PURPOSE_COUNTS, core_key, ingest_key
 from assets.requests import NOTHING_OVERDUE
+from lethe.compliance.consent_health import build_consent_health
 from lethe.compliance.inspection import rows_past_retention
+from lethe.compliance.summary import summarize
 from lethe.declaration.policy import HOLD_PURPOSE, Policy
 from lethe.engine import audit, postgres_run
+from lethe.engine.ddl import ensure_schemas
 from lethe.engine.engines import PostgresEngine
-from lethe.engine.postgres_warehouse import Rendered, append, ingest_all, open_engine
+from lethe.engine.postgres_warehouse import Rendered, append, ingest_all, open_engine, pull
 from lethe.engine.states import STORED_STATES
 from lethe.engine.tagging import tagged_tables
+from lethe.engine.warehouse import connect
 from lethe.eshop.generate import generate
 from lethe.operations.backup import list_backups
 from lethe.operations.home import Home
@@ -144,10 +148,10 @@ def test_the_pipeline_job_runs_the_postgresql_steps(runs: Runs, policy: Policy) 
     assert {f"ingest/{t}" for t in tables} | {f"core/{t}" for t in tables} <= done
     assert {"requests/intake", "requests/answers", "core/retention_enforcement"} <= done
     assert any(k.startswith("analytics/") for k in done), done
-    # The retention of Lethe's own logs and the day's backup, as on DuckDB; tagging is
-    # enforcement's there, and the compliance documents are not built there yet.
+    # The retention of Lethe's own logs, the day's backup and the compliance documents, as
+    # on DuckDB; tagging is enforcement's there.
     assert {"audit/log_retention", "backups/warehouse_backup"} <= done
-    assert not any(k.startswith("compliance/") for k in done), done
+    assert {"compliance/processors", "compliance/breaches"} <= done, done
     made = _metadata(runs.result, dg.AssetKey(["backups", "warehouse_backup"]))["backup_id"]
     assert [b.id for b in list_backups(runs.home)] == [made]
     # It holds the enforced warehouse: the ledger up to the run's erasure entries.
@@ -352,3 +356,28 @@ def test_ledger_check_fails_after_an_edited_entry(runs: Runs, policy: Policy) ->
     check = _checks(again)[(ENFORCEMENT.to_user_string(), LEDGER_CHAIN)]
     assert not check.passed
     assert check.description
+
+
+def test_compliance_documents_read_the_same_from_postgres_as_from_duckdb(
+    runs: Runs, policy: Policy, tmp_path: Path
+) -> None:
+    """The table summaries of the record of processing and the consent-health list, read
+    from the database after the Dagster run, equal what they read from a DuckDB copy of the
+    same tables."""
+    assert {"compliance/record_of_processing", "compliance/consent_health"} <= {
+        e.asset_key.to_user_string() for e in runs.result.get_asset_materialization_events()
+    }
+    duck = connect(tmp_path / "copy.duckdb")
+    try:
+        ensure_schemas(duck, policy.data_schema)
+        for table in policy.data_schema.tables:
+            pull(runs.engine.con, duck, f"core.{table}")
+        pg = Rendered(runs.engine.con)
+        assert summarize(pg, policy) == summarize(duck, policy)  # type: ignore[arg-type]
+        assert any(s.rows for s in summarize(duck, policy))
+        on_pg = build_consent_health(pg, Home(tmp_path / "pg"), policy, AS_OF)  # type: ignore[arg-type]
+        on_duck = build_consent_health(duck, Home(tmp_path / "duck"), policy, AS_OF)
+        assert on_pg.counts == on_duck.counts and sum(on_duck.counts.values()) > 0
+        assert on_pg.path.read_bytes() == on_duck.path.read_bytes()
+    finally:
+        duck.close()

@@ -1,7 +1,8 @@
 """Retention of Lethe's own data on a PostgreSQL warehouse: a run purges the access log, the
 export log and the quarantine as on DuckDB (`purge_logs`, the same rows left, the same
 ledger entries), the purged rows leave the database's files, and a run writes the day's
-backup and deletes those past retention, as the DuckDB pipeline's backup asset does."""
+backup and deletes those past retention, as the DuckDB pipeline's backup asset does (and
+the compliance documents, as its compliance assets do)."""
 
 from __future__ import annotations
 
@@ -139,3 +140,7 @@ def test_a_run_on_postgres_writes_the_backup_and_deletes_those_past_retention(
     assert sorted(b.id for b in list_backups(home)) == sorted([kept.id, result.backup.id])
     manifest = json.loads((result.backup.path / "manifest.json").read_text())
     assert manifest["ledger_seq"] >= 0
+    # The compliance documents, as the DuckDB pipeline's assets write them.
+    assert result.consent_health is not None and result.consent_health.path.is_file()
+    assert sorted(result.record) == ["html", "json", "md"]
+    assert all(path.is_file() for path in result.record.values())

@@ -103,7 +103,9 @@ def summarize(
     for table in tagged_tables(policy):
         t = f"core.{quote(table)}"
         rows, past, held = con.execute(
-            f"SELECT count(*), count(*) FILTER (WHERE len(_purposes) = 0"
+            # Both engines: PostgreSQL's array_length of an empty array is NULL.
+            f"SELECT count(*), count(*) FILTER (WHERE _purposes IS NOT NULL"
+            f" AND coalesce(array_length(_purposes), 0) = 0"
             f" AND _state <> {RowState.ANONYMIZED.sql}),"
             f" count(*) FILTER (WHERE list_contains(_purposes, '{HOLD_PURPOSE}')) FROM {t}"
         ).fetchone()

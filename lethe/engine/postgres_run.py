@@ -6,7 +6,8 @@ table's landing file or PostgreSQL source, carry out the pending requests
 sources (`lethe.sources.postgres_propagation`), answer the requests (exports under
 LETHE_HOME/exports), review the processors' exports and the breach register
 (`lethe.compliance.postgres_processors`), release the analysts' datasets
-(`lethe.compliance.postgres_analytics`), then write the day's backup and delete those past
+(`lethe.compliance.postgres_analytics`), write the record of processing and the
+consent-health list from the database, then write the day's backup and delete those past
 retention (`lethe.operations.postgres_backup`)."""
 
 from __future__ import annotations
@@ -14,18 +15,22 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg
 
 from lethe.compliance import postgres_processors
 from lethe.compliance.analytics import KCheck, Release
 from lethe.compliance.breaches import Breach
+from lethe.compliance.consent_health import ConsentHealth, build_consent_health
 from lethe.compliance.postgres_analytics import release_all
+from lethe.compliance.processing_record import publish_record
 from lethe.compliance.processors import ProcessorReport
 from lethe.declaration.policy import Policy
 from lethe.engine.enforcement import EnforcementResult
 from lethe.engine.ingest import IngestError, IngestResult
 from lethe.engine.postgres_warehouse import (
+    Rendered,
     WarehouseError,
     create,
     describe,
@@ -60,6 +65,8 @@ class RunResult:
     logs: LogPurge | None = None
     backup: Backup | None = None
     expired_backups: list[str] = field(default_factory=list)  # backup ids deleted
+    record: dict[str, Path] = field(default_factory=dict)  # record of processing, by format
+    consent_health: ConsentHealth | None = None
     overdue_breaches: list[tuple[Breach, list[str]]] = field(default_factory=list)
 
 
@@ -95,6 +102,10 @@ def run(dsn: str, home: Home, policy: Policy, as_of: dt.date) -> RunResult:
             )
             # After the answers: a request's deadline does not wait on the analysts.
             result.releases = release_all(engine, home, policy, as_of)
+            # The compliance documents read the database as the DuckDB assets read the file.
+            rendered = Rendered(engine.con)
+            _, result.record = publish_record(rendered, home, policy, as_of, now)  # type: ignore[arg-type]
+            result.consent_health = build_consent_health(rendered, home, policy, as_of)  # type: ignore[arg-type]
             # Last, as the backup asset: the day's backup holds the enforced warehouse.
             result.backup = postgres_backup.backup(engine, home, policy)
             result.expired_backups = expire_backups(home, policy.operations.backups)

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import polars as pl
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -516,6 +517,21 @@ class Rendered:
             self.pg.execute(statement)
         return self.pg.execute(last, params)
 
+    def sql(self, select: str) -> _Result:
+        """The result of `select` (DuckDB's `con.sql(…).pl()` for code that reads a frame)."""
+        return _Result(self.execute(select))
+
+
+class _Result:
+    """A query's result, read as a Polars frame (`pl()`), as DuckDB's relation gives it."""
+
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        self.cursor = cursor
+
+    def pl(self) -> pl.DataFrame:
+        names = [c.name for c in self.cursor.description or ()]
+        return pl.DataFrame(self.cursor.fetchall(), schema=names, orient="row")
+
 
 def _issue_tokens(pg: psycopg.Connection, policy: Policy) -> None:
     """Issue vault tokens for every value about to be pseudonymized, in SQL, and expose the
@@ -613,7 +629,7 @@ RUNS_HERE = (
     " `lethe propagate`, `lethe audit verify`, `lethe backup`, `lethe restore` and"
     " Dagster runs"
 )
-NOT_BUILT = "the Dagster runs' compliance documents (processors, breaches, record of processing)"
+NOT_BUILT = "`lethe demo` and subject shards"
 
 
 def dsn_from_env() -> str | None:
