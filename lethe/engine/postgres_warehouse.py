@@ -83,6 +83,7 @@ from lethe.engine.enforcement import (
 )
 from lethe.engine.engines import PostgresEngine
 from lethe.engine.ingest import IngestError, IngestResult, landing_file
+from lethe.engine.keyhash import bind_postgres
 from lethe.engine.plan import Plan
 from lethe.engine.rendering import POSTGRES, render
 from lethe.engine.retention import (
@@ -96,6 +97,7 @@ from lethe.engine.vault import issue_tokens_sql, new_salt
 from lethe.engine.warehouse import connect, table_columns
 from lethe.errors import LetheError
 from lethe.operations.home import POSTGRES_SCHEMES, WAREHOUSE_ENV
+from lethe.rights.subject_keys import ERASURES, GONE, KeyColumn, gone_keys_sql, key_columns
 from lethe.sources.postgres import CONNECT_TIMEOUT, reason
 
 BATCH = 50_000  # rows per Arrow batch moved between DuckDB and PostgreSQL
@@ -543,6 +545,7 @@ def enforce(
             for table in touched:
                 columns, plan = plans[table]
                 _rewrite(engine, table, columns, plan)
+            hashed = _hash_gone_keys(pg, policy)
             append(pg, entries)
             result.ledger_entries = len(entries)
             for table in plans:
@@ -550,7 +553,7 @@ def enforce(
             pg.execute(f"DROP TABLE {TOKENS}")
         with engine.transaction():
             result.forgotten_tokens = _forget_unused_tokens(pg, policy)
-        purged = [("core", t) for t in touched]
+        purged = [("core", t) for t in touched] + hashed
         if result.forgotten_tokens:
             purged.append((VAULT, "tokens"))
         engine.purge(purged)
@@ -576,6 +579,64 @@ def _rewrite(engine: PostgresEngine, table: str, columns: list[str], plan: Plan)
         pgsql.SQL("INSERT INTO {} ({}) SELECT {} FROM _enforced").format(target, names, names)
     )
     engine.con.execute("DROP TABLE _enforced")
+
+
+def _hash_gone_keys(pg: psycopg.Connection, policy: Policy) -> list[tuple[str, str]]:
+    """Replace the keys of the subjects the rewrite just left without a row by their keyed
+    hashes wherever Lethe's own tables hold them, as DuckDB's enforcement does in its
+    rewrite: `lethe.rights.subject_keys.gone_keys_sql` rendered for PostgreSQL, inside the
+    enforcement's transaction. Returns the tables rewritten (to purge)."""
+    present = []
+    for schema, table, column in key_columns(policy):
+        types = dict(
+            pg.execute(
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+                [schema, table],
+            ).fetchall()
+        )
+        if column in types:
+            text = types[column] in ("text", "character varying")
+            present.append(KeyColumn(schema, table, column, tuple(types), text))
+    if not present:
+        return []
+    bind_postgres(pg, key_secret(pg))
+    after = f"SELECT * FROM core.{quote(policy.data_schema.subject_table.name)}"
+    gone, selects = gone_keys_sql(policy, after, present, TOKENS)
+    for sql in render((gone,), POSTGRES):
+        pg.execute(sql)
+    rewritten = []
+    if pg.execute(f"SELECT 1 FROM {GONE} LIMIT 1").fetchall():
+        for key in present:
+            if _hash_keys_of(pg, key, selects[(key.schema, key.table)].select):
+                rewritten.append((key.schema, key.table))
+    pg.execute(f"DROP TABLE {GONE}")
+    return rewritten
+
+
+def _hash_keys_of(pg: psycopg.Connection, key: KeyColumn, select: str) -> bool:
+    """Rewrite the table of `key` from `select` (its rows with gone keys hashed) when that
+    changes it: it holds a gone key, or (the erasure register) gains the tokens standing
+    for one. Whether it did."""
+    target = pgsql.Identifier(key.schema, key.table)
+    holds = pg.execute(
+        pgsql.SQL("SELECT 1 FROM {} x JOIN {} g ON g.key = CAST(x.{} AS text) LIMIT 1").format(
+            target, pgsql.Identifier(GONE), pgsql.Identifier(key.column)
+        )
+    ).fetchall()
+    if not holds and (key.schema, key.table) != ERASURES:
+        return False
+    for sql in render((f"CREATE TEMP TABLE _hashed AS {select}",), POSTGRES):
+        pg.execute(sql)
+    (before,) = pg.execute(pgsql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()
+    (after,) = pg.execute("SELECT count(*) FROM _hashed").fetchone()
+    changed = bool(holds) or after != before
+    if changed:
+        names = pgsql.SQL(", ").join(pgsql.Identifier(c) for c in key.columns)
+        pg.execute(pgsql.SQL("DELETE FROM {}").format(target))
+        pg.execute(pgsql.SQL("INSERT INTO {} ({}) SELECT * FROM _hashed").format(target, names))
+    pg.execute("DROP TABLE _hashed")
+    return changed
 
 
 def _forget_unused_tokens(pg: psycopg.Connection, policy: Policy) -> int:

@@ -16,6 +16,8 @@ hashes them again.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import duckdb
 
 from lethe.declaration.policy import Policy
@@ -70,6 +72,17 @@ def _raw(expr: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class KeyColumn:
+    """A column of Lethe's own tables holding subjects' keys, as the warehouse has it."""
+
+    schema: str
+    table: str
+    column: str
+    columns: tuple[str, ...]  # the table's columns, in order
+    text: bool  # whether the column can hold a keyed hash (an integer key cannot)
+
+
 def hash_gone_keys(
     con: duckdb.DuckDBPyConnection, policy: Policy, replacements: Replacements, tokens: str
 ) -> Replacements:
@@ -84,21 +97,41 @@ def hash_gone_keys(
     subject = policy.data_schema.subject_table
     after = replacements[("core", subject.name)]
     after = after.select if isinstance(after, SameTable) else after
-    columns = _present(con, policy)
+    present = [
+        KeyColumn(s, t, c, tuple(table_columns(con, s, t)), _is_text(con, s, t, c))
+        for s, t, c in _present(con, policy)
+    ]
     bind(con)
-    text = [f"SELECT CAST({quote(c)} AS VARCHAR) AS k FROM {s}.{quote(t)}" for s, t, c in columns]
-    con.execute(
+    gone, out = gone_keys_sql(policy, after, present, tokens)
+    con.execute(gone)
+    return out
+
+
+def gone_keys_sql(
+    policy: Policy, after: str, present: list[KeyColumn], tokens: str
+) -> tuple[str, dict[tuple[str, str], SameTable]]:
+    """The statement (DuckDB's dialect, rendered for other engines) filling the temp table
+    `_gone_keys` (key, hash) of the raw keys `present` holds whose subject has no row in
+    `after` (the subject table's rows after the rewrite; `lethe_key_hash` bound), and per
+    table the SELECT of its rows with those keys hashed (`hash_gone_keys`)."""
+    subject = policy.data_schema.subject_table
+    text = [
+        f"SELECT CAST({quote(c.column)} AS VARCHAR) AS k FROM {c.schema}.{quote(c.table)}"
+        for c in present
+    ]
+    gone = (
         f"CREATE OR REPLACE TEMP TABLE {GONE} AS SELECT k AS key, {MACRO}(k) AS hash"
         f" FROM ({' UNION '.join(text)}) WHERE {_raw('k')}"
         f" AND k NOT IN (SELECT CAST({quote(subject.key)} AS VARCHAR) FROM ({after})"
         f" WHERE {quote(subject.key)} IS NOT NULL)"
     )
-    out: Replacements = {}
-    for schema, table, column in columns:
+    out: dict[tuple[str, str], SameTable] = {}
+    for key in present:
+        schema, table, column = key.schema, key.table, key.column
         items = []
         # A key column that cannot hold text (an integer key) loses the gone key instead.
-        hashed = "g.hash" if _is_text(con, schema, table, column) else "NULL"
-        for name in table_columns(con, schema, table):
+        hashed = "g.hash" if key.text else "NULL"
+        for name in key.columns:
             if name == column:
                 items.append(f"CASE WHEN g.key IS NULL THEN x.{quote(name)} ELSE {hashed} END")
             elif (schema, table, name) == (*REQUESTS, "answer"):
@@ -121,7 +154,7 @@ def hash_gone_keys(
                 f" WHERE t.token NOT IN (SELECT subject_key FROM {schema}.{table})"
             )
         out[(schema, table)] = SameTable(select)
-    return out
+    return gone, out
 
 
 def _is_text(con: duckdb.DuckDBPyConnection, schema: str, table: str, column: str) -> bool:
