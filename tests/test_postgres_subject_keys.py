@@ -23,18 +23,21 @@ from engine_values import Plain
 from test_postgres_requests import run_on_duckdb
 
 from lethe.declaration.policy import Policy
+from lethe.engine import postgres_run
 from lethe.engine.engines import PostgresEngine
 from lethe.engine.keyhash import key_hash, read_secret
 from lethe.engine.postgres_warehouse import ingest_all, key_secret, open_engine
 from lethe.operations.home import Home
 from lethe.rights import postgres_requests
+from lethe.rights.exports import export_dir
 from tests.postgres import PostgresServer
 
 T = rq.T
 ERIN = rq.ERIN["contact_id"]
+LATE = rq.person("c-late")  # no order nor consent: retention ends with his account
 SUBJECTS = [rq.ERIN, rq.ACC, rq.CTRL]
 FIRST = [("access", ERIN)]
-SECOND = [("erasure", ERIN), ("access", rq.ACC["contact_id"])]
+SECOND = [("erasure", ERIN), ("access", rq.ACC["contact_id"]), ("access", LATE["contact_id"])]
 # Lethe's own tables naming subjects (lethe.rights.subject_keys.key_columns), the columns
 # that differ between two warehouses by nature (times, ids, run ids) left out.
 OWN = {
@@ -46,7 +49,8 @@ OWN = {
 
 def landing() -> dict[str, list[dict[str, Any]]]:
     ids = [p["contact_id"] for p in SUBJECTS]
-    return {t: [r for cid in ids for r in rq.rows_of(t, cid)] for t in TAGGED_TABLES}
+    rows = {t: [r for cid in ids for r in rq.rows_of(t, cid)] for t in TAGGED_TABLES}
+    return {**rows, "contacts": [*rows["contacts"], LATE]}
 
 
 @dataclass
@@ -164,4 +168,22 @@ def test_the_run_summary_fits_80_columns_and_counts_every_request_carried_out(
     for line in (first + second).splitlines():
         assert len(line) <= 80, line
     assert "requests carried out: access 1\n" in first, first
-    assert "requests carried out: access 1, erasure 1\n" in second, second
+    assert "requests carried out: access 2, erasure 1\n" in second, second
+
+
+def test_retention_ending_hashes_the_key_and_deletes_the_subjects_export(
+    both: Warehouses, policy: Policy
+) -> None:
+    """Last (it changes the warehouse): years later retention anonymizes LATE, whose
+    access export the second run wrote; the export log names him by his keyed hash only,
+    and his export file is deleted with him, as on DuckDB."""
+    (export,) = both.pg.con.execute(
+        "SELECT file_name FROM audit.export_log WHERE subject_key = %s", [LATE["contact_id"]]
+    ).fetchone()
+    assert (export_dir(both.pg_home) / export).exists()
+    postgres_run.run(both.dsn, both.pg_home, policy, T.replace(year=T.year + 30))
+    (hashed,) = both.pg.con.execute(
+        "SELECT subject_key FROM audit.export_log WHERE file_name = %s", [export]
+    ).fetchone()
+    assert hashed == key_hash(key_secret(both.pg.con), LATE["contact_id"])
+    assert not (export_dir(both.pg_home) / export).exists()

@@ -16,9 +16,10 @@ What runs on PostgreSQL so far:
   quarantine and ingest log); the loaded rows, the quarantine and the log entry then move
   to PostgreSQL by COPY, streamed in Arrow batches, in one transaction;
 - enforcement (`enforce`): the same plans, run by `PostgresEngine` in one transaction
-  (stage, issue vault tokens in SQL, rewrite the tables that change, append the ledger
-  entries), then unused tokens are forgotten and `VACUUM FULL` rewrites the touched tables
-  (and the vault) without their dead rows;
+  (stage, issue vault tokens in SQL, rewrite the tables that change, replace the keys of
+  subjects left without a row by their keyed hashes in Lethe's own tables, append the
+  ledger entries), then unused tokens are forgotten and `VACUUM FULL` rewrites the touched
+  tables (and the vault) without their dead rows;
 - the ledger: entries checked, key-hashed and chained by `lethe.engine.audit.ledger_rows`,
   and `verify` checks a copy read into DuckDB with `lethe.engine.audit.verify`.
 
@@ -31,8 +32,7 @@ the Parquet extracts written from the released tables), and `lethe.engine.postgr
 is what `lethe run` does with LETHE_WAREHOUSE set to a PostgreSQL URL (ingest, requests,
 enforcement, answers, analytics); `refuse_here` refuses the rest in one line. Not yet here:
 tagging as a step of its own (enforcement writes the fresh tags of every row it stages),
-backups, `lethe request --dry-run` and PostgreSQL sources, Dagster
-runs, and replacing the keys of erased subjects in Lethe's own tables by their keyed hashes.
+backups, `lethe request --dry-run` and PostgreSQL sources, and Dagster runs.
 
 What `VACUUM FULL` cannot remove: PostgreSQL's write-ahead log (`pg_wal/`) holds the
 replaced values until its segments are recycled (after later checkpoints), and so does any

@@ -24,9 +24,11 @@ and restriction carried out, erasures registered in `requests.erasures`, which t
 enforcement plan reads, so the same rewrite erases them) and `answer` after enforcement
 (access and portability exports under LETHE_HOME/exports, erasure answers).
 
-Not here yet: carrying requests back to PostgreSQL sources (`--dry-run`, propagation) and
-replacing a gone subject's key in these tables by its keyed hash (on DuckDB, enforcement
-does it); the ledger hashes every key it records, as on DuckDB.
+Once a subject is gone, its key in these tables is replaced by its keyed hash by
+enforcement, in its transaction (`lethe.engine.postgres_warehouse.enforce`, with the SQL
+of `lethe.rights.subject_keys.gone_keys_sql`), as on DuckDB; `answer` then also deletes
+the exports of subjects gone since. The ledger hashes every key it records. Not here yet:
+carrying requests back to PostgreSQL sources (`--dry-run`, propagation).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from lethe.declaration.schema import Schema
 from lethe.declaration.strategies import literal, quote
 from lethe.engine.ddl import ensure_schemas, ensure_vault
 from lethe.engine.engines import PostgresEngine
+from lethe.engine.keyhash import is_hash_sql
 from lethe.engine.postgres_warehouse import (
     WarehouseError,
     copy_in,
@@ -431,8 +434,9 @@ def answer(
         mirror.pull(("requests", "propagations"), pending.format(_PENDING))
         mirror.owners(_PENDING)
         mirror.pull_subject_rows()
-        mine = pgsql.SQL("subject_key IN (SELECT subject_key FROM {})").format(
-            pgsql.Identifier(OWNERS)
+        # And the exports of subjects gone since (named by keyed hash): they go too.
+        mine = pgsql.SQL("subject_key IN (SELECT subject_key FROM {}) OR {}").format(
+            pgsql.Identifier(OWNERS), rendered_condition(is_hash_sql("subject_key"))
         )
         mirror.pull(EXPORT_LOG, mine, appended=True)
         mirror.pull_tokens(policy)
