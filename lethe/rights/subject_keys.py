@@ -119,11 +119,13 @@ def gone_keys_sql(
         f"SELECT CAST({quote(c.column)} AS VARCHAR) AS k FROM {c.schema}.{quote(c.table)}"
         for c in present
     ]
+    # NOT EXISTS, not NOT IN: PostgreSQL runs NOT IN over a subquery larger than its
+    # work_mem as a scan of the subject table per key held (minutes at a million subjects).
     gone = (
-        f"CREATE OR REPLACE TEMP TABLE {GONE} AS SELECT k AS key, {MACRO}(k) AS hash"
-        f" FROM ({' UNION '.join(text)}) WHERE {_raw('k')}"
-        f" AND k NOT IN (SELECT CAST({quote(subject.key)} AS VARCHAR) FROM ({after})"
-        f" WHERE {quote(subject.key)} IS NOT NULL)"
+        f"CREATE OR REPLACE TEMP TABLE {GONE} AS SELECT held.k AS key, {MACRO}(held.k) AS hash"
+        f" FROM ({' UNION '.join(text)}) held WHERE {_raw('held.k')}"
+        f" AND NOT EXISTS (SELECT 1 FROM ({after}) a"
+        f" WHERE CAST(a.{quote(subject.key)} AS VARCHAR) = held.k)"
     )
     out: dict[tuple[str, str], SameTable] = {}
     for key in present:
