@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import request_cases as rq
 import retention_cases as rc
-from conftest import TAGGED_TABLES, home_env, lethe_cli, write_landing_set
+from conftest import TAGGED_TABLES, home_env, lethe_cli, write_landing, write_landing_set
 from engine_values import Plain
 from test_postgres_requests import run_on_duckdb
 
@@ -169,6 +169,21 @@ def test_the_run_summary_fits_80_columns_and_counts_every_request_carried_out(
         assert len(line) <= 80, line
     assert "requests carried out: access 1\n" in first, first
     assert "requests carried out: access 2, erasure 1\n" in second, second
+
+
+def test_an_erased_subject_delivered_again_is_erased_again(
+    both: Warehouses, policy: Policy
+) -> None:
+    """The erasure register names ERIN by her keyed hash: a source delivering her row again
+    (same key) has it named by her key once more, erased by the next run, then hashed."""
+    write_landing(both.pg_home.landing, "contacts", [rq.ERIN])
+    postgres_run.run(both.dsn, both.pg_home, policy, T)
+    (left,) = both.pg.con.execute(
+        "SELECT count(*) FROM core.contacts WHERE contact_id = %s OR email = %s",
+        [ERIN, rq.ERIN["email"]],
+    ).fetchone()
+    assert left == 0
+    test_no_raw_key_of_the_erased_subject_is_in_lethes_tables(both)
 
 
 def test_retention_ending_hashes_the_key_and_deletes_the_subjects_export(

@@ -97,7 +97,15 @@ from lethe.engine.vault import issue_tokens_sql, new_salt
 from lethe.engine.warehouse import connect, table_columns
 from lethe.errors import LetheError
 from lethe.operations.home import POSTGRES_SCHEMES, WAREHOUSE_ENV
-from lethe.rights.subject_keys import ERASURES, GONE, KeyColumn, gone_keys_sql, key_columns
+from lethe.rights.subject_keys import (
+    ERASURES,
+    GONE,
+    KeyColumn,
+    any_hash_sql,
+    gone_keys_sql,
+    key_columns,
+    reveal_keys_sql,
+)
 from lethe.sources.postgres import CONNECT_TIMEOUT, reason
 
 BATCH = 50_000  # rows per Arrow batch moved between DuckDB and PostgreSQL
@@ -527,6 +535,7 @@ def enforce(
     create(engine, policy.data_schema)
     with engine.lock():
         with engine.transaction():
+            _reveal_keys(pg, policy)
             plans = {}
             for table in tagged_tables(policy):
                 columns = _columns(pg, table)
@@ -581,11 +590,8 @@ def _rewrite(engine: PostgresEngine, table: str, columns: list[str], plan: Plan)
     engine.con.execute("DROP TABLE _enforced")
 
 
-def _hash_gone_keys(pg: psycopg.Connection, policy: Policy) -> list[tuple[str, str]]:
-    """Replace the keys of the subjects the rewrite just left without a row by their keyed
-    hashes wherever Lethe's own tables hold them, as DuckDB's enforcement does in its
-    rewrite: `lethe.rights.subject_keys.gone_keys_sql` rendered for PostgreSQL, inside the
-    enforcement's transaction. Returns the tables rewritten (to purge)."""
+def _key_columns(pg: psycopg.Connection, policy: Policy) -> list[KeyColumn]:
+    """The columns of Lethe's own tables holding subjects' keys, as the database has them."""
     present = []
     for schema, table, column in key_columns(policy):
         types = dict(
@@ -598,6 +604,31 @@ def _hash_gone_keys(pg: psycopg.Connection, policy: Policy) -> list[tuple[str, s
         if column in types:
             text = types[column] in ("text", "character varying")
             present.append(KeyColumn(schema, table, column, tuple(types), text))
+    return present
+
+
+def _reveal_keys(pg: psycopg.Connection, policy: Policy) -> None:
+    """`lethe.rights.subject_keys.reveal_keys` (recent rows only) rendered for PostgreSQL,
+    before enforcement stages: a gone subject delivered again is named by its raw key once
+    more, so the erasure register applies to its new rows, as on DuckDB."""
+    # A column that cannot hold text never holds a hash (a gone key there became NULL).
+    columns = [(c.schema, c.table, c.column) for c in _key_columns(pg, policy) if c.text]
+    if not columns:
+        return
+    (any_hash,) = render((any_hash_sql(columns),), POSTGRES)
+    if not pg.execute(any_hash).fetchone()[0]:
+        return
+    bind_postgres(pg, key_secret(pg))
+    for sql in render(tuple(reveal_keys_sql(policy, columns, recent_only=True)), POSTGRES):
+        pg.execute(sql)
+
+
+def _hash_gone_keys(pg: psycopg.Connection, policy: Policy) -> list[tuple[str, str]]:
+    """Replace the keys of the subjects the rewrite just left without a row by their keyed
+    hashes wherever Lethe's own tables hold them, as DuckDB's enforcement does in its
+    rewrite: `lethe.rights.subject_keys.gone_keys_sql` rendered for PostgreSQL, inside the
+    enforcement's transaction. Returns the tables rewritten (to purge)."""
+    present = _key_columns(pg, policy)
     if not present:
         return []
     bind_postgres(pg, key_secret(pg))

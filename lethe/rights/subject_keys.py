@@ -178,37 +178,51 @@ def reveal_keys(con: duckdb.DuckDBPyConnection, policy: Policy, recent_only: boo
     gone (with a day's margin): a row older than that was there when the hashes were
     made, so it is no gone subject's.
     """
-    subject = policy.data_schema.subject_table
     columns = _present(con, policy)
+    # No hash held anywhere (no gone subject named): hashing every key would match nothing.
+    if not columns or not con.execute(any_hash_sql(columns)).fetchone()[0]:
+        return 0
+    bind(con)
+    recent = recent_only and has_table(con, "audit", "ledger")
+    create, *updates, drop = reveal_keys_sql(policy, columns, recent)
+    con.execute(create)
+    changed = sum(con.execute(sql).fetchone()[0] for sql in updates)
+    con.execute(drop)
+    return changed
+
+
+def any_hash_sql(columns: list[tuple[str, str, str]]) -> str:
+    """SQL (DuckDB's dialect): how many keyed hashes the key `columns` hold."""
     held = " UNION ALL ".join(
         f"SELECT CAST({quote(c)} AS VARCHAR) AS k FROM {s}.{quote(t)}" for s, t, c in columns
     )
-    # No hash held anywhere (no gone subject named): hashing every key would match nothing.
-    if (
-        not columns
-        or not con.execute(f"SELECT count(*) FROM ({held}) WHERE {is_hash_sql('k')}").fetchone()[0]
-    ):
-        return 0
-    bind(con)
+    return f"SELECT count(*) FROM ({held}) held WHERE {is_hash_sql('held.k')}"
+
+
+def reveal_keys_sql(
+    policy: Policy, columns: list[tuple[str, str, str]], recent_only: bool
+) -> list[str]:
+    """The statements of `reveal_keys` (DuckDB's dialect, `lethe_key_hash` bound): the temp
+    table `_held_keys` (key, hash) of the subjects held, one UPDATE per key column (each
+    returning its count), and the DROP of the temp table."""
+    subject = policy.data_schema.subject_table
     key = f"CAST({quote(subject.key)} AS VARCHAR)"
     since = "true"
-    if recent_only and has_table(con, "audit", "ledger"):
+    if recent_only:
         since = (
             "_ingested_at IS NULL OR _ingested_at >= (SELECT coalesce(max(recorded_at),"
             " TIMESTAMP '1900-01-01') - INTERVAL 1 DAY FROM audit.ledger"
             " WHERE action IN ('anonymize', 'delete'))"
         )
-    con.execute(
+    statements = [
         f"CREATE OR REPLACE TEMP TABLE _held_keys AS SELECT {key} AS key, {MACRO}({key}) AS hash"
         f" FROM core.{quote(subject.name)} WHERE {_raw(key)}"
         f" AND _state <> {RowState.ANONYMIZED.sql} AND ({since})"
-    )
-    changed = 0
+    ]
     for schema, table, column in columns:
         name = f"{schema}.{quote(table)}"
-        changed += con.execute(
+        statements.append(
             f"UPDATE {name} SET {quote(column)} = h.key FROM _held_keys h"
             f" WHERE CAST({name}.{quote(column)} AS VARCHAR) = h.hash"
-        ).fetchone()[0]
-    con.execute("DROP TABLE _held_keys")
-    return changed
+        )
+    return [*statements, "DROP TABLE _held_keys"]
