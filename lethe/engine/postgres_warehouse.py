@@ -16,10 +16,11 @@ What runs on PostgreSQL so far:
   quarantine and ingest log); the loaded rows, the quarantine and the log entry then move
   to PostgreSQL by COPY, streamed in Arrow batches, in one transaction;
 - enforcement (`enforce`): the same plans, run by `PostgresEngine` in one transaction
-  (stage, issue vault tokens in SQL, rewrite the tables that change, replace the keys of
-  subjects left without a row by their keyed hashes in Lethe's own tables, append the
-  ledger entries), then unused tokens are forgotten and `VACUUM FULL` rewrites the touched
-  tables (and the vault) without their dead rows;
+  (put back the raw key of a gone subject delivered again, stage, issue vault tokens in
+  SQL, rewrite the tables that change, replace the keys of subjects left without a row by
+  their keyed hashes in Lethe's own tables, append the ledger entries), then unused tokens
+  are forgotten and `VACUUM FULL` rewrites the touched tables (and the vault) without
+  their dead rows;
 - the ledger: entries checked, key-hashed and chained by `lethe.engine.audit.ledger_rows`,
   and `verify` checks a copy read into DuckDB with `lethe.engine.audit.verify`.
 
