@@ -186,13 +186,14 @@ def _rendered(statements: tuple[str, ...]) -> tuple[str, ...]:
 
 # Column statistics (`pg_statistic`, filled by ANALYZE and autovacuum) keep sample values
 # (most common values, histogram bounds) that neither a DELETE nor VACUUM FULL removes: the
-# columns that hold personal data gather none. Lethe's own tag columns (`_state`, …) keep
-# theirs, so the planner still sees how rows spread over states and retention dates.
+# columns that hold personal data or subjects' keys (the audit logs too) gather none.
+# Lethe's own tag columns (`_state`, …) keep theirs, so the planner still sees how rows
+# spread over states and retention dates.
 NO_STATISTICS = f"""SELECT format('ALTER TABLE %I.%I ALTER COLUMN %I SET STATISTICS 0',
         n.nspname, c.relname, a.attname)
     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname IN ('core', 'requests', '{VAULT}') AND c.relkind = 'r' AND a.attnum > 0
+    WHERE n.nspname IN ('core', 'requests', 'audit', '{VAULT}') AND c.relkind = 'r' AND a.attnum > 0
       AND NOT a.attisdropped AND coalesce(a.attstattarget, -1) <> 0
       AND NOT (n.nspname = 'core' AND starts_with(a.attname, '_'))"""
 
