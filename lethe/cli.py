@@ -10,7 +10,9 @@ import datetime as dt
 import errno
 import os
 import sys
+import textwrap
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -204,34 +206,32 @@ def _run_on_postgres(dsn: str, home: Home, when: dt.date, policy: Policy) -> Non
     where = warehouse_db.describe(dsn)
     with err.status(f"Running the pipeline as of {when} on the {where}"):
         result = postgres_run.run(dsn, home, policy, when)
-    out.print(f"{where}, as of {when} (run {result.run_id[:8]}):", highlight=False)
+    _line(f"As of {when} (run {result.run_id[:8]}) on the {where}:", indent="")
     for name, ingested in result.ingested.items():
-        out.print(
-            f"  ingest {name}: read {ingested.rows_read:,}, loaded {ingested.rows_loaded:,},"
+        _line(
+            f"ingest {name}: read {ingested.rows_read:,}, loaded {ingested.rows_loaded:,},"
             f" quarantined {ingested.rows_quarantined:,}, loaded from quarantine"
             f" {ingested.rows_retried:,}, waiting {ingested.rows_waiting:,}"
-            + (f" ({ingested.note})" if ingested.note else ""),
-            highlight=False,
+            + (f" ({ingested.note})" if ingested.note else "")
         )
-    carried = ", ".join(f"{kind} {n:,}" for kind, n in result.requests.items() if n)
-    out.print(f"  requests carried out: {carried or 'none'}", highlight=False)
     enforced, answers = result.enforced, result.answers
     assert enforced is not None and answers is not None
+    # Access and portability are carried out by their answers, the rest at intake.
+    carried = Counter(result.requests) + Counter(answers.exported)
+    done = ", ".join(f"{kind} {carried[kind]:,}" for kind in REQUEST_TYPES if carried[kind])
+    _line(f"requests carried out: {done or 'none'}")
     for name, counts in enforced.counts.items():
         done = ", ".join(f"{action} {n:,}" for action, n in sorted(counts.items())) or "nothing"
-        out.print(f"  enforce {name}: {done}", highlight=False)
+        _line(f"enforce {name}: {done}")
     if result.sources:
         _print_sources(result.sources, "")
-    out.print(
-        f"  answers: {answers.exports} exports written, {answers.erasures} erasures answered",
-        highlight=False,
-    )
+    _line(f"answers: {answers.exports} exports written, {answers.erasures} erasures answered")
     for name, (released, check) in result.releases.items():
-        out.print(
-            f"  analytics {name}: {released.rows:,} rows (k = {released.k});"
-            f" {released.suppressed:,} of {released.records:,} records suppressed"
+        _line(f"analytics {name}: {released.rows:,} rows (k = {released.k});")
+        _line(
+            f"{released.suppressed:,} of {released.records:,} records suppressed"
             f" in {released.suppressed_cells:,} cells",
-            highlight=False,
+            indent="    ",
         )
         if not check.passed:
             err.print(
@@ -242,29 +242,38 @@ def _run_on_postgres(dsn: str, home: Home, when: dt.date, policy: Policy) -> Non
     _report_processors(result)
     logs, made = result.logs, result.backup
     assert logs is not None and made is not None
-    out.print(
-        f"  logs: {logs.access_log} access and {logs.export_log} export entries,"
-        f" {logs.quarantine} quarantined rows past retention deleted",
-        highlight=False,
+    _line(
+        f"logs: {logs.access_log} access and {logs.export_log} export entries,"
+        f" {logs.quarantine} quarantined rows past retention deleted"
     )
-    out.print(
-        f"  backup {made.id} written; {len(result.expired_backups)} past retention deleted",
-        highlight=False,
-    )
+    _line(f"backup {made.id} written; {len(result.expired_backups)} past retention deleted")
     if result.consent_health is not None and "html" in result.record:
         asked = sum(result.consent_health.counts.values())
-        out.print(
-            f"  compliance: record of processing {result.record['html'].name},"
-            f" re-consent list {asked:,} rows",
-            highlight=False,
+        _line(
+            f"compliance: record of processing {result.record['html'].name},"
+            f" re-consent list {asked:,} rows"
         )
-    out.print(
-        f"  ledger: {enforced.ledger_entries} entries; vault: {enforced.forgotten_tokens}"
-        f" unused tokens forgotten; not run on PostgreSQL yet: {warehouse_db.NOT_BUILT}",
-        highlight=False,
+    _line(
+        f"ledger: {enforced.ledger_entries} entries; vault: {enforced.forgotten_tokens}"
+        " unused tokens forgotten"
     )
+    _line(f"not run on PostgreSQL yet: {warehouse_db.NOT_BUILT}")
     if result.refused:
         _fail("; ".join(result.refused.values()))
+
+
+def _line(text: str, indent: str = "  ") -> None:
+    """One item of the PostgreSQL run summary, wrapped to 80 columns at spaces (its
+    continuation lines indented further), as the DuckDB summary's tables fit them."""
+    for line in textwrap.wrap(
+        text,
+        80,
+        initial_indent=indent,
+        subsequent_indent=indent + "  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    ):
+        out.print(line, highlight=False, markup=False)
 
 
 def _report_processors(result: postgres_run.RunResult) -> None:
@@ -272,10 +281,9 @@ def _report_processors(result: postgres_run.RunResult) -> None:
     breaches assets make (refused exports to assess, overdue notifications)."""
     report = result.processors
     assert report is not None
-    out.print(
-        f"  processors: {sum(a.allowed for a in report.access)} of {len(report.access)} with"
-        f" access; {report.expired_exports} export files deleted",
-        highlight=False,
+    _line(
+        f"processors: {sum(a.allowed for a in report.access)} of {len(report.access)} with"
+        f" access; {report.expired_exports} export files deleted"
     )
     for r in report.open_refusals:
         err.print(

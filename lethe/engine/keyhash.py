@@ -15,7 +15,9 @@ a backup still matches every hash.
 
 In SQL the hash is the temporary macro `lethe_key_hash(text)` that `bind` defines on a
 connection: the secret reaches DuckDB as connection variables (HMAC's inner and outer
-pads), never in SQL text, a table of the warehouse or a log.
+pads), never in SQL text, a table of the warehouse or a log. On PostgreSQL the macro is
+written out in place (`POSTGRES_HASH`, by `lethe.engine.rendering`) and reads the pads
+from transaction-local settings that `bind_postgres` sets.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import hashlib
 import hmac
 import secrets
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -38,6 +41,13 @@ PATTERN = f"{PREFIX}[0-9a-f]{{{HEX_DIGITS}}}"
 MACRO = "lethe_key_hash"
 VAULT_FILE = "vault.duckdb"
 _BLOCK = 64  # SHA-256 block size: HMAC pads the secret to it
+_PADS = ("lethe.key_ipad", "lethe.key_opad")  # PostgreSQL settings holding the pads (hex)
+# `lethe_key_hash({k})` in PostgreSQL's SQL: the same HMAC, its pads from `_PADS`.
+POSTGRES_HASH = (
+    f"CASE WHEN {{k}} ~ '^{PATTERN}$' THEN {{k}} ELSE '{PREFIX}' || left(encode(sha256("
+    f"decode(current_setting('{_PADS[1]}'), 'hex') || sha256(decode(current_setting("
+    f"'{_PADS[0]}'), 'hex') || convert_to({{k}}, 'UTF8'))), 'hex'), {HEX_DIGITS}) END"
+)
 # Secrets read per vault file in this process: the vault cannot be opened a second time
 # while a connection of this process attaches it.
 _SECRETS: dict[Path, bytes] = {}
@@ -134,10 +144,9 @@ def bind(con: duckdb.DuckDBPyConnection, secret: bytes | None = None) -> None:
     Cheap and idempotent; call it before each statement batch that hashes (a rolled-back
     transaction drops the macro again).
     """
-    secret = secret if secret is not None else secret_for(con)
-    padded = secret.ljust(_BLOCK, b"\0")
-    con.execute("SET VARIABLE lethe_key_ipad = ?", [bytes(b ^ 0x36 for b in padded)])
-    con.execute("SET VARIABLE lethe_key_opad = ?", [bytes(b ^ 0x5C for b in padded)])
+    ipad, opad = _pads(secret if secret is not None else secret_for(con))
+    con.execute("SET VARIABLE lethe_key_ipad = ?", [ipad])
+    con.execute("SET VARIABLE lethe_key_opad = ?", [opad])
     hmac_sql = (
         "sha256(getvariable('lethe_key_opad')"
         " || unhex(sha256(getvariable('lethe_key_ipad') || encode(k))))"
@@ -146,6 +155,22 @@ def bind(con: duckdb.DuckDBPyConnection, secret: bytes | None = None) -> None:
         f"CREATE OR REPLACE TEMP MACRO {MACRO}(k) AS CASE WHEN {is_hash_sql('k')} THEN k"
         f" ELSE '{PREFIX}' || left({hmac_sql}, {HEX_DIGITS}) END"
     )
+
+
+def bind_postgres(pg: Any, secret: bytes) -> None:
+    """Set the pads `POSTGRES_HASH` reads on the PostgreSQL connection `pg` (a psycopg
+    connection), for the current transaction only: in memory, never in a table."""
+    ipad, opad = _pads(secret)
+    pg.execute(
+        "SELECT set_config(%s, %s, true), set_config(%s, %s, true)",
+        [_PADS[0], ipad.hex(), _PADS[1], opad.hex()],
+    )
+
+
+def _pads(secret: bytes) -> tuple[bytes, bytes]:
+    """HMAC's inner and outer pads of `secret`."""
+    padded = secret.ljust(_BLOCK, b"\0")
+    return bytes(b ^ 0x36 for b in padded), bytes(b ^ 0x5C for b in padded)
 
 
 def _secret_in(con: duckdb.DuckDBPyConnection, catalog: str) -> bytes:

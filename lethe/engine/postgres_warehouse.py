@@ -17,9 +17,11 @@ What runs on PostgreSQL so far:
   Lethe anonymized there); the loaded rows, the quarantine and the log entry then move
   to PostgreSQL by COPY, streamed in Arrow batches, in one transaction;
 - enforcement (`enforce`): the same plans, run by `PostgresEngine` in one transaction
-  (stage, issue vault tokens in SQL, rewrite the tables that change, append the ledger
-  entries), then unused tokens are forgotten and `VACUUM FULL` rewrites the touched tables
-  (and the vault) without their dead rows;
+  (put back the raw key of a gone subject delivered again, stage, issue vault tokens in
+  SQL, rewrite the tables that change, replace the keys of subjects left without a row by
+  their keyed hashes in Lethe's own tables, append the ledger entries), then unused tokens
+  are forgotten and `VACUUM FULL` rewrites the touched tables (and the vault) without
+  their dead rows;
 - the ledger: entries checked, key-hashed and chained by `lethe.engine.audit.ledger_rows`,
   and `verify` checks a copy read into DuckDB with `lethe.engine.audit.verify`.
 
@@ -36,8 +38,7 @@ warehouse; backups and restore by table copies are `lethe.operations.postgres_ba
 (the source's batches staged in the in-memory DuckDB, with the warehouse's rows of that
 table, its mark and its anonymized keys mirrored), and requests are carried back to them
 by `lethe.sources.postgres_propagation`. Not yet here: tagging as a step of its own
-(enforcement writes the fresh tags of every row it stages), and replacing the keys of
-erased subjects in Lethe's own tables by their keyed hashes.
+(enforcement writes the fresh tags of every row it stages).
 
 What `VACUUM FULL` cannot remove: PostgreSQL's write-ahead log (`pg_wal/`) holds the
 replaced values until its segments are recycled (after later checkpoints), and so does any
@@ -89,6 +90,7 @@ from lethe.engine.enforcement import (
 )
 from lethe.engine.engines import PostgresEngine
 from lethe.engine.ingest import IngestError, IngestResult, landing_file
+from lethe.engine.keyhash import bind_postgres
 from lethe.engine.plan import Plan
 from lethe.engine.rendering import POSTGRES, render
 from lethe.engine.retention import (
@@ -102,6 +104,15 @@ from lethe.engine.vault import issue_tokens_sql, new_salt
 from lethe.engine.warehouse import connect, table_columns
 from lethe.errors import LetheError
 from lethe.operations.home import POSTGRES_SCHEMES, WAREHOUSE_ENV
+from lethe.rights.subject_keys import (
+    ERASURES,
+    GONE,
+    KeyColumn,
+    any_hash_sql,
+    gone_keys_sql,
+    key_columns,
+    reveal_keys_sql,
+)
 from lethe.sources.postgres import CONNECT_TIMEOUT, reason
 
 BATCH = 50_000  # rows per Arrow batch moved between DuckDB and PostgreSQL
@@ -181,13 +192,14 @@ def _rendered(statements: tuple[str, ...]) -> tuple[str, ...]:
 
 # Column statistics (`pg_statistic`, filled by ANALYZE and autovacuum) keep sample values
 # (most common values, histogram bounds) that neither a DELETE nor VACUUM FULL removes: the
-# columns that hold personal data gather none. Lethe's own tag columns (`_state`, …) keep
-# theirs, so the planner still sees how rows spread over states and retention dates.
+# columns that hold personal data or subjects' keys (the audit logs too) gather none.
+# Lethe's own tag columns (`_state`, …) keep theirs, so the planner still sees how rows
+# spread over states and retention dates.
 NO_STATISTICS = f"""SELECT format('ALTER TABLE %I.%I ALTER COLUMN %I SET STATISTICS 0',
         n.nspname, c.relname, a.attname)
     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname IN ('core', 'requests', '{VAULT}') AND c.relkind = 'r' AND a.attnum > 0
+    WHERE n.nspname IN ('core', 'requests', 'audit', '{VAULT}') AND c.relkind = 'r' AND a.attnum > 0
       AND NOT a.attisdropped AND coalesce(a.attstattarget, -1) <> 0
       AND NOT (n.nspname = 'core' AND starts_with(a.attname, '_'))"""
 
@@ -562,6 +574,7 @@ def enforce(
     create(engine, policy.data_schema)
     with engine.lock():
         with engine.transaction():
+            _reveal_keys(pg, policy)
             plans = {}
             for table in tagged_tables(policy):
                 columns = _columns(pg, table)
@@ -580,6 +593,7 @@ def enforce(
             for table in touched:
                 columns, plan = plans[table]
                 _rewrite(engine, table, columns, plan)
+            hashed = _hash_gone_keys(pg, policy)
             append(pg, entries)
             result.ledger_entries = len(entries)
             for table in plans:
@@ -587,7 +601,7 @@ def enforce(
             pg.execute(f"DROP TABLE {TOKENS}")
         with engine.transaction():
             result.forgotten_tokens = _forget_unused_tokens(pg, policy)
-        purged = [("core", t) for t in touched]
+        purged = [("core", t) for t in touched] + hashed
         if result.forgotten_tokens:
             purged.append((VAULT, "tokens"))
         engine.purge(purged)
@@ -613,6 +627,86 @@ def _rewrite(engine: PostgresEngine, table: str, columns: list[str], plan: Plan)
         pgsql.SQL("INSERT INTO {} ({}) SELECT {} FROM _enforced").format(target, names, names)
     )
     engine.con.execute("DROP TABLE _enforced")
+
+
+def _key_columns(pg: psycopg.Connection, policy: Policy) -> list[KeyColumn]:
+    """The columns of Lethe's own tables holding subjects' keys, as the database has them."""
+    present = []
+    for schema, table, column in key_columns(policy):
+        types = dict(
+            pg.execute(
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+                [schema, table],
+            ).fetchall()
+        )
+        if column in types:
+            text = types[column] in ("text", "character varying")
+            present.append(KeyColumn(schema, table, column, tuple(types), text))
+    return present
+
+
+def _reveal_keys(pg: psycopg.Connection, policy: Policy) -> None:
+    """`lethe.rights.subject_keys.reveal_keys` (recent rows only) rendered for PostgreSQL,
+    before enforcement stages: a gone subject delivered again is named by its raw key once
+    more, so the erasure register applies to its new rows, as on DuckDB."""
+    # A column that cannot hold text never holds a hash (a gone key there became NULL).
+    columns = [(c.schema, c.table, c.column) for c in _key_columns(pg, policy) if c.text]
+    if not columns:
+        return
+    (any_hash,) = render((any_hash_sql(columns),), POSTGRES)
+    if not pg.execute(any_hash).fetchone()[0]:
+        return
+    bind_postgres(pg, key_secret(pg))
+    for sql in render(tuple(reveal_keys_sql(policy, columns, recent_only=True)), POSTGRES):
+        pg.execute(sql)
+
+
+def _hash_gone_keys(pg: psycopg.Connection, policy: Policy) -> list[tuple[str, str]]:
+    """Replace the keys of the subjects the rewrite just left without a row by their keyed
+    hashes wherever Lethe's own tables hold them, as DuckDB's enforcement does in its
+    rewrite: `lethe.rights.subject_keys.gone_keys_sql` rendered for PostgreSQL, inside the
+    enforcement's transaction. Returns the tables rewritten (to purge)."""
+    present = _key_columns(pg, policy)
+    if not present:
+        return []
+    bind_postgres(pg, key_secret(pg))
+    after = f"SELECT * FROM core.{quote(policy.data_schema.subject_table.name)}"
+    gone, selects = gone_keys_sql(policy, after, present, TOKENS)
+    for sql in render((gone,), POSTGRES):
+        pg.execute(sql)
+    rewritten = []
+    if pg.execute(f"SELECT 1 FROM {GONE} LIMIT 1").fetchall():
+        for key in present:
+            if _hash_keys_of(pg, key, selects[(key.schema, key.table)].select):
+                rewritten.append((key.schema, key.table))
+    pg.execute(f"DROP TABLE {GONE}")
+    return rewritten
+
+
+def _hash_keys_of(pg: psycopg.Connection, key: KeyColumn, select: str) -> bool:
+    """Rewrite the table of `key` from `select` (its rows with gone keys hashed) when that
+    changes it: it holds a gone key, or (the erasure register) gains the tokens standing
+    for one. Whether it did."""
+    target = pgsql.Identifier(key.schema, key.table)
+    holds = pg.execute(
+        pgsql.SQL("SELECT 1 FROM {} x JOIN {} g ON g.key = CAST(x.{} AS text) LIMIT 1").format(
+            target, pgsql.Identifier(GONE), pgsql.Identifier(key.column)
+        )
+    ).fetchall()
+    if not holds and (key.schema, key.table) != ERASURES:
+        return False
+    for sql in render((f"CREATE TEMP TABLE _hashed AS {select}",), POSTGRES):
+        pg.execute(sql)
+    (before,) = pg.execute(pgsql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()
+    (after,) = pg.execute("SELECT count(*) FROM _hashed").fetchone()
+    changed = bool(holds) or after != before
+    if changed:
+        names = pgsql.SQL(", ").join(pgsql.Identifier(c) for c in key.columns)
+        pg.execute(pgsql.SQL("DELETE FROM {}").format(target))
+        pg.execute(pgsql.SQL("INSERT INTO {} ({}) SELECT * FROM _hashed").format(target, names))
+    pg.execute("DROP TABLE _hashed")
+    return changed
 
 
 def _forget_unused_tokens(pg: psycopg.Connection, policy: Policy) -> int:

@@ -11,6 +11,8 @@ leaves as DuckDB-only SQL is rewritten here, as expression transforms, in one pl
 - `GROUP BY ALL` becomes the positions of the select items that are not aggregates;
 - `contains(text, part)` becomes `strpos(text, part) > 0`;
 - `sha256(text)` hashes `convert_to(text, 'UTF8')` (PostgreSQL's takes bytes);
+- `regexp_full_match(text, pattern)` becomes `text ~ '^(?:pattern)$'`;
+- the keyed hash macro `lethe_key_hash(text)` is written out (`keyhash.POSTGRES_HASH`);
 - a subquery in FROM or JOIN without an alias gets one (PostgreSQL before 16 needs it).
 
 DuckDB gets the generated text unchanged: parsing it costs more than DuckDB needs to run it.
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import sqlglot
 from sqlglot import exp
+
+from lethe.engine.keyhash import MACRO, POSTGRES_HASH
 
 DUCKDB = "duckdb"
 POSTGRES = "postgres"
@@ -43,6 +47,26 @@ def _hash_text(node: exp.Expression) -> exp.Expression:
     # DuckDB hashes text; PostgreSQL's sha256 takes bytes.
     if isinstance(node, exp.SHA2):
         node.set("this", exp.func("convert_to", node.this, exp.Literal.string("UTF8")))
+    return node
+
+
+def _full_match(node: exp.Expression) -> exp.Expression:
+    if isinstance(node, exp.RegexpFullMatch) and isinstance(node.expression, exp.Literal):
+        pattern = exp.Literal.string(f"^(?:{node.expression.name})$")
+        return exp.RegexpLike(this=node.this, expression=pattern)
+    return node
+
+
+_KEY = "_lethe_key"  # the placeholder of the hashed text in `POSTGRES_HASH`
+
+
+def _key_hash(node: exp.Expression) -> exp.Expression:
+    if isinstance(node, exp.Anonymous) and node.name.lower() == MACRO:
+        (key,) = node.expressions
+        written = sqlglot.parse_one(POSTGRES_HASH.replace("{k}", _KEY), read=POSTGRES)
+        return written.transform(
+            lambda n: key.copy() if isinstance(n, exp.Column) and n.name == _KEY else n
+        )
     return node
 
 
@@ -97,6 +121,8 @@ def to_postgres(sql: str) -> list[str]:
         .transform(_contains)
         .transform(_hash_text)
         .transform(_group_by_all)
+        .transform(_full_match)
+        .transform(_key_hash)  # last: its sha256 takes bytes already
     )
     _alias_subqueries(statement)
     return [s.sql(POSTGRES) for s in _replace_table(statement)]

@@ -11,6 +11,7 @@ deleted; so are those of subjects gone since.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from dataclasses import dataclass, field
 
 import duckdb
@@ -41,6 +42,7 @@ class Answers:
 
     exports: int = 0
     erasures: int = 0
+    exported: dict[str, int] = field(default_factory=dict)  # exports per request type
     files: list[str] = field(default_factory=list)
 
 
@@ -173,6 +175,7 @@ def answer_pending(
             con.execute("DETACH vault")
     _delete_gone_exports(con, home)
     result.exports = len(exports)
+    result.exported = dict(Counter(r.type for r in exports))
     return result
 
 

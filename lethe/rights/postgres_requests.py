@@ -27,9 +27,10 @@ enforcement plan reads, so the same rewrite erases them) and `answer` after enfo
 With writable PostgreSQL sources, `intake` also plans the changes carried back to them
 (`lethe.sources.propagation`, in the mirror: the change sets go back by request, the vault
 tokens it issues with them, so enforcement finds the same); `lethe.sources.postgres_propagation`
-carries them there. Not here yet: replacing a gone subject's key in these tables by its
-keyed hash (on DuckDB, enforcement does it); the ledger hashes every key it records, as on
-DuckDB.
+carries them there. Once a subject is gone, its key in these tables is replaced by its
+keyed hash by enforcement, in its transaction (`lethe.engine.postgres_warehouse.enforce`,
+with the SQL of `lethe.rights.subject_keys.gone_keys_sql`), as on DuckDB; `answer` then
+also deletes the exports of subjects gone since. The ledger hashes every key it records.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from lethe.declaration.schema import Schema
 from lethe.declaration.strategies import literal, quote
 from lethe.engine.ddl import ensure_schemas, ensure_vault
 from lethe.engine.engines import PostgresEngine
+from lethe.engine.keyhash import is_hash_sql
 from lethe.engine.postgres_warehouse import (
     WarehouseError,
     copy_in,
@@ -500,8 +502,9 @@ def answer(
         mirror.pull(PROPAGATIONS, OF_PENDING)
         mirror.owners(_PENDING)
         mirror.pull_subject_rows()
-        mine = pgsql.SQL("subject_key IN (SELECT subject_key FROM {})").format(
-            pgsql.Identifier(OWNERS)
+        # And the exports of subjects gone since (named by keyed hash): they go too.
+        mine = pgsql.SQL("subject_key IN (SELECT subject_key FROM {}) OR {}").format(
+            pgsql.Identifier(OWNERS), rendered_condition(is_hash_sql("subject_key"))
         )
         mirror.pull(EXPORT_LOG, mine, appended=True)
         mirror.pull_tokens(policy)

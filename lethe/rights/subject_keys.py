@@ -16,6 +16,8 @@ hashes them again.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import duckdb
 
 from lethe.declaration.policy import Policy
@@ -70,6 +72,17 @@ def _raw(expr: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class KeyColumn:
+    """A column of Lethe's own tables holding subjects' keys, as the warehouse has it."""
+
+    schema: str
+    table: str
+    column: str
+    columns: tuple[str, ...]  # the table's columns, in order
+    text: bool  # whether the column can hold a keyed hash (an integer key cannot)
+
+
 def hash_gone_keys(
     con: duckdb.DuckDBPyConnection, policy: Policy, replacements: Replacements, tokens: str
 ) -> Replacements:
@@ -84,21 +97,43 @@ def hash_gone_keys(
     subject = policy.data_schema.subject_table
     after = replacements[("core", subject.name)]
     after = after.select if isinstance(after, SameTable) else after
-    columns = _present(con, policy)
+    present = [
+        KeyColumn(s, t, c, tuple(table_columns(con, s, t)), _is_text(con, s, t, c))
+        for s, t, c in _present(con, policy)
+    ]
     bind(con)
-    text = [f"SELECT CAST({quote(c)} AS VARCHAR) AS k FROM {s}.{quote(t)}" for s, t, c in columns]
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {GONE} AS SELECT k AS key, {MACRO}(k) AS hash"
-        f" FROM ({' UNION '.join(text)}) WHERE {_raw('k')}"
-        f" AND k NOT IN (SELECT CAST({quote(subject.key)} AS VARCHAR) FROM ({after})"
-        f" WHERE {quote(subject.key)} IS NOT NULL)"
+    gone, out = gone_keys_sql(policy, after, present, tokens)
+    con.execute(gone)
+    return out
+
+
+def gone_keys_sql(
+    policy: Policy, after: str, present: list[KeyColumn], tokens: str
+) -> tuple[str, dict[tuple[str, str], SameTable]]:
+    """The statement (DuckDB's dialect, rendered for other engines) filling the temp table
+    `_gone_keys` (key, hash) of the raw keys `present` holds whose subject has no row in
+    `after` (the subject table's rows after the rewrite; `lethe_key_hash` bound), and per
+    table the SELECT of its rows with those keys hashed (`hash_gone_keys`)."""
+    subject = policy.data_schema.subject_table
+    text = [
+        f"SELECT CAST({quote(c.column)} AS VARCHAR) AS k FROM {c.schema}.{quote(c.table)}"
+        for c in present
+    ]
+    # NOT EXISTS, not NOT IN: PostgreSQL runs NOT IN over a subquery larger than its
+    # work_mem as a scan of the subject table per key held (minutes at a million subjects).
+    gone = (
+        f"CREATE OR REPLACE TEMP TABLE {GONE} AS SELECT held.k AS key, {MACRO}(held.k) AS hash"
+        f" FROM ({' UNION '.join(text)}) held WHERE {_raw('held.k')}"
+        f" AND NOT EXISTS (SELECT 1 FROM ({after}) a"
+        f" WHERE CAST(a.{quote(subject.key)} AS VARCHAR) = held.k)"
     )
-    out: Replacements = {}
-    for schema, table, column in columns:
+    out: dict[tuple[str, str], SameTable] = {}
+    for key in present:
+        schema, table, column = key.schema, key.table, key.column
         items = []
         # A key column that cannot hold text (an integer key) loses the gone key instead.
-        hashed = "g.hash" if _is_text(con, schema, table, column) else "NULL"
-        for name in table_columns(con, schema, table):
+        hashed = "g.hash" if key.text else "NULL"
+        for name in key.columns:
             if name == column:
                 items.append(f"CASE WHEN g.key IS NULL THEN x.{quote(name)} ELSE {hashed} END")
             elif (schema, table, name) == (*REQUESTS, "answer"):
@@ -121,7 +156,7 @@ def hash_gone_keys(
                 f" WHERE t.token NOT IN (SELECT subject_key FROM {schema}.{table})"
             )
         out[(schema, table)] = SameTable(select)
-    return out
+    return gone, out
 
 
 def _is_text(con: duckdb.DuckDBPyConnection, schema: str, table: str, column: str) -> bool:
@@ -143,37 +178,51 @@ def reveal_keys(con: duckdb.DuckDBPyConnection, policy: Policy, recent_only: boo
     gone (with a day's margin): a row older than that was there when the hashes were
     made, so it is no gone subject's.
     """
-    subject = policy.data_schema.subject_table
     columns = _present(con, policy)
+    # No hash held anywhere (no gone subject named): hashing every key would match nothing.
+    if not columns or not con.execute(any_hash_sql(columns)).fetchone()[0]:
+        return 0
+    bind(con)
+    recent = recent_only and has_table(con, "audit", "ledger")
+    create, *updates, drop = reveal_keys_sql(policy, columns, recent)
+    con.execute(create)
+    changed = sum(con.execute(sql).fetchone()[0] for sql in updates)
+    con.execute(drop)
+    return changed
+
+
+def any_hash_sql(columns: list[tuple[str, str, str]]) -> str:
+    """SQL (DuckDB's dialect): how many keyed hashes the key `columns` hold."""
     held = " UNION ALL ".join(
         f"SELECT CAST({quote(c)} AS VARCHAR) AS k FROM {s}.{quote(t)}" for s, t, c in columns
     )
-    # No hash held anywhere (no gone subject named): hashing every key would match nothing.
-    if (
-        not columns
-        or not con.execute(f"SELECT count(*) FROM ({held}) WHERE {is_hash_sql('k')}").fetchone()[0]
-    ):
-        return 0
-    bind(con)
+    return f"SELECT count(*) FROM ({held}) held WHERE {is_hash_sql('held.k')}"
+
+
+def reveal_keys_sql(
+    policy: Policy, columns: list[tuple[str, str, str]], recent_only: bool
+) -> list[str]:
+    """The statements of `reveal_keys` (DuckDB's dialect, `lethe_key_hash` bound): the temp
+    table `_held_keys` (key, hash) of the subjects held, one UPDATE per key column (each
+    returning its count), and the DROP of the temp table."""
+    subject = policy.data_schema.subject_table
     key = f"CAST({quote(subject.key)} AS VARCHAR)"
     since = "true"
-    if recent_only and has_table(con, "audit", "ledger"):
+    if recent_only:
         since = (
             "_ingested_at IS NULL OR _ingested_at >= (SELECT coalesce(max(recorded_at),"
             " TIMESTAMP '1900-01-01') - INTERVAL 1 DAY FROM audit.ledger"
             " WHERE action IN ('anonymize', 'delete'))"
         )
-    con.execute(
+    statements = [
         f"CREATE OR REPLACE TEMP TABLE _held_keys AS SELECT {key} AS key, {MACRO}({key}) AS hash"
         f" FROM core.{quote(subject.name)} WHERE {_raw(key)}"
         f" AND _state <> {RowState.ANONYMIZED.sql} AND ({since})"
-    )
-    changed = 0
+    ]
     for schema, table, column in columns:
         name = f"{schema}.{quote(table)}"
-        changed += con.execute(
+        statements.append(
             f"UPDATE {name} SET {quote(column)} = h.key FROM _held_keys h"
             f" WHERE CAST({name}.{quote(column)} AS VARCHAR) = h.hash"
-        ).fetchone()[0]
-    con.execute("DROP TABLE _held_keys")
-    return changed
+        )
+    return [*statements, "DROP TABLE _held_keys"]
