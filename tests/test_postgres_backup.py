@@ -28,6 +28,7 @@ import request_cases as rq
 import retention_cases as rc
 from conftest import LETHE_BIN, TAGGED_TABLES, lethe_cli, lethe_env, write_landing_set
 from engine_values import Plain
+from test_postgres_subject_keys import holding_raw_key
 
 from lethe.declaration.policy import Policy
 from lethe.engine import postgres_run
@@ -233,6 +234,8 @@ def test_restore_on_postgres_keeps_the_erased_subject_erased(
     found = rc.scan_files(files, erin)
     assert {what for what, where in found.items() if not set(where) <= vault} == set(), found
     assert rc.scan_files(restored.pg_home.root, erin, skip=("backups",)) == {}
+    # Lethe's own tables name the subject by keyed hash, as after the run that erased them.
+    assert holding_raw_key(restored.pg, rq.ERIN[rq.TABLES["contacts"].key]) == {}
 
 
 def test_restore_brings_back_the_backups_rows_of_everyone_else(restored: Restored) -> None:

@@ -125,8 +125,8 @@ def test_postgres_holds_the_erased_subjects_keyed_hash_where_duckdb_does(
         assert hashed in repr(got), f"{table} does not name the erased subject by its hash"
 
 
-def _holding_raw_key(pg: PostgresEngine) -> dict[str, int]:
-    """{table: rows} of the tables outside the vault holding ERIN's raw key anywhere."""
+def holding_raw_key(pg: PostgresEngine, key: str = ERIN) -> dict[str, int]:
+    """{table: rows} of the tables outside the vault holding the raw `key` anywhere."""
     tables = pg.con.execute(
         "SELECT table_schema || '.' || table_name FROM information_schema.tables"
         " WHERE table_schema IN ('core', 'requests', 'audit', 'analytics')"
@@ -136,7 +136,7 @@ def _holding_raw_key(pg: PostgresEngine) -> dict[str, int]:
     found = {}
     for (table,) in tables:
         (hits,) = pg.con.execute(
-            f"SELECT count(*) FROM {table} t WHERE strpos(CAST(t AS text), %s) > 0", [ERIN]
+            f"SELECT count(*) FROM {table} t WHERE strpos(CAST(t AS text), %s) > 0", [key]
         ).fetchone()
         if hits:
             found[table] = hits
@@ -144,7 +144,7 @@ def _holding_raw_key(pg: PostgresEngine) -> dict[str, int]:
 
 
 def test_no_raw_key_of_the_erased_subject_is_in_lethes_tables(both: Warehouses) -> None:
-    assert _holding_raw_key(both.pg) == {}
+    assert holding_raw_key(both.pg) == {}
 
 
 def test_no_file_of_the_database_but_the_vaults_holds_the_erased_key_or_values(
@@ -194,7 +194,7 @@ def test_an_erased_subject_delivered_again_is_erased_again(
         [ERIN, rq.ERIN["email"]],
     ).fetchone()
     assert left == 0
-    assert _holding_raw_key(both.pg) == {}
+    assert holding_raw_key(both.pg) == {}
 
 
 def test_retention_ending_hashes_the_key_and_deletes_the_subjects_export(

@@ -141,14 +141,11 @@ def enforce(
     as_of: dt.date,
     run_id: str,
     warehouse: Path | None = None,
-    hash_gone: bool = True,
 ) -> EnforcementResult:
     """Enforce `policy` as of `as_of` on the warehouse under `home`, atomically.
 
     `warehouse` overrides the file (restore enforces a decompressed backup before it is
-    swapped in); the vault is always the one under `home`. `hash_gone=False` leaves the
-    keys of subjects it makes gone raw in Lethe's own tables (for a PostgreSQL warehouse,
-    whose intake matches them by the raw key only).
+    swapped in); the vault is always the one under `home`.
     """
     result = EnforcementResult(as_of)
     staged: list[LedgerEntry] = []
@@ -172,8 +169,6 @@ def enforce(
         enforced: Replacements = {
             ("core", table): plan.statements[2] for table, (_, plan) in plans.items()
         }
-        if not hash_gone:
-            return enforced
         # The keys of the subjects this rewrite anonymizes or deletes go with them.
         return enforced | hash_gone_keys(con, policy, enforced, TOKENS)
 

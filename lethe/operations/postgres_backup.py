@@ -157,9 +157,7 @@ def restore(engine: PostgresEngine, home: Home, backup_id: str, policy: Policy) 
                 _snapshot(engine)
                 _copy_warehouse(engine.con, copy.warehouse, policy)
                 _copy_vault(engine.con, copy.vault)
-            # Its own enforcement keeps gone subjects' keys raw in Lethe's tables, and its
-            # intake re-erases a subject delivered again by that raw key only.
-            result = restore_into(copy, backup, policy, hash_gone=False)
+            result = restore_into(copy, backup, policy)
             with engine.transaction():
                 rewritten = _replace_all(engine.con, copy)
         finally:

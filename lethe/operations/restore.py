@@ -68,12 +68,9 @@ def restore(home: Home, backup_id: str, policy: Policy) -> RestoreResult:
     return restore_into(home, load_backup(home, backup_id), policy)
 
 
-def restore_into(
-    home: Home, backup: Backup, policy: Policy, hash_gone: bool = True
-) -> RestoreResult:
+def restore_into(home: Home, backup: Backup, policy: Policy) -> RestoreResult:
     """Restore `backup` over the warehouse and vault of `home` (module notes); a PostgreSQL
-    restore passes a scratch home holding copies of its database's tables and vault, and
-    `hash_gone=False` (`lethe.engine.enforcement.enforce`)."""
+    restore passes a scratch home holding copies of its database's tables and vault."""
     backup_id = backup.id
     scratch = scratch_path(home)
     scratch.unlink(missing_ok=True)
@@ -101,7 +98,7 @@ def restore_into(
         finally:
             con.close()
         if last_as_of is not None:
-            enforce(home, policy, last_as_of, run_id, warehouse=scratch, hash_gone=hash_gone)
+            enforce(home, policy, last_as_of, run_id, warehouse=scratch)
         con = connect(scratch)
         try:
             append(
