@@ -32,14 +32,16 @@ def build_definitions(policy: Policy) -> dg.Definitions:
     if not postgres:
         steps += tagging_assets(policy)
     steps += enforcement_assets(policy, postgres)
+    compliance = compliance_assets(policy, [a.key for a in analytics])
     if postgres:
         steps, analytics = _in_postgres(steps), _in_postgres(analytics)
+        compliance = _in_postgres(compliance)
     return dg.Definitions(
         assets=[
             *landing_specs(policy),
             *by_shard([leftovers_asset(policy), *steps]),
             *analytics,
-            *compliance_assets(policy, [a.key for a in analytics]),
+            *compliance,
         ],
         jobs=[pipeline_job, shard_job, union_job],
         schedules=[daily_retention(resource, shard_count())],
