@@ -129,6 +129,23 @@ class PostgresServer:
     def connect(self, database: str = "postgres", **kw) -> psycopg.Connection:
         return psycopg.connect(self.dsn(database), **kw)
 
+    def table_files(self, con: psycopg.Connection) -> tuple[Path, set[str]]:
+        """After a CHECKPOINT (so what committed is in the files): the folder under `base/`
+        of `con`'s database, and the names of its vault schema's files there (which keep the
+        values their tokens stand for, by design)."""
+        con.execute("CHECKPOINT")
+        (folder,) = con.execute(
+            "SELECT 'base/' || oid FROM pg_database WHERE datname = current_database()"
+        ).fetchone()
+        vault = {
+            str(node)
+            for (node,) in con.execute(
+                "SELECT pg_relation_filenode(oid) FROM pg_class"
+                " WHERE relnamespace = to_regnamespace('vault') AND relkind IN ('r', 'i')"
+            )
+        }
+        return Path(self.data) / folder, vault
+
     def new_database(self) -> str:
         """A fresh empty database; its DSN."""
         name = f"t_{uuid.uuid4().hex[:12]}"

@@ -189,11 +189,7 @@ def test_postgres_purge_leaves_no_erased_value_in_the_table_files(
         pg.con.execute("CREATE TABLE public.people (id int, email text)")
         pg.con.execute("INSERT INTO public.people VALUES (1, %s), (2, 'kept')", [secret])
         pg.con.execute("UPDATE public.people SET email = NULL WHERE id = 1")
-        pg.con.execute("CHECKPOINT")
-        (folder,) = pg.con.execute(
-            "SELECT 'base/' || oid FROM pg_database WHERE datname = current_database()"
-        ).fetchone()
-        files = Path(postgres.data) / folder
+        files, _ = postgres.table_files(pg.con)
         assert _holding(files, secret), "the dead row's value should still be on disk"
         pg.purge([("public", "people")])
         pg.con.execute("CHECKPOINT")

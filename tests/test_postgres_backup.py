@@ -217,18 +217,7 @@ def test_restore_on_postgres_keeps_the_erased_subject_erased(
     assert {what for what, value in erin.items() if value in text} == set()
     duck = "\n".join(map(repr, rq.query(restored.duck, "SELECT * FROM core.quarantine")))
     assert {what for what, value in erin.items() if value in duck} == set()
-    pg.execute("CHECKPOINT")
-    (folder,) = pg.execute(
-        "SELECT 'base/' || oid FROM pg_database WHERE datname = current_database()"
-    ).fetchone()
-    vault = {
-        str(node)
-        for (node,) in pg.execute(
-            "SELECT pg_relation_filenode(oid) FROM pg_class"
-            " WHERE relnamespace = 'vault'::regnamespace AND relkind IN ('r', 'i')"
-        )
-    }
-    files = Path(postgres.data) / folder
+    files, vault = postgres.table_files(pg)
     kept = {"email of c-ctrl": rq.CTRL["email"], "street of c-other": rq.OTHER["street"]}
     assert rc.scan_files(files, kept).keys() == kept.keys()
     found = rc.scan_files(files, erin)

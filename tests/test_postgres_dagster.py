@@ -60,13 +60,14 @@ class Runs:
     result: dg.ExecuteInProcessResult
 
 
-def _landed(root: Path) -> Home:
+def landed(root: Path) -> Home:
+    """A LETHE_HOME with the generated landing files of 30 contacts."""
     home = Home(root).ensure()
     generate(home.landing, CONTACTS, seed=7, reference=AS_OF)
     return home
 
 
-def _erasure_of_first_subject(engine: PostgresEngine, home: Home, policy: Policy) -> None:
+def erasure_of_first_subject(engine: PostgresEngine, home: Home, policy: Policy) -> None:
     """Load the landing files and record an erasure of the first subject by key."""
     ingest_all(engine, home.landing, policy)
     subject = policy.data_schema.subject_table
@@ -93,13 +94,13 @@ def runs(
 ) -> Iterator[Runs]:
     root = tmp_path_factory.mktemp("pgdagster")
     direct_dsn, dsn = postgres.new_database(), postgres.new_database()
-    direct_home, home = _landed(root / "direct"), _landed(root / "dagster")
+    direct_home, home = landed(root / "direct"), landed(root / "dagster")
     direct, engine = open_engine(direct_dsn), open_engine(dsn)
     with pytest.MonkeyPatch.context() as env:
         try:
-            _erasure_of_first_subject(direct, direct_home, policy)
+            erasure_of_first_subject(direct, direct_home, policy)
             postgres_run.run(direct_dsn, direct_home, policy, AS_OF)
-            _erasure_of_first_subject(engine, home, policy)
+            erasure_of_first_subject(engine, home, policy)
             env.setenv("LETHE_HOME", str(home.root))
             env.setenv("LETHE_WAREHOUSE", dsn)
             env.delenv("LETHE_SHARDS", raising=False)

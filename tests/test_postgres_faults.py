@@ -5,7 +5,6 @@ ends (the same core rows, the request answered, a ledger that verifies)."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,13 @@ from engine_values import Plain
 from lethe.declaration.policy import Policy
 from lethe.engine import postgres_run, postgres_warehouse
 from lethe.engine.engines import PostgresEngine
-from lethe.engine.postgres_warehouse import WarehouseError, ingest_all, open_engine, verify
-from lethe.eshop.generate import generate
+from lethe.engine.postgres_warehouse import WarehouseError, open_engine, verify
 from lethe.operations import postgres_backup
 from lethe.operations.home import Home
 from lethe.rights import postgres_requests
 from tests.postgres import PostgresServer
+from tests.test_postgres_dagster import AS_OF, erasure_of_first_subject, landed
 
-AS_OF = dt.date(2026, 11, 1)
 LOAD_TIMES = ("_ingested_at",)  # differ between two loads of the same files
 # Where the server is killed: inside enforcement's transaction (before a table's rewrite),
 # after enforcement committed (as the answers start), and as the day's backup starts.
@@ -36,18 +34,12 @@ STEPS: dict[str, tuple[Any, str, str, bool]] = {
 
 
 def _prepared(root: Path, dsn: str, policy: Policy) -> Home:
-    """A home with landing files loaded into the database and an erasure of the first
-    subject recorded, for a run to carry out."""
-    home = Home(root).ensure()
-    generate(home.landing, 30, seed=7, reference=AS_OF)
+    """A home whose landing files are loaded into the database, with an erasure of the
+    first subject recorded for a run to carry out."""
+    home = landed(root)
     engine = open_engine(dsn)
     try:
-        ingest_all(engine, home.landing, policy)
-        subject = policy.data_schema.subject_table
-        (key,) = engine.con.execute(
-            f'SELECT "{subject.key}" FROM core."{subject.name}" ORDER BY 1 LIMIT 1'
-        ).fetchone()
-        postgres_requests.record(engine, policy, "erasure", str(key))
+        erasure_of_first_subject(engine, home, policy)
     finally:
         engine.close()
     return home

@@ -113,11 +113,8 @@ def test_a_purge_on_postgres_leaves_what_duckdb_leaves(
         assert purges == _ledger(lambda sql: duck.execute(sql).fetchall())
         assert verify(engine.con).ok
         # The purged row left the table files (VACUUM FULL); the kept one is still there.
-        engine.con.execute("CHECKPOINT")
-        (folder,) = engine.con.execute(
-            "SELECT 'base/' || oid FROM pg_database WHERE datname = current_database()"
-        ).fetchone()
-        found = rc.scan_files(Path(postgres.data) / folder, {"old": OLD_VALUE, "new": NEW_VALUE})
+        files, _ = postgres.table_files(engine.con)
+        found = rc.scan_files(files, {"old": OLD_VALUE, "new": NEW_VALUE})
         assert found.keys() == {"new"}, found
     finally:
         engine.close()

@@ -16,7 +16,6 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -266,18 +265,7 @@ def test_no_value_of_the_erased_subject_is_left_in_the_table_files(
     folder under `base/` but the vault's: the name and street of invoices kept for
     accounting are the values of their pseudonyms there, by design (as in vault.duckdb).
     The values kept are found (else the scan would prove nothing)."""
-    both.pg.con.execute("CHECKPOINT")
-    (folder,) = both.pg.con.execute(
-        "SELECT 'base/' || oid FROM pg_database WHERE datname = current_database()"
-    ).fetchone()
-    files = Path(postgres.data) / folder
-    vault = {
-        str(node)
-        for (node,) in both.pg.con.execute(
-            "SELECT pg_relation_filenode(oid) FROM pg_class"
-            " WHERE relnamespace = 'vault'::regnamespace AND relkind IN ('r', 'i')"
-        )
-    }
+    files, vault = postgres.table_files(both.pg.con)
     erin = rq.values_of(rq.ERIN)
     gone = {**erin, **rq.values_of(rq.RECT, ("email", "last_name", "street"))}
     kept = {"email of c-ctrl": rq.CTRL["email"], "new street of c-rect": rq.RECT_NEW["street"]}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -153,18 +152,7 @@ def test_no_file_of_the_database_but_the_vaults_holds_the_erased_key_or_values(
     """After the runs (their `VACUUM FULL`s) and a CHECKPOINT: the vault keeps the values
     its tokens stand for (the key and the name and street of invoices kept for accounting),
     by design; no other file under the database's `base/` folder holds any of them."""
-    both.pg.con.execute("CHECKPOINT")
-    (folder,) = both.pg.con.execute(
-        "SELECT 'base/' || oid FROM pg_database WHERE datname = current_database()"
-    ).fetchone()
-    files = Path(postgres.data) / folder
-    vault = {
-        str(node)
-        for (node,) in both.pg.con.execute(
-            "SELECT pg_relation_filenode(oid) FROM pg_class"
-            " WHERE relnamespace = 'vault'::regnamespace AND relkind IN ('r', 'i')"
-        )
-    }
+    files, vault = postgres.table_files(both.pg.con)
     kept = {"email of c-ctrl": rq.CTRL["email"], "key of c-acc": rq.ACC["contact_id"]}
     assert rc.scan_files(files, kept).keys() == kept.keys()
     gone = {"key of c-erin": ERIN, **rq.values_of(rq.ERIN)}

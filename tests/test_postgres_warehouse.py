@@ -187,10 +187,9 @@ def test_no_erased_value_is_left_in_the_table_files(warehouses, postgres: Postgr
     copy): this test makes no claim about it.
     """
     both = warehouses
-    both.pg.con.execute("CHECKPOINT")
     erased = rc.erased_values()
     kept = rc.kept_values()
-    files = _database_files(both.pg, postgres)
+    files, _ = postgres.table_files(both.pg.con)
     assert rc.scan_files(files, kept), "the scan finds no kept value: it would find nothing"
     assert rc.scan_files(files, erased) == {}
 
@@ -220,14 +219,6 @@ def test_column_statistics_keep_no_erased_value(
     assert "'_state'" in stats and "active" in stats, "no statistics at all: proves nothing"
     assert not [d for d, value in rc.erased_values().items() if value in stats]
     assert not [d for d, value in rc.kept_values().items() if value in stats]
-
-
-def _database_files(pg: PostgresEngine, server: PostgresServer) -> Path:
-    """The folder under `base/` of the engine's database (its tables' files)."""
-    (folder,) = pg.con.execute(
-        "SELECT 'base/' || oid FROM pg_database WHERE datname = current_database()"
-    ).fetchone()
-    return Path(server.data) / folder
 
 
 def test_a_wrong_dsn_is_one_line_naming_the_warehouse_without_its_password(
@@ -288,8 +279,7 @@ def test_ingest_quarantines_and_retries_as_on_duckdb(
         # A re-delivered row replaces the stored one, whose values leave the table files.
         write_landing_set(pg_landing, contacts=[rc.contact("c1", email="new-c1@example.test")])
         ingest_all(pg, pg_landing, policy)
-        pg.con.execute("CHECKPOINT")
-        files = _database_files(pg, postgres)
+        files, _ = postgres.table_files(pg.con)
         old = {"the replaced e-mail": rc.contact("c1")["email"]}
         assert rc.scan_files(files, {"the new e-mail": "new-c1@example.test"})
         assert rc.scan_files(files, old) == {}

@@ -205,11 +205,7 @@ def test_requests_reach_the_source_as_on_a_duckdb_warehouse(
     assert pg_rows(warehouse, "SELECT count(*) FROM requests.source_changes") == [(0,)]
     # No erased or replaced value is left in the warehouse's table files (the new one is).
     with psycopg.connect(warehouse, autocommit=True) as con:
-        con.execute("CHECKPOINT")
-        (folder,) = con.execute(
-            "SELECT 'base/' || oid FROM pg_database WHERE datname = current_database()"
-        ).fetchone()
-    files = Path(postgres.data) / folder
+        files, _ = postgres.table_files(con)
     gone = {"email of C0001": "c0001@example.com", "old email of C0002": "c0002@example.com"}
     assert rc.scan_files(files, {"new email": RECTIFIED["email"]}).keys() == {"new email"}
     assert rc.scan_files(files, gone) == {}
