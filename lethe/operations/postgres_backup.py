@@ -11,10 +11,11 @@ table copies in the DuckDB backup's own format.
   LETHE_HOME (an owner-only folder under backups/ named like a half-written backup, so a
   killed restore's copies are removed when the next writer takes the LETHE_HOME lock);
   `lethe.operations.restore.restore_into` restores the backup there as on DuckDB (gone
-  subjects' keys hashed in Lethe's tables, as every enforcement there does); the result replaces the rows of every table and the vault's tokens in ONE transaction
-  (TRUNCATE, then COPY), so a restore killed before the commit leaves the database as it
-  was, and a rerun starts afresh; the rewritten tables then get `VACUUM FULL`. The scratch
-  folder is removed in every case.
+  subjects' keys hashed in Lethe's tables, as every enforcement there does); the result
+  replaces the rows of every table and the vault's tokens in ONE transaction (TRUNCATE,
+  then COPY), so a restore killed before the commit leaves the database as it was, and a
+  rerun starts afresh; the rewritten tables then get `VACUUM FULL`. The scratch folder is
+  removed in every case.
 """
 
 from __future__ import annotations
