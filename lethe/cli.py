@@ -201,8 +201,8 @@ def run(
 
 
 def _run_on_postgres(dsn: str, home: Home, when: dt.date, policy: Policy) -> None:
-    """`lethe run` on a PostgreSQL warehouse: ingest, requests, enforcement, answers and
-    analytics, reported in lines."""
+    """`lethe run` on a PostgreSQL warehouse (`lethe.engine.postgres_run`), reported in
+    lines of at most 80 columns."""
     where = warehouse_db.describe(dsn)
     with err.status(f"Running the pipeline as of {when} on the {where}"):
         result = postgres_run.run(dsn, home, policy, when)
