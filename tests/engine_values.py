@@ -6,11 +6,32 @@ from __future__ import annotations
 import decimal
 import json
 import re
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import retention_cases as rc
 
+from lethe.engine.engines import PostgresEngine
+from lethe.operations.home import Home
+
 HOLD_ID = re.compile(r"H-[0-9a-f]{12}")
+
+
+@dataclass
+class Warehouses:
+    """The same case carried out on DuckDB (`duck`) and on PostgreSQL (`pg`, at `dsn`, with
+    LETHE_HOME `pg_home`), with what each side produced that the test compares."""
+
+    duck: Home
+    pg_home: Home
+    pg: PostgresEngine
+    dsn: str
+    duck_ids: dict[str, str] = field(default_factory=dict)  # e.g. request ids by name
+    pg_ids: dict[str, str] = field(default_factory=dict)
+    runs: list[Any] = field(default_factory=list)  # completed `lethe run`s
+    cli: dict[str, Any] = field(default_factory=dict)  # completed `lethe` commands by name
+    files: dict[str, list[Path]] = field(default_factory=dict)  # files written per side
 
 
 class Plain:

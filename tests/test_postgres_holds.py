@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import retention_cases as rc
 from conftest import TAGGED_TABLES, lethe_cli
-from engine_values import Plain
+from engine_values import Plain, Warehouses
 
 from lethe.declaration.policy import Policy
 from lethe.engine.enforcement import enforce
-from lethe.engine.engines import PostgresEngine
 from lethe.engine.keyhash import key_hash, read_secret
 from lethe.engine.postgres_warehouse import ingest_all, key_secret, open_engine, verify
 from lethe.engine.tagging import tag_all
@@ -47,14 +45,6 @@ LEDGER = (
     "SELECT action, table_name, strategy, columns, keys, key_count, reason, details"
     " FROM audit.ledger"
 )
-
-
-@dataclass
-class Warehouses:
-    duck: Home
-    pg_home: Home
-    pg: PostgresEngine
-    dsn: str
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,13 @@ import datetime as dt
 import re
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import retention_cases as rc
 from conftest import lethe_cli
-from engine_values import Plain
+from engine_values import Plain, Warehouses
 
 from lethe.compliance import postgres_processors as pgp
 from lethe.compliance.breaches import close_breach, mark_notified, record_breach
@@ -40,7 +39,6 @@ from lethe.compliance.processors import (
 from lethe.declaration.policy import Policy
 from lethe.engine import postgres_warehouse
 from lethe.engine.enforcement import enforce
-from lethe.engine.engines import PostgresEngine
 from lethe.engine.keyhash import key_hash, read_secret
 from lethe.engine.postgres_warehouse import ingest_all, key_secret, open_engine, verify
 from lethe.engine.warehouse import connect
@@ -62,17 +60,6 @@ BREACH_ID = re.compile(r"B-[0-9a-f]{12}")
 # sides: no processor receives it.
 RESTRICTED = "s_ctr_open"
 RESTRICT = f"UPDATE core.shipments SET _state = 'restricted' WHERE shipment_id = '{RESTRICTED}'"
-
-
-@dataclass
-class Warehouses:
-    duck: Home
-    pg_home: Home
-    pg: PostgresEngine
-    dsn: str
-    duck_ids: dict[str, str] = field(default_factory=dict)
-    pg_ids: dict[str, str] = field(default_factory=dict)
-    files: dict[str, list[Path]] = field(default_factory=dict)  # export files per side
 
 
 @pytest.fixture(scope="module")

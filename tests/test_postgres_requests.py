@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import request_cases as rq
 import retention_cases as rc
 from conftest import TAGGED_TABLES, home_env, lethe_cli, write_landing_set
-from engine_values import Plain
+from engine_values import Plain, Warehouses
 
 from lethe.declaration.policy import Policy
 from lethe.engine import postgres_run
@@ -67,20 +66,6 @@ def landing() -> dict[str, list[dict[str, Any]]]:
     rows["orders"] += rq.BAD_ORDERS
     rows["shipments"] += rq.BAD_SHIPMENTS
     return {**rows, "holds": rq.HOLDS}
-
-
-@dataclass
-class Warehouses:
-    """The requests carried out on DuckDB (`duck`) and on PostgreSQL (`pg`, LETHE_HOME
-    `pg_home`), with each side's request ids by name."""
-
-    duck: Home
-    pg_home: Home
-    pg: PostgresEngine
-    dsn: str
-    duck_ids: dict[str, str] = field(default_factory=dict)
-    pg_ids: dict[str, str] = field(default_factory=dict)
-    cli: dict[str, Any] = field(default_factory=dict)  # completed `lethe` commands by name
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,13 @@ PostgreSQL database but the vault's holds her key or her values (statistics incl
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import request_cases as rq
 import retention_cases as rc
 from conftest import TAGGED_TABLES, home_env, lethe_cli, write_landing, write_landing_set
-from engine_values import Plain
+from engine_values import Plain, Warehouses
 from test_postgres_requests import run_on_duckdb
 
 from lethe.declaration.policy import Policy
@@ -51,17 +50,6 @@ def landing() -> dict[str, list[dict[str, Any]]]:
     ids = [p["contact_id"] for p in SUBJECTS]
     rows = {t: [r for cid in ids for r in rq.rows_of(t, cid)] for t in TAGGED_TABLES}
     return {**rows, "contacts": [*rows["contacts"], LATE]}
-
-
-@dataclass
-class Warehouses:
-    duck: Home
-    pg_home: Home
-    pg: PostgresEngine
-    dsn: str
-    runs: list[Any] = field(default_factory=list)  # the completed `lethe run`s
-    duck_ids: dict[str, str] = field(default_factory=dict)  # request ids by "type subject"
-    pg_ids: dict[str, str] = field(default_factory=dict)
 
 
 @pytest.fixture(scope="module")
