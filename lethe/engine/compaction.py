@@ -61,10 +61,12 @@ def fsync(path: Path) -> None:
 @dataclass(frozen=True)
 class SameTable:
     """A replacement that keeps the table's DDL (constraints, defaults): the new file's
-    table is created as the original was, then filled from `select` (its columns in the
-    table's order)."""
+    table is created as the original was (or by `ddl`, its current definition, which a
+    rewrite thus migrates it to), then filled from `select` (its columns in the table's
+    order)."""
 
     select: str
+    ddl: str | None = None
 
 
 Replacements = dict[tuple[str, str], str | SameTable]
@@ -105,11 +107,15 @@ def compact(
                 con.execute(f"CREATE TABLE {target} AS {rows}")
                 continue
             # Same DDL (constraints, defaults) as the original, then its live rows.
-            ddl = con.execute(
-                "SELECT sql FROM duckdb_tables() WHERE database_name = ? AND schema_name = ?"
-                " AND table_name = ?",
-                [old_catalog, schema, table],
-            ).fetchone()[0]
+            ddl = (
+                rows.ddl
+                if rows and rows.ddl
+                else con.execute(
+                    "SELECT sql FROM duckdb_tables() WHERE database_name = ? AND schema_name = ?"
+                    " AND table_name = ?",
+                    [old_catalog, schema, table],
+                ).fetchone()[0]
+            )
             con.execute(f"USE {FRESH}")
             con.execute(ddl)
             con.execute(f"USE {quote(old_catalog)}")

@@ -98,11 +98,18 @@ def _name_request_subjects(con: duckdb.DuckDBPyConnection) -> None:
             )
 
 
-def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
-    """Create `audit.ledger` if it does not exist yet."""
-    con.execute("CREATE SCHEMA IF NOT EXISTS audit")
-    con.execute(
-        """CREATE TABLE IF NOT EXISTS audit.ledger (
+# DuckDB compresses every column of a row group again at each checkpoint that adds a row
+# to it. The ledger is a few rows holding every key ever recorded, so one appended entry
+# meant compressing millions of keyed hashes again (random hex, which compression hardly
+# shrinks): its keys are stored as they are.
+_KEYS_STORED_AS_IS = " USING COMPRESSION uncompressed"
+
+
+def ledger_ddl(duckdb_storage: bool = True) -> str:
+    """CREATE TABLE IF NOT EXISTS of `audit.ledger`; with DuckDB's storage clause for its
+    keys unless `duckdb_storage` is False (the statement rendered for other engines)."""
+    keys_storage = _KEYS_STORED_AS_IS if duckdb_storage else ""
+    return f"""CREATE TABLE IF NOT EXISTS audit.ledger (
             "seq" BIGINT PRIMARY KEY,
             "recorded_at" TIMESTAMP NOT NULL,
             "run_id" VARCHAR NOT NULL,
@@ -110,14 +117,20 @@ def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
             "action" VARCHAR NOT NULL,
             "table_name" VARCHAR,
             "columns" VARCHAR[] NOT NULL,
-            "keys" VARCHAR[] NOT NULL,
+            "keys" VARCHAR[]{keys_storage} NOT NULL,
             "key_count" BIGINT NOT NULL,
             "reason" VARCHAR NOT NULL,
             "strategy" VARCHAR,
             "details" JSON NOT NULL,
             "prev_hash" VARCHAR NOT NULL,
             "hash" VARCHAR NOT NULL)"""
-    )
+
+
+def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
+    """Create `audit.ledger` if it does not exist yet (with DuckDB's storage clause on a
+    DuckDB connection; `con` may also record the statement for another engine)."""
+    con.execute("CREATE SCHEMA IF NOT EXISTS audit")
+    con.execute(ledger_ddl(isinstance(con, duckdb.DuckDBPyConnection)))
 
 
 def ensure_logs(con: duckdb.DuckDBPyConnection) -> None:

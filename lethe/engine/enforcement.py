@@ -18,8 +18,8 @@ import duckdb
 from lethe.declaration.policy import Policy
 from lethe.declaration.strategies import literal, quote
 from lethe.engine.audit import LedgerEntry, append
-from lethe.engine.compaction import Replacements, compact
-from lethe.engine.ddl import ensure_schemas
+from lethe.engine.compaction import Replacements, SameTable, compact
+from lethe.engine.ddl import ensure_schemas, ledger_ddl
 from lethe.engine.plan import Plan
 from lethe.engine.retention import (
     TOKENS,
@@ -169,8 +169,12 @@ def enforce(
         enforced: Replacements = {
             ("core", table): plan.statements[2] for table, (_, plan) in plans.items()
         }
+        # The ledger is rewritten by its current definition: older warehouses migrate.
+        ledger: Replacements = {
+            ("audit", "ledger"): SameTable("SELECT * FROM audit.ledger", ledger_ddl())
+        }
         # The keys of the subjects this rewrite anonymizes or deletes go with them.
-        return enforced | hash_gone_keys(con, policy, enforced, TOKENS)
+        return enforced | ledger | hash_gone_keys(con, policy, enforced, TOKENS)
 
     def finish(con: duckdb.DuckDBPyConnection) -> None:
         append(con, staged)
