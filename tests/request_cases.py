@@ -33,11 +33,13 @@ from conftest import (
 )
 
 from lethe.declaration.policy import Policy, load_policy
+from lethe.engine.enforcement import enforce
 from lethe.engine.keyhash import key_hash, read_secret
 from lethe.engine.tagging import tag_all
 from lethe.engine.warehouse import connect
 from lethe.operations.home import Home
-from lethe.rights.requests import Request, record_request
+from lethe.rights.answers import answer_pending
+from lethe.rights.requests import Request, apply_pending, record_request
 from pipelines.launch import RunOutcome, run_pipeline
 
 T = dt.date(2026, 3, 1)  # the as-of date of every run
@@ -174,6 +176,23 @@ def run(home: Home) -> RunOutcome:
     outcome = run_pipeline(home, T, str(DEFAULT_POLICY))
     assert outcome.success, outcome.errors
     return outcome
+
+
+def run_steps(home: Home, policy: Policy, as_of: dt.date, run_id: str) -> None:
+    """What the pipeline's request intake, tagging, enforcement and request answers assets
+    do (assets/requests.py, tagging.py, enforcement.py), in that order, without Dagster."""
+    con = connect(home.warehouse)
+    try:
+        apply_pending(con, policy, as_of, run_id, vault=home.vault)
+        tag_all(con, policy, as_of)
+    finally:
+        con.close()
+    enforce(home, policy, as_of, run_id)
+    con = connect(home.warehouse)
+    try:
+        answer_pending(con, home, policy, as_of, run_id)
+    finally:
+        con.close()
 
 
 def query(home: Home, sql: str, params: list | None = None) -> list[tuple]:

@@ -32,19 +32,14 @@ from test_postgres_subject_keys import holding_raw_key
 
 from lethe.declaration.policy import Policy
 from lethe.engine import postgres_run
-from lethe.engine.enforcement import enforce
 from lethe.engine.engines import PostgresEngine
 from lethe.engine.keyhash import key_hash, read_secret
 from lethe.engine.postgres_warehouse import key_secret, open_engine, verify
-from lethe.engine.tagging import tag_all
-from lethe.engine.warehouse import connect
 from lethe.operations import postgres_backup
 from lethe.operations.backup import BackupError, create_backup
 from lethe.operations.home import Home
 from lethe.operations.restore import restore
 from lethe.rights import postgres_requests
-from lethe.rights.answers import answer_pending
-from lethe.rights.requests import apply_pending
 from tests.postgres import PostgresServer
 
 # Every run as of today: a restore re-applies retention as of the latest date in the ledger,
@@ -85,22 +80,6 @@ def cli(r: Restored, *args: str) -> Any:
     return lethe_cli(*args, home=r.pg_home.root, LETHE_WAREHOUSE=r.dsn)
 
 
-def run_on_duckdb(home: Home, policy: Policy, run_id: str) -> None:
-    """What the pipeline's request intake, tagging, enforcement and answer assets do."""
-    con = connect(home.warehouse)
-    try:
-        apply_pending(con, policy, T, run_id, vault=home.vault)
-        tag_all(con, policy, T)
-    finally:
-        con.close()
-    enforce(home, policy, T, run_id)
-    con = connect(home.warehouse)
-    try:
-        answer_pending(con, home, policy, T, run_id)
-    finally:
-        con.close()
-
-
 def _backups(folder: Path) -> list[str]:
     """The backups in `folder`, which holds nothing else (no scratch copy)."""
     names = sorted(p.name for p in folder.iterdir())
@@ -122,10 +101,10 @@ def restored(
     root = tmp_path_factory.mktemp("pgbackup")
     duck = Home(root / "duck").ensure()
     rq.build(duck, **landing())
-    run_on_duckdb(duck, policy, "run-1")
+    rq.run_steps(duck, policy, T, "run-1")
     duck_backup = create_backup(duck)
     made = rq.record(duck, *((k, s, {"changes": c} if c else {}) for _, k, s, c in REQUESTS))
-    run_on_duckdb(duck, policy, "run-2")
+    rq.run_steps(duck, policy, T, "run-2")
     restore(duck, duck_backup.id, policy)
     duck_ids = {name: m.request_id for (name, *_), m in zip(REQUESTS, made, strict=True)}
 

@@ -25,20 +25,15 @@ from engine_values import Plain, Warehouses
 
 from lethe.declaration.policy import Policy
 from lethe.engine import postgres_run
-from lethe.engine.enforcement import enforce
 from lethe.engine.engines import PostgresEngine
 from lethe.engine.keyhash import key_hash, read_secret
 from lethe.engine.postgres_warehouse import ingest_all, key_secret, open_engine, verify
-from lethe.engine.tagging import tag_all
-from lethe.engine.warehouse import connect
 from lethe.operations.home import Home
 from lethe.rights import postgres_requests
-from lethe.rights.answers import answer_pending
 from lethe.rights.exports import export_dir
 from lethe.rights.requests import (
     EXTENDED_DEADLINE,
     RequestError,
-    apply_pending,
     deadline_for,
 )
 from lethe.rights.subjects import UnknownSubjectError
@@ -80,7 +75,7 @@ def both(
             duck,
             *((kind, subject, {"changes": c} if c else {}) for _, kind, subject, c in REQUESTS),
         )
-        run_on_duckdb(duck, policy)
+        rq.run_steps(duck, policy, T, RUN)
     duck_ids = {name: r.request_id for (name, *_), r in zip(REQUESTS, made, strict=True)}
 
     pg_home = Home(root / "pg").ensure()
@@ -104,23 +99,6 @@ def both(
         yield both
     finally:
         engine.close()
-
-
-def run_on_duckdb(home: Home, policy: Policy) -> None:
-    """What the pipeline's request intake, tagging, enforcement and request answers assets
-    do (assets/requests.py, tagging.py, enforcement.py), in that order."""
-    con = connect(home.warehouse)
-    try:
-        apply_pending(con, policy, T, RUN, vault=home.vault)
-        tag_all(con, policy, T)
-    finally:
-        con.close()
-    enforce(home, policy, T, RUN)
-    con = connect(home.warehouse)
-    try:
-        answer_pending(con, home, policy, T, RUN)
-    finally:
-        con.close()
 
 
 def cli(both: Warehouses, *args: str) -> Any:

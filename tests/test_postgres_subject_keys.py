@@ -19,7 +19,6 @@ import request_cases as rq
 import retention_cases as rc
 from conftest import TAGGED_TABLES, home_env, lethe_cli, write_landing, write_landing_set
 from engine_values import Plain, Warehouses
-from test_postgres_requests import run_on_duckdb
 
 from lethe.declaration.policy import Policy
 from lethe.engine import postgres_run
@@ -65,7 +64,7 @@ def both(
             made = rq.record(duck, *((kind, subject, {}) for kind, subject in requests))
             named = zip(made, requests, strict=True)
             duck_ids |= {f"{r.type} {s}": r.request_id for r, (_, s) in named}
-            run_on_duckdb(duck, policy)
+            rq.run_steps(duck, policy, T, "run-requests")
     pg_home = Home(root / "pg").ensure()
     write_landing_set(pg_home.landing, **landing())
     dsn = postgres.new_database()
