@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import request_cases as rq
 import retention_cases as rc
 
 from lethe.declaration.policy import Policy
@@ -84,14 +85,6 @@ def summary(outcomes: list[SourceOutcome]) -> list[tuple]:
 def pg_rows(dsn: str, sql: str) -> list[tuple]:
     with psycopg.connect(dsn) as con:
         return con.execute(sql).fetchall()
-
-
-def duck_rows(home: Home, sql: str) -> list[tuple]:
-    con = connect(home.warehouse, read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def pg_run(warehouse: str, home: Home, policy: Policy) -> postgres_run.RunResult:
@@ -191,7 +184,7 @@ def test_requests_reach_the_source_as_on_a_duckdb_warehouse(
     def entries(rows: list[tuple], keys: dict[str, str]) -> list[tuple]:
         return sorted((t, a, list(c), sorted(keys[k] for k in ks)) for t, a, c, ks in rows)
 
-    assert entries(ledger, pg_keys) == entries(duck_rows(duck, LEDGER), duck_keys)
+    assert entries(ledger, pg_keys) == entries(rq.query(duck, LEDGER), duck_keys)
     assert [(t, a, k) for t, a, _, k in entries(ledger, pg_keys)] == [
         ("postgres:shop.consents", "delete", ["K0001"]),
         ("postgres:shop.contacts", "anonymize", ["C0001"]),
