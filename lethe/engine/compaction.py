@@ -92,11 +92,12 @@ def compact(
     try:
         replace = prepare(con) if prepare else {}
         old_catalog = con.execute("SELECT current_database()").fetchone()[0]
-        # One checkpoint of the new file, at the end: an automatic one halfway would write
-        # what goes through its WAL (small tables such as the ledger, whose key lists grow
-        # with every run) twice. On a crash that WAL goes away with the half-written file.
-        con.execute("SET checkpoint_threshold = '1TB'")
-        con.execute(f"ATTACH ? AS {FRESH}", [str(fresh)])
+        # The new file is written once, by its one checkpoint at the end: without WAL writes
+        # there is no automatic checkpoint halfway either. A WAL would write what does not
+        # fill a row group (small tables such as the ledger, whose key lists grow with every
+        # run) a second time and slow each later append to such a table, to recover nothing:
+        # a crash discards the half-written file.
+        con.execute(f"ATTACH ? AS {FRESH} (RECOVERY_MODE no_wal_writes)", [str(fresh)])
         os.chmod(fresh, 0o600)
         for schema in {s for s, _ in user_tables(con, old_catalog)} | {s for s, _ in replace}:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {FRESH}.{quote(schema)}")
