@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 
 from lethe.engine import vault
+from lethe.engine.ddl import TOKENS_INDEX
 from lethe.engine.vault import (
     VaultError,
     attach,
@@ -77,6 +78,27 @@ def test_same_value_same_token_across_calls_and_tables(con: duckdb.DuckDBPyConne
     assert ensure_tokens(con, rows(("c1", "street", "Hlavní 1"))) == 0
     assert token(con, "street", "Hlavní 1") == first
     assert con.execute("SELECT count(*) FROM vault.tokens").fetchall() == [(2,)]
+
+
+def test_a_duckdb_vault_has_no_index_and_an_older_one_loses_it(home: Home) -> None:
+    con = vault.open_vault(home.vault)
+    try:
+        # An older vault: the unique index on (kind, value) that every issue kept up to date.
+        con.execute(f"CREATE UNIQUE INDEX {TOKENS_INDEX} ON vault.tokens (kind, value)")
+        assert ensure_tokens(con, rows(("c1", "street", "Hlavní 1"))) == 1
+    finally:
+        con.close()
+    con = vault.open_vault(home.vault)
+    try:
+        assert con.execute("SELECT count(*) FROM duckdb_indexes()").fetchall() == [(0,)]
+        # Still one token per value: issuing the same values again issues none.
+        assert ensure_tokens(con, rows(("c1", "street", "Hlavní 1"), ("c2", "street", "x"))) == 1
+        assert ensure_tokens(con, rows(("c2", "street", "x"), ("c1", "street", "Hlavní 1"))) == 0
+        assert con.execute(
+            "SELECT count(*), count(DISTINCT (kind, value)) FROM vault.tokens"
+        ).fetchall() == [(2, 2)]
+    finally:
+        con.close()
 
 
 def test_different_values_and_kinds_get_different_random_tokens(

@@ -185,9 +185,18 @@ def ensure_releases(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+TOKENS_INDEX = "tokens_kind_value"
+
+
 def ensure_vault(con: duckdb.DuckDBPyConnection) -> None:
-    """Create `vault.tokens` and its (kind, value) unique index, and `vault.key_secret` (the
-    secret of the keyed hashes of keys, one row), if they do not exist."""
+    """Create `vault.tokens` and `vault.key_secret` (the secret of the keyed hashes of keys,
+    one row) if they do not exist; `con` may also record the statements for another engine.
+
+    Another engine gets a unique index on (kind, value), so that concurrent writers cannot
+    issue a value two tokens. A DuckDB vault has one writer (the LETHE_HOME lock) and no
+    index: its upkeep more than doubled the time to issue tokens and its pages were most of
+    the file. An older vault's index is dropped.
+    """
     con.execute(
         """CREATE TABLE IF NOT EXISTS vault.tokens (
             subject VARCHAR,
@@ -196,7 +205,12 @@ def ensure_vault(con: duckdb.DuckDBPyConnection) -> None:
             token VARCHAR NOT NULL,
             created_at TIMESTAMP NOT NULL)"""
     )
-    con.execute("CREATE UNIQUE INDEX IF NOT EXISTS tokens_kind_value ON vault.tokens (kind, value)")
+    if isinstance(con, duckdb.DuckDBPyConnection):
+        con.execute(f"DROP INDEX IF EXISTS vault.{TOKENS_INDEX}")
+    else:
+        con.execute(
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {TOKENS_INDEX} ON vault.tokens (kind, value)"
+        )
     con.execute(
         "CREATE TABLE IF NOT EXISTS vault.key_secret (secret BLOB NOT NULL, created_at TIMESTAMP)"
     )

@@ -552,7 +552,7 @@ def _issue_tokens(pg: psycopg.Connection, policy: Policy) -> None:
     from its strong random source)."""
     statements = (
         f"CREATE TEMP TABLE _wanted AS {wanted_tokens_select(policy)}",
-        issue_tokens_sql("_wanted", *new_salt()),
+        issue_tokens_sql("_wanted", *new_salt(), skip_conflicts=True),
         TOKENS_TABLE,
         "DROP TABLE _wanted",
     )

@@ -14,8 +14,10 @@ whose catalog is named after the file, and where the file is attached AS vault):
                 whose upkeep would cost more than issuing the tokens)
     created_at  when the token was issued (UTC)
 
-with a unique index on (kind, value): the same value of the same kind always gets
-the same token, across tables and runs, so pseudonymized tables still join. A token
+The same value of the same kind always gets the same token, across tables and runs, so
+pseudonymized tables still join: tokens are issued only for pairs that have none, by one
+statement at a time (the LETHE_HOME lock admits one writer), without an index whose
+upkeep would cost more than issuing them (`lethe.engine.ddl.ensure_vault`). A token
 is random, not a hash of its value, so it cannot be recomputed from a guessed value;
 forgetting a subject's rows leaves their tokens pointing nowhere (anonymous).
 
@@ -100,9 +102,13 @@ def attach(con: duckdb.DuckDBPyConnection, path: Path | str, *, read_only: bool 
         ensure_vault(con)
 
 
-def issue_tokens_sql(source: str, salt: str, now: dt.datetime) -> str:
+def issue_tokens_sql(
+    source: str, salt: str, now: dt.datetime, *, skip_conflicts: bool = False
+) -> str:
     """The INSERT issuing tokens for the (kind, value) pairs of relation `source` (columns
     subject, kind, value) that have none yet, in DuckDB's dialect (rendered per engine).
+    `skip_conflicts`: leave a pair that a concurrent writer issued meanwhile as it is (needs
+    the unique index of `ensure_vault` on engines other than DuckDB).
 
     The token mixes `salt`, a per-call secret from the OS CSPRNG, into the engine's
     `gen_random_uuid()`, whose generator need not be cryptographic (DuckDB's is reset by
@@ -119,8 +125,7 @@ def issue_tokens_sql(source: str, salt: str, now: dt.datetime) -> str:
         WHERE kind IS NOT NULL AND value IS NOT NULL
           AND NOT EXISTS (SELECT 1 FROM vault.tokens AS t
                           WHERE t.kind = s.kind AND t.value = s.value)
-        GROUP BY kind, value
-        ON CONFLICT DO NOTHING"""
+        GROUP BY kind, value{" ON CONFLICT DO NOTHING" if skip_conflicts else ""}"""
 
 
 def new_salt() -> tuple[str, dt.datetime]:
@@ -134,8 +139,7 @@ def ensure_tokens(vault_con: duckdb.DuckDBPyConnection, rows: Rows) -> int:
     `rows` has columns subject, kind and value (any type, compared as text); rows with
     a NULL kind or value are skipped (NULL stays NULL). Where one value appears for
     several subjects, the smallest subject is recorded. Returns the number of tokens
-    issued. One INSERT ... SELECT (`issue_tokens_sql`); existing pairs are skipped, and a
-    pair another writer issued meanwhile is left as it is (ON CONFLICT DO NOTHING).
+    issued. One INSERT ... SELECT (`issue_tokens_sql`); existing pairs are skipped.
     """
     with _registered(vault_con, rows, ("subject", "kind", "value")) as src:
         result = vault_con.execute(issue_tokens_sql(src, *new_salt())).fetchall()
