@@ -17,7 +17,8 @@ import sqlglot
 from conftest import TABLES, TAGGED_TABLES, ingest_all, tags, write_landing
 
 from lethe.declaration.policy import HOLD_PURPOSE, Policy
-from lethe.engine.tagging import tag_all, tag_plan
+from lethe.declaration.strategies import quote
+from lethe.engine.tagging import tag_all, tag_plan, tag_select
 from lethe.engine.warehouse import connect
 
 T = dt.date(2026, 3, 1)
@@ -599,6 +600,14 @@ def test_contract_columns_survive_tagging(
 
 
 # --- engine-neutral plans ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("table", TAGGED_TABLES)
+def test_a_table_is_read_once_when_it_is_tagged(policy: Policy, table: str) -> None:
+    # A window that comes down from a parent joins the parent's status by the foreign key
+    # of the rows being tagged, instead of through a second scan of the same table.
+    sql = tag_select(policy, table, T, list(policy.data_schema.tables[table].column_names))
+    assert sql.count(f"core.{quote(table)} ") == 1, sql
 
 
 @pytest.mark.parametrize("table", TAGGED_TABLES)

@@ -132,16 +132,39 @@ def _step(
     )
 
 
-def purpose_status_sql(schema: Schema, purpose: Purpose, table: str, as_of: str) -> str:
-    """(_k, _end, _open, _active) of `purpose` for the rows of `table` it reaches."""
+def _status_along(
+    schema: Schema, purpose: Purpose, steps: list[tuple[str, str]], as_of: str
+) -> str:
+    """(_k, _end, _open, _active) of `purpose` carried from its anchor table along `steps`."""
     anchor = purpose.retention.table
     anchored = _anchor_status(schema, purpose, as_of)
     status = f"SELECT *, (_open OR {as_of} < _end) AS _active FROM ({anchored})"
     current = anchor
-    for nxt, direction in _path(schema, anchor, table):
+    for nxt, direction in steps:
         status = _step(schema, status, current, nxt, direction, from_anchor=current == anchor)
         current = nxt
     return status
+
+
+def purpose_status_sql(schema: Schema, purpose: Purpose, table: str, as_of: str) -> str:
+    """(_k, _end, _open, _active) of `purpose` for the rows of `table` it reaches."""
+    return _status_along(schema, purpose, _path(schema, purpose.retention.table, table), as_of)
+
+
+def purpose_join(schema: Schema, purpose: Purpose, table: str, as_of: str) -> tuple[str, str]:
+    """The status of `purpose` to join to the rows of `table` (as `purpose_status_sql`), and
+    the column of `table` it is keyed by.
+
+    A row whose window comes down from its parent takes the parent's status by its foreign
+    key: the last step, a join of the whole table to that status, is left to the caller's
+    join of the same rows.
+    """
+    steps = _path(schema, purpose.retention.table, table)
+    if steps and steps[-1][1] == "child":
+        parent = steps[-2][0] if len(steps) > 1 else purpose.retention.table
+        fk = next(f for f in schema.tables[table].foreign_keys if f.ref_table == parent)
+        return _status_along(schema, purpose, steps[:-1], as_of), fk.column
+    return _status_along(schema, purpose, steps, as_of), schema.tables[table].key
 
 
 def erasure_join(schema: Schema, table: str) -> str:
@@ -235,7 +258,6 @@ def tag_select(
     t = timestamp_literal(as_of)
     schema = policy.data_schema
     purposes = policy.purposes_for(table)
-    key = quote(schema.tables[table].key)
     # A window anchored on this table's own rows is read from the row itself; only windows
     # carried along foreign keys need a join.
     status: list[tuple[str, str, str]] = []  # (_end, _open, _active) per purpose
@@ -251,9 +273,8 @@ def tag_select(
                 )
             )
         else:
-            joins += (
-                f" LEFT JOIN ({purpose_status_sql(schema, p, table, t)}) p{i} ON p{i}._k = x.{key}"
-            )
+            status_sql, on = purpose_join(schema, p, table, t)
+            joins += f" LEFT JOIN ({status_sql}) p{i} ON p{i}._k = x.{quote(on)}"
             status.append((f"p{i}._end", f"p{i}._open", f"p{i}._active"))
     joins += erasure_join(schema, table)
     allowed = {
