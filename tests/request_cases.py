@@ -178,12 +178,16 @@ def run(home: Home) -> RunOutcome:
     return outcome
 
 
-def run_steps(home: Home, policy: Policy, as_of: dt.date, run_id: str) -> None:
+def run_steps(
+    home: Home, policy: Policy, as_of: dt.date, run_id: str, *, intake_vault: bool = True
+) -> None:
     """What the pipeline's request intake, tagging, enforcement and request answers assets
-    do (assets/requests.py, tagging.py, enforcement.py), in that order, without Dagster."""
+    do (assets/requests.py, tagging.py, enforcement.py), in that order, without Dagster.
+    `intake_vault=False`: the intake is given no vault, so it registers no pseudonyms of erased
+    subjects."""
     con = connect(home.warehouse)
     try:
-        apply_pending(con, policy, as_of, run_id, vault=home.vault)
+        apply_pending(con, policy, as_of, run_id, vault=home.vault if intake_vault else None)
         tag_all(con, policy, as_of)
     finally:
         con.close()

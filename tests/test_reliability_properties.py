@@ -33,20 +33,19 @@ from dateutil.relativedelta import relativedelta
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from reliability import RANDOM_VALUE, scratch_home
+from request_cases import run_steps
 
 from lethe.declaration.policy import load_policy
 from lethe.engine.audit import verify
 from lethe.engine.enforcement import enforce
-from lethe.engine.tagging import tag_all
 from lethe.engine.vault import open_vault
 from lethe.engine.warehouse import connect
 from lethe.errors import LetheError
 from lethe.operations.backup import create_backup, list_backups
 from lethe.operations.home import Home
 from lethe.operations.restore import restore
-from lethe.rights.answers import answer_pending
 from lethe.rights.holds import place_hold, release_hold
-from lethe.rights.requests import REQUEST_TYPES, apply_pending, record_request
+from lethe.rights.requests import REQUEST_TYPES, record_request
 
 POLICY = load_policy(DEFAULT_POLICY)
 TOKEN = "tok_"
@@ -661,18 +660,7 @@ def apply_operation(home: Home, op: tuple, step: int) -> str:
     if kind == "run":
         as_of = FIXED.as_of + dt.timedelta(days=op[1])
         run_id = f"run-{step}"
-        con = connect(home.warehouse)
-        try:  # the pipeline's order: request intake, tagging, enforcement, answers
-            apply_pending(con, POLICY, as_of, run_id)
-            tag_all(con, POLICY, as_of)
-        finally:
-            con.close()
-        enforce(home, POLICY, as_of, run_id)
-        con = connect(home.warehouse)
-        try:
-            answer_pending(con, home, POLICY, as_of, run_id)
-        finally:
-            con.close()
+        run_steps(home, POLICY, as_of, run_id, intake_vault=False)
         return f"run as of {as_of}"
     if kind == "backup":
         made = create_backup(home, now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(step))
