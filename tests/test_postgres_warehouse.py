@@ -136,6 +136,14 @@ def _ledger(rows: list[tuple], names: dict[str, str]) -> list[tuple]:
     )
 
 
+def test_the_postgres_vault_keeps_one_token_per_value_by_a_unique_index(warehouses) -> None:
+    # PostgreSQL can have concurrent writers; DuckDB's vault has one and no index.
+    indexes = warehouses.pg.con.execute(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = 'vault' AND tablename = 'tokens'"
+    ).fetchall()
+    assert [d for (d,) in indexes if "UNIQUE" in d and "(kind, value)" in d], indexes
+
+
 def test_postgres_ledger_records_what_duckdbs_records_and_verifies(warehouses) -> None:
     both = warehouses
     pg_result = both.pg_result

@@ -194,8 +194,8 @@ def ensure_vault(con: duckdb.DuckDBPyConnection) -> None:
 
     Another engine gets a unique index on (kind, value), so that concurrent writers cannot
     issue a value two tokens. A DuckDB vault has one writer (the LETHE_HOME lock) and no
-    index: its upkeep more than doubled the time to issue tokens and its pages were most of
-    the file. An older vault's index is dropped.
+    index, whose upkeep slowed every token issue and every rewrite of the vault. An older
+    vault's index is dropped.
     """
     con.execute(
         """CREATE TABLE IF NOT EXISTS vault.tokens (
