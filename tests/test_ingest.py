@@ -586,6 +586,32 @@ def test_parquet_scalar_of_another_type_is_checked_as_text(
     assert_accounted(con, result)
 
 
+def test_parquet_text_beside_typed_columns_is_screened(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy
+) -> None:
+    """Typed columns are left out of the screen for control characters and long values
+    (they hold no text); the text columns beside them are screened as in a CSV."""
+    load_contacts(con, home, policy)
+    rows = [
+        {"order_id": "O1", "contact_id": "C1", "billing_name": "Jan\x07Novák"},
+        {"order_id": "O2", "contact_id": "C2", "billing_city": "P" * 10_001},
+        {"order_id": "O3", "contact_id": "C1"},
+    ]
+    typed = {
+        "ordered_at": pa.array([dt.datetime(2025, 6, 1)] * 3, pa.timestamp("us")),
+        "total_amount": pa.array([Decimal("1.00")] * 3, pa.decimal128(12, 2)),
+        "billing_postal_code": pa.array([11000, 60200, 70030], pa.uint32()),
+    }
+    pq.write_table(_text_parquet("orders", rows, **typed), home.landing / "orders.parquet")
+    result = ingest_table(con, home.landing, "orders", policy)
+    assert quarantined(con, "orders") == [
+        ("orders", "orders.parquet", 1, "billing_name", "control characters"),
+        ("orders", "orders.parquet", 2, "billing_city", "value too long (over 10000 characters)"),
+    ]
+    assert keys(con, "orders") == ["O3"]
+    assert_accounted(con, result)
+
+
 def test_mixed_line_endings_load_like_uniform_ones(
     con: duckdb.DuckDBPyConnection, home: Home, policy: Policy
 ) -> None:

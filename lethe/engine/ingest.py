@@ -372,14 +372,17 @@ def _name_columns(con: duckdb.DuckDBPyConnection, path: Path, table: Table) -> N
 
 
 # Scalar types DuckDB casts to a contract type by value; any other is read as its text.
-_NUMBERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL")
+_SIGNED = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL")
+_NUMBERS = (*_SIGNED, *(f"U{n}" for n in _SIGNED[:5]))
 _BY_VALUE = {
-    "integer": (*_NUMBERS, *(f"U{n}" for n in _NUMBERS[:5])),
-    "decimal": (*_NUMBERS, *(f"U{n}" for n in _NUMBERS[:5])),
+    "integer": _NUMBERS,
+    "decimal": _NUMBERS,
     "date": ("DATE", "TIMESTAMP"),
     "timestamp": ("DATE", "TIMESTAMP"),
     "boolean": ("BOOLEAN",),
 }
+# Staged types whose values cast to text hold no control character and are never long.
+_NOT_TEXT = (*_NUMBERS, "DATE", "TIME", "BOOLEAN", "UUID", "INTERVAL")
 _NESTED = {"struct", "list", "map", "array", "union"}  # DuckDB type ids of nested values
 _OFFSET = r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"  # a timestamp text that names its UTC offset
 
@@ -508,18 +511,24 @@ def _problems_sql(
     columns have the SQL types `staged` and values written as `fmt` says."""
     # Every staged column (extras too) by name as data: header names never become SQL text.
     # Whole rows are screened first; only the rare suspect ones are taken apart per cell.
-    suspects = (
-        "SELECT _row FROM (SELECT _row, concat(*COLUMNS(* EXCLUDE (_row))) AS _all"
-        " FROM (SELECT _row, CAST(COLUMNS(* EXCLUDE (_row)) AS VARCHAR) FROM _stage))"
-        f" WHERE length(_all) > {MAX_TEXT} OR regexp_matches(_all, '{_CONTROL}')"
-    )
-    parts: list[str] = [
-        f"SELECT _row, col, CASE WHEN length(v) > {MAX_TEXT}"
-        f" THEN 'value too long (over {MAX_TEXT} characters)' ELSE 'control characters' END"
-        " FROM (UNPIVOT (SELECT _row, CAST(COLUMNS(* EXCLUDE (_row)) AS VARCHAR) FROM _stage"
-        f" WHERE _row IN ({suspects})) ON COLUMNS(* EXCLUDE (_row)) INTO NAME col VALUE v)"
-        f" WHERE length(v) > {MAX_TEXT} OR regexp_matches(v, '{_CONTROL}')"
-    ]
+    # A contract column the file types as a number, date or boolean holds no text to
+    # screen, and its cast to text would be most of the screen's work.
+    untexted = [quote(c.name) for c in table.columns if staged[c.name].startswith(_NOT_TEXT)]
+    parts: list[str] = []
+    if len(staged) > 1 + len(untexted):
+        text = f"CAST(COLUMNS(* EXCLUDE ({', '.join(['_row', *untexted])})) AS VARCHAR)"
+        suspects = (
+            "SELECT _row FROM (SELECT _row, concat(*COLUMNS(* EXCLUDE (_row))) AS _all"
+            f" FROM (SELECT _row, {text} FROM _stage))"
+            f" WHERE length(_all) > {MAX_TEXT} OR regexp_matches(_all, '{_CONTROL}')"
+        )
+        parts.append(
+            f"SELECT _row, col, CASE WHEN length(v) > {MAX_TEXT}"
+            f" THEN 'value too long (over {MAX_TEXT} characters)' ELSE 'control characters' END"
+            f" FROM (UNPIVOT (SELECT _row, {text} FROM _stage WHERE _row IN ({suspects}))"
+            " ON COLUMNS(* EXCLUDE (_row)) INTO NAME col VALUE v)"
+            f" WHERE length(v) > {MAX_TEXT} OR regexp_matches(v, '{_CONTROL}')"
+        )
     for col in table.columns:
         c = quote(col.name)
         typed = typed_value(c, col.type, staged[col.name], fmt)
@@ -551,10 +560,12 @@ def _problems_sql(
                 f"SELECT _row, '{col.name}', 'missing value' FROM _stage WHERE {c} IS NULL{blank}"
             )
     key = quote(table.key)
+    # Grouping by key finds the few repeated keys; a window would sort every row.
     parts.append(
-        f"SELECT _row, '{table.key}', 'duplicate key (first at row ' || first_row || ')'"
-        f" FROM (SELECT _row, min(_row) OVER (PARTITION BY {key}) AS first_row FROM _stage"
-        f" WHERE {key} IS NOT NULL) WHERE _row > first_row"
+        f"SELECT s._row, '{table.key}', 'duplicate key (first at row ' || d.first_row || ')'"
+        f" FROM _stage s JOIN (SELECT {key}, min(_row) AS first_row FROM _stage"
+        f" WHERE {key} IS NOT NULL GROUP BY {key} HAVING count(*) > 1) d ON s.{key} = d.{key}"
+        " WHERE s._row > d.first_row"
     )
     for fk in table.foreign_keys:
         column = table.column(fk.column)
