@@ -821,15 +821,17 @@ def _load_good(
     extras: list[str],
     fmt: ValueFormats,
 ) -> None:
-    """Upsert by key the `_stage` rows without `_problems` (kept in `_good`)."""
+    """Upsert by key the `_stage` rows without `_problems` (the view `_good`)."""
     typed = ", ".join(
         f"{typed_value(quote(c.name), c.type, staged[c.name], fmt)} AS {quote(c.name)}"
         for c in table.columns
     )
     extra_sql = "".join(f", CAST({quote(c)} AS VARCHAR) AS {quote(c)}" for c in extras)
     _add_extra_columns(con, table, extras)
+    # A view: the key lookups below read only the key, and the rows are typed once, as
+    # they are written.
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _good AS SELECT {typed}{extra_sql} FROM _stage"
+        f"CREATE OR REPLACE TEMP VIEW _good AS SELECT {typed}{extra_sql} FROM _stage"
         " WHERE _row NOT IN (SELECT _row FROM _problems)"
     )
     key, target = quote(table.key), f"core.{quote(table.name)}"
@@ -851,7 +853,8 @@ def _load_good(
 
 
 def _drop_temp(con: duckdb.DuckDBPyConnection) -> None:
-    for temp in ("_stage", "_problems", "_good", "_restricted", "_waiting"):
+    con.execute("DROP VIEW IF EXISTS _good")
+    for temp in ("_stage", "_problems", "_restricted", "_waiting"):
         con.execute(f"DROP TABLE IF EXISTS {temp}")
 
 
