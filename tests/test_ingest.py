@@ -694,6 +694,29 @@ def test_extra_columns_are_carried(
     assert again == rows
 
 
+@pytest.mark.parametrize("extra", [None, "file_row_number"])
+def test_parquet_rows_are_numbered_as_in_the_file(
+    con: duckdb.DuckDBPyConnection, home: Home, policy: Policy, extra: str | None
+) -> None:
+    """Quarantined rows name their row in the file, across row groups, also when the file
+    has a column named as the reader's own row numbers (it is carried like any extra)."""
+    rows = [{"contact_id": f"C{i}"} for i in range(1, 2001)]
+    rows[1499]["last_active_at"] = "soon"
+    table = _text_parquet("contacts", rows)
+    if extra:
+        table = table.append_column(extra, pa.array([f"x{i}" for i in range(2000)]))
+    pq.write_table(table, home.landing / "contacts.parquet", row_group_size=300)
+    result = ingest_table(con, home.landing, "contacts", policy)
+    assert [r[2:] for r in quarantined(con, "contacts")] == [
+        (1500, "last_active_at", "unparsable date: expected timestamp")
+    ]
+    assert result.rows_loaded == 1999
+    if extra:
+        assert con.execute(
+            "SELECT file_row_number FROM core.contacts WHERE contact_id = 'C2000'"
+        ).fetchall() == [("x1999",)]
+
+
 def test_tag_columns_in_a_landing_file_are_ignored(
     con: duckdb.DuckDBPyConnection, home: Home, policy: Policy
 ) -> None:

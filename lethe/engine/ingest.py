@@ -309,7 +309,7 @@ def stage_file(con: duckdb.DuckDBPyConnection, path: Path, table: Table) -> None
             _stage_csv(con, path, text, columns, dialect)
     else:
         try:
-            _read_into_stage(con, "read_parquet(?)", [str(path)])
+            _stage_parquet(con, path)
         except duckdb.Error as exc:
             # Only the first line: DuckDB's next lines may quote the input.
             reason = str(exc).strip().splitlines()[0][:200]
@@ -317,6 +317,20 @@ def stage_file(con: duckdb.DuckDBPyConnection, path: Path, table: Table) -> None
                 f"{path}: cannot read file: {reason} (file refused, nothing loaded)"
             ) from None
     _name_columns(con, path, table)
+
+
+def _stage_parquet(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    # The reader's own row numbers cost less than a window over every row; a file with a
+    # column of that name is numbered by the window.
+    columns = con.execute("SELECT name FROM parquet_schema(?)", [str(path)]).fetchall()
+    if ("file_row_number",) in columns:
+        _read_into_stage(con, "read_parquet(?)", [str(path)])
+        return
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _stage AS SELECT file_row_number + 1 AS _row,"
+        " * EXCLUDE (file_row_number) FROM read_parquet(?, file_row_number = true)",
+        [str(path)],
+    )
 
 
 def _read_into_stage(con: duckdb.DuckDBPyConnection, reader: str, params: list) -> None:
