@@ -39,10 +39,12 @@ install-bench: $(VENV)/.installed-bench
 demo: install
 	$(BIN)/lethe demo --contacts $(CONTACTS)
 
+# The suite in TEST_WORKERS processes, each taking whole files (module fixtures build once).
+TEST_WORKERS ?= 2
 test: install-test chromium postgresql
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The whole suite while a CPU hog keeps every core busy (tests/busy.py): finds tests that
 # rely on timing. RUNS=3 repeats it.
