@@ -48,7 +48,7 @@ def operations_assets(policy: Policy) -> list[dg.AssetsDefinition]:
         if engine is not None:
             purge = postgres_logs.purge(engine, loaded, now, run_id, as_of)
         else:
-            with warehouse.connect() as con:
+            with warehouse.connect(defer_checkpoint=True) as con:
                 purge = purge_logs(con, loaded, now, run_id=run_id, as_of=as_of)
         context.log.info(f"access log: {purge.access_log} deleted; export log: {purge.export_log}")
         return dg.MaterializeResult(

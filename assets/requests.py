@@ -101,7 +101,7 @@ def request_assets(policy: Policy) -> list[dg.AssetsDefinition]:
         if engine is not None:
             done = postgres_requests.intake(engine, loaded, as_of, context.run.run_id)
         else:
-            with warehouse.connect() as con:
+            with warehouse.connect(defer_checkpoint=True) as con:
                 # Source changes are planned from the requests as recorded and registered.
                 plan_rectifications_and_restrictions(con, loaded)
                 done = apply_pending(con, loaded, as_of, context.run.run_id, vault=vault)

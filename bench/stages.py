@@ -506,7 +506,7 @@ def daily_stage(ctx: Context) -> Timed:
     record_requests(home, "erasure", subjects_from(home.warehouse, DAILY_ERASURES), NEXT_DAY)
 
     def run() -> StageResult:
-        con = connect(home.warehouse)
+        con = connect(home.warehouse, defer_checkpoint=True)  # as the run's steps do
         try:
             ingested = [ingest_table(con, home.landing, name, policy) for name in delivered]
             apply_pending(con, policy, NEXT_DAY, "bench", vault=home.vault)

@@ -145,14 +145,15 @@ class WarehouseResource(dg.ConfigurableResource):
                 context.log.warning(refused)
 
     @contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(self, defer_checkpoint: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """The DuckDB warehouse; on PostgreSQL, a reader rendering each statement for it
         (`Rendered`: the steps that read counts run unchanged, the writing steps call the
-        PostgreSQL functions with `postgres()`)."""
+        PostgreSQL functions with `postgres()`). `defer_checkpoint` for the steps before
+        the enforcement rewrite (`lethe.engine.warehouse.connect`)."""
         if self._engine is not None:
             yield Rendered(self._engine.con)  # type: ignore[misc]
             return
-        con = connect(self.paths().warehouse)
+        con = connect(self.paths().warehouse, defer_checkpoint=defer_checkpoint)
         try:
             ensure_schemas(con)
             yield con

@@ -27,7 +27,7 @@ CORE_TABLES = ("contacts", "consents", "orders", "shipments", "holds")
 # Random values: anonymization surrogates and vault tokens differ from run to run.
 RANDOM_VALUE = re.compile(r"(anon-|tok_)[0-9a-f]{32}")
 # Scratch files of the rewrite, restore, backup and export steps: each holds personal data.
-SCRATCH = re.compile(r"(\.rewrite|\.restore|\.partial|\.tmp)(\.wal)?$")
+SCRATCH = re.compile(r"(\.rewrite|\.restore|\.partial|\.tmp|\.swap)(\.wal)?$")
 # tmpfs where there is one: fsync is free there, so the many small runs go faster.
 _SHM = Path("/dev/shm")
 SCRATCH_ROOT = str(_SHM) if _SHM.is_dir() and os.access(_SHM, os.W_OK) else None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import duckdb
+import pytest
 
-from lethe.engine.compaction import compact, rewrite_path
+from lethe.engine.compaction import compact, remove_leftovers, rewrite_path, swap_marker
 from lethe.engine.warehouse import connect
+from lethe.operations.home import Home
+from lethe.operations.lock import exclusive
 
 AUTOMATIC_CHECKPOINT = 16 * 1024 * 1024  # DuckDB's default checkpoint_threshold
 
@@ -48,3 +52,82 @@ def test_the_new_file_is_written_once_at_the_end(tmp_path: Path) -> None:
         assert con.execute("SELECT x FROM b_after").fetchall() == [(1,)]
     finally:
         con.close()
+
+
+def _table(path: Path, sql: str, defer_checkpoint: bool = False) -> None:
+    con = connect(path, defer_checkpoint=defer_checkpoint)
+    try:
+        con.execute(sql)
+    finally:
+        con.close()
+
+
+def _rows(path: Path) -> list[tuple]:
+    con = connect(path, read_only=True)
+    try:
+        return con.execute("SELECT v FROM t ORDER BY v").fetchall()
+    finally:
+        con.close()
+
+
+def _wal(path: Path) -> Path:
+    return Path(str(path) + ".wal")
+
+
+def test_writes_left_in_the_wal_go_into_the_new_file_never_into_the_old(tmp_path: Path) -> None:
+    path = tmp_path / "w.duckdb"
+    _table(path, "CREATE TABLE t AS SELECT 'kept' AS v")
+    _table(path, "INSERT INTO t VALUES ('only-in-the-wal')", defer_checkpoint=True)
+    assert _wal(path).exists()
+    old = tmp_path / "old-inode"
+    os.link(path, old)  # the old file's bytes, whatever happens to its name
+
+    compact(path)
+    assert _rows(path) == [("kept",), ("only-in-the-wal",)]
+    assert not _wal(path).exists()
+    assert not swap_marker(path).exists() and not rewrite_path(path).exists()
+    # The rewrite read the WAL's rows and wrote them once, into the new file: the old one
+    # was not checkpointed first.
+    assert b"only-in-the-wal" not in old.read_bytes()
+    assert b"only-in-the-wal" in path.read_bytes()
+
+
+def _cut_short(tmp_path: Path, swapped: bool) -> Path:
+    """A compaction killed after its marker: the old file with writes in its WAL, the
+    complete fresh copy, and (`swapped`) the copy already renamed over the old file."""
+    path = tmp_path / "w.duckdb"
+    _table(path, "CREATE TABLE t AS SELECT 'old' AS v")
+    _table(path, "INSERT INTO t VALUES ('old, in the wal')", defer_checkpoint=True)
+    _table(rewrite_path(path), "CREATE TABLE t AS SELECT 'fresh' AS v")
+    swap_marker(path).touch()
+    if swapped:
+        os.replace(rewrite_path(path), path)
+    assert _wal(path).exists()
+    return path
+
+
+@pytest.mark.parametrize("swapped", [False, True], ids=["before the rename", "after it"])
+@pytest.mark.parametrize("finisher", ["next compaction", "next lock holder"])
+def test_a_marked_swap_cut_short_is_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swapped: bool, finisher: str
+) -> None:
+    path = _cut_short(tmp_path, swapped)
+    if finisher == "next compaction":
+        compact(path)
+    else:
+        # The warehouse kept outside LETHE_HOME (LETHE_WAREHOUSE) is looked after too.
+        monkeypatch.setenv("LETHE_HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("LETHE_WAREHOUSE", str(path))
+        home = Home.from_env().ensure()
+        with exclusive(home.lock, shared=True):
+            pass
+    assert _rows(path) == [("fresh",)]
+    assert not _wal(path).exists() and not swap_marker(path).exists()
+    assert not rewrite_path(path).exists()
+
+
+def test_an_unmarked_fresh_copy_is_removed_and_the_wal_kept(tmp_path: Path) -> None:
+    path = _cut_short(tmp_path, swapped=False)
+    swap_marker(path).unlink()  # killed before the marker: the copy may be half-written
+    assert remove_leftovers(tmp_path) == [rewrite_path(path).name]
+    assert _rows(path) == [("old",), ("old, in the wal",)]

@@ -13,9 +13,9 @@ copy is the reference. On each other copy `lethe run` is killed with SIGKILL:
 Then `lethe run` again, and: the core tables (masked: surrogates and tokens are random)
 and the requests equal the reference's (or, after a kill late in the run, those of the
 reference run again, which must be the same: idempotence), the ledger verifies and records
-the same actions on the same keys, no scratch file (`*.rewrite`, `*.restore`, `*.partial`,
-`*.tmp`) nor an export the export log does not know is left under LETHE_HOME, and no value
-the vault forgot is left in the vault file's bytes.
+the same actions on the same keys, no scratch file (`*.rewrite`, `*.swap`, `*.restore`,
+`*.partial`, `*.tmp`) nor an export the export log does not know is left under LETHE_HOME,
+and no value the vault forgot is left in the vault file's bytes.
 
 `make test` kills at the points in POINTS plus RANDOM_KILLS delays on CONTACTS contacts;
 `make slow` repeats every code point and SLOW_RANDOM_KILLS delays on SLOW_CONTACTS.
@@ -84,13 +84,15 @@ POINTS = {
     "landing-unlink": "ingest: rows committed, landing file not yet removed",
     "lethe.rights.requests:_rectify:after:1": "request intake: inside its transaction",
     "lethe.engine.compaction:fsync:before:1": "compaction: fresh file written, not swapped in",
+    "lethe.engine.compaction:fsync:before:3": "compaction: swapped in, the old file's WAL beside",
     "lethe.engine.enforcement:compact:before:2": "enforcement: vault forgotten, not compacted",
     "backup-partial": "backup: compressed copy written, not renamed into place",
 }
 SLOW_POINTS = {
     **POINTS,
     "lethe.engine.enforcement:ensure_tokens:after:1": "enforcement: tokens issued, no rewrite",
-    "lethe.engine.compaction:fsync:before:2": "compaction: swapped in, directory not synced",
+    "lethe.engine.compaction:fsync:before:2": "compaction: fresh file marked, not swapped in",
+    "lethe.engine.compaction:fsync:before:4": "compaction: old WAL and marker removed, not synced",
     "lethe.engine.ingest:_stage:before:2": "ingest: contacts committed, consents not read",
     "lethe.engine.ingest:_stage:before:4": "ingest: contacts, consents, orders committed",
     "lethe.rights.requests:append:before:1": "request intake: ledger entries about to be added",

@@ -5,6 +5,14 @@ WAL) until they happen to be reused, so DELETE/UPDATE alone does not erase. Copy
 the live tables into a new file writes only live data; `os.replace` then swaps it in
 atomically. A crash before the swap leaves the old file intact (the half-written new
 file is removed on the next start), a crash after it leaves the new one: never a mix.
+
+The old file's last writes may still be in its WAL: a run's steps before the rewrite
+close without a checkpoint (`connect(defer_checkpoint=True)`), since the rewrite reads
+them from the WAL and writes them once, into the fresh file. That WAL must go with the
+old file, and DuckDB refuses to open a file beside a WAL that is not its own. So once the
+fresh file is complete a marker (`swap_marker`) is made durable first; `finish_swap` then
+swaps the file in and removes the old WAL, and whoever finds the marker after a crash
+(the next compaction, or the next holder of the LETHE_HOME lock) finishes the same swap.
 """
 
 from __future__ import annotations
@@ -27,11 +35,19 @@ def rewrite_path(path: Path) -> Path:
     return path.with_name(path.name + ".rewrite")
 
 
+def swap_marker(path: Path) -> Path:
+    """The file saying that the fresh copy of `path` is complete and must be swapped in."""
+    return path.with_name(path.name + ".swap")
+
+
 SCRATCH_SUFFIXES = (".rewrite", ".rewrite.wal", ".restore", ".restore.wal")
 
 
 def remove_leftovers(directory: Path) -> list[str]:
-    """Delete half-written rewrites/restores a killed process left (they hold personal data)."""
+    """Finish the swaps a killed process left marked (`finish_swap`), then delete the
+    half-written rewrites/restores it left (they hold personal data)."""
+    for marker in directory.glob("*.duckdb.swap"):
+        finish_swap(marker.with_suffix(""))
     gone = []
     for leftover in directory.glob("*.duckdb.*"):
         if leftover.name.endswith(SCRATCH_SUFFIXES):
@@ -47,6 +63,22 @@ def user_tables(con: duckdb.DuckDBPyConnection, catalog: str) -> list[tuple[str,
         " WHERE database_name = ? AND NOT temporary ORDER BY 1, 2",
         [catalog],
     ).fetchall()
+
+
+def finish_swap(path: Path) -> None:
+    """If `path` has a swap marker: swap its complete fresh copy in (unless that happened
+    already), remove the old file's WAL, then the marker. Idempotent: a crash anywhere in
+    it leaves the marker, and running it again ends in the same state."""
+    marker = swap_marker(path)
+    if not marker.exists():
+        return
+    fresh = rewrite_path(path)
+    if fresh.exists():
+        os.replace(fresh, path)
+        fsync(path.parent)
+    Path(str(path) + ".wal").unlink(missing_ok=True)
+    marker.unlink()
+    fsync(path.parent)
 
 
 def fsync(path: Path) -> None:
@@ -85,10 +117,12 @@ def compact(
     table is copied as is. `finish(con)` runs with the new file as the
     default catalog (e.g. appending ledger entries), before the atomic swap.
     """
+    finish_swap(path)
     fresh = rewrite_path(path)
     for leftover in (fresh, Path(str(fresh) + ".wal")):
         leftover.unlink(missing_ok=True)
-    con = connect(path)
+    # The old file is never checkpointed: what its WAL holds goes into the fresh file.
+    con = connect(path, defer_checkpoint=True)
     try:
         replace = prepare(con) if prepare else {}
         old_catalog = con.execute("SELECT current_database()").fetchone()[0]
@@ -146,6 +180,7 @@ def compact(
         raise
     con.close()
     fsync(fresh)
-    os.replace(fresh, path)
-    Path(str(path) + ".wal").unlink(missing_ok=True)
+    marker = swap_marker(path)
+    marker.touch(0o600)
     fsync(path.parent)
+    finish_swap(path)

@@ -41,11 +41,17 @@ def sql_type(table: Table, column: str) -> str:
     return SQL_TYPES[table.column(column).type]
 
 
-def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: Path | str, read_only: bool = False, defer_checkpoint: bool = False
+) -> duckdb.DuckDBPyConnection:
     """Open a DuckDB file with Lethe's session settings; new files are owner-only.
 
-    `:memory:` opens an in-memory database with the same settings (it spills to the same
-    private folder), e.g. as the staging engine of a PostgreSQL warehouse."""
+    `defer_checkpoint`: closing leaves this connection's writes in the file's WAL (durable
+    there since each commit) instead of checkpointing them into the file, for a rewrite of
+    the file that follows (`lethe.engine.compaction`): it reads them from the WAL and
+    writes them once. `:memory:` opens an in-memory database with the same settings (it
+    spills to the same private folder), e.g. as the staging engine of a PostgreSQL
+    warehouse."""
     path = Path(path)
     existed = str(path) == ":memory:" or path.exists()
     con = duckdb.connect(str(path), read_only=read_only)
@@ -55,6 +61,8 @@ def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnect
     # A memory limit makes big runs spill instead of taking the machine.
     con.execute("SET temp_directory = ?", [str(spill_directory())])
     con.execute("SET memory_limit = ?", [os.environ.get("LETHE_MEMORY_LIMIT", "4GB")])
+    if defer_checkpoint:
+        con.execute("PRAGMA disable_checkpoint_on_shutdown")
     return con
 
 

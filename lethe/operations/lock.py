@@ -86,8 +86,12 @@ def _acquire(fd: int, lock_file: Path, wait_seconds: float, mode: int) -> None:
 
 
 def _remove_leftovers(root: Path) -> None:
-    """Remove what a killed writer left under LETHE_HOME: half-written warehouse rewrites,
-    restores and backups hold personal data. Their writers hold this lock exclusively, so
-    none of them is being written while anyone holds it."""
+    """Finish the swaps a killed writer marked and remove what it left under LETHE_HOME
+    (and beside a warehouse kept elsewhere): half-written warehouse rewrites, restores and
+    backups hold personal data. Their writers hold this lock exclusively, so none of them
+    is being written while anyone holds it."""
+    home = Home.from_env(root)
     remove_leftovers(root)
-    remove_partial_backups(Home(root))
+    if home.warehouse.parent != root:
+        remove_leftovers(home.warehouse.parent)
+    remove_partial_backups(home)
