@@ -187,3 +187,28 @@ def test_restore_keeps_a_hold_placed_after_the_backup(tmp_path: Path, policy: Po
     assert {t: after[t] for t in ("contacts", "orders", "shipments")} == {
         t: held[t] for t in ("contacts", "orders", "shipments")
     }
+
+
+def test_restore_over_writes_left_in_the_wal_carries_them_and_leaves_no_wal(
+    tmp_path: Path, policy: Policy
+) -> None:
+    """A run cut short after its ingest or intake leaves their writes in the warehouse's WAL
+    (they wait for its rewrite): a restore carries what it carries over from them, and the
+    old WAL goes with the old file (DuckDB would refuse the restored file beside it)."""
+    home = rc.prepare(tmp_path / "home", policy)
+    enforce(home, policy, T, "run-T")
+    backup = create_backup(home)
+    con = connect(home.warehouse, defer_checkpoint=True)
+    try:
+        place_hold(con, policy, "zx-ctr_in@example.test", "case 9/2026")
+    finally:
+        con.close()
+    wal = Path(f"{home.warehouse}.wal")
+    assert wal.exists()
+    restore(home, backup.id, policy)
+    assert not wal.exists()
+    con = rc.read_only(home)
+    try:
+        assert ("case 9/2026",) in con.execute("SELECT reason FROM core.holds").fetchall()
+    finally:
+        con.close()

@@ -46,8 +46,12 @@ SCRATCH_SUFFIXES = (".rewrite", ".rewrite.wal", ".restore", ".restore.wal")
 def remove_leftovers(directory: Path) -> list[str]:
     """Finish the swaps a killed process left marked (`finish_swap`), then delete the
     half-written rewrites/restores it left (they hold personal data)."""
-    for marker in directory.glob("*.duckdb.swap"):
-        finish_swap(marker.with_suffix(""))
+    for marker in directory.glob("*.duckdb*.swap"):
+        target = marker.with_suffix("")
+        if target.name.endswith(SCRATCH_SUFFIXES):
+            marker.unlink()  # a rewrite of a scratch file (a restore's): removed below
+        else:
+            finish_swap(target)
     gone = []
     for leftover in directory.glob("*.duckdb.*"):
         if leftover.name.endswith(SCRATCH_SUFFIXES):
@@ -63,6 +67,15 @@ def user_tables(con: duckdb.DuckDBPyConnection, catalog: str) -> list[tuple[str,
         " WHERE database_name = ? AND NOT temporary ORDER BY 1, 2",
         [catalog],
     ).fetchall()
+
+
+def swap_in(path: Path) -> None:
+    """Replace `path` by its complete, closed fresh copy (`rewrite_path`) atomically, and
+    remove the old file's WAL with it: flushed, marked (`swap_marker`), then swapped."""
+    fsync(rewrite_path(path))
+    swap_marker(path).touch(0o600)
+    fsync(path.parent)
+    finish_swap(path)
 
 
 def finish_swap(path: Path) -> None:
@@ -179,8 +192,4 @@ def compact(
             leftover.unlink(missing_ok=True)
         raise
     con.close()
-    fsync(fresh)
-    marker = swap_marker(path)
-    marker.touch(0o600)
-    fsync(path.parent)
-    finish_swap(path)
+    swap_in(path)

@@ -21,6 +21,7 @@ from pathlib import Path
 from lethe.declaration.policy import Policy
 from lethe.declaration.strategies import quote
 from lethe.engine.audit import LedgerEntry, append
+from lethe.engine.compaction import rewrite_path, swap_in
 from lethe.engine.ddl import ensure_schemas
 from lethe.engine.enforcement import enforce
 from lethe.engine.warehouse import connect, has_table
@@ -116,7 +117,9 @@ def restore_into(home: Home, backup: Backup, policy: Policy) -> RestoreResult:
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        os.replace(scratch, home.warehouse)
+        # Swapped in as a rewrite is: the live warehouse's WAL, if any, goes with it.
+        os.replace(scratch, rewrite_path(home.warehouse))
+        swap_in(home.warehouse)
     finally:
         scratch.unlink(missing_ok=True)
     return RestoreResult(backup_id, last_as_of, since)
