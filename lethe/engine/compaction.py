@@ -17,6 +17,7 @@ swaps the file in and removes the old WAL, and whoever finds the marker after a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,12 +86,13 @@ def finish_swap(path: Path) -> None:
     marker = swap_marker(path)
     if not marker.exists():
         return
-    fresh = rewrite_path(path)
-    if fresh.exists():
-        os.replace(fresh, path)
-        fsync(path.parent)
+    # Readers sharing the LETHE_HOME lock may finish the same swap at once: each step
+    # bears another's having been done.
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(rewrite_path(path), path)
+    fsync(path.parent)
     Path(str(path) + ".wal").unlink(missing_ok=True)
-    marker.unlink()
+    marker.unlink(missing_ok=True)
     fsync(path.parent)
 
 
