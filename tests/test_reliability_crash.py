@@ -124,6 +124,7 @@ class Kill:
     ledger: tuple[bool, str] = (False, "")
     leftovers: list[str] = field(default_factory=list)
     vault_residue: list[str] = field(default_factory=list)
+    after_kill: list[str] = field(default_factory=list)  # LETHE_HOME's files before the rerun
 
 
 @dataclass
@@ -277,6 +278,7 @@ def crash_and_recover(template: Home, workdir: Path, point: str, delay: float | 
     home = copy_home(template, workdir / ("kill-" + re.sub(r"\W", "_", point)))
     kill = Kill(point)
     kill.returncode, kill.stage, kill.killed_stderr = _kill_at(point, home, delay)
+    kill.after_kill = sorted(p.name for p in home.root.iterdir())
     kill.recovery = run_cli(home, "run", "--as-of", T1.isoformat(), timeout=600)
     observe(kill, home, forgotten)
     shutil.rmtree(home.root, ignore_errors=True)
@@ -370,6 +372,18 @@ def test_a_second_uninterrupted_run_changes_nothing(crashes: Crashes) -> None:
     """Idempotence, which a rerun after a late kill relies on (erasures included)."""
     assert crashes.rerun.state == crashes.reference.state
     assert Counter(crashes.rerun.effects) == Counter(crashes.reference.effects)
+
+
+def test_a_kill_inside_the_swap_leaves_the_old_wal_for_the_next_run_to_remove(
+    crashes: Crashes,
+) -> None:
+    """The steps before the rewrite leave their writes in the WAL; killed after the rename,
+    the run leaves that WAL beside the new file, and the marker that has the next run
+    finish the swap (its state is compared with the reference's above)."""
+    kill = crashes.kills["lethe.engine.compaction:fsync:before:3"]
+    assert {"warehouse.duckdb.swap", "warehouse.duckdb.wal"} <= set(kill.after_kill)
+    assert "warehouse.duckdb.rewrite" not in kill.after_kill
+    assert kill.recovery is not None and kill.recovery.returncode == 0, kill.recovery
 
 
 def test_kill_points_cover_every_stage(crashes: Crashes) -> None:
