@@ -16,6 +16,7 @@ import retention_cases as rc
 from lethe.declaration.duration import Duration
 from lethe.declaration.policy import Policy
 from lethe.engine.audit import verify
+from lethe.engine.compaction import wal_path
 from lethe.engine.enforcement import enforce
 from lethe.engine.warehouse import connect
 from lethe.operations.backup import create_backup, decompress, expire_backups, list_backups
@@ -203,7 +204,7 @@ def test_restore_over_writes_left_in_the_wal_carries_them_and_leaves_no_wal(
         place_hold(con, policy, "zx-ctr_in@example.test", "case 9/2026")
     finally:
         con.close()
-    wal = Path(f"{home.warehouse}.wal")
+    wal = wal_path(home.warehouse)
     assert wal.exists()
     restore(home, backup.id, policy)
     assert not wal.exists()

@@ -8,7 +8,13 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from lethe.engine.compaction import compact, remove_leftovers, rewrite_path, swap_marker
+from lethe.engine.compaction import (
+    compact,
+    remove_leftovers,
+    rewrite_path,
+    swap_marker,
+    wal_path,
+)
 from lethe.engine.warehouse import connect
 from lethe.operations.home import Home
 from lethe.operations.lock import exclusive
@@ -31,7 +37,7 @@ def test_the_new_file_is_written_once_at_the_end(tmp_path: Path) -> None:
     finally:
         con.close()
     fresh = rewrite_path(path)
-    wal = Path(str(fresh) + ".wal")
+    wal = wal_path(fresh)
     seen: dict[str, int] = {}
 
     def finish(_: duckdb.DuckDBPyConnection) -> None:
@@ -70,21 +76,17 @@ def _rows(path: Path) -> list[tuple]:
         con.close()
 
 
-def _wal(path: Path) -> Path:
-    return Path(str(path) + ".wal")
-
-
 def test_writes_left_in_the_wal_go_into_the_new_file_never_into_the_old(tmp_path: Path) -> None:
     path = tmp_path / "w.duckdb"
     _table(path, "CREATE TABLE t AS SELECT 'kept' AS v")
     _table(path, "INSERT INTO t VALUES ('only-in-the-wal')", defer_checkpoint=True)
-    assert _wal(path).exists()
+    assert wal_path(path).exists()
     old = tmp_path / "old-inode"
     os.link(path, old)  # the old file's bytes, whatever happens to its name
 
     compact(path)
     assert _rows(path) == [("kept",), ("only-in-the-wal",)]
-    assert not _wal(path).exists()
+    assert not wal_path(path).exists()
     assert not swap_marker(path).exists() and not rewrite_path(path).exists()
     # The rewrite read the WAL's rows and wrote them once, into the new file: the old one
     # was not checkpointed first.
@@ -102,7 +104,7 @@ def _cut_short(tmp_path: Path, swapped: bool) -> Path:
     swap_marker(path).touch()
     if swapped:
         os.replace(rewrite_path(path), path)
-    assert _wal(path).exists()
+    assert wal_path(path).exists()
     return path
 
 
@@ -122,7 +124,7 @@ def test_a_marked_swap_cut_short_is_finished(
         with exclusive(home.lock, shared=True):
             pass
     assert _rows(path) == [("fresh",)]
-    assert not _wal(path).exists() and not swap_marker(path).exists()
+    assert not wal_path(path).exists() and not swap_marker(path).exists()
     assert not rewrite_path(path).exists()
 
 

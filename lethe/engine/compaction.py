@@ -36,6 +36,11 @@ def rewrite_path(path: Path) -> Path:
     return path.with_name(path.name + ".rewrite")
 
 
+def wal_path(path: Path) -> Path:
+    """DuckDB's write-ahead log of the file at `path`."""
+    return path.with_name(path.name + ".wal")
+
+
 def swap_marker(path: Path) -> Path:
     """The file saying that the fresh copy of `path` is complete and must be swapped in."""
     return path.with_name(path.name + ".swap")
@@ -91,7 +96,7 @@ def finish_swap(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.replace(rewrite_path(path), path)
     fsync(path.parent)
-    Path(str(path) + ".wal").unlink(missing_ok=True)
+    wal_path(path).unlink(missing_ok=True)
     marker.unlink(missing_ok=True)
     fsync(path.parent)
 
@@ -134,7 +139,7 @@ def compact(
     """
     finish_swap(path)
     fresh = rewrite_path(path)
-    for leftover in (fresh, Path(str(fresh) + ".wal")):
+    for leftover in (fresh, wal_path(fresh)):
         leftover.unlink(missing_ok=True)
     # The old file is never checkpointed: what its WAL holds goes into the fresh file.
     con = connect(path, defer_checkpoint=True)
@@ -190,7 +195,7 @@ def compact(
         con.execute(f"DETACH {FRESH}")
     except BaseException:
         con.close()
-        for leftover in (fresh, Path(str(fresh) + ".wal")):
+        for leftover in (fresh, wal_path(fresh)):
             leftover.unlink(missing_ok=True)
         raise
     con.close()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lethe.declaration.duration import Duration
+from lethe.engine.compaction import wal_path
 from lethe.engine.warehouse import connect, has_table
 from lethe.errors import LetheError
 from lethe.operations.files import write_text
@@ -88,7 +89,7 @@ def store_backup(
         os.chmod(tmp / "warehouse.duckdb.gz", 0o600)
         if source.parent == tmp:  # a scratch copy: only the compressed one stays
             source.unlink()
-            source.with_name(source.name + ".wal").unlink(missing_ok=True)
+            wal_path(source).unlink(missing_ok=True)
         write_text(
             tmp / "manifest.json",
             json.dumps({"id": backup_id, "created_at": now.isoformat(), "ledger_seq": seq}),
