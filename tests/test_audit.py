@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -272,6 +273,22 @@ def test_several_strategy_names_may_be_recorded(con: duckdb.DuckDBPyConnection) 
 def test_a_single_string_is_not_a_list_of_keys() -> None:
     with pytest.raises(LedgerError, match="not one string"):
         entry(1, keys="c0001")
+
+
+def test_keys_given_as_arrow_arrays_are_stored_and_hashed_as_python_strings(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    """Enforcement hands its key lists over as Arrow arrays: they are stored as the keyed
+    hashes Python's hmac computes and hash like json.dumps, mixed with Python lists or not."""
+    keys = [["c1", 'č/"x\n', "\\"], ["c2"], ["c3", "c4"]]
+    given = [pa.array(keys[0]), pa.array(keys[1], pa.large_string()), keys[2]]
+    hashes = append(con, [entry(n, keys=k) for n, k in enumerate(given)])
+    records = entries(con)
+    assert [r.keys for r in records] == [hashed(con, k) for k in keys]
+    assert [document_hash(r) for r in records] == hashes
+    assert verify(con).ok
+    with pytest.raises(LedgerError, match="keys must be strings, got Arrow int64"):
+        entry(1, keys=pa.array([1, 2]))
 
 
 def test_batch_of_1000_entries_with_10000_keys_each(con: duckdb.DuckDBPyConnection) -> None:

@@ -98,7 +98,9 @@ class LedgerEntry:
     """One step to record. `seq`, `prev_hash` and `hash` are assigned by `append`.
 
     `keys` are row ids (contact ids, order ids), never values, stored as their keyed
-    hashes (a key that already is one is kept); `details` holds counts only (e.g.
+    hashes (a key that already is one is kept), given as strings or as an Arrow string
+    array (a run's million keys then never become Python objects); `details` holds
+    counts only (e.g.
     `{"rows": 12, "values": 30}`); `strategy` is a strategy name, never its
     configuration (several names comma-separated, e.g. `erase,truncate`, where the
     entry's columns had different strategies). `recorded_at` defaults to the time of
@@ -111,17 +113,23 @@ class LedgerEntry:
     reason: str
     table_name: str | None = None
     columns: Sequence[str] = ()
-    keys: Sequence[str] = ()
+    keys: Sequence[str] | pa.Array = ()
     strategy: str | None = None
     details: Mapping[str, int] = field(default_factory=dict)
     recorded_at: dt.datetime | None = None
 
     def __post_init__(self) -> None:
-        # Frozen copies, so an entry cannot change between hashing and insert.
+        # Frozen copies, so an entry cannot change between hashing and insert (an Arrow
+        # array is immutable already).
         for name in ("columns", "keys"):
-            if isinstance(getattr(self, name), str):
+            value = getattr(self, name)
+            if isinstance(value, str):
                 raise LedgerError(f"ledger {name} must be a list of strings, not one string")
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+            if name == "keys" and isinstance(value, pa.Array):
+                if not _is_string_type(value.type):
+                    raise LedgerError(f"ledger keys must be strings, got Arrow {value.type}")
+                continue
+            object.__setattr__(self, name, tuple(value))
         object.__setattr__(self, "details", MappingProxyType(dict(self.details)))
         if isinstance(self.as_of, dt.datetime):
             object.__setattr__(self, "as_of", self.as_of.date())
@@ -417,10 +425,20 @@ def _check(entry: LedgerEntry, index: int) -> None:
             raise LedgerError(f"{where}: details hold counts only, got {key!r}: {count!r}")
 
 
-def _string_lists(lists: list[Sequence[str]], name: str) -> pa.Array:
+def _string_lists(lists: list[Sequence[str] | pa.Array], name: str) -> pa.Array:
     """One list<string> column from per-entry sequences, built from a flat column."""
     offsets = np.zeros(len(lists) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(x) for x in lists])
+    if any(isinstance(x, pa.Array) for x in lists):
+        flat = pa.concat_arrays(
+            [
+                x.cast(pa.large_string())
+                if isinstance(x, pa.Array)
+                else _string_lists([x], name).values
+                for x in lists
+            ]
+        )
+        return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), flat)
     try:
         # Polars builds a string column from Python str faster than pyarrow does,
         # and refuses non-strings (strict), which would hash differently once stored.
@@ -446,6 +464,10 @@ def hashed_keys(
     finally:
         con.unregister(view)
     return pa.LargeListArray.from_arrays(keys.offsets, hashed.combine_chunks())
+
+
+def _is_string_type(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
 def _utc_naive(value: dt.datetime) -> dt.datetime:

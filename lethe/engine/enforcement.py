@@ -88,6 +88,20 @@ def forget_tokens_sql(policy: Policy) -> str:
     return f"DELETE FROM vault.tokens WHERE token NOT IN ({used or 'SELECT NULL'})"
 
 
+def _facts(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple]:
+    """The rows of a ledger facts query (`ledger_select`). On DuckDB each key list stays
+    an Arrow array: a first run's millions of keys never become Python strings."""
+    if not isinstance(con, duckdb.DuckDBPyConnection):
+        return con.execute(sql).fetchall()  # another engine's connection, rendered
+    facts = con.sql(sql).to_arrow_table()
+    keys = facts.column(3).combine_chunks()
+    rest = zip(*(facts.column(i).to_pylist() for i in (0, 1, 2, 4)), strict=True)
+    return [
+        (action, request, marks, keys[i].values, n)
+        for i, (action, request, marks, n) in enumerate(rest)
+    ]
+
+
 def ledger_entries(
     con: duckdb.DuckDBPyConnection,
     policy: Policy,
@@ -100,7 +114,7 @@ def ledger_entries(
     entries, counts = [], {}
     pseudo_names = ", ".join(p.name for p in policy.all_purposes().values() if p.pseudonymizes)
     for table, (columns, plan) in plans.items():
-        rows = con.execute(plan.statements[1]).fetchall()
+        rows = _facts(con, plan.statements[1])
         counts[table] = {}
         rules = policy.when_unkept[table].column
         # Few distinct marks, however many requests: decode each once.
@@ -124,7 +138,7 @@ def ledger_entries(
                         action=ledger_action,
                         table_name=table,
                         columns=cols,
-                        keys=list(keys),
+                        keys=keys,
                         reason=f"erasure request {request}"
                         if request
                         else REASONS[action].format(purposes=pseudo_names),
