@@ -101,6 +101,12 @@ def finish_swap(path: Path) -> None:
     fsync(path.parent)
 
 
+def remove_with_wal(path: Path) -> None:
+    """Delete a DuckDB file and its WAL, if there."""
+    for leftover in (path, wal_path(path)):
+        leftover.unlink(missing_ok=True)
+
+
 def fsync(path: Path) -> None:
     """Flush a file (or a directory's entries) to the disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -139,8 +145,7 @@ def compact(
     """
     finish_swap(path)
     fresh = rewrite_path(path)
-    for leftover in (fresh, wal_path(fresh)):
-        leftover.unlink(missing_ok=True)
+    remove_with_wal(fresh)
     # The old file is never checkpointed: what its WAL holds goes into the fresh file.
     con = connect(path, defer_checkpoint=True)
     try:
@@ -195,8 +200,7 @@ def compact(
         con.execute(f"DETACH {FRESH}")
     except BaseException:
         con.close()
-        for leftover in (fresh, wal_path(fresh)):
-            leftover.unlink(missing_ok=True)
+        remove_with_wal(fresh)
         raise
     con.close()
     swap_in(path)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lethe.declaration.duration import Duration
-from lethe.engine.compaction import wal_path
+from lethe.engine.compaction import remove_with_wal
 from lethe.engine.warehouse import connect, has_table
 from lethe.errors import LetheError
 from lethe.operations.files import write_text
@@ -88,8 +88,7 @@ def store_backup(
             shutil.copyfileobj(src, dst, 1 << 20)
         os.chmod(tmp / "warehouse.duckdb.gz", 0o600)
         if source.parent == tmp:  # a scratch copy: only the compressed one stays
-            source.unlink()
-            wal_path(source).unlink(missing_ok=True)
+            remove_with_wal(source)
         write_text(
             tmp / "manifest.json",
             json.dumps({"id": backup_id, "created_at": now.isoformat(), "ledger_seq": seq}),
