@@ -217,7 +217,7 @@ def ledger_rows(
         for name in ("run_id", "as_of", "action", "table_name", "reason", "strategy")
     }
     values.update(seq=seqs, recorded_at=recorded, key_count=key_counts, details=details)
-    hashes = _chain(_texts(values, _keys_json(columns), _keys_json(keys)), prev)
+    hashes = _chain(_texts(values, _lists_json(columns), _lists_json(keys)), prev)
     return pa.table(
         {
             "seq": pa.array(seqs, pa.int64()),
@@ -239,14 +239,15 @@ def ledger_rows(
 
 
 def _texts(
-    values: dict[str, list[Any]], columns_json: list[str], keys_json: list[str]
-) -> dict[str, list[str]]:
+    values: dict[str, list[Any]], columns_json: list[bytes], keys_json: list[bytes]
+) -> dict[str, list[Any]]:
     """Every field's canonical JSON but prev_hash, per entry, from its values (`details`
-    already canonical JSON; `columns` and `keys` given as their JSON)."""
+    already canonical JSON; `columns` and `keys` given as their UTF-8 JSON, `keys` kept
+    so: a large entry's keys are fed to the hash as they are)."""
     return {
         "action": _json_strings(values["action"]),
         "as_of": _json_strings([d.isoformat() for d in values["as_of"]]),
-        "columns": columns_json,
+        "columns": [c.decode() for c in columns_json],
         "details": values["details"],
         "key_count": [str(c) for c in values["key_count"]],
         "keys": keys_json,
@@ -261,39 +262,51 @@ def _texts(
     }
 
 
-def _around_prev_hash(texts: dict[str, list[str]]) -> tuple[list[str], list[str]]:
-    """Each entry's canonical JSON before and after the prev_hash value, column-wise."""
-    before = [f for f in _FIELDS if f < "prev_hash"]
+def _around_keys(texts: dict[str, list[Any]]) -> tuple[list[str], list[str]]:
+    """Each entry's canonical JSON before its keys' JSON and after its prev_hash value,
+    column-wise. `keys` and `prev_hash` are neighbours in the sorted fields, so an entry's
+    text is: head, keys, `,"prev_hash":"`, prev_hash, tail."""
+    before = [f for f in _FIELDS if f < "keys"]
     after = [f for f in _FIELDS if f > "prev_hash"]
-    prefix = pl.concat_str(
+    head = pl.concat_str(
         [pl.lit("{")]
         + [e for i, f in enumerate(before) for e in _field_exprs(f, i == 0)]
-        + [pl.lit(',"prev_hash":"')]
+        + [pl.lit(',"keys":')]
     )
-    suffix = pl.concat_str(
+    tail = pl.concat_str(
         [pl.lit('"')] + [e for f in after for e in _field_exprs(f, False)] + [pl.lit("}")]
     )
-    frame = pl.DataFrame({f: texts[f] for f in before + after}, schema=dict.fromkeys(texts, str))
-    parts = frame.select(prefix.alias("prefix"), suffix.alias("suffix"))
-    return parts["prefix"].to_list(), parts["suffix"].to_list()
+    frame = pl.DataFrame(
+        {f: texts[f] for f in before + after}, schema=dict.fromkeys(before + after, pl.String)
+    )
+    parts = frame.select(head.alias("head"), tail.alias("tail"))
+    return parts["head"].to_list(), parts["tail"].to_list()
 
 
-def _hashes(texts: dict[str, list[str]], prevs: list[str]) -> list[str]:
+def _entry_hash(head: str, keys: bytes, prev: str, tail: str) -> str:
+    """SHA-256 of one entry's canonical JSON, from its parts (`_around_keys`)."""
+    digest = hashlib.sha256(head.encode())
+    digest.update(keys)
+    digest.update(f',"prev_hash":"{prev}{tail}'.encode())
+    return digest.hexdigest()
+
+
+def _hashes(texts: dict[str, list[Any]], prevs: list[str]) -> list[str]:
     """SHA-256 of each entry's canonical JSON, given the prev_hash each one names."""
-    prefixes, suffixes = _around_prev_hash(texts)
+    heads, tails = _around_keys(texts)
     return [
-        hashlib.sha256(f"{head_text}{prev}{tail_text}".encode()).hexdigest()
-        for head_text, prev, tail_text in zip(prefixes, prevs, suffixes, strict=True)
+        _entry_hash(head, keys, prev, tail)
+        for head, keys, prev, tail in zip(heads, texts["keys"], prevs, tails, strict=True)
     ]
 
 
-def _chain(texts: dict[str, list[str]], prev: str) -> list[str]:
+def _chain(texts: dict[str, list[Any]], prev: str) -> list[str]:
     """The hashes of consecutive new entries, each chained to the one before (`prev`
     first): the text is assembled column-wise, only the hashing is sequential."""
-    prefixes, suffixes = _around_prev_hash(texts)
+    heads, tails = _around_keys(texts)
     hashes = []
-    for head_text, tail_text in zip(prefixes, suffixes, strict=True):
-        prev = hashlib.sha256(f"{head_text}{prev}{tail_text}".encode()).hexdigest()
+    for head, keys, tail in zip(heads, texts["keys"], tails, strict=True):
+        prev = _entry_hash(head, keys, prev, tail)
         hashes.append(prev)
     return hashes
 
@@ -369,7 +382,7 @@ def verify(con: duckdb.DuckDBPyConnection) -> VerifyResult:
         values = {name: [r[name] for r in rows] for name in _COLUMNS if name in rows[0]}
         # Re-canonicalized: details that only differ in layout are the same details.
         values["details"] = [_canonical(json.loads(d) if d else None) for d in values["details"]]
-        texts = _texts(values, _keys_json(page["columns"]), _keys_json(page["keys"]))
+        texts = _texts(values, _lists_json(page["columns"]), _lists_json(page["keys"]))
         computed = _hashes(texts, values["prev_hash"])
         for i, row in enumerate(rows):
             seq = row["seq"]
@@ -480,38 +493,33 @@ def _canonical(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _plain_list_json(joined: str, count: int) -> str | None:
-    """`_canonical` of `count` strings given joined by '","', if none of them needs escaping.
-
-    Ids rarely need escaping, and this is several times quicker than json.dumps on
-    10,000 keys; None means: use json.dumps.
-    """
-    if count == 0:
-        return "[]"
-    if "\\" in joined or joined.count('"') != 2 * (count - 1):
-        return None
-    try:
-        raw = joined.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    # json.dumps(ensure_ascii=False) escapes only '"', '\\' and characters below U+0020.
-    if len(raw.translate(None, _CONTROL)) != len(raw):
-        return None
-    return '["' + joined + '"]'
-
-
-_CONTROL = bytes(range(0x20))
-
-
-def _keys_json(keys: pa.ChunkedArray) -> list[str]:
-    """The canonical JSON of each stored keys list, joined in Arrow rather than Python."""
-    separator = pa.scalar('","', keys.type.value_type)
-    joined = pc.binary_join(keys, separator).to_pylist()
-    counts = pc.list_value_length(keys).to_pylist()
+def _lists_json(lists: pa.Array | pa.ChunkedArray) -> list[bytes]:
+    """The canonical JSON of each list of strings, as UTF-8. Joined and quoted in Arrow,
+    unless one of the list's strings needs escaping (rare for ids): a list of a million
+    keys never becomes Python strings."""
+    if len(lists) == 0:
+        return []
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    joined = pc.binary_join(lists, pa.scalar('","', lists.type.value_type))
+    if not pa.types.is_string(joined.type):
+        joined = joined.cast(pa.large_string())
+    escaped = pc.match_substring_regex(pc.list_flatten(lists), _JSON_ESCAPED)
+    parents = pc.list_parent_indices(lists).to_numpy()
+    needs_json = set(parents[escaped.fill_null(False).to_numpy(zero_copy_only=False)].tolist())
+    _, offset_buffer, data = joined.buffers()
+    width = np.int32 if pa.types.is_string(joined.type) else np.int64
+    offsets = np.frombuffer(offset_buffer, width)[joined.offset : joined.offset + len(joined) + 1]
+    text = memoryview(data) if data is not None else memoryview(b"")
+    counts = pc.list_value_length(lists).to_pylist()
     out = []
-    for i, (text, count) in enumerate(zip(joined, counts, strict=True)):
-        plain = _plain_list_json(text, count) if text is not None else None
-        out.append(plain or _canonical(keys[i].as_py()))
+    for i, count in enumerate(counts):
+        if count is None or i in needs_json:
+            out.append(_canonical(lists[i].as_py()).encode())
+        elif count == 0:
+            out.append(b"[]")
+        else:
+            out.append(b'["' + text[offsets[i] : offsets[i + 1]] + b'"]')
     return out
 
 
