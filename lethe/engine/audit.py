@@ -100,8 +100,7 @@ class LedgerEntry:
     `keys` are row ids (contact ids, order ids), never values, stored as their keyed
     hashes (a key that already is one is kept), given as strings or as an Arrow string
     array (a run's million keys then never become Python objects); `details` holds
-    counts only (e.g.
-    `{"rows": 12, "values": 30}`); `strategy` is a strategy name, never its
+    counts only (e.g. `{"rows": 12, "values": 30}`); `strategy` is a strategy name, never its
     configuration (several names comma-separated, e.g. `erase,truncate`, where the
     entry's columns had different strategies). `recorded_at` defaults to the time of
     the append (UTC).
