@@ -89,10 +89,8 @@ def forget_tokens_sql(policy: Policy) -> str:
 
 
 def _facts(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple]:
-    """The rows of a ledger facts query (`ledger_select`). On DuckDB each key list stays
-    an Arrow array: a first run's millions of keys never become Python strings."""
-    if not isinstance(con, duckdb.DuckDBPyConnection):
-        return con.execute(sql).fetchall()  # another engine's connection, rendered
+    """The rows of a ledger facts query (`ledger_select`), each key list an Arrow array:
+    a first run's millions of keys never become Python strings."""
     facts = con.sql(sql).to_arrow_table()
     keys = facts.column(3).combine_chunks()
     rest = zip(*(facts.column(i).to_pylist() for i in (0, 1, 2, 4)), strict=True)

@@ -535,7 +535,8 @@ class Rendered:
 
 
 class _Result:
-    """A query's result, read as a Polars frame (`pl()`), as DuckDB's relation gives it."""
+    """A query's result, read as a Polars frame (`pl()`) or an Arrow table
+    (`to_arrow_table()`), as DuckDB's relation gives it."""
 
     def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
         self.cursor = cursor
@@ -543,6 +544,9 @@ class _Result:
     def pl(self) -> pl.DataFrame:
         names = [c.name for c in self.cursor.description or ()]
         return pl.DataFrame(self.cursor.fetchall(), schema=names, orient="row")
+
+    def to_arrow_table(self) -> pa.Table:
+        return self.pl().to_arrow()
 
 
 def _issue_tokens(pg: psycopg.Connection, policy: Policy) -> None:
